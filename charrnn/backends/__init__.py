@@ -1,0 +1,57 @@
+"""Backends: the same contract on different hardware, chosen once per run.
+
+A backend owns the parameter buffer it computes with and offers:
+    train_step(x, y, state, dropout_seed) -> (loss_sum, new_state)   gradients of the mean loss into .grad
+    loss(x, y, state) -> (loss_sum, new_state)                        no gradients, dropout off
+    step(codes, state) -> (logits (B, V), new_state)                  one step, for sampling
+    optimizer_step(opt, lr, clip) -> grad_norm                        clip and update, in place
+    params_host() -> Params                                           weights as host float32, for checkpoints
+The training loop, sampler and evaluator only ever call these.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(Exception):
+    """The requested device cannot be used here."""
+
+
+def cuda_available() -> bool:
+    """True when numba.cuda imports and sees a GPU (or the simulator is on). Never raises."""
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda when a GPU is usable, else cpu; cuda without one raises DeviceError."""
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
+    if device == "cpu":
+        return "cpu"
+    ok = cuda_available()
+    if device == "cuda" and not ok:
+        raise DeviceError("--device cuda: no usable CUDA GPU found (numba.cuda.is_available() is false)")
+    if ok:
+        try:
+            from charrnn.backends import cuda as _  # noqa: F401
+        except ImportError:
+            if device == "cuda":
+                raise DeviceError("--device cuda: this build has no CUDA backend")
+            return "cpu"
+        return "cuda"
+    return "cpu"
+
+
+def make_backend(device: str, cfg, params, notify: Callable[[str], None] | None = None):
+    """Build the backend for an already-resolved device ('cpu' or 'cuda')."""
+    if device == "cuda":
+        from charrnn.backends.cuda import CudaBackend
+        return CudaBackend(cfg, params, notify=notify)
+    from charrnn.backends.cpu import CpuBackend
+    return CpuBackend(cfg, params, notify=notify)

@@ -1,0 +1,170 @@
+"""The model's shape: `ModelConfig`, and `Params`, one flat float buffer with named views.
+
+Layout (llm.c style): a sizes table gives every tensor a name, shape and offset in one
+contiguous buffer; gradients and optimizer moments reuse the same layout, so an optimizer,
+a clipping norm or a checkpoint is one operation on one array.
+
+Per layer l (input width D_l: the vocabulary for a one-hot layer 0, `embed` when an
+embedding is learned, `hidden` above), with G gate blocks of width H:
+    l{l}.Wx  (D_l, G*H)   input weights; for one-hot input a row gather, never a GEMM
+    l{l}.Wh  (H,   G*H)   recurrent weights
+    l{l}.b   (G*H,)       bias (input side)
+    l{l}.bh  (H,)         GRU only: bias of the candidate's recurrent product, inside r*(.)
+and once:
+    embed    (V, D)       when embed > 0
+    out.W    (H, V), out.b (V,)
+
+Gate order, written once here: LSTM i, f, g, o; GRU r, z, n (as PyTorch and cuDNN); RNN one block.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+CELLS = ("lstm", "gru", "rnn")
+ACTIVATIONS = ("tanh", "softsign")
+INITS = ("uniform", "xavier")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+STATES = {"lstm": 2, "gru": 1, "rnn": 1}  # h (and c for the LSTM)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int          # 65 for tinyshakespeare, 256 in byte mode
+    hidden: int = 256        # H, units per layer
+    layers: int = 2          # L, stacked cells
+    cell: str = "lstm"       # lstm | gru | rnn
+    embed: int = 0           # D of a learned embedding; 0 = one-hot input
+    dropout: float = 0.0     # inverted dropout between layers and before the output layer
+    activation: str = "tanh" # squashing nonlinearity of the cell (gates stay sigmoid)
+    forget_bias: float = 1.0 # LSTM forget-gate bias at init
+    init: str = "uniform"    # uniform: U(-0.08, 0.08) as char-rnn; xavier: Glorot uniform
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r} (choose from {', '.join(CELLS)})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}")
+        for name in ("vocab_size", "hidden", "layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.embed < 0:
+            raise ValueError("embed must be 0 (one-hot) or positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    @property
+    def n_states(self) -> int:
+        return STATES[self.cell]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        kw = {}
+        for k, v in d.items():
+            want = {"int": int, "float": float, "str": str}[fields[k]]
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise ValueError(f"model config {k} must be {fields[k]}, got {type(v).__name__}")
+            kw[k] = v
+        return cls(**kw)
+
+
+def param_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """The sizes table: every tensor's name and shape, in buffer order."""
+    H, G, V = cfg.hidden, cfg.gates, cfg.vocab_size
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    if cfg.embed:
+        shapes.append(("embed", (V, cfg.embed)))
+    for l in range(cfg.layers):
+        d_in = (cfg.embed or V) if l == 0 else H
+        shapes += [(f"l{l}.Wx", (d_in, G * H)), (f"l{l}.Wh", (H, G * H)), (f"l{l}.b", (G * H,))]
+        if cfg.cell == "gru":
+            shapes.append((f"l{l}.bh", (H,)))
+    shapes += [("out.W", (H, V)), ("out.b", (V,))]
+    return shapes
+
+
+def n_params(cfg: ModelConfig) -> int:
+    return sum(int(np.prod(s)) for _, s in param_shapes(cfg))
+
+
+class Params:
+    """One contiguous buffer and a dict of named views into it (views share memory)."""
+
+    def __init__(self, cfg: ModelConfig, flat: np.ndarray | None = None, dtype=np.float32):
+        self.cfg = cfg
+        n = n_params(cfg)
+        if flat is None:
+            flat = np.zeros(n, dtype=dtype)
+        if flat.ndim != 1 or flat.size != n:
+            raise ValueError(f"parameter buffer has {flat.size} values, the config needs {n}")
+        self.flat = flat
+        self.views: dict[str, np.ndarray] = {}
+        off = 0
+        for name, shape in param_shapes(cfg):
+            size = int(np.prod(shape))
+            self.views[name] = flat[off:off + size].reshape(shape)
+            off += size
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.views[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        view = self.views[name]
+        if value is not view:        # `p[name] += x` already wrote in place
+            view[...] = value
+
+    def __iter__(self):
+        return iter(self.views)
+
+    def like(self, dtype=None) -> "Params":
+        """A zeroed buffer with the same layout (gradients, optimizer moments)."""
+        return Params(self.cfg, np.zeros_like(self.flat, dtype=dtype or self.flat.dtype))
+
+    def astype(self, dtype) -> "Params":
+        return Params(self.cfg, self.flat.astype(dtype))
+
+
+def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> Params:
+    """char-rnn's U(-0.08, 0.08), or Glorot uniform per gate block; biases zero,
+    the LSTM forget-gate bias set to `forget_bias`."""
+    p = Params(cfg, dtype=dtype)
+    for name, shape in param_shapes(cfg):
+        v = p[name]
+        if len(shape) == 1:
+            v[...] = 0.0
+            continue
+        if cfg.init == "uniform":
+            v[...] = rng.uniform(-0.08, 0.08, size=shape)
+        else:
+            fan_in, fan_out = shape[0], shape[1]
+            if name.startswith("l"):   # each gate block is its own matrix
+                fan_out = cfg.hidden
+            a = np.sqrt(6.0 / (fan_in + fan_out))
+            v[...] = rng.uniform(-a, a, size=shape)
+    if cfg.cell == "lstm":
+        H = cfg.hidden
+        for l in range(cfg.layers):
+            p[f"l{l}.b"][H:2 * H] = cfg.forget_bias
+    return p
+
+
+def zero_state(cfg: ModelConfig, batch: int, dtype=np.float32) -> np.ndarray:
+    """Carried state, shape (L, S, B, H): S = 2 (h, c) for the LSTM, 1 (h) otherwise."""
+    return np.zeros((cfg.layers, cfg.n_states, batch, cfg.hidden), dtype=dtype)

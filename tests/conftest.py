@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_CORPORA = Path(os.environ.get("CHARRNN_CORPORA", ROOT.parent / "shared" / "corpora"))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def small_text(tmp_path):
+    """A small, structured text: a few thousand characters with a 20-character vocabulary."""
+    words = ["the ", "cat ", "sat ", "on ", "a ", "mat.\n", "dog ", "ran ", "far, ", "so "]
+    r = np.random.default_rng(0)
+    text = "".join(words[i] for i in r.integers(0, len(words), 1500))
+    path = tmp_path / "small.txt"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,1 @@
+"""Catalogue of named corpora for charrnn (data only; see catalog.json)."""

@@ -1,0 +1,255 @@
+"""Checkpoints: one file in the safetensors layout, read and written here with the standard
+library and NumPy alone, so loading a file from a stranger can never run code (no pickle).
+
+    8 bytes   little-endian u64: header length N
+    N bytes   JSON header: {"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets"}}
+    rest      raw little-endian tensor data, packed in header order
+
+Tensors: "param/<name>" for every weight (model.py's names), "optim/<name>" for optimizer
+moments (flat), "state" for the carried hidden state. Metadata (JSON strings): format and
+version, model config, vocabulary, optimizer, training progress, RNG state, metrics.
+Every field is validated on load; any problem is a CheckpointError with one sentence.
+Files are written to a temporary name in the same directory, fsynced, then renamed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.corpus import Vocab
+from charrnn.model import ModelConfig, Params, param_shapes
+
+FORMAT = "charrnn"
+VERSION = 1
+MAX_HEADER = 16 << 20           # 16 MiB of JSON is far beyond any real header
+DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "I64": np.dtype("<i8"), "U8": np.dtype("u1")}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class CheckpointError(Exception):
+    """The file is not a usable charrnn checkpoint; the message says why in one sentence."""
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    vocab: Vocab
+    params: Params                                   # host float32
+    optimizer: dict | None = None                    # Optimizer.to_meta()
+    optim_state: dict[str, np.ndarray] = field(default_factory=dict)
+    state: np.ndarray | None = None                  # carried hidden state (L, S, B, H)
+    progress: dict = field(default_factory=dict)     # step, epoch, cursor, lr, best_val, ...
+    rng: dict | None = None                          # numpy bit_generator.state
+    train_args: dict = field(default_factory=dict)   # the training flags, for the record and resume
+    metrics: dict = field(default_factory=dict)      # last validation numbers
+
+
+# ---------------------------------------------------------------- writing
+def save(path: str | os.PathLike, ck: Checkpoint) -> None:
+    """Write atomically: a crash at any moment leaves the old file or the new one, never a mix."""
+    if not np.all(np.isfinite(ck.params.flat)):
+        raise CheckpointError("refusing to write a checkpoint with non-finite weights")
+    tensors: dict[str, np.ndarray] = {}
+    for name, _ in param_shapes(ck.config):
+        tensors[f"param/{name}"] = np.ascontiguousarray(ck.params[name], dtype="<f4")
+    for name, arr in ck.optim_state.items():
+        tensors[f"optim/{name}"] = np.ascontiguousarray(arr, dtype="<f4")
+    if ck.state is not None:
+        tensors["state"] = np.ascontiguousarray(ck.state, dtype="<f4")
+    meta = {
+        "format": FORMAT, "version": str(VERSION),
+        "config": json.dumps(ck.config.to_dict()),
+        "vocab": json.dumps(ck.vocab.to_meta()),
+        "optimizer": json.dumps(ck.optimizer),
+        "progress": json.dumps(ck.progress),
+        "rng": json.dumps(ck.rng),
+        "train_args": json.dumps(ck.train_args),
+        "metrics": json.dumps(ck.metrics),
+    }
+    header: dict = {"__metadata__": meta}
+    off = 0
+    for name, arr in tensors.items():
+        header[name] = {"dtype": DTYPE_NAMES[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [off, off + arr.nbytes]}
+        off += arr.nbytes
+    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hbytes += b" " * (-len(hbytes) % 8)               # align the data, as safetensors does
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(hbytes)))
+            f.write(hbytes)
+            for arr in tensors.values():
+                f.write(arr.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    try:                                             # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- reading
+def _meta_json(meta: dict, key: str, kind):
+    if key not in meta or not isinstance(meta[key], str):
+        raise CheckpointError(f"metadata field {key!r} is missing")
+    try:
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"metadata field {key!r} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"metadata field {key!r} has the wrong type")
+    return value
+
+
+def read_raw(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """Parse the container: metadata dict and tensors, with every structural check."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if p.is_dir():
+            raise CheckpointError(f"{path} is a directory, not a checkpoint")
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is not a charrnn checkpoint (too short)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or n > size - 8 or n < 2:
+                raise CheckpointError(f"{path} is not a charrnn checkpoint (header length {n} is impossible)")
+            hbytes = f.read(n)
+            data = f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(hbytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise CheckpointError(f"{path} is not a charrnn checkpoint (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a charrnn checkpoint (header is not an object)")
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint (no charrnn metadata)")
+    if meta.get("version") != str(VERSION):
+        raise CheckpointError(f"{path} has checkpoint format version {meta.get('version')!r}; "
+                              f"this charrnn reads version {VERSION}")
+    tensors: dict[str, np.ndarray] = {}
+    spans = []
+    for name, info in header.items():
+        try:
+            dt = DTYPES[info["dtype"]]
+            shape = tuple(info["shape"])
+            start, end = info["data_offsets"]
+            if not all(isinstance(s, int) and 0 <= s < 1 << 40 for s in shape) \
+                    or not isinstance(start, int) or not isinstance(end, int):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed entry") from None
+        count = math.prod(shape)
+        if not 0 <= start <= end <= len(data) or end - start != count * dt.itemsize:
+            raise CheckpointError(f"{path}: tensor {name!r} lies outside the file or has the wrong size "
+                                  f"(the file may be truncated)")
+        spans.append((start, end))
+        tensors[name] = np.frombuffer(data, dtype=dt, count=count, offset=start).reshape(shape)
+    spans.sort()
+    for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise CheckpointError(f"{path}: tensors overlap")
+    if spans and spans[-1][1] != len(data):
+        raise CheckpointError(f"{path}: the data section has the wrong length (truncated or padded file)")
+    return meta, tensors
+
+
+def load(path: str | os.PathLike) -> Checkpoint:
+    """Read and validate a checkpoint; raises CheckpointError with one sentence on any problem."""
+    meta, tensors = read_raw(path)
+    try:
+        config = ModelConfig.from_dict(_meta_json(meta, "config", dict))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad model config ({e})") from None
+    try:
+        vocab = Vocab.from_meta(_meta_json(meta, "vocab", dict))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: bad vocabulary ({e})") from None
+    if vocab.size != config.vocab_size:
+        raise CheckpointError(f"{path}: vocabulary has {vocab.size} symbols but the model expects {config.vocab_size}")
+    params = Params(config)
+    for name, shape in param_shapes(config):
+        arr = tensors.get(f"param/{name}")
+        if arr is None:
+            raise CheckpointError(f"{path}: weight {name} is missing (wrong architecture?)")
+        if arr.dtype != DTYPES["F32"]:
+            raise CheckpointError(f"{path}: weight {name} has dtype {arr.dtype}, expected float32")
+        if arr.shape != shape:
+            raise CheckpointError(f"{path}: weight {name} has shape {arr.shape}, the config says {shape}")
+        params[name] = arr
+    extra = [k for k in tensors if k.startswith("param/") and k[6:] not in params.views]
+    if extra:
+        raise CheckpointError(f"{path}: unexpected weight {extra[0][6:]} (wrong architecture?)")
+    if not np.all(np.isfinite(params.flat)):
+        raise CheckpointError(f"{path}: weights contain NaN or Inf")
+    optimizer = _meta_json(meta, "optimizer", (dict, type(None)))
+    optim_state = {}
+    for k, arr in tensors.items():
+        if k.startswith("optim/"):
+            if arr.dtype != DTYPES["F32"] or arr.shape != (params.flat.size,) or not np.all(np.isfinite(arr)):
+                raise CheckpointError(f"{path}: optimizer state {k[6:]} is malformed")
+            optim_state[k[6:]] = arr.copy()
+    state = tensors.get("state")
+    if state is not None:
+        want = (config.layers, config.n_states)
+        if state.dtype != DTYPES["F32"] or state.ndim != 4 or state.shape[:2] != want \
+                or state.shape[3] != config.hidden or not np.all(np.isfinite(state)):
+            raise CheckpointError(f"{path}: carried state is malformed")
+        state = state.copy()
+    return Checkpoint(config=config, vocab=vocab, params=params, optimizer=optimizer,
+                      optim_state=optim_state, state=state,
+                      progress=_meta_json(meta, "progress", dict),
+                      rng=_meta_json(meta, "rng", (dict, type(None))),
+                      train_args=_meta_json(meta, "train_args", dict),
+                      metrics=_meta_json(meta, "metrics", dict))
+
+
+def find_latest(root: str | os.PathLike = "checkpoints", name: str = "best") -> Path | None:
+    """The newest `<name>.safetensors` under root (by modification time), or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = [p for p in root.rglob(f"{name}.safetensors") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve(path: str | None, root: str = "checkpoints") -> Path:
+    """A checkpoint argument: a file, a run directory (its best), or None (the newest best)."""
+    if path is None:
+        found = find_latest(root)
+        if found is None:
+            raise CheckpointError(f"no checkpoint given and none found under ./{root}; "
+                                  f"train one with `charrnn train FILE` or name one")
+        return found
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best", "last"):
+            if (p / f"{name}.safetensors").is_file():
+                return p / f"{name}.safetensors"
+        raise CheckpointError(f"{path} holds no best.safetensors or last.safetensors")
+    if not p.exists():
+        raise CheckpointError(f"no such checkpoint: {path}")
+    return p

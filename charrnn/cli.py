@@ -1,0 +1,340 @@
+"""The command line: parse, make one library call, report. Heavy imports (NumPy, Numba) happen
+inside the commands so `--help` stays fast. stdout carries only the product; everything
+else goes to stderr. Exit codes: 0 success, 1 runtime failure, 2 usage or input error.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from charrnn import __version__
+from charrnn.cli_corpus import corpus
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class InputError(click.ClickException):
+    """Bad input or a bad file: one line on stderr, exit 2."""
+    exit_code = 2
+
+
+def say(msg: str) -> None:
+    """A line for the human, on stderr (never stdout), without breaking a progress bar."""
+    try:
+        from tqdm import tqdm
+        tqdm.write(msg, file=sys.stderr)
+    except Exception:
+        click.echo(msg, err=True)
+
+
+def _input_errors():
+    """The exception types that mean 'your input is wrong' rather than 'charrnn broke'."""
+    from charrnn.backends import DeviceError
+    from charrnn.catalog import CorpusError as CatalogError
+    from charrnn.checkpoint import CheckpointError
+    from charrnn.corpus import CorpusError
+    return (CorpusError, CatalogError, CheckpointError, DeviceError)
+
+
+def _device(name: str, announce: bool = True) -> str:
+    """Resolve --device; `auto` says what it picked (sample and eval only when it is not the CPU,
+    so a plain `charrnn sample | head` keeps stderr empty)."""
+    from charrnn.backends import resolve_device
+    dev = resolve_device(name)
+    if name == "auto" and (announce or dev != "cpu"):
+        say(f"device: {dev}")
+    return dev
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="charrnn")
+def cli() -> None:
+    """Character-level RNN text generator: train on a text, sample new text, score held-out text.
+
+    \b
+    Example:
+      charrnn train shakespeare          # checkpoints go to checkpoints/shakespeare/
+      charrnn sample --temp 0.8 | head   # stream text from the newest best checkpoint
+      charrnn eval --split test          # bits per character on the held-back test split
+    """
+
+
+# ---------------------------------------------------------------- train
+@cli.command(context_settings=CONTEXT)
+@click.argument("text", metavar="FILE")
+@click.option("--hidden", type=click.IntRange(1), default=256, show_default=True, help="Units per layer.")
+@click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="Stacked layers.")
+@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", show_default=True)
+@click.option("--embed", type=click.IntRange(0), default=0, show_default=True,
+              help="Size of a learned embedding; 0 feeds one-hot characters.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Inverted dropout between layers and before the output layer.")
+@click.option("--activation", type=click.Choice(["tanh", "softsign"]), default="tanh", show_default=True,
+              help="The cell's squashing nonlinearity (gates stay sigmoid).")
+@click.option("--init", "init", type=click.Choice(["uniform", "xavier"]), default="uniform", show_default=True,
+              help="uniform is U(-0.08, 0.08) as in char-rnn; xavier is Glorot uniform.")
+@click.option("--forget-bias", type=float, default=1.0, show_default=True, help="LSTM forget-gate bias at init.")
+@click.option("--seq-len", type=click.IntRange(1), default=100, show_default=True,
+              help="Steps per window (truncated BPTT length).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Parallel streams.")
+@click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
+@click.option("--test-frac", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "rmsprop", "adagrad", "nesterov"]), default="adam",
+              show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True, help="Learning rate.")
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adam beta1 [0.9].")
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adam beta2 [0.999].")
+@click.option("--alpha", type=click.FloatRange(0, 1, max_open=True), default=None, help="RMSProp decay [0.95].")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None, help="Nesterov momentum [0.9].")
+@click.option("--eps", type=click.FloatRange(0, min_open=True), default=None, help="Optimizer epsilon.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True, help="L2 penalty.")
+@click.option("--l1", type=click.FloatRange(0), default=0.0, show_default=True, help="L1 penalty.")
+@click.option("--clip", default="norm:5", show_default=True,
+              help="norm:X (global norm), value:X (element-wise, as char-rnn) or none.")
+@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Multiply the rate by this each epoch from --lr-decay-after on.")
+@click.option("--lr-decay-after", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--lr-plateau", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Multiply the rate by this when validation does not improve.")
+@click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
+              help="Stop after this many validations without improvement (0: never).")
+@click.option("--max-epochs", type=click.FloatRange(0, min_open=True), default=50, show_default=True)
+@click.option("--minutes", type=click.FloatRange(0), default=0, show_default=True,
+              help="Wall-clock budget; 0 means none.")
+@click.option("--max-steps", type=click.IntRange(0), default=0, hidden=True)
+@click.option("--val-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Steps between validations (0: once per epoch).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory [checkpoints/<file stem>].")
+@click.option("--name", default=None, help="Run name: the directory checkpoints/<name>.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@click.option("--resume", type=click.Path(dir_okay=True), default=None,
+              help="Continue a run exactly from its checkpoint.")
+@click.option("--init-from", type=click.Path(dir_okay=True), default=None,
+              help="Start from a checkpoint's weights (fine-tuning on a new text).")
+def train(text: str, name: str | None, encoding: str, resume: str | None, init_from: str | None,
+          **kw) -> None:
+    """Train on FILE (a path, - for stdin, or a catalogue name such as shakespeare).
+
+    Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl go to the run directory.
+
+    \b
+    Example:
+      charrnn train shakespeare --minutes 10
+      charrnn train notes.txt --hidden 512 --layers 3 --dropout 0.2 --out runs/notes
+    """
+    from charrnn import checkpoint as ckpt
+    from charrnn.corpus import read_input
+    from charrnn.train import Trainer, TrainOptions, TrainingInterrupted, prepare_out_dir
+
+    opts = TrainOptions(**{k: v for k, v in kw.items() if k != "out"})
+    source = text
+    if text != "-":
+        from charrnn import catalog
+        path, where = catalog.resolve(text)
+        if not (Path(text).exists()):
+            say(where)
+        source = str(path)
+    stem = name or (Path(text).stem if text != "-" else None)
+    out = kw["out"] or (f"checkpoints/{stem}" if stem else None)
+    if out is None:
+        raise InputError("reading stdin: name the run with --out DIR or --name NAME")
+    opts.out = out
+    opts.device = _device(kw["device"])
+    base_resume = ckpt.load(ckpt.resolve(resume)) if resume else None
+    base_init = ckpt.load(ckpt.resolve(init_from)) if init_from else None
+    data = read_input(source, encoding=encoding)
+    run_dir = prepare_out_dir(out)
+    trainer = Trainer(opts, data, run_dir, log=say, resume=base_resume, init_from=base_init)
+    trainer.source = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
+    try:
+        result = trainer.run()
+    except TrainingInterrupted as e:
+        say(f"interrupted at step {trainer.step}: saved {run_dir / 'last.safetensors'}")
+        sys.exit(e.exit_code)
+    best = result["best_val_bpc"]
+    say(f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
+        f"{result['elapsed_s'] / 60:.1f} min; best validation "
+        f"{'n/a' if best is None else f'{best:.4f} bits/char'}; checkpoints in {run_dir}")
+
+
+# ---------------------------------------------------------------- sample
+@cli.command(context_settings=CONTEXT)
+@click.argument("checkpoint", required=False)
+@click.option("--length", "-n", type=click.IntRange(0), default=2000, show_default=True,
+              help="Characters to generate.")
+@click.option("--temp", "-t", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Temperature: lower is safer, higher is wilder; 0 is greedy argmax.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k likeliest (0: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus: keep the smallest set with this much probability.")
+@click.option("--prime", "-p", default="", help="Text to start from; it is echoed first.")
+@click.option("--seed", type=int, default=None, help="Random seed; the same seed gives the same text.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def sample(checkpoint: str | None, length: int, temp: float, top_k: int, top_p: float, prime: str,
+           seed: int | None, device: str) -> None:
+    """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints).
+
+    \b
+    Example:
+      charrnn sample --temp 0.8 --length 500
+      charrnn sample checkpoints/shakespeare --prime "ROMEO:" --seed 7 | head -20
+    """
+    from charrnn import checkpoint as ckpt
+    from charrnn.backends import make_backend
+    from charrnn.sample import generate
+
+    ck = ckpt.load(ckpt.resolve(checkpoint))
+    vocab = ck.vocab
+    if prime:
+        unknown = vocab.unknown(prime)
+        if unknown:
+            from charrnn.corpus import describe_chars
+            raise InputError(f"prime has characters outside the model's vocabulary: {describe_chars(unknown)}")
+        prime_codes = vocab.encode(prime)
+    else:
+        start = "\n" if "\n" in vocab.chars else (vocab.chars[0] if vocab.chars else "\n")
+        prime_codes = vocab.encode(start) if not vocab.byte_mode else vocab.encode(b"\n")
+    be = make_backend(_device(device, announce=False), ck.config, ck.params, notify=say)
+    out = sys.stdout.buffer
+    with _quiet_pipe():
+        if prime:
+            out.write(prime.encode("utf-8"))
+        for codes, _ in generate(be, prime_codes, length, temp, seed, top_k, top_p):
+            ch = vocab.decode(codes)
+            data = ch if isinstance(ch, bytes) else ch.encode("utf-8")
+            out.write(data)
+            if b"\n" in data:
+                out.flush()
+        if not vocab.byte_mode:
+            out.write(b"\n")
+        out.flush()
+
+
+class _quiet_pipe:
+    """A reader that goes away (`| head`) ends the command quietly with exit 0."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if typ is not None and issubclass(typ, BrokenPipeError):
+            _silence_stdout()
+            sys.exit(0)
+        return False
+
+
+def _silence_stdout() -> None:
+    # Python's documented recipe: point stdout at devnull so the exit-time flush cannot fail again
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+# ---------------------------------------------------------------- eval
+@cli.command("eval", context_settings=CONTEXT)
+@click.argument("args", nargs=-1, metavar="[CHECKPOINT] [FILE|-]")
+@click.option("--split", "which", type=click.Choice(["val", "test"]), default="test", show_default=True,
+              help="The held-back split of the training text, used when no FILE is given.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None:
+    """Bits per character of a checkpoint on FILE, or on its training text's held-back split.
+
+    \b
+    Example:
+      charrnn eval --split test
+      charrnn eval checkpoints/shakespeare held_out.txt --json
+    """
+    import json
+
+    from charrnn import checkpoint as ckpt
+    from charrnn.backends import make_backend
+    from charrnn.corpus import read_input, split
+    from charrnn.evaluate import evaluate, summary
+
+    if len(args) > 2:
+        raise click.UsageError("give at most a CHECKPOINT and a FILE")
+    ck_arg, file_arg = None, None
+    if len(args) == 2:
+        ck_arg, file_arg = args
+    elif len(args) == 1:
+        a = Path(args[0])
+        if a.is_dir() or a.suffix == ".safetensors":
+            ck_arg = args[0]
+        else:
+            file_arg = args[0]
+    ck = ckpt.load(ckpt.resolve(ck_arg))
+    vocab = ck.vocab
+    if file_arg is not None:
+        text = read_input(file_arg, byte_mode=vocab.byte_mode)
+        what = "stdin" if file_arg == "-" else file_arg
+    else:
+        src = ck.train_args.get("source") or {}
+        path = src.get("path")
+        if not path or path == "-" or not Path(path).is_file():
+            raise InputError("this checkpoint's training text is not at hand; name a FILE to evaluate on")
+        text = read_input(path, byte_mode=vocab.byte_mode, encoding=src.get("encoding", "utf-8"))
+        what = f"{which} split of {path}"
+    unknown = vocab.unknown(text)
+    if unknown:
+        say(f"skipping {len(unknown)} characters outside the vocabulary: "
+            + " ".join(repr(c) for c in unknown[:20]))
+    codes = vocab.encode(text, skip_unknown=True)
+    if file_arg is None:
+        _, val, test = split(codes, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))
+        codes = val if which == "val" else test
+    if len(codes) < 2:
+        raise InputError(f"{what} has fewer than two characters to score")
+    be = make_backend(_device(device, announce=False), ck.config, ck.params, notify=say)
+    nats, n = evaluate(be, codes)
+    res = summary(nats, n)
+    res.update({"text": what, "skipped_chars": sum(text.count(c) for c in unknown) if unknown else 0})
+    with _quiet_pipe():
+        if as_json:
+            click.echo(json.dumps(res))
+        else:
+            click.echo(f"{res['bits_per_char']:.4f} bits/char  {res['nats_per_char']:.4f} nats/char  "
+                       f"perplexity {res['perplexity']:.3f}  over {n:,} characters of {what}")
+
+
+cli.add_command(corpus)
+
+
+def main() -> None:
+    """Entry point: turn known failures into one line and an exit code, never a traceback."""
+    errors = _input_errors()
+    try:
+        cli.main(prog_name="charrnn", auto_envvar_prefix="CHARRNN", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except errors as e:
+        click.echo(f"charrnn: error: {e}", err=True)
+        sys.exit(2)
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(0)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except MemoryError:
+        click.echo("charrnn: error: out of memory", err=True)
+        sys.exit(1)
+    except OSError as e:
+        click.echo(f"charrnn: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
+        sys.exit(1)
+    except Exception as e:
+        if os.environ.get("CHARRNN_DEBUG"):
+            raise
+        click.echo(f"charrnn: internal error: {type(e).__name__}: {e} (set CHARRNN_DEBUG=1 for details)", err=True)
+        sys.exit(1)

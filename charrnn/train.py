@@ -226,6 +226,7 @@ class Trainer:
                            "train_bpc": round(ema, 5), "val_bpc": None if val_bpc is None else round(val_bpc, 5),
                            "lr": self.lr, "grad_norm": round(gnorm, 5)}
                     self._append_metrics(rec)
+                    self._record_sample(rec)
                     if bar is not None:
                         bar.write(f"step {self.step}  epoch {rec['epoch']:.2f}  train {ema:.4f}  "
                                   f"val {'n/a' if val_bpc is None else f'{val_bpc:.4f}'} bpc", file=sys.stderr)
@@ -254,6 +255,27 @@ class Trainer:
                 "best_val_bpc": self.best_val if math.isfinite(self.best_val) else None,
                 "last_val_bpc": val_bpc, "reason": reason, "elapsed_s": self.elapsed,
                 "out": str(self.out)}
+
+    # the report's per-validation samples: fixed seed and temperature, so they compare across steps
+    sample_chars, sample_temp, sample_seed = 300, 0.8, 1234
+
+    def _record_sample(self, rec: dict) -> None:
+        """Append a short sample to samples.jsonl for `charrnn report`. generate() runs its own
+        batch-1 state on the backend, so the training state and RNG are untouched."""
+        if self.sample_chars <= 0:
+            return
+        from charrnn.sample import generate
+        v = self.vocab
+        start = v.encode(b"\n") if v.byte_mode else v.encode("\n" if "\n" in v.chars else v.chars[0])
+        codes = [int(c[0]) for c, _ in generate(self.be, start, self.sample_chars, self.sample_temp,
+                                                 self.sample_seed)]
+        text = v.decode(codes)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        line = {"step": rec["step"], "chars": rec["chars"], "temp": self.sample_temp,
+                "seed": self.sample_seed, "text": text}
+        with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
 
     def _append_metrics(self, rec: dict) -> None:
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:

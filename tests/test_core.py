@@ -1,0 +1,159 @@
+"""The core pieces end to end: corpus, batches, checkpoints, and the train/sample/eval commands."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from charrnn import checkpoint as ckpt
+from charrnn.batches import Batches
+from charrnn.cli import cli
+from charrnn.corpus import CorpusError, Vocab, read_input, split
+from charrnn.model import ModelConfig, init_params
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run(*args, input=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "charrnn", *args], input=input, capture_output=True,
+                          cwd=cwd, env=ENV, timeout=300)
+
+
+# ---------------------------------------------------------------- corpus
+def test_bom_is_stripped_and_crlf_kept(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_bytes("\ufeffab\r\ncd".encode("utf-8"))
+    assert read_input(str(f)) == "ab\r\ncd"
+
+
+def test_vocab_is_sorted_distinct_chars_and_codes_are_compact():
+    v = Vocab.from_text("banana!")
+    assert v.chars == "!abn"
+    codes = v.encode("banana")
+    assert codes.dtype == np.uint8 and v.decode(codes) == "banana"
+    wide = Vocab.from_text("".join(chr(0x4E00 + i) for i in range(300)))
+    assert wide.encode(wide.chars).dtype == np.uint16
+
+
+def test_unknown_characters_are_named():
+    with pytest.raises(CorpusError, match="'z'"):
+        Vocab.from_text("abc").encode("abz")
+
+
+def test_split_is_positional_90_5_5():
+    tr, va, te = split(np.arange(1000), 0.05, 0.05)
+    assert (len(tr), len(va), len(te)) == (900, 50, 50)
+    assert tr[-1] + 1 == va[0] and va[-1] + 1 == te[0]
+
+
+# ---------------------------------------------------------------- batches
+def test_windows_continue_each_stream_so_state_can_carry():
+    b = Batches(np.arange(1001), batch=4, seq_len=10)
+    x0, y0 = b.window(0)
+    x1, _ = b.window(1)
+    assert x0.shape == (10, 4)
+    assert np.array_equal(x1[0], x0[-1] + 1)          # row b of window 1 continues row b of window 0
+    assert np.array_equal(y0, x0 + 1)
+
+
+def test_short_split_shrinks_batch_then_length_with_a_warning():
+    warnings = []
+    b = Batches(np.arange(30), batch=8, seq_len=10, warn=warnings.append)
+    assert (b.batch, b.seq_len) == (2, 10) and warnings
+    b = Batches(np.arange(6), batch=8, seq_len=10, warn=warnings.append)
+    assert (b.batch, b.seq_len) == (1, 5)
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trips_every_field(tmp_path):
+    cfg = ModelConfig(vocab_size=4, hidden=3, layers=2, cell="gru")
+    p = init_params(cfg, np.random.default_rng(0))
+    rng = np.random.default_rng(5)
+    c = ckpt.Checkpoint(config=cfg, vocab=Vocab("abcd"), params=p, optimizer={"name": "adam", "t": 3},
+                        optim_state={"m": np.ones(p.flat.size, np.float32)},
+                        state=np.zeros((2, 1, 7, 3), np.float32), progress={"step": 3},
+                        rng=rng.bit_generator.state, train_args={"lr": 0.1}, metrics={"val_bpc": 2.0})
+    ckpt.save(tmp_path / "a.safetensors", c)
+    d = ckpt.load(tmp_path / "a.safetensors")
+    assert d.config == cfg and d.vocab == c.vocab and np.array_equal(d.params.flat, p.flat)
+    assert np.array_equal(d.optim_state["m"], c.optim_state["m"]) and d.state.shape == (2, 1, 7, 3)
+    assert d.progress == {"step": 3} and d.rng == rng.bit_generator.state and d.metrics == {"val_bpc": 2.0}
+    assert not [f for f in os.listdir(tmp_path) if f != "a.safetensors"]     # no temp file left
+
+
+# ---------------------------------------------------------------- the commands
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    words = ["the ", "cat ", "sat ", "on ", "a ", "mat.\n", "dog ", "ran ", "far, ", "so "]
+    r = np.random.default_rng(0)
+    (d / "words.txt").write_text("".join(words[i] for i in r.integers(0, 10, 3000)), encoding="utf-8")
+    res = run("train", "words.txt", "--hidden", "16", "--layers", "1", "--seq-len", "20", "--batch-size", "8",
+              "--max-epochs", "2", "--device", "cpu", cwd=d)
+    assert res.returncode == 0, res.stderr.decode()
+    return d, res
+
+
+def test_train_writes_best_last_and_metrics_and_keeps_stdout_empty(trained):
+    d, res = trained
+    run_dir = d / "checkpoints" / "words"
+    assert (run_dir / "best.safetensors").is_file() and (run_dir / "last.safetensors").is_file()
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all("val_bpc" in l for l in lines)
+    assert lines[-1]["val_bpc"] < 4.0                # log2(15) ~ 3.9 knows nothing; it learned something
+    assert res.stdout == b""
+
+
+def test_same_seed_gives_same_text(trained):
+    d, _ = trained
+    a = run("sample", "--seed", "7", "--length", "300", cwd=d)
+    b = run("sample", "--seed", "7", "--length", "300", cwd=d)
+    c = run("sample", "--seed", "8", "--length", "300", cwd=d)
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout != c.stdout
+    assert len(a.stdout.decode()) >= 300
+
+
+def test_sample_into_a_closed_pipe_exits_quietly(trained):
+    d, _ = trained
+    p = subprocess.run(f"{sys.executable} -m charrnn sample --length 100000 | head -c 100",
+                       shell=True, capture_output=True, cwd=d, env=ENV, timeout=120,
+                       executable="/bin/bash")
+    assert len(p.stdout) == 100
+    assert p.stderr == b"" or p.stderr.startswith(b"compiling kernels")
+    p = subprocess.run(f"set -o pipefail; {sys.executable} -m charrnn sample --length 100000 | head -c 100 >/dev/null",
+                       shell=True, capture_output=True, cwd=d, env=ENV, timeout=120, executable="/bin/bash")
+    assert p.returncode == 0
+
+
+def test_eval_json_prints_one_object_with_bits_per_char(trained):
+    d, _ = trained
+    res = run("eval", "--split", "test", "--json", cwd=d)
+    assert res.returncode == 0, res.stderr.decode()
+    out = json.loads(res.stdout)                        # exactly one JSON document
+    assert set(out) >= {"bits_per_char", "nats_per_char", "perplexity", "chars"}
+    assert abs(out["bits_per_char"] - out["nats_per_char"] / np.log(2)) < 1e-9
+    text = run("eval", "checkpoints/words", "words.txt", cwd=d)
+    assert text.returncode == 0 and b"bits/char" in text.stdout
+
+
+def test_eval_skips_and_reports_unknown_characters(trained):
+    d, _ = trained
+    (d / "odd.txt").write_text("the cat sat on the mat. Zebra!!\n", encoding="utf-8")
+    res = run("eval", "checkpoints/words", "odd.txt", "--json", cwd=d)
+    assert res.returncode == 0
+    assert b"outside the vocabulary" in res.stderr and json.loads(res.stdout)["skipped_chars"] == 4
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["sample"], ["eval"], ["corpus"]])
+def test_every_command_has_help_with_an_example(cmd):
+    res = CliRunner().invoke(cli, [*cmd, "--help"])
+    assert res.exit_code == 0 and "Example" in res.output
+
+
+def test_missing_file_is_one_line_error_exit_2(tmp_path):
+    res = run("train", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert res.stderr.decode().strip().count("\n") == 0 and b"Traceback" not in res.stderr

@@ -281,9 +281,11 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
         text = read_input(path, byte_mode=vocab.byte_mode, encoding=src.get("encoding", "utf-8"))
         what = f"{which} split of {path}"
     unknown = vocab.unknown(text)
+    skipped = sum(text.count(c) for c in unknown)
     if unknown:
-        say(f"skipping {len(unknown)} characters outside the vocabulary: "
-            + " ".join(repr(c) for c in unknown[:20]))
+        from charrnn.corpus import describe_chars
+        say(f"skipping {skipped} occurrences of {len(unknown)} characters outside the vocabulary: "
+            f"{describe_chars(unknown)}")
     codes = vocab.encode(text, skip_unknown=True)
     if file_arg is None:
         _, val, test = split(codes, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))
@@ -293,7 +295,7 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
     be = make_backend(_device(device, announce=False), ck.config, ck.params, notify=say)
     nats, n = evaluate(be, codes)
     res = summary(nats, n)
-    res.update({"text": what, "skipped_chars": sum(text.count(c) for c in unknown) if unknown else 0})
+    res.update({"text": what, "skipped_chars": skipped})
     with _quiet_pipe():
         if as_json:
             click.echo(json.dumps(res))

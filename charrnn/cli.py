@@ -94,6 +94,10 @@ def cli() -> None:
 @click.option("--l1", type=click.FloatRange(0), default=0.0, show_default=True, help="L1 penalty.")
 @click.option("--clip", default="norm:5", show_default=True,
               help="norm:X (global norm), value:X (element-wise, as char-rnn) or none.")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+              help="cosine anneals the rate to --lr-floor times --lr by the end of the run "
+                   "(its epochs or its --minutes, whichever ends first).")
+@click.option("--lr-floor", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Multiply the rate by this each epoch from --lr-decay-after on.")
 @click.option("--lr-decay-after", type=click.IntRange(0), default=10, show_default=True)

@@ -54,6 +54,8 @@ class TrainOptions:
     weight_decay: float = 0.0
     l1: float = 0.0
     clip: str = "norm:5"
+    lr_schedule: str = "cosine"    # cosine: anneal to lr_floor * lr over the run (steps or --minutes); constant
+    lr_floor: float = 0.1
     lr_decay: float = 1.0          # multiply the rate by this each epoch after lr_decay_after
     lr_decay_after: int = 10
     lr_plateau: float = 1.0        # multiply the rate by this when validation does not improve
@@ -196,7 +198,8 @@ class Trainer:
                 x, y = bt.window(self.cursor)
                 seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout else 0
                 loss, self.state = self.be.train_step(x, y, self.state, seed)
-                gnorm = self.be.optimizer_step(self.opt, self.lr, self.clip)
+                lr_now = self.lr * self._anneal(max(self.step / total_steps, self.elapsed / budget))
+                gnorm = self.be.optimizer_step(self.opt, lr_now, self.clip)
                 self.step += 1
                 self.cursor += 1
                 self.chars_seen += chars_per_step
@@ -224,7 +227,7 @@ class Trainer:
                     rec = {"step": self.step, "epoch": round(self.epoch + self.cursor / bt.n_windows, 4),
                            "chars": self.chars_seen, "elapsed_s": round(self.elapsed, 2),
                            "train_bpc": round(ema, 5), "val_bpc": None if val_bpc is None else round(val_bpc, 5),
-                           "lr": self.lr, "grad_norm": round(gnorm, 5)}
+                           "lr": lr_now, "grad_norm": round(gnorm, 5)}
                     self._append_metrics(rec)
                     self._record_sample(rec)
                     if bar is not None:
@@ -276,6 +279,14 @@ class Trainer:
                 "seed": self.sample_seed, "text": text}
         with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
+
+    def _anneal(self, progress: float) -> float:
+        """The schedule's factor on the base rate at `progress` in [0, 1] of the run: the run ends
+        when its steps or its time budget run out, so the rate reaches its floor either way."""
+        if self.o.lr_schedule == "constant":
+            return 1.0
+        p = min(max(progress, 0.0), 1.0)
+        return self.o.lr_floor + (1.0 - self.o.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
     def _append_metrics(self, rec: dict) -> None:
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:

@@ -34,6 +34,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from charrnn.corpus import CorpusError  # one error type for every "this text can't be used" case
+
 __all__ = [
     "CorpusError",
     "build_python",
@@ -70,8 +72,6 @@ _PY_EXCLUDED_DIRS = frozenset(
 )
 
 
-class CorpusError(Exception):
-    """A corpus cannot be found, fetched, built or verified; the message is one line for the user."""
 
 
 # --------------------------------------------------------------------------- catalogue

@@ -33,10 +33,9 @@ def say(msg: str) -> None:
 def _input_errors():
     """The exception types that mean 'your input is wrong' rather than 'charrnn broke'."""
     from charrnn.backends import DeviceError
-    from charrnn.catalog import CorpusError as CatalogError
     from charrnn.checkpoint import CheckpointError
     from charrnn.corpus import CorpusError
-    return (CorpusError, CatalogError, CheckpointError, DeviceError)
+    return (CorpusError, CheckpointError, DeviceError)
 
 
 def _device(name: str, announce: bool = True) -> str:
@@ -171,53 +170,72 @@ def train(text: str, name: str | None, encoding: str, resume: str | None, init_f
 @cli.command(context_settings=CONTEXT)
 @click.argument("checkpoint", required=False)
 @click.option("--length", "-n", type=click.IntRange(0), default=2000, show_default=True,
-              help="Characters to generate.")
+              help="Characters (bytes for a byte model) per sample, after the prime; 0 is endless.")
 @click.option("--temp", "-t", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Temperature: lower is safer, higher is wilder; 0 is greedy argmax.")
 @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k likeliest (0: all).")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Nucleus: keep the smallest set with this much probability.")
-@click.option("--prime", "-p", default="", help="Text to start from; it is echoed first.")
-@click.option("--seed", type=int, default=None, help="Random seed; the same seed gives the same text.")
+@click.option("--num-samples", "-N", type=click.IntRange(1), default=1, show_default=True,
+              help="Samples generated together in one batch; row 0 streams, the rest follow in order.")
+@click.option("--separator", default="", show_default=True,
+              help="Line written between plain samples (default: a blank line).")
+@click.option("--stop", default=None, help="End a sample when its generated text ends with STRING (kept).")
+@click.option("--prime", "-p", default=None, help="Text to start from, or - to read it from stdin.")
+@click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Read the prime from FILE (- for stdin).")
+@click.option("--echo/--no-echo", default=True, show_default=True, help="Write the prime before each sample.")
+@click.option("--unknown", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="Prime characters outside the vocabulary: stop with an error listing them, or drop them.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON line per sample: text, seed, log-probability and bits/char under the model.")
+@click.option("--seed", type=int, default=None,
+              help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def sample(checkpoint: str | None, length: int, temp: float, top_k: int, top_p: float, prime: str,
-           seed: int | None, device: str) -> None:
+def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
+           stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, **kw) -> None:
     """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints).
+
+    A byte model (trained with --bytes) writes raw bytes, so `sample > out.bin` keeps them exactly.
 
     \b
     Example:
       charrnn sample --temp 0.8 --length 500
       charrnn sample checkpoints/shakespeare --prime "ROMEO:" --seed 7 | head -20
+      printf 'To be' | charrnn sample --prime - --top-p 0.9 -n 200
+      charrnn sample -N 8 --stop $'\\n' --json --temp 0.7    # eight lines, one JSON object each
     """
+    import secrets
+
     from charrnn import checkpoint as ckpt
     from charrnn.backends import make_backend
-    from charrnn.sample import generate
+    from charrnn import sample as smp
 
+    if prime is not None and prime_file is not None:
+        raise click.UsageError("give --prime or --prime-file, not both")
+    if kw["length"] == 0 and not stop and (kw["as_json"] or kw["num_samples"] > 1):
+        raise click.UsageError("--length 0 (endless) streams one plain sample; with --json or "
+                               "--num-samples give --stop STRING or a --length")
     ck = ckpt.load(ckpt.resolve(checkpoint))
     vocab = ck.vocab
-    if prime:
-        unknown = vocab.unknown(prime)
-        if unknown:
-            from charrnn.corpus import describe_chars
-            raise InputError(f"prime has characters outside the model's vocabulary: {describe_chars(unknown)}")
-        prime_codes = vocab.encode(prime)
-    else:
-        start = "\n" if "\n" in vocab.chars else (vocab.chars[0] if vocab.chars else "\n")
-        prime_codes = vocab.encode(start) if not vocab.byte_mode else vocab.encode(b"\n")
+    text: str | bytes = prime or ""
+    if prime == "-" or prime_file is not None:
+        from charrnn.corpus import read_input
+        text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
+    codes, echoed, skipped = smp.prime_codes(vocab, text, unknown)
+    if skipped:
+        from charrnn.corpus import describe_chars
+        say(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
+    stop_at = smp.stop_codes(vocab, stop)
     be = make_backend(_device(device, announce=False), ck.config, ck.params, notify=say)
     out = sys.stdout.buffer
-    with _quiet_pipe():
-        if prime:
-            out.write(prime.encode("utf-8"))
-        for codes, _ in generate(be, prime_codes, length, temp, seed, top_k, top_p):
-            ch = vocab.decode(codes)
-            data = ch if isinstance(ch, bytes) else ch.encode("utf-8")
-            out.write(data)
-            if b"\n" in data:
-                out.flush()
-        if not vocab.byte_mode:
-            out.write(b"\n")
-        out.flush()
+    try:
+        with _quiet_pipe():
+            smp.write_samples(be, vocab, out, codes, echoed if echo else b"", seed=secrets.randbits(31)
+                              if seed is None else seed, stop=stop_at,
+                              separator=separator.encode("utf-8", "surrogateescape"), **kw)
+    except KeyboardInterrupt:                 # the usual end of endless output: quiet, exit 130
+        sys.exit(130)
 
 
 class _quiet_pipe:

@@ -1,0 +1,147 @@
+"""Each update rule, penalty and clip against a step worked out by hand on a tiny buffer.
+
+The expected numbers are written from the formulas optim.py documents (Adam with bias
+correction; RMSProp as char-rnn; Adagrad; SGD with Nesterov momentum in PyTorch's form),
+one scalar at a time, so a change to any rule's arithmetic shows up here.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from charrnn.optim import Optimizer, clip_, grad_norm, parse_clip
+
+W0 = [0.5, -1.0, 0.0]
+G1 = [0.2, -0.4, 0.1]
+G2 = [-0.1, 0.3, 0.0]
+
+
+def _run(name, grads, lr, dtype=np.float64, **kw):
+    opt = Optimizer(name, 3, dtype, **kw)
+    w = np.array(W0, dtype)
+    for g in grads:
+        opt.step(w, np.array(g, dtype), lr)
+    return w, opt
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_adam_two_steps_with_bias_correction(dtype, tol):
+    b1, b2, eps, lr = 0.8, 0.9, 1e-8, 0.01
+    w, opt = _run("adam", [G1, G2], lr, dtype, beta1=b1, beta2=b2, eps=eps)
+    for k in range(3):
+        m = v = 0.0
+        x = W0[k]
+        for t, g in enumerate((G1[k], G2[k]), start=1):
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            x -= lr * (m / (1 - b1 ** t)) / (math.sqrt(v / (1 - b2 ** t)) + eps)
+        assert w[k] == pytest.approx(x, rel=tol, abs=tol)
+        assert opt.state["m"][k] == pytest.approx(m, rel=tol, abs=tol)
+    assert opt.t == 2
+
+
+def test_adam_first_step_moves_each_weight_by_lr_times_sign():
+    # with bias correction the first step is lr * g / (|g| + eps): about lr, whatever the gradient's size
+    w, _ = _run("adam", [[1e-3, -50.0, 0.0]], 0.01)
+    assert w == pytest.approx([0.5 - 0.01, -1.0 + 0.01, 0.0], abs=1e-7)
+
+
+def test_rmsprop_step_as_char_rnn():
+    alpha, eps, lr = 0.9, 1e-8, 0.1
+    w, opt = _run("rmsprop", [G1, G2], lr, alpha=alpha, eps=eps)
+    # weight 0 by hand: sq1 = 0.1 * 0.04 = 0.004, sq2 = 0.9 * 0.004 + 0.1 * 0.01 = 0.0046
+    x0 = 0.5 - 0.1 * 0.2 / (math.sqrt(0.004) + eps)
+    x0 -= 0.1 * -0.1 / (math.sqrt(0.0046) + eps)
+    assert w[0] == pytest.approx(x0, rel=1e-12)
+    assert opt.state["sq"][0] == pytest.approx(0.0046, rel=1e-12)
+    assert w[2] == pytest.approx(0.0 - 0.1 * 0.1 / (math.sqrt(0.1 * 0.01) + eps), rel=1e-12)
+
+
+def test_adagrad_accumulates_squares():
+    eps, lr = 1e-10, 0.5
+    w, opt = _run("adagrad", [G1, G2], lr, eps=eps)
+    # weight 1: s1 = 0.16, s2 = 0.25
+    x1 = -1.0 - 0.5 * -0.4 / (0.4 + eps) - 0.5 * 0.3 / (0.5 + eps)
+    assert w[1] == pytest.approx(x1, rel=1e-12)
+    assert opt.state["sum"] == pytest.approx([0.05, 0.25, 0.01], rel=1e-12)
+
+
+def test_nesterov_as_pytorch():
+    mu, lr = 0.9, 0.1
+    w, opt = _run("nesterov", [G1, G2], lr, momentum=mu)
+    # weight 0: v1 = 0.2, w1 = 0.5 - 0.1 (0.2 + 0.18) = 0.462; v2 = 0.18 - 0.1 = 0.08, w2 = w1 - 0.1 (-0.1 + 0.072)
+    assert w[0] == pytest.approx(0.462 - 0.1 * (-0.1 + 0.9 * 0.08), rel=1e-12)
+    assert opt.state["vel"][0] == pytest.approx(0.08, rel=1e-12)
+
+
+def test_nesterov_without_momentum_is_plain_sgd():
+    w, _ = _run("nesterov", [G1], 0.1, momentum=0.0)
+    assert w == pytest.approx([0.5 - 0.02, -1.0 + 0.04, -0.01], rel=1e-12)
+
+
+def test_weight_decay_adds_l2_gradient():
+    # plain SGD so the penalty's effect is visible as it is: g + wd * w
+    w, _ = _run("nesterov", [G1], 0.1, momentum=0.0, weight_decay=0.5)
+    assert w == pytest.approx([0.5 - 0.1 * (0.2 + 0.25), -1.0 - 0.1 * (-0.4 - 0.5), -0.01], rel=1e-12)
+
+
+def test_l1_adds_sign_of_weight_and_nothing_at_zero():
+    w, _ = _run("nesterov", [G1], 0.1, momentum=0.0, l1=0.3)
+    assert w == pytest.approx([0.5 - 0.1 * (0.2 + 0.3), -1.0 - 0.1 * (-0.4 - 0.3), -0.01], rel=1e-12)
+
+
+def test_penalties_feed_the_adaptive_rules_too():
+    # coupled L2 (the gradient of the penalty, before the rule), so Adam's first step is still lr * sign
+    w, _ = _run("adam", [[0.0, 0.0, 0.0]], 0.01, weight_decay=1.0)
+    assert w == pytest.approx([0.5 - 0.01, -1.0 + 0.01, 0.0], abs=1e-7)
+
+
+def test_clip_norm_rescales_to_the_threshold_and_reports_the_old_norm():
+    g = np.array([3.0, -4.0], np.float32)
+    assert clip_(g, "norm", 2.5) == pytest.approx(5.0)
+    assert g == pytest.approx([1.5, -2.0])
+    assert grad_norm(g) == pytest.approx(2.5, rel=1e-6)
+
+
+def test_clip_norm_leaves_a_small_gradient_alone():
+    g = np.array([0.3, -0.4], np.float32)
+    assert clip_(g, "norm", 1.0) == pytest.approx(0.5)
+    assert g == pytest.approx([0.3, -0.4])
+
+
+def test_clip_value_clamps_each_element():
+    g = np.array([3.0, -4.0, 0.5], np.float32)
+    assert clip_(g, "value", 1.0) == pytest.approx(math.sqrt(9 + 16 + 0.25), rel=1e-6)
+    assert g == pytest.approx([1.0, -1.0, 0.5])
+
+
+def test_clip_none_changes_nothing():
+    g = np.array([30.0, -40.0], np.float32)
+    assert clip_(g, "none", 0.0) == pytest.approx(50.0)
+    assert g == pytest.approx([30.0, -40.0])
+
+
+@pytest.mark.parametrize("spec,want", [("norm:5", ("norm", 5.0)), ("value:0.5", ("value", 0.5)),
+                                       ("5", ("norm", 5.0)), ("none", ("none", 0.0)), (" Value:2 ", ("value", 2.0))])
+def test_parse_clip_accepts_the_documented_forms(spec, want):
+    assert parse_clip(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["norm", "norm:x", "max:5", "value:-1", "norm:0", "value:inf"])
+def test_parse_clip_rejects_bad_specs(spec):
+    with pytest.raises(ValueError):
+        parse_clip(spec)
+
+
+def test_unknown_optimizer_or_hyperparameter_is_refused():
+    with pytest.raises(ValueError):
+        Optimizer("sgd", 3)
+    with pytest.raises(ValueError):
+        Optimizer("adam", 3, momentum=0.9)
+
+
+def test_meta_round_trip_keeps_rule_hyperparameters_and_step():
+    _, opt = _run("rmsprop", [G1], 0.1, alpha=0.7, eps=1e-6, weight_decay=0.01, l1=0.002)
+    back = Optimizer.from_meta(opt.to_meta(), 3)
+    assert (back.name, back.hyper, back.weight_decay, back.l1, back.t) == \
+        ("rmsprop", {"alpha": 0.7, "eps": 1e-6}, 0.01, 0.002, 1)

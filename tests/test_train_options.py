@@ -1,0 +1,242 @@
+"""The `train` knobs of issue 3 end to end: each flag lands in the checkpoint (so `sample` and
+`eval` need none), the learning-rate schedules and early stopping behave as documented, init
+and forget bias take effect, and dropout is on only in training, reproducibly under a seed.
+
+Runs are tiny (a few hundred characters, hidden 4-8, a handful of steps). Where a test needs
+validation to go a certain way it scripts `Trainer.validate` rather than hoping training does.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from charrnn import checkpoint as ckpt
+from charrnn import reference as ref
+from charrnn.backends.cpu import CpuBackend
+from charrnn.cli import cli
+from charrnn.model import ModelConfig, init_params, param_shapes
+from charrnn.train import Trainer, TrainOptions
+
+WORDS = ["the ", "cat ", "sat ", "on ", "a ", "mat.\n", "dog ", "ran ", "far, ", "so "]
+
+
+def _text(n_words: int = 150) -> str:
+    r = np.random.default_rng(0)
+    return "".join(WORDS[i] for i in r.integers(0, len(WORDS), n_words))
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "words.txt"
+    p.write_text(_text(), encoding="utf-8")
+    return p
+
+
+def _opts(tmp_path, **kw) -> TrainOptions:
+    base = dict(hidden=6, layers=1, batch_size=2, seq_len=8, lr_schedule="constant", device="cpu",
+                out=str(tmp_path))
+    return TrainOptions(**{**base, **kw})
+
+
+def _trainer(tmp_path, **kw) -> Trainer:
+    return Trainer(_opts(tmp_path, **kw), _text(), tmp_path, show_progress=False)
+
+
+def _metrics(out) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _scripted(monkeypatch, values):
+    """Make validation return `values` in turn: the schedule's logic, not training's luck, is tested."""
+    it = iter(values)
+    monkeypatch.setattr(Trainer, "validate", lambda self, **kw: next(it))
+
+
+def _cli_train(text_file, out, *flags):
+    res = CliRunner().invoke(cli, ["train", str(text_file), "--hidden", "6", "--layers", "1", "--batch-size", "2",
+                                   "--seq-len", "8", "--device", "cpu", "--out", str(out), *flags])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return res
+
+
+# ---------------------------------------------------------------- flags travel in the checkpoint
+ALL_FLAGS = ["--cell", "gru", "--layers", "2", "--hidden", "5", "--embed", "3", "--dropout", "0.2",
+             "--activation", "softsign", "--init", "xavier", "--forget-bias", "2.5", "--optimizer", "rmsprop",
+             "--alpha", "0.9", "--eps", "1e-6", "--weight-decay", "1e-4", "--l1", "1e-5", "--clip", "value:2",
+             "--lr", "0.01", "--lr-decay", "0.9", "--lr-decay-after", "1", "--lr-plateau", "0.5",
+             "--patience", "7", "--seed", "3", "--val-every", "2", "--max-steps", "4"]
+
+
+def test_every_train_flag_is_recorded_in_the_checkpoint(tmp_path, text_file):
+    _cli_train(text_file, tmp_path / "run", *ALL_FLAGS)
+    ck = ckpt.load(tmp_path / "run" / "best.safetensors")
+    c = ck.config
+    assert (c.cell, c.layers, c.hidden, c.embed, c.dropout, c.activation, c.init, c.forget_bias) == \
+        ("gru", 2, 5, 3, 0.2, "softsign", "xavier", 2.5)
+    a = ck.train_args
+    assert (a["optimizer"], a["alpha"], a["eps"], a["weight_decay"], a["l1"], a["clip"]) == \
+        ("rmsprop", 0.9, 1e-6, 1e-4, 1e-5, "value:2")
+    assert (a["lr"], a["lr_decay"], a["lr_decay_after"], a["lr_plateau"], a["patience"], a["seed"]) == \
+        (0.01, 0.9, 1, 0.5, 7, 3)
+    assert ck.optimizer["name"] == "rmsprop" and ck.optimizer["hyper"] == {"alpha": 0.9, "eps": 1e-6}
+    assert (ck.optimizer["weight_decay"], ck.optimizer["l1"]) == (1e-4, 1e-5)
+
+
+@pytest.mark.parametrize("flags,hyper", [
+    (["--optimizer", "adam", "--beta1", "0.8", "--beta2", "0.99", "--eps", "1e-7"],
+     {"beta1": 0.8, "beta2": 0.99, "eps": 1e-7}),
+    (["--optimizer", "nesterov", "--momentum", "0.5"], {"momentum": 0.5}),
+    (["--optimizer", "adagrad", "--eps", "1e-4"], {"eps": 1e-4}),
+])
+def test_each_optimizer_records_its_hyperparameters(tmp_path, text_file, flags, hyper):
+    _cli_train(text_file, tmp_path / "run", *flags, "--max-steps", "2")
+    assert ckpt.load(tmp_path / "run" / "last.safetensors").optimizer["hyper"] == hyper
+
+
+def test_sample_and_eval_rebuild_the_model_from_the_checkpoint_alone(tmp_path, text_file):
+    _cli_train(text_file, tmp_path / "run", *ALL_FLAGS)
+    r = CliRunner()
+    s = r.invoke(cli, ["sample", str(tmp_path / "run"), "--length", "40", "--seed", "1", "--device", "cpu"])
+    assert s.exit_code == 0, s.output
+    assert len(s.stdout.rstrip("\n")) >= 40
+    e = r.invoke(cli, ["eval", str(tmp_path / "run"), "--json", "--device", "cpu"])
+    assert e.exit_code == 0, e.output
+    assert math.isfinite(json.loads(e.stdout)["bits_per_char"])
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+def test_lr_decay_multiplies_once_per_epoch_from_decay_after(tmp_path):
+    t = _trainer(tmp_path, lr=0.1, lr_decay=0.5, lr_decay_after=2, max_epochs=4)
+    t.run()
+    # validation once per epoch; each record carries the rate its epoch ran at
+    assert [r["lr"] for r in _metrics(tmp_path)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    assert t.lr == pytest.approx(0.025)
+
+
+def test_lr_plateau_multiplies_on_each_non_improving_validation(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [3.0, 2.5, 2.6, 2.7, 2.4, 2.45])
+    t = _trainer(tmp_path, lr=0.1, lr_plateau=0.5, val_every=1, max_steps=6)
+    t.run()
+    # a record's rate is the one its step used; the cut applies from the next step
+    assert [r["lr"] for r in _metrics(tmp_path)] == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.025, 0.025])
+    assert t.lr == pytest.approx(0.0125)
+
+
+def test_the_schedule_position_is_written_down_and_restored_on_resume(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [3.0, 2.5, 2.6])
+    t = _trainer(tmp_path, lr=0.1, lr_plateau=0.5, val_every=1, max_steps=3)
+    t.run()
+    last = ckpt.load(tmp_path / "last.safetensors")
+    assert last.progress["lr"] == pytest.approx(0.05)
+    assert (last.progress["bad_evals"], last.progress["best_val"], last.progress["step"]) == (1, 2.5, 3)
+    again = Trainer(_opts(tmp_path, lr=0.1, lr_plateau=0.5), _text(), tmp_path, show_progress=False, resume=last)
+    assert (again.lr, again.bad_evals, again.best_val, again.step) == (pytest.approx(0.05), 1, 2.5, 3)
+
+
+# ---------------------------------------------------------------- early stopping
+def test_patience_stops_logs_why_and_keeps_best_as_the_checkpoint_of_record(tmp_path, text_file, monkeypatch):
+    _scripted(monkeypatch, [3.0, 2.5, 2.6, 2.7, 2.8, 2.9])
+    out = tmp_path / "run"
+    res = _cli_train(text_file, out, "--patience", "2", "--val-every", "1", "--max-steps", "6")
+    recs = _metrics(out)
+    assert [r.get("val_bpc") for r in recs[:-1]] == [3.0, 2.5, 2.6, 2.7]
+    assert recs[-1]["event"] == "stop" and recs[-1]["step"] == 4 and "2 validations" in recs[-1]["reason"]
+    assert "early stop" in res.stderr
+    best = ckpt.load(ckpt.resolve(str(out)))              # what sample/eval pick up from the run directory
+    assert best.progress["step"] == 2 and best.metrics["val_bpc"] == 2.5
+    assert ckpt.load(out / "last.safetensors").progress["step"] == 4
+
+
+def test_without_patience_training_runs_through_bad_validations(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [3.0, 3.1, 3.2, 3.3])
+    assert _trainer(tmp_path, val_every=1, max_steps=4).run()["steps"] == 4
+
+
+# ---------------------------------------------------------------- init and forget bias
+def _weights(t: Trainer):
+    p = t.be.params_host()
+    return p, [p[n] for n, s in param_shapes(t.cfg) if len(s) == 2]
+
+
+def test_uniform_init_is_char_rnn_range(tmp_path):
+    _, ws = _weights(_trainer(tmp_path, hidden=16, init="uniform"))
+    top = max(np.abs(w).max() for w in ws)
+    assert 0.07 < top <= 0.08
+
+
+def test_xavier_init_scales_each_gate_block_by_its_fans(tmp_path):
+    t = _trainer(tmp_path, hidden=16, init="xavier")
+    p, _ = _weights(t)
+    bound = math.sqrt(6.0 / (16 + 16))                     # l0.Wh: fan-in H, fan-out one gate block H
+    assert 0.8 * bound < np.abs(p["l0.Wh"]).max() <= bound
+    out_bound = math.sqrt(6.0 / (16 + t.cfg.vocab_size))
+    assert np.abs(p["out.W"]).max() <= out_bound
+
+
+@pytest.mark.parametrize("fb", [1.0, 5.0, 0.0])
+def test_forget_bias_sets_only_the_lstm_forget_gate(tmp_path, fb):
+    p, _ = _weights(_trainer(tmp_path, hidden=4, layers=2, forget_bias=fb))
+    for l in range(2):
+        b = p[f"l{l}.b"]                                   # gate order i, f, g, o
+        assert np.all(b[4:8] == fb) and not np.any(b[:4]) and not np.any(b[8:])
+
+
+# ---------------------------------------------------------------- dropout
+def _host_params(cfg, seed=0):
+    p = init_params(cfg, np.random.default_rng(seed), dtype=np.float64)
+    p.flat[:] = np.random.default_rng(seed + 1).normal(0, 0.3, p.flat.size)
+    return p
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_dropout_is_off_in_eval_and_sampling_steps(cell):
+    on = ModelConfig(vocab_size=7, hidden=5, layers=2, cell=cell, dropout=0.5)
+    off = ModelConfig(vocab_size=7, hidden=5, layers=2, cell=cell, dropout=0.0)
+    p = _host_params(on)
+    r = np.random.default_rng(2)
+    x, y = r.integers(0, 7, (6, 3)), r.integers(0, 7, (6, 3))
+    s0 = np.zeros((2, on.n_states, 3, 5))
+    a, b = CpuBackend(on, p.astype(np.float64)), CpuBackend(off, p.astype(np.float64))
+    assert a.loss(x, y, s0)[0] == b.loss(x, y, s0)[0]                    # evaluation
+    assert np.array_equal(a.step(x[0], s0)[0], b.step(x[0], s0)[0])      # sampling
+    assert a.train_step(x, y, s0, 11)[0] != b.train_step(x, y, s0, 11)[0]  # and on in training
+
+
+def test_dropout_training_is_reproducible_under_a_seed(tmp_path):
+    runs = iter(range(100))
+
+    def final(seed, dropout=0.3):
+        d = tmp_path / str(next(runs))
+        d.mkdir()
+        t = Trainer(_opts(d, dropout=dropout, seed=seed, max_steps=5, val_every=100), _text(), d,
+                    show_progress=False)
+        t.run()
+        return t.be.params_host().flat.copy()
+    assert np.array_equal(final(5), final(5))
+    assert not np.array_equal(final(5), final(6))
+    assert not np.array_equal(final(5), final(5, dropout=0.0))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("activation", ["tanh", "softsign"])
+@pytest.mark.parametrize("L,B", [(1, 1), (1, 3), (2, 1), (2, 3)])
+def test_cpu_backend_matches_reference_with_a_fixed_dropout_mask(cell, activation, L, B):
+    # test_cpu_backend.py covers every cell x activation without dropout and dropout at L=2, B=3 with tanh
+    cfg = ModelConfig(vocab_size=6, hidden=5, layers=L, cell=cell, activation=activation, dropout=0.3)
+    T, seed = 5, 9
+    p = _host_params(cfg)
+    r = np.random.default_rng(4)
+    x, y = r.integers(0, 6, (T, B)), r.integers(0, 6, (T, B))
+    state = r.normal(0, 0.5, (L, cfg.n_states, B, 5))
+    masks = ref.dropout_masks(seed, (L, T, B, 5), cfg.dropout, np.float64)
+    loss, cache, s_ref = ref.forward(p, cfg, x, y, state, masks)
+    g = p.like()
+    ref.backward(p, g, cfg, cache, 1.0 / (T * B))
+    be = CpuBackend(cfg, p.astype(np.float64))
+    got, s_got = be.train_step(x, y, state, dropout_seed=seed)
+    assert got == pytest.approx(loss, rel=1e-9)
+    np.testing.assert_allclose(s_got, s_ref, rtol=1e-9, atol=1e-12)
+    for name, _ in param_shapes(cfg):
+        np.testing.assert_allclose(be.grad[name], g[name], rtol=1e-7, atol=1e-11, err_msg=name)

@@ -12,6 +12,7 @@ import click
 
 from charrnn import __version__
 from charrnn.cli_corpus import corpus
+from charrnn.cli_viz import report, viz
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -327,6 +328,8 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
 
 
 cli.add_command(corpus)
+cli.add_command(report)
+cli.add_command(viz)
 
 
 def main() -> None:

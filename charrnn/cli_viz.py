@@ -1,0 +1,101 @@
+"""``charrnn report`` and ``charrnn viz``: the training report and the cell-activation viewer.
+
+Registered in the main CLI with ``cli.add_command(report)`` and ``cli.add_command(viz)``.
+Both write one self-contained HTML file (no network fetches when opened).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class InputError(click.ClickException):
+    """Bad input or a bad file: one line on stderr, exit 2."""
+    exit_code = 2
+
+
+def _write(path: str, html: str) -> None:
+    """Write the page to PATH (atomically), or to stdout for '-'."""
+    import os
+    if path == "-":
+        click.echo(html, nl=False)
+        return
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+    click.echo(f"wrote {out} ({out.stat().st_size / 1024:.0f} kB)", err=True)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("run_dir", required=False)
+@click.option("-o", "--output", default="report.html", show_default=True, help="HTML file to write; - for stdout.")
+def report(run_dir: str | None, output: str) -> None:
+    """Write an HTML report of a training run: learning curves, samples, config, final metrics.
+
+    RUN_DIR is a directory `charrnn train` wrote (default: the newest under ./checkpoints).
+
+    \b
+    Example:
+      charrnn report checkpoints/shakespeare -o report.html
+    """
+    from charrnn.report import ReportError, build_report, find_run_dir
+    try:
+        html = build_report(find_run_dir(run_dir))
+    except ReportError as e:
+        raise InputError(str(e)) from None
+    _write(output, html)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("args", nargs=-1, metavar="[CHECKPOINT] TEXT_FILE")
+@click.option("-o", "--output", default="cells.html", show_default=True, help="HTML file to write; - for stdout.")
+@click.option("--cell", "cells", multiple=True, metavar="LAYER:INDEX",
+              help="A cell to show (0-based layer and index); repeatable.")
+@click.option("--state", type=click.Choice(["c", "h"]), default=None,
+              help="Colour by the LSTM cell state c (shown as tanh(c), the default) or the output h "
+                   "(the only state of GRU and RNN cells).")
+@click.option("--gate", type=click.Choice(["input", "forget", "output", "update", "reset"]), default=None,
+              help="Colour by a gate instead: input/forget/output (LSTM) or update/reset (GRU).")
+@click.option("--find", is_flag=True,
+              help="Rank the cells that track position in line, quotes and brackets; plot gate saturation. "
+                   "The default when no --cell is given.")
+@click.option("--top", type=click.IntRange(1, 50), default=3, show_default=True, help="Cells listed per property.")
+@click.option("--length", type=click.IntRange(2), default=10000, show_default=True,
+              help="Characters of the text to analyse.")
+@click.option("--show", type=click.IntRange(1), default=2000, show_default=True,
+              help="Characters drawn per cell (the first ones of the analysed text).")
+def viz(args: tuple[str, ...], output: str, cells: tuple[str, ...], state: str | None, gate: str | None,
+        find: bool, top: int, length: int, show: int) -> None:
+    """Colour each character of TEXT_FILE by a cell's state or a gate, as the model reads it.
+
+    CHECKPOINT defaults to the newest best under ./checkpoints. Hovering a character shows the
+    value and the model's top-5 predictions for the next character.
+
+    \b
+    Example:
+      charrnn viz checkpoints/shakespeare input.txt --find -o cells.html
+      charrnn viz input.txt --cell 1:37 --cell 0:5 --gate forget
+    """
+    from charrnn import checkpoint as ckpt
+    from charrnn.corpus import read_input
+    from charrnn.viz import VizError, build
+
+    if not args or len(args) > 2:
+        raise click.UsageError("give a TEXT_FILE, optionally after a CHECKPOINT")
+    ck_arg, text_arg = (None, args[0]) if len(args) == 1 else args
+    ck = ckpt.load(ckpt.resolve(ck_arg))
+    text = read_input(text_arg, byte_mode=ck.vocab.byte_mode)
+    try:
+        html, _ = build(ck, text, list(cells), state, gate, find or not cells, top, length, show,
+                        source="stdin" if text_arg == "-" else text_arg)
+    except VizError as e:
+        raise InputError(str(e)) from None
+    _write(output, html)

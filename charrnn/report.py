@@ -1,0 +1,192 @@
+"""`charrnn report`: one self-contained HTML page about a training run.
+
+Reads a run directory as `train` leaves it: metrics.jsonl (one line per validation),
+samples.jsonl (a sample per validation, fixed seed and temperature) and the last/best
+checkpoint (config, training flags, final metrics). Draws the learning curves with
+charrnn.svg; nothing is fetched when the page opens.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from html import escape
+from pathlib import Path
+
+from charrnn.htmlpage import page, table
+from charrnn.svg import Series, line_chart
+
+
+class ReportError(Exception):
+    """The run directory cannot be reported on; the message is one sentence."""
+
+
+def find_run_dir(arg: str | None, root: str = "checkpoints") -> Path:
+    """RUN_DIR as given, the directory of a checkpoint file, or the newest run under ./checkpoints."""
+    if arg is None:
+        from charrnn.checkpoint import find_latest
+        found = find_latest(root) or find_latest(root, "last")
+        if found is None:
+            raise ReportError(f"no run directory given and none found under ./{root}")
+        return found.parent
+    p = Path(arg)
+    if p.is_file():
+        p = p.parent
+    if not p.is_dir():
+        raise ReportError(f"no such run directory: {arg}")
+    if not (p / "metrics.jsonl").is_file():
+        raise ReportError(f"{arg} holds no metrics.jsonl: not a charrnn run directory")
+    return p
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """The JSON objects of a .jsonl file and how many lines were unreadable (a torn last line
+    after a crash is normal and must not stop the report)."""
+    if not path.is_file():
+        return [], 0
+    rows, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+            else:
+                bad += 1
+    return rows, bad
+
+
+def _load_checkpoint(run: Path):
+    from charrnn.checkpoint import CheckpointError, load
+    for name in ("last", "best"):
+        path = run / f"{name}.safetensors"
+        if path.is_file():
+            try:
+                return load(path), path.name
+            except CheckpointError:
+                continue
+    return None, None
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _spread(vals: list[float | None]) -> bool:
+    """Wide enough (over 20x) that a log axis reads better."""
+    pos = [v for v in vals if v is not None and v > 0]
+    return len(pos) > 1 and max(pos) / min(pos) > 20
+
+
+def curves(evals: list[dict]) -> str:
+    """The three learning-curve charts against characters seen."""
+    xs = [float(r.get("chars", 0)) for r in evals]
+    train = [_num(r.get("train_bpc")) for r in evals]
+    val = [_num(r.get("val_bpc")) for r in evals]
+    lr = [_num(r.get("lr")) for r in evals]
+    gn = [_num(r.get("grad_norm")) for r in evals]
+    charts = [
+        line_chart([Series("train (EMA)", xs, train, markers=True), Series("validation", xs, val, markers=True)],
+                   "Bits per character", "characters seen", "bits/char"),
+        line_chart([Series("learning rate", xs, lr, markers=True)], "Learning rate", "characters seen", "lr",
+                   logy=_spread(lr)),
+        line_chart([Series("gradient norm", xs, gn, markers=True)], "Gradient norm (last step before each validation)",
+                   "characters seen", "L2 norm before clipping", logy=_spread(gn)),
+    ]
+    return '<div class="charts">' + "".join(charts) + "</div>"
+
+
+def final_table(evals: list[dict], ck_progress: dict, n_params: int | None) -> str:
+    last = evals[-1] if evals else {}
+    vals = [(r.get("val_bpc"), r.get("step")) for r in evals if _num(r.get("val_bpc")) is not None]
+    best = min(vals, key=lambda t: t[0]) if vals else (None, None)
+    rows = []
+
+    def add(name, value):
+        if value is not None:
+            rows.append((name, value))
+    add("steps", last.get("step", ck_progress.get("step")))
+    add("epochs", last.get("epoch"))
+    add("characters seen", last.get("chars"))
+    el = _num(last.get("elapsed_s"))
+    if el is not None:
+        add("training time", f"{el / 60:.1f} min")
+        if last.get("chars"):
+            add("characters / second", round(last["chars"] / max(el, 1e-9)))
+    add("final train bits/char (EMA)", _num(last.get("train_bpc")))
+    add("final validation bits/char", _num(last.get("val_bpc")))
+    if best[0] is not None:
+        add("best validation bits/char", f"{best[0]:.4f} (step {best[1]})")
+    add("final learning rate", _num(last.get("lr")))
+    add("validations", len(evals))
+    add("parameters", n_params)
+    return table(rows, ("metric", "value"), "final")
+
+
+def config_tables(ck) -> str:
+    if ck is None:
+        return '<p class="note">No readable checkpoint in the run directory: config not shown.</p>'
+    model = [(k, v) for k, v in ck.config.to_dict().items()]
+    args = [(k, json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v))
+            for k, v in sorted(ck.train_args.items())]
+    return ("<h3>Model</h3>" + table(model, ("field", "value"), "config")
+            + "<h3>Training flags</h3>" + table(args, ("flag", "value"), "train-args"))
+
+
+def samples_html(samples: list[dict], evals: list[dict]) -> str:
+    if not samples:
+        return '<p class="note">No samples recorded (samples.jsonl is absent: the run predates them).</p>'
+    val_at = {r.get("step"): r.get("val_bpc") for r in evals}
+    out = []
+    for s in samples:
+        v = _num(val_at.get(s.get("step")))
+        head = (f"step {s.get('step')} · {s.get('chars', 0):,} characters seen"
+                + (f" · validation {v:.3f} bits/char" if v is not None else "")
+                + f" · temperature {s.get('temp')}, seed {s.get('seed')}")
+        out.append(f'<div class="sample"><div class="note">{escape(head)}</div>'
+                   f'<pre class="sample">{escape(str(s.get("text", "")))}</pre></div>')
+    return "".join(out)
+
+
+def build_report(run_dir: str | os.PathLike) -> str:
+    """The HTML text of the report for one run directory."""
+    run = Path(run_dir)
+    rows, bad = read_jsonl(run / "metrics.jsonl")
+    evals = [r for r in rows if "event" not in r and "step" in r and "chars" in r]
+    events = [r for r in rows if "event" in r]
+    samples, bad_s = read_jsonl(run / "samples.jsonl")
+    if not evals:
+        raise ReportError(f"{run}/metrics.jsonl has no validation records yet")
+    ck, ck_name = _load_checkpoint(run)
+    n_params = None
+    if ck is not None:
+        from charrnn.model import n_params as count
+        n_params = count(ck.config)
+    title = f"charrnn run: {run.resolve().name}"
+    sub = []
+    if ck is not None:
+        c = ck.config
+        sub.append(f"{c.layers}x{c.hidden} {c.cell.upper()}, vocabulary {c.vocab_size}")
+        src = (ck.train_args.get("source") or {}).get("path")
+        if src:
+            sub.append(f"trained on {src}")
+    for e in events:
+        sub.append(str(e.get("reason", e.get("event"))))
+    notes = []
+    if bad or bad_s:
+        notes.append(f"{bad + bad_s} unreadable log line(s) skipped (a run killed mid-write leaves one).")
+    body = [f"<h1>{escape(title)}</h1>",
+            f'<p class="sub">{escape(" · ".join(sub))}</p>' if sub else "",
+            "".join(f'<p class="note">{escape(n)}</p>' for n in notes),
+            '<h2 id="curves">Learning curves</h2>', curves(evals),
+            '<h2 id="final">Final metrics</h2>', final_table(evals, ck.progress if ck else {}, n_params),
+            f'<h2 id="samples">Samples at each validation ({len(samples)})</h2>', samples_html(samples, evals),
+            '<h2 id="config">Configuration</h2>',
+            (f'<p class="note">from {escape(ck_name)}</p>' if ck_name else ""), config_tables(ck)]
+    return page(title, "\n".join(body), css=".charts { display: flex; flex-wrap: wrap; }")
+

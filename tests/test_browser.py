@@ -1,0 +1,85 @@
+"""The report and the cell viewer in a real browser: headless Chromium loads each file, runs its
+script without an error or console message, and renders a screenshot that is not blank.
+
+Skips, saying why, when no Chromium is installed (Debian: apt-get install chromium).
+"""
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from charrnn import checkpoint as ckpt
+from charrnn.report import build_report
+from charrnn.viz import build
+from vizrun import synthetic_text, train_tiny
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed "
+                                "(apt-get install chromium); browser checks skipped")
+# Without the background-networking flags Chromium dials out, and on a closed network that fails.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--hide-scrollbars"]
+
+
+def chromium(tmp_path, url: str, *extra: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"      # a fresh one per launch
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *extra, url],
+                          capture_output=True, text=True, timeout=90)
+
+
+# Counts non-white pixels and distinct colours of a PNG in a canvas: the browser decodes the file.
+PIXELS = """<!DOCTYPE html><html><body><img id="i" src="data:image/png;base64,{b64}"><pre id="out"></pre>
+<script>window.addEventListener('load', function () {{
+  var img = document.getElementById('i'), c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  var g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  var d = g.getImageData(0, 0, c.width, c.height).data, ink = 0, seen = {{}}, n = 0;
+  for (var k = 0; k < d.length; k += 4) {{
+    if (d[k] < 235 || d[k + 1] < 235 || d[k + 2] < 235) ink++;
+    var key = (d[k] << 16) | (d[k + 1] << 8) | d[k + 2];
+    if (!seen[key]) {{ seen[key] = 1; n++; }}
+  }}
+  document.getElementById('out').textContent = 'size ' + c.width + 'x' + c.height + ' ink ' + ink + ' colours ' + n;
+}});</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pages")
+    text = synthetic_text()
+    run = train_tiny(d / "run", text)
+    (d / "report.html").write_text(build_report(run), encoding="utf-8")
+    html, _ = build(ckpt.load(run / "best.safetensors"), synthetic_text(120, seed=3), [], find=True)
+    (d / "cells.html").write_text(html, encoding="utf-8")
+    return d
+
+
+@pytest.mark.parametrize("name", ["report.html", "cells.html"])
+def test_page_renders_in_headless_chromium_without_errors(name, pages, tmp_path):
+    url = (pages / name).as_uri()
+    dom = chromium(tmp_path, url, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    root = re.search(r"<html[^>]*>", dom.stdout).group(0)
+    assert 'data-ready="1"' in root, "the page's load handler never ran"
+    assert "data-errors" not in root, f"script errors: {root}"
+
+    shot = tmp_path / "shot.png"
+    res = chromium(tmp_path, url, "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
+                   "--window-size=1100,1400")
+    assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
+    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, "console messages (our pages log none): " + "\n".join(console)
+
+    probe = tmp_path / "pixels.html"
+    probe.write_text(PIXELS.format(b64=base64.b64encode(shot.read_bytes()).decode()), encoding="utf-8")
+    out = chromium(tmp_path, probe.as_uri(), "--dump-dom").stdout
+    m = re.search(r"size (\d+)x(\d+) ink (\d+) colours (\d+)", out)
+    assert m, "could not measure the screenshot"
+    w, h, ink, colours = map(int, m.groups())
+    assert (w, h) == (1100, 1400)
+    assert ink > 0.01 * w * h, f"screenshot is (nearly) blank: {ink} inked pixels"
+    assert colours > 20, f"screenshot has only {colours} colours"

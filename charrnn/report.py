@@ -61,6 +61,26 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
     return rows, bad
 
 
+def history(rows: list[dict]) -> list[dict]:
+    """The records of the run as it finally went: a record whose step is not past the previous
+    one means training went back (a rollback, or a resume from an older checkpoint), so the
+    records it supersedes are dropped."""
+    out: list[dict] = []
+    for r in rows:
+        step = r.get("step")
+        if not isinstance(step, int):
+            continue
+        while out and out[-1]["step"] >= step:
+            out.pop()
+        out.append(r)
+    return out
+
+
+def _event_text(e: dict) -> str:
+    extra = ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("event", "step"))
+    return f"step {e.get('step')}: {e.get('event')}" + (f" ({extra})" if extra else "")
+
+
 def _load_checkpoint(run: Path):
     from charrnn.checkpoint import CheckpointError, load
     for name in ("last", "best"):
@@ -157,9 +177,10 @@ def build_report(run_dir: str | os.PathLike) -> str:
     """The HTML text of the report for one run directory."""
     run = Path(run_dir)
     rows, bad = read_jsonl(run / "metrics.jsonl")
-    evals = [r for r in rows if "event" not in r and "step" in r and "chars" in r]
+    evals = history([r for r in rows if "event" not in r and "chars" in r])
     events = [r for r in rows if "event" in r]
     samples, bad_s = read_jsonl(run / "samples.jsonl")
+    samples = history(samples)
     if not evals:
         raise ReportError(f"{run}/metrics.jsonl has no validation records yet")
     ck, ck_name = _load_checkpoint(run)
@@ -175,8 +196,7 @@ def build_report(run_dir: str | os.PathLike) -> str:
         src = (ck.train_args.get("source") or {}).get("path")
         if src:
             sub.append(f"trained on {src}")
-    for e in events:
-        sub.append(str(e.get("reason", e.get("event"))))
+    sub += [str(e["reason"]) for e in events if e.get("event") == "stop" and e.get("reason")]
     notes = []
     if bad or bad_s:
         notes.append(f"{bad + bad_s} unreadable log line(s) skipped (a run killed mid-write leaves one).")
@@ -185,6 +205,8 @@ def build_report(run_dir: str | os.PathLike) -> str:
             "".join(f'<p class="note">{escape(n)}</p>' for n in notes),
             '<h2 id="curves">Learning curves</h2>', curves(evals),
             '<h2 id="final">Final metrics</h2>', final_table(evals, ck.progress if ck else {}, n_params),
+            ("<h3>Events</h3><ul>" + "".join(f"<li>{escape(_event_text(e))}</li>" for e in events) + "</ul>"
+             if events else ""),
             f'<h2 id="samples">Samples at each validation ({len(samples)})</h2>', samples_html(samples, evals),
             '<h2 id="config">Configuration</h2>',
             (f'<p class="note">from {escape(ck_name)}</p>' if ck_name else ""), config_tables(ck)]

@@ -232,6 +232,7 @@ CSS = """
 #tip { position: fixed; display: none; background: #fffff4; border: 1px solid #888; padding: 4px 8px;
        font: 12px ui-monospace, monospace; pointer-events: none; white-space: pre; box-shadow: 1px 1px 4px #0003; }
 .sats { display: flex; flex-wrap: wrap; }
+.cellviews { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 0 16px; }
 """
 
 # Hover: the value under the pointer and the model's top-5 guesses for the next character.
@@ -313,8 +314,10 @@ def render(tr: Trace, views: list[View], show: int, heading: str, sub: str, voca
         body.append(_scale(True))
     if any(not v.signed for v in views):
         body.append(_scale(False))
+    body.append('<div class="cellviews">')
     for k, v in enumerate(views):
         body.append(panel(shown, v.values[:n], v.title, v.signed, k))
+    body.append("</div>")
     data = {"text": tr.raw[:n], "vocab": vocab_symbols, "top": tr.top_idx[:n].tolist(),
             "prob": np.round(tr.top_p[:n], 4).tolist(),
             "values": [np.round(v.values[:n].astype(np.float64), 3).tolist() for v in views]}

@@ -111,18 +111,23 @@ def cli() -> None:
 @click.option("--max-steps", type=click.IntRange(0), default=0, hidden=True)
 @click.option("--val-every", type=click.IntRange(0), default=0, show_default=True,
               help="Steps between validations (0: once per epoch).")
+@click.option("--max-nan-retries", type=click.IntRange(0), default=3, show_default=True,
+              help="On a NaN/Inf loss or gradient, roll back to the last good state with half the rate, "
+                   "at most this many times.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory [checkpoints/<file stem>].")
 @click.option("--name", default=None, help="Run name: the directory checkpoints/<name>.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@click.option("--bytes", "byte_mode", is_flag=True,
+              help="Train on raw bytes (256 symbols): any file works, binary or mixed encodings.")
 @click.option("--resume", type=click.Path(dir_okay=True), default=None,
               help="Continue a run exactly from its checkpoint.")
 @click.option("--init-from", type=click.Path(dir_okay=True), default=None,
               help="Start from a checkpoint's weights (fine-tuning on a new text).")
-def train(text: str, name: str | None, encoding: str, resume: str | None, init_from: str | None,
-          **kw) -> None:
+def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: str | None,
+          init_from: str | None, **kw) -> None:
     """Train on FILE (a path, - for stdin, or a catalogue name such as shakespeare).
 
     Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl go to the run directory.
@@ -131,12 +136,18 @@ def train(text: str, name: str | None, encoding: str, resume: str | None, init_f
     Example:
       charrnn train shakespeare --minutes 10
       charrnn train notes.txt --hidden 512 --layers 3 --dropout 0.2 --out runs/notes
+      cat a.txt b.txt | charrnn train - --name ab
+      charrnn train --bytes firmware.bin --out runs/bin
     """
-    from charrnn import checkpoint as ckpt
-    from charrnn.corpus import read_input
-    from charrnn.train import Trainer, TrainOptions, TrainingInterrupted, prepare_out_dir
+    from click.core import ParameterSource
 
-    opts = TrainOptions(**{k: v for k, v in kw.items() if k != "out"})
+    from charrnn import checkpoint as ckpt
+    from charrnn.corpus import check_source, load_corpus
+    from charrnn.train import (Trainer, TrainOptions, TrainingDiverged, TrainingInterrupted, prepare_out_dir,
+                               resume_options)
+
+    if resume and init_from:
+        raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
     source = text
     if text != "-":
         from charrnn import catalog
@@ -144,16 +155,28 @@ def train(text: str, name: str | None, encoding: str, resume: str | None, init_f
         if not (Path(text).exists()):
             say(where)
         source = str(path)
+    check_source(source)
+    resume_path = ckpt.resolve(resume) if resume else None
+    base_resume = ckpt.load(resume_path) if resume_path else None
+    base_init = ckpt.load(ckpt.resolve(init_from)) if init_from else None
+    base = base_resume or base_init
     stem = name or (Path(text).stem if text != "-" else None)
-    out = kw["out"] or (f"checkpoints/{stem}" if stem else None)
+    out = kw["out"] or (f"checkpoints/{name}" if name else None) or \
+        (str(resume_path.parent) if resume_path else None) or (f"checkpoints/{stem}" if stem else None)
     if out is None:
         raise InputError("reading stdin: name the run with --out DIR or --name NAME")
+    if base_resume:   # the run's own options, except those given again on this command line
+        ctx = click.get_current_context()
+        given = {k: v for k, v in kw.items() if k != "out" and ctx.get_parameter_source(k)
+                 in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+        opts = resume_options(base_resume.train_args, given)
+    else:
+        opts = TrainOptions(**{k: v for k, v in kw.items() if k != "out"})
     opts.out = out
     opts.device = _device(kw["device"])
-    base_resume = ckpt.load(ckpt.resolve(resume)) if resume else None
-    base_init = ckpt.load(ckpt.resolve(init_from)) if init_from else None
-    data = read_input(source, encoding=encoding)
     run_dir = prepare_out_dir(out)
+    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
+                       spill_dir=run_dir)
     trainer = Trainer(opts, data, run_dir, log=say, resume=base_resume, init_from=base_init)
     trainer.source = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
     try:
@@ -161,6 +184,9 @@ def train(text: str, name: str | None, encoding: str, resume: str | None, init_f
     except TrainingInterrupted as e:
         say(f"interrupted at step {trainer.step}: saved {run_dir / 'last.safetensors'}")
         sys.exit(e.exit_code)
+    except TrainingDiverged as e:
+        say(f"charrnn: error: {e}")
+        sys.exit(1)
     best = result["best_val_bpc"]
     say(f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
         f"{result['elapsed_s'] / 60:.1f} min; best validation "
@@ -219,21 +245,23 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
                                "--num-samples give --stop STRING or a --length")
     ck = ckpt.load(ckpt.resolve(checkpoint))
     vocab = ck.vocab
+    from charrnn.corpus import CorpusError, describe_chars, read_input
     text: str | bytes = prime or ""
-    if prime == "-" or prime_file is not None:
-        from charrnn.corpus import read_input
-        text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
-    codes, echoed, skipped = smp.prime_codes(vocab, text, unknown)
+    try:
+        if prime == "-" or prime_file is not None:
+            text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
+        codes, echoed, skipped = smp.prime_codes(vocab, text, unknown)
+        stop_at = smp.stop_codes(vocab, stop)
+    except (CorpusError, smp.SampleError) as e:
+        raise InputError(str(e)) from None
     if skipped:
-        from charrnn.corpus import describe_chars
         say(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
-    stop_at = smp.stop_codes(vocab, stop)
     be = make_backend(_device(device, announce=False), ck.config, ck.params, notify=say)
     out = sys.stdout.buffer
     try:
         with _quiet_pipe():
-            smp.write_samples(be, vocab, out, codes, echoed if echo else b"", seed=secrets.randbits(31)
-                              if seed is None else seed, stop=stop_at,
+            smp.write_samples(be, vocab, out, codes, echoed if echo else b"", n=kw.pop("num_samples"),
+                              seed=secrets.randbits(31) if seed is None else seed, stop=stop_at,
                               separator=separator.encode("utf-8", "surrogateescape"), **kw)
     except KeyboardInterrupt:                 # the usual end of endless output: quiet, exit 130
         sys.exit(130)

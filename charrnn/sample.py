@@ -1,13 +1,24 @@
-"""Drawing text from a trained model: priming, temperature, top-k, top-p (nucleus), argmax.
+"""Drawing text from a trained model: priming, temperature, top-k, top-p (nucleus), argmax,
+stop strings, many samples in one batch, and writing them as a byte stream or JSON lines.
 
-The generator yields one code per sequence per step; the caller decides how to print it.
-Draws use NumPy's PCG64 seeded from --seed, so the same seed gives the same text.
+`stream()` runs the model: N rows in one batch, each row with its own generator seeded
+`seed + row`, so `--seed S --num-samples 1` regenerates row i of a batch run with seed S - i.
+The writers turn its steps into output: `PlainWriter` streams row 0 live and holds the
+others until their turn; `JsonWriter` emits one JSON line per finished sample.
+Log-probabilities are always under the model itself (temperature 1, no filtering).
 """
 from __future__ import annotations
 
-from typing import Iterator
+import base64
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
+
+PRIME_WINDOW = 128          # prime codes per forward call (a window, not one step at a time)
 
 
 def distribution(logits: np.ndarray, temp: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
@@ -36,35 +47,269 @@ def distribution(logits: np.ndarray, temp: float, top_k: int = 0, top_p: float =
     return probs
 
 
-def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One code per row by inverse-CDF sampling."""
-    u = rng.random(len(probs))[:, None]
+def log_softmax_at(logits: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """log p(codes[i]) under row i of the logits, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z[np.arange(len(z)), codes] - np.log(np.exp(z).sum(axis=1))
+
+
+def draw(probs: np.ndarray, rng: np.random.Generator | Sequence[np.random.Generator]) -> np.ndarray:
+    """One code per row by inverse-CDF sampling; `rng` is one generator, or one per row."""
+    if isinstance(rng, np.random.Generator):
+        u = rng.random(len(probs))
+    else:
+        u = np.array([r.random() for r in rng])
     cdf = np.cumsum(probs, axis=1)
-    codes = (cdf < u * cdf[:, -1:]).sum(axis=1)
+    codes = (cdf < u[:, None] * cdf[:, -1:]).sum(axis=1)
     return np.minimum(codes, probs.shape[1] - 1)
 
 
-def prime_state(backend, codes: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Feed all but the last prime code through the model; returns (state, last codes)."""
-    state = backend.zero_state(batch)
-    for c in codes[:-1]:
-        _, state = backend.step(np.full(batch, c, dtype=np.int64), state)
+def prime_state(backend, codes: np.ndarray, batch: int):
+    """Feed all but the last prime code through the model in windows; returns (state, last codes).
+    Every row sees the same prime, so a NumPy state is computed once and repeated."""
+    codes = np.asarray(codes, dtype=np.int64)
+    rows = 1
+    state = backend.zero_state(1)
+    if not isinstance(state, np.ndarray):      # a device state: run the whole batch
+        rows, state = batch, backend.zero_state(batch)
+    head = codes[:-1]
+    for start in range(0, len(head), PRIME_WINDOW):
+        x = np.repeat(head[start:start + PRIME_WINDOW, None], rows, axis=1)
+        _, state = backend.loss(x, x, state)
+    if rows != batch:
+        state = np.repeat(state, batch, axis=2)
     return state, np.full(batch, codes[-1], dtype=np.int64)
+
+
+@dataclass
+class Step:
+    """One step of `stream()`: `rows` are the sample indices still running, `codes` and
+    `logp` their new codes and log-probabilities, `done` which of them ended here."""
+    rows: np.ndarray
+    codes: np.ndarray
+    logp: np.ndarray
+    done: np.ndarray
+
+
+def stream(backend, prime_codes: np.ndarray, n: int = 1, length: int = 2000, temp: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+           stop: np.ndarray | None = None) -> Iterator[Step]:
+    """Generate n samples together. A row ends after `length` codes (0: never) or right after
+    its generated codes end with `stop` (kept). Rows that end leave the batch."""
+    rngs = [np.random.default_rng(seed + i) for i in range(n)]
+    state, codes = prime_state(backend, prime_codes, n)
+    rows = np.arange(n)
+    stop = None if stop is None or len(stop) == 0 else np.asarray(stop, dtype=np.int64)
+    tail = np.full((n, len(stop)), -1, dtype=np.int64) if stop is not None else None
+    shrink = isinstance(state, np.ndarray)
+    live = np.ones(n, dtype=bool)             # only used when the state cannot shrink
+    count = 0
+    while len(rows):
+        logits, state = backend.step(codes, state)
+        logits = np.asarray(logits)
+        codes = draw(distribution(logits, temp, top_k, top_p), [rngs[r] for r in rows] if shrink else rngs)
+        logp = log_softmax_at(logits, codes)
+        count += 1
+        done = np.zeros(len(codes), dtype=bool)
+        if stop is not None:
+            tail[:, :-1] = tail[:, 1:]
+            tail[:, -1] = codes
+            done |= (tail == stop).all(axis=1)
+        if length and count >= length:
+            done[:] = True
+        if shrink:
+            yield Step(rows, codes, logp, done)
+            keep = ~done
+            if not keep.all():
+                rows, codes, state, tail = rows[keep], codes[keep], state[:, :, keep], \
+                    (tail[keep] if tail is not None else None)
+        else:                                  # keep stepping every row; report the live ones
+            yield Step(rows[live], codes[live], logp[live], done[live])
+            live &= ~done
+            if not live.any():
+                return
 
 
 def generate(backend, prime_codes: np.ndarray, length: int, temp: float = 1.0, seed: int | None = None,
              top_k: int = 0, top_p: float = 1.0, batch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (codes (batch,), log-probabilities of those codes under the model) for `length`
     steps; length 0 means endless. The prime must hold at least one code."""
-    rng = np.random.default_rng(seed)
-    state, codes = prime_state(backend, np.asarray(prime_codes, dtype=np.int64), batch)
-    n = 0
-    while length == 0 or n < length:
-        logits, state = backend.step(codes, state)
-        probs = distribution(logits, temp, top_k, top_p)
-        codes = draw(probs, rng)
-        z = np.asarray(logits, dtype=np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        logp = z[np.arange(batch), codes] - np.log(np.exp(z).sum(axis=1))
-        yield codes, logp
-        n += 1
+    for st in stream(backend, prime_codes, batch, length, temp, top_k, top_p, 0 if seed is None else seed):
+        yield st.codes, st.logp
+
+
+class SampleError(ValueError):
+    """A prime or stop string this model cannot take; the message is one sentence."""
+
+
+def _as_units(vocab, text: str | bytes) -> str | bytes:
+    """Text in the model's units: bytes for a byte model (arguments keep their raw bytes)."""
+    if vocab.byte_mode and isinstance(text, str):
+        return text.encode("utf-8", "surrogateescape")
+    if not vocab.byte_mode and isinstance(text, bytes):
+        return text.decode("utf-8", "surrogateescape")
+    return text
+
+
+def prime_codes(vocab, prime: str | bytes, unknown: str = "error") -> tuple[np.ndarray, bytes, list[str]]:
+    """(codes to feed, bytes to echo, characters skipped). `unknown` is "error" or "skip" for
+    prime characters outside the vocabulary. With no prime the model starts from a newline
+    (or its first symbol), which is not echoed."""
+    from charrnn.corpus import describe_chars
+    prime = _as_units(vocab, prime)
+    missing = vocab.unknown(prime)
+    if missing and unknown == "error":
+        raise SampleError(f"the prime has {len(missing)} characters outside the model's vocabulary: "
+                          f"{describe_chars(missing)} (--unknown skip drops them)")
+    if missing:
+        prime = "".join(c for c in prime if c not in set(missing))
+    if not prime:
+        start = b"\n" if vocab.byte_mode else ("\n" if "\n" in vocab.chars else vocab.chars[0])
+        return vocab.encode(start).astype(np.int64), b"", missing
+    echo = prime if isinstance(prime, bytes) else prime.encode("utf-8", "surrogatepass")
+    return vocab.encode(prime).astype(np.int64), echo, missing
+
+
+def stop_codes(vocab, stop: str | bytes | None) -> np.ndarray | None:
+    """The stop string as codes; one the model cannot write is an error, not a silent never."""
+    if not stop:
+        return None
+    from charrnn.corpus import describe_chars
+    stop = _as_units(vocab, stop)
+    missing = vocab.unknown(stop)
+    if missing:
+        raise SampleError(f"--stop has characters outside the model's vocabulary, so it could never appear: "
+                          f"{describe_chars(missing)}")
+    return vocab.encode(stop).astype(np.int64)
+
+
+def write_samples(backend, vocab, out: BinaryIO, codes: np.ndarray, echo: bytes = b"", n: int = 1,
+                  length: int = 2000, temp: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                  stop: np.ndarray | None = None, as_json: bool = False, separator: bytes = b"") -> None:
+    """Generate and write n samples to the binary stream `out`, as plain bytes or JSON lines.
+    A closed pipe or Ctrl-C propagates; Ctrl-C first ends the line being shown."""
+    if as_json:
+        writer = JsonWriter(out, vocab, n, seed, echo, stop)
+    else:
+        writer = PlainWriter(out, vocab, n, echo, separator)
+    try:
+        for st in stream(backend, codes, n, length, temp, top_k, top_p, seed, stop):
+            writer.step(st)
+    except KeyboardInterrupt:
+        writer.close()
+        out.flush()
+        raise
+    out.flush()
+
+
+# ---------------------------------------------------------------- output
+def code_bytes(vocab) -> list[bytes]:
+    """The bytes each code writes: one raw byte in byte mode, the UTF-8 of its character otherwise."""
+    if vocab.byte_mode:
+        return [bytes([i]) for i in range(256)]
+    return [c.encode("utf-8", "surrogatepass") for c in vocab.chars]
+
+
+class PlainWriter:
+    """Samples as one byte stream: each is its echoed prime then its codes; text samples end
+    with a newline; a separator line goes between samples. Row 0 streams as it is generated;
+    later rows are held until every earlier one has ended, so output appears at once and the
+    samples never interleave."""
+
+    def __init__(self, out: BinaryIO, vocab, n: int, echo: bytes = b"", separator: bytes = b"",
+                 flush_every: float = 0.1):
+        self.out, self.n, self.echo = out, n, echo
+        self.table = code_bytes(vocab)
+        self.newline_end = not vocab.byte_mode
+        self.sep = separator + b"\n"
+        self.flush_every, self.last_flush = flush_every, time.monotonic()
+        self.current = 0
+        self.held: dict[int, bytearray] = {}
+        self.finished: set[int] = set()
+        self.last = echo[-1:]                  # last byte written for the current sample
+        out.write(echo)
+
+    def step(self, st: Step) -> None:
+        table, cur, newline = self.table, self.current, False
+        for r, c, d in zip(st.rows.tolist(), st.codes.tolist(), st.done.tolist()):
+            b = table[c]
+            if r == cur:
+                self.out.write(b)
+                self.last = b[-1:] or self.last
+                newline = b"\n" in b
+            else:
+                self.held.setdefault(r, bytearray()).extend(b)
+            if d:
+                self.finished.add(r)
+        self._advance()
+        now = time.monotonic()
+        if newline or now - self.last_flush > self.flush_every:   # lines promptly, no write per char
+            self.out.flush()
+            self.last_flush = now
+
+    def _advance(self) -> None:
+        while self.current in self.finished:
+            self._end_sample()
+            self.current += 1
+            if self.current >= self.n:
+                return
+            self.out.write(self.sep)
+            body = bytes(self.held.pop(self.current, b""))
+            self.out.write(self.echo + body)
+            self.last = (self.echo + body)[-1:]
+
+    def _end_sample(self) -> None:
+        if self.newline_end and self.last != b"\n":
+            self.out.write(b"\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        """Called when generation stops early (endless output): end the line being shown."""
+        if self.current < self.n:
+            self._end_sample()
+
+
+class JsonWriter:
+    """One JSON object per line per sample, in sample order, written when the sample ends:
+    index, seed, prime, text (the generated part), chars, logprob (natural log, summed under
+    the model), bits_per_char, stopped. Byte models add `bytes_b64`, the exact bytes, because
+    `text` must be valid Unicode (undecodable bytes become U+FFFD)."""
+
+    def __init__(self, out: BinaryIO, vocab, n: int, seed: int, prime: bytes, stop: np.ndarray | None):
+        self.out, self.n, self.seed, self.prime = out, n, seed, prime
+        self.table = code_bytes(vocab)
+        self.byte_mode = vocab.byte_mode
+        self.stop = stop
+        self.codes: list[list[int]] = [[] for _ in range(n)]
+        self.logp = np.zeros(n)
+        self.finished: set[int] = set()
+        self.current = 0
+
+    def step(self, st: Step) -> None:
+        for r, c in zip(st.rows.tolist(), st.codes.tolist()):
+            self.codes[r].append(c)
+        np.add.at(self.logp, st.rows, st.logp)
+        self.finished.update(st.rows[st.done].tolist())
+        while self.current in self.finished:
+            self.out.write(self._line(self.current).encode("utf-8") + b"\n")
+            self.out.flush()
+            self.codes[self.current] = []
+            self.current += 1
+
+    def _line(self, i: int) -> str:
+        codes = self.codes[i]
+        raw = b"".join(self.table[c] for c in codes)
+        n = len(codes)
+        rec = {"index": i, "seed": self.seed + i, "prime": self.prime.decode("utf-8", "replace"),
+               "text": raw.decode("utf-8", "replace"), "chars": n,
+               "logprob": float(self.logp[i]),
+               "bits_per_char": float(-self.logp[i] / math.log(2) / n) if n else None,
+               "stopped": bool(self.stop is not None and len(codes) >= len(self.stop)
+                               and codes[-len(self.stop):] == self.stop.tolist())}
+        if self.byte_mode:
+            rec["bytes_b64"] = base64.b64encode(raw).decode("ascii")
+        return json.dumps(rec, ensure_ascii=False)
+
+    def close(self) -> None:
+        pass

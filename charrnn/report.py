@@ -13,6 +13,8 @@ import os
 from html import escape
 from pathlib import Path
 
+import numpy as np
+
 from charrnn.htmlpage import page, table
 from charrnn.svg import Series, line_chart
 
@@ -106,16 +108,17 @@ def _spread(vals: list[float | None]) -> bool:
 def curves(evals: list[dict]) -> str:
     """The three learning-curve charts against characters seen."""
     xs = [float(r.get("chars", 0)) for r in evals]
+    mk = len(evals) <= 150                       # markers only while they stay readable
     train = [_num(r.get("train_bpc")) for r in evals]
     val = [_num(r.get("val_bpc")) for r in evals]
     lr = [_num(r.get("lr")) for r in evals]
     gn = [_num(r.get("grad_norm")) for r in evals]
     charts = [
-        line_chart([Series("train (EMA)", xs, train, markers=True), Series("validation", xs, val, markers=True)],
+        line_chart([Series("train (EMA)", xs, train, markers=mk), Series("validation", xs, val, markers=mk)],
                    "Bits per character", "characters seen", "bits/char"),
-        line_chart([Series("learning rate", xs, lr, markers=True)], "Learning rate", "characters seen", "lr",
+        line_chart([Series("learning rate", xs, lr, markers=mk)], "Learning rate", "characters seen", "lr",
                    logy=_spread(lr)),
-        line_chart([Series("gradient norm", xs, gn, markers=True)], "Gradient norm (last step before each validation)",
+        line_chart([Series("gradient norm", xs, gn, markers=mk)], "Gradient norm (last step before each validation)",
                    "characters seen", "L2 norm before clipping", logy=_spread(gn)),
     ]
     return '<div class="charts">' + "".join(charts) + "</div>"
@@ -158,11 +161,19 @@ def config_tables(ck) -> str:
             + "<h3>Training flags</h3>" + table(args, ("flag", "value"), "train-args"))
 
 
+MAX_SAMPLES = 40      # a long run validates hundreds of times; show an even selection
+
+
 def samples_html(samples: list[dict], evals: list[dict]) -> str:
     if not samples:
         return '<p class="note">No samples recorded (samples.jsonl is absent: the run predates them).</p>'
     val_at = {r.get("step"): r.get("val_bpc") for r in evals}
     out = []
+    if len(samples) > MAX_SAMPLES:
+        keep = sorted(set(np.linspace(0, len(samples) - 1, MAX_SAMPLES).round().astype(int).tolist()))
+        out.append(f'<p class="note">{len(keep)} of {len(samples)} samples, evenly spaced; all are in '
+                   f'samples.jsonl.</p>')
+        samples = [samples[i] for i in keep]
     for s in samples:
         v = _num(val_at.get(s.get("step")))
         head = (f"step {s.get('step')} · {s.get('chars', 0):,} characters seen"

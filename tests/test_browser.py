@@ -83,3 +83,23 @@ def test_page_renders_in_headless_chromium_without_errors(name, pages, tmp_path)
     assert (w, h) == (1100, 1400)
     assert ink > 0.01 * w * h, f"screenshot is (nearly) blank: {ink} inked pixels"
     assert colours > 20, f"screenshot has only {colours} colours"
+
+
+# Appended by the test (not part of the product): hover the sixth character of the first panel.
+HOVER = """<script>window.addEventListener('load', function () {
+  var s = document.querySelector('.panel').children[5];
+  s.dispatchEvent(new MouseEvent('mousemove', {bubbles: true, clientX: 20, clientY: 20}));
+});</script></body>"""
+
+
+def test_hovering_a_character_shows_its_value_and_top5_guesses(pages, tmp_path):
+    page = tmp_path / "hover.html"
+    page.write_text((pages / "cells.html").read_text(encoding="utf-8").replace("</body>", HOVER),
+                    encoding="utf-8")
+    dom = chromium(tmp_path, page.as_uri(), "--dump-dom").stdout
+    tip = re.search(r'<div id="tip" style="([^"]*)">(.*?)</div>', dom, re.S)
+    assert tip and "display: block" in tip.group(1), "the tooltip did not open"
+    lines = tip.group(2).splitlines()
+    assert lines[0].startswith("char 5: ") and "value " in lines[0]
+    assert lines[1] == "next-character guesses:" and len(lines) == 2 + 5
+    assert all(re.fullmatch(r'\s+".*"\s+\d+\.\d%', line) for line in lines[2:]), lines

@@ -229,3 +229,37 @@ def test_report_history_drops_records_a_rollback_superseded():
     from charrnn.report import history
     rows = [{"step": 10}, {"step": 20}, {"step": 30}, {"step": 20, "redo": 1}, {"step": 30, "redo": 1}]
     assert history(rows) == [{"step": 10}, {"step": 20, "redo": 1}, {"step": 30, "redo": 1}]
+
+
+def test_report_without_checkpoint_or_validation_split_still_draws(tmp_path):
+    rows = [{"step": s, "epoch": s / 10, "chars": 64 * s, "elapsed_s": s, "train_bpc": 5 - s / 10,
+             "val_bpc": None, "lr": 0.002, "grad_norm": 1.0} for s in (10, 20)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = build_report(tmp_path)
+    assert 'data-series="train (EMA)" data-points="2"' in html and 'data-series="validation" data-points="0"' in html
+    assert "No readable checkpoint" in html and "No samples recorded" in html
+
+
+def test_report_shows_an_even_selection_of_many_samples(tmp_path):
+    from charrnn.report import MAX_SAMPLES
+    n = 3 * MAX_SAMPLES
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "chars": s, "train_bpc": 1.0, "val_bpc": 1.0, "lr": 1.0, "grad_norm": 1.0}) + "\n"
+        for s in range(1, n + 1)))
+    (tmp_path / "samples.jsonl").write_text("".join(
+        json.dumps({"step": s, "chars": s, "temp": 0.8, "seed": 1, "text": f"sample {s}"}) + "\n"
+        for s in range(1, n + 1)))
+    html = build_report(tmp_path)
+    assert html.count('<pre class="sample">') == MAX_SAMPLES
+    assert "sample 1<" in html and f"sample {n}<" in html
+
+
+def test_viz_reads_a_byte_mode_model(tmp_path):
+    from charrnn.train import Trainer, TrainOptions
+    data = synthetic_text(200).encode() + bytes(range(128, 160))
+    opts = TrainOptions(hidden=8, layers=1, seq_len=16, batch_size=4, max_steps=4, val_every=2, out=str(tmp_path))
+    Trainer(opts, data, tmp_path, show_progress=False).run()
+    ck = ckpt.load(tmp_path / "best.safetensors")
+    assert ck.vocab.byte_mode
+    html, found = build(ck, data, ["0:1"], find=True)
+    assert html.count('class="panel mono"') >= 1 and found

@@ -24,6 +24,7 @@ import numpy as np
 
 from charrnn.corpus import Vocab
 from charrnn.model import ModelConfig, Params, param_shapes
+from charrnn.optim import DEFAULTS, STATE_NAMES
 
 FORMAT = "charrnn"
 VERSION = 1
@@ -180,6 +181,9 @@ def read_raw(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
 def load(path: str | os.PathLike) -> Checkpoint:
     """Read and validate a checkpoint; raises CheckpointError with one sentence on any problem."""
     meta, tensors = read_raw(path)
+    for k in tensors:
+        if not (k.startswith(("param/", "optim/")) or k == "state"):
+            raise CheckpointError(f"{path}: unexpected tensor {k!r}")
     try:
         config = ModelConfig.from_dict(_meta_json(meta, "config", dict))
     except (ValueError, TypeError) as e:
@@ -190,8 +194,12 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: bad vocabulary ({e})") from None
     if vocab.size != config.vocab_size:
         raise CheckpointError(f"{path}: vocabulary has {vocab.size} symbols but the model expects {config.vocab_size}")
-    params = Params(config)
-    for name, shape in param_shapes(config):
+    n_weights = sum(k.startswith("param/") for k in tensors)
+    if config.layers * 3 > n_weights:          # before walking a sizes table a lying config could make huge
+        raise CheckpointError(f"{path}: the config has {config.layers} layers but the file holds "
+                              f"{n_weights} weights (wrong architecture?)")
+    shapes = param_shapes(config)
+    for name, shape in shapes:                 # every shape checked before anything is allocated
         arr = tensors.get(f"param/{name}")
         if arr is None:
             raise CheckpointError(f"{path}: weight {name} is missing (wrong architecture?)")
@@ -199,32 +207,88 @@ def load(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"{path}: weight {name} has dtype {arr.dtype}, expected float32")
         if arr.shape != shape:
             raise CheckpointError(f"{path}: weight {name} has shape {arr.shape}, the config says {shape}")
-        params[name] = arr
-    extra = [k for k in tensors if k.startswith("param/") and k[6:] not in params.views]
+    known = {f"param/{name}" for name, _ in shapes}
+    extra = [k for k in tensors if k.startswith("param/") and k not in known]
     if extra:
         raise CheckpointError(f"{path}: unexpected weight {extra[0][6:]} (wrong architecture?)")
+    params = Params(config)
+    for name, _ in shapes:
+        params[name] = tensors[f"param/{name}"]
     if not np.all(np.isfinite(params.flat)):
         raise CheckpointError(f"{path}: weights contain NaN or Inf")
     optimizer = _meta_json(meta, "optimizer", (dict, type(None)))
+    _check_optimizer(path, optimizer)
     optim_state = {}
+    allowed = STATE_NAMES[optimizer["name"]] if optimizer else ()
     for k, arr in tensors.items():
         if k.startswith("optim/"):
-            if arr.dtype != DTYPES["F32"] or arr.shape != (params.flat.size,) or not np.all(np.isfinite(arr)):
+            if k[6:] not in allowed or arr.dtype != DTYPES["F32"] or arr.shape != (params.flat.size,) \
+                    or not np.all(np.isfinite(arr)):
                 raise CheckpointError(f"{path}: optimizer state {k[6:]} is malformed")
             optim_state[k[6:]] = arr.copy()
     state = tensors.get("state")
     if state is not None:
         want = (config.layers, config.n_states)
-        if state.dtype != DTYPES["F32"] or state.ndim != 4 or state.shape[:2] != want \
+        if state.dtype != DTYPES["F32"] or state.ndim != 4 or state.shape[:2] != want or state.shape[2] < 1 \
                 or state.shape[3] != config.hidden or not np.all(np.isfinite(state)):
             raise CheckpointError(f"{path}: carried state is malformed")
         state = state.copy()
+    progress = _meta_json(meta, "progress", dict)
+    _check_progress(path, progress)
+    rng = _meta_json(meta, "rng", (dict, type(None)))
+    if rng is not None:
+        try:                                   # the generator itself is the judge of its state
+            np.random.PCG64().state = rng
+        except (ValueError, TypeError, KeyError, OverflowError):
+            raise CheckpointError(f"{path}: the random generator state is malformed") from None
+    train_args = _meta_json(meta, "train_args", dict)
+    _check_train_args(path, train_args)
     return Checkpoint(config=config, vocab=vocab, params=params, optimizer=optimizer,
-                      optim_state=optim_state, state=state,
-                      progress=_meta_json(meta, "progress", dict),
-                      rng=_meta_json(meta, "rng", (dict, type(None))),
-                      train_args=_meta_json(meta, "train_args", dict),
-                      metrics=_meta_json(meta, "metrics", dict))
+                      optim_state=optim_state, state=state, progress=progress, rng=rng,
+                      train_args=train_args, metrics=_meta_json(meta, "metrics", dict))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_optimizer(path, opt: dict | None) -> None:
+    if opt is None:
+        return
+    name = opt.get("name")
+    hyper = opt.get("hyper", {})
+    ok = isinstance(name, str) and name in DEFAULTS and isinstance(hyper, dict) and set(hyper) <= set(DEFAULTS[name]) \
+        and all(_is_num(v) for v in hyper.values()) and _is_int(opt.get("t", 0)) and opt.get("t", 0) >= 0 \
+        and all(_is_num(opt.get(k, 0.0)) and opt.get(k, 0.0) >= 0 for k in ("weight_decay", "l1"))
+    if not ok:
+        raise CheckpointError(f"{path}: the optimizer settings are malformed")
+
+
+_PROGRESS_INTS = ("step", "epoch", "cursor", "bad_evals", "chars_seen", "nan_retries", "n_codes")
+_PROGRESS_NUMS = ("best_val", "sched_best", "ema")          # these may also be null
+
+
+def _check_progress(path, pr: dict) -> None:
+    ok = all(_is_int(pr[k]) and pr[k] >= 0 for k in _PROGRESS_INTS if k in pr) \
+        and all(pr[k] is None or _is_num(pr[k]) for k in _PROGRESS_NUMS if k in pr) \
+        and ("lr" not in pr or (_is_num(pr["lr"]) and pr["lr"] > 0)) \
+        and ("elapsed" not in pr or (_is_num(pr["elapsed"]) and pr["elapsed"] >= 0)) \
+        and isinstance(pr.get("digest", ""), str)
+    if not ok:
+        raise CheckpointError(f"{path}: the training progress record is malformed")
+
+
+def _check_train_args(path, args: dict) -> None:
+    """What `eval` and `--resume` read without further checks; train.resume_options checks the rest."""
+    src = args.get("source")
+    ok = src is None or (isinstance(src, dict) and all(isinstance(v, str) for v in src.values()))
+    ok = ok and all(k not in args or (_is_num(args[k]) and 0 <= args[k] < 1) for k in ("val_frac", "test_frac"))
+    if not ok:
+        raise CheckpointError(f"{path}: the recorded training options are malformed")
 
 
 def find_latest(root: str | os.PathLike = "checkpoints", name: str = "best") -> Path | None:

@@ -6,9 +6,14 @@ expanded into one-hot rows.
 """
 from __future__ import annotations
 
+import codecs
+import io
+import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -48,6 +53,10 @@ class Vocab:
         v = cls(chars=meta.get("chars", ""), byte_mode=meta.get("byte_mode", False))
         if not v.byte_mode and (len(set(v.chars)) != len(v.chars) or not v.chars):
             raise ValueError("vocabulary characters must be distinct and non-empty")
+        if not v.byte_mode and list(v.chars) != sorted(v.chars):
+            raise ValueError("vocabulary characters must be sorted")      # encode() relies on it
+        if v.byte_mode and v.chars:
+            raise ValueError("a byte-mode vocabulary has no characters")
         return v
 
     def unknown(self, text: str | bytes) -> list[str]:
@@ -94,13 +103,9 @@ def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8") ->
         raw = sys.stdin.buffer.read()
         where = "stdin"
     else:
-        path = Path(source)
-        if not path.exists():
-            raise CorpusError(f"no such file: {source}")
-        if path.is_dir():
-            raise CorpusError(f"{source} is a directory, not a text file")
+        check_source(source)
         try:
-            raw = path.read_bytes()
+            raw = Path(source).read_bytes()
         except OSError as e:
             raise CorpusError(f"cannot read {source}: {e.strerror or e}") from None
         where = source
@@ -128,3 +133,181 @@ def split(codes: np.ndarray, val_frac: float, test_frac: float) -> tuple[np.ndar
     n_val, n_test = int(n * val_frac), int(n * test_frac)
     n_train = n - n_val - n_test
     return codes[:n_train], codes[n_train:n_train + n_val], codes[n_train + n_val:]
+
+
+# ---------------------------------------------------------------- large corpora
+CHUNK = 1 << 20                 # bytes of input decoded and encoded at a time
+SPILL_OVER = 16 << 20           # code arrays larger than this live in a memory-mapped file
+
+
+@dataclass
+class Corpus:
+    """A text already encoded: its vocabulary, its codes (an array, or a read-only memory map for
+    large inputs) and a digest of the codes, so `--resume` can tell the same text from another."""
+    vocab: Vocab
+    codes: np.ndarray
+    digest: str
+
+
+def codes_digest(codes: np.ndarray) -> str:
+    """crc32 of the codes, as 8 hex digits."""
+    return f"{zlib.crc32(np.ascontiguousarray(codes)) & 0xFFFFFFFF:08x}"
+
+
+def check_source(source: str) -> None:
+    """Fail early, before any output directory is made, on a missing path, a directory or an empty file."""
+    if source == "-":
+        return
+    path = Path(source)
+    if not path.exists():
+        raise CorpusError(f"no such file: {source}")
+    if path.is_dir():
+        raise CorpusError(f"{source} is a directory, not a text file")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CorpusError(f"cannot read {source}: {e.strerror or e}") from None
+    if size == 0 and path.is_file():
+        raise CorpusError(f"{source} is empty")
+
+
+def load_corpus(source: str, encoding: str = "utf-8", byte_mode: bool = False, vocab: Vocab | None = None,
+                spill_dir: str | os.PathLike | None = None, spill_over: int = SPILL_OVER) -> Corpus:
+    """Read and encode a file (or stdin, '-') in chunks, so memory stays bounded however large it is.
+
+    Two passes over the input: the first finds the vocabulary (or, given `vocab`, the characters
+    outside it: an error that lists them) and the length; the second writes the codes. Codes
+    larger than `spill_over` bytes go to a file in `spill_dir`, mapped read-only and unlinked at
+    once, so nothing is left behind however the process ends. The text is never held whole.
+    """
+    check_source(source)
+    where = "stdin" if source == "-" else source
+    if vocab is not None and vocab.byte_mode:
+        byte_mode = True
+    if vocab is not None and byte_mode and not vocab.byte_mode:
+        raise CorpusError("this model was trained on text, not bytes")
+    try:
+        with _open_source(source) as f:
+            if byte_mode:
+                return _bytes_corpus(f, source, where, spill_dir, spill_over)
+            seen, n = _scan(f, where, encoding)
+            if n == 0:
+                raise CorpusError(f"{where} is empty")
+            if vocab is None:
+                vocab = Vocab(chars="".join(sorted(seen)))
+            else:
+                missing = sorted(seen - set(vocab.chars))
+                if missing:
+                    raise CorpusError(f"the text has {len(missing)} characters outside the checkpoint's "
+                                      f"vocabulary: {describe_chars(missing)}")
+            f.seek(0)
+            pieces = (_encode_piece(vocab, s) for s in _decoded(f, where, encoding))
+            codes, digest = _collect(pieces, n, np.dtype(vocab.dtype), spill_dir, spill_over)
+    except OSError as e:
+        raise CorpusError(f"cannot read {where}: {e.strerror or e}") from None
+    return Corpus(vocab, codes, digest)
+
+
+def _open_source(source: str) -> BinaryIO:
+    if source == "-":
+        return io.BytesIO(sys.stdin.buffer.read())     # stdin cannot be read twice: hold it once
+    return open(source, "rb")
+
+
+def _decoded(f: BinaryIO, where: str, encoding: str) -> Iterator[str]:
+    """The text in pieces; invalid input names its byte offset. Strips one leading BOM."""
+    try:
+        dec = codecs.getincrementaldecoder(encoding)("strict")
+    except LookupError:
+        raise CorpusError(f"unknown encoding {encoding!r}") from None
+    pos, first = 0, True
+    while True:
+        raw = f.read(CHUNK)
+        pending = dec.getstate()[0]
+        try:
+            s = dec.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            data = pending + raw
+            off = pos - len(pending) + e.start
+            bad = f"bad byte 0x{data[e.start]:02x}" if e.start < len(data) else "truncated character"
+            raise CorpusError(f"{where} is not valid {encoding}: {bad} at offset {off}; use --bytes to train "
+                              f"on raw bytes, or --encoding to name the file's encoding") from None
+        pos += len(raw)
+        if first and s:
+            s, first = (s[1:] if s[0] == "\ufeff" else s), False
+        if s:
+            yield s
+        if not raw:
+            return
+
+
+def _scan(f: BinaryIO, where: str, encoding: str) -> tuple[set, int]:
+    """The set of characters and their count."""
+    seen: set = set()
+    ascii_seen = np.zeros(128, bool)
+    n = 0
+    for s in _decoded(f, where, encoding):
+        n += len(s)
+        if s.isascii():        # the common case, at memory speed
+            ascii_seen[np.unique(np.frombuffer(s.encode("ascii"), np.uint8))] = True
+        else:
+            seen.update(s)
+    seen.update(chr(c) for c in np.flatnonzero(ascii_seen))
+    return seen, n
+
+
+def _encode_piece(vocab: Vocab, s: str) -> np.ndarray:
+    if s.isascii():
+        table = np.zeros(128, vocab.dtype)
+        for i, c in enumerate(vocab.chars):
+            if ord(c) < 128:
+                table[ord(c)] = i
+        return table[np.frombuffer(s.encode("ascii"), np.uint8)]
+    return vocab.encode(s)
+
+
+def _collect(pieces, n: int, dtype: np.dtype, spill_dir, spill_over: int) -> tuple[np.ndarray, str]:
+    """Gather encoded pieces into one array of n codes, in memory or in a mapped file."""
+    crc = 0
+    if n * dtype.itemsize <= spill_over or spill_dir is None:
+        codes = np.empty(n, dtype)
+        at = 0
+        for p in pieces:
+            codes[at:at + len(p)] = p
+            crc = zlib.crc32(p, crc)
+            at += len(p)
+        return codes, f"{crc & 0xFFFFFFFF:08x}"
+    path = Path(spill_dir) / f".codes-{os.getpid()}.bin"
+    try:
+        with open(path, "wb") as out:      # written, not mapped: dirty pages never count against us
+            for p in pieces:
+                out.write(p.tobytes())
+                crc = zlib.crc32(p, crc)
+        codes = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+    except OSError as e:
+        raise CorpusError(f"cannot write the encoded corpus to {spill_dir}: {e.strerror or e}") from None
+    finally:
+        try:
+            path.unlink()                  # the mapping keeps the data; no file outlives us
+        except OSError:
+            pass
+    return codes, f"{crc & 0xFFFFFFFF:08x}"
+
+
+def _bytes_corpus(f: BinaryIO, source: str, where: str, spill_dir, spill_over: int) -> Corpus:
+    """Byte mode: the codes are the bytes; a large file is mapped as it is, never copied."""
+    crc, n = 0, 0
+    while True:
+        raw = f.read(CHUNK)
+        if not raw:
+            break
+        crc = zlib.crc32(raw, crc)
+        n += len(raw)
+    if n == 0:
+        raise CorpusError(f"{where} is empty")
+    if source != "-" and n > spill_over:
+        codes = np.memmap(source, dtype=np.uint8, mode="r", shape=(n,))
+    else:
+        f.seek(0)
+        codes = np.frombuffer(f.read(), np.uint8)
+    return Corpus(Vocab(byte_mode=True), codes, f"{crc & 0xFFFFFFFF:08x}")

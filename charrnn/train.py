@@ -1,5 +1,11 @@
 """The training loop: windows, steps, validation, learning-rate schedule, early stopping,
 checkpoints (`best` and `last`), a metrics log, a progress bar on stderr, and clean stops.
+
+Faults it survives: SIGINT/SIGTERM save `last` between steps and exit 130/143; a non-finite
+loss, gradient or weight rolls back to an in-memory copy of the last good state with half the
+learning rate (at most `max_nan_retries` times); `--resume` repeats an uninterrupted run bit
+for bit, because the step, epoch, cursor, rates, validation counters, RNG, optimizer moments
+and carried state all travel in the checkpoint.
 """
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import sys
 import time
@@ -19,7 +27,7 @@ import numpy as np
 from charrnn import checkpoint as ckpt
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
-from charrnn.corpus import CorpusError, Vocab, describe_chars, split
+from charrnn.corpus import Corpus, CorpusError, Vocab, codes_digest, describe_chars, split
 from charrnn.evaluate import evaluate, summary
 from charrnn.model import ModelConfig, Params, init_params
 from charrnn.optim import Optimizer, parse_clip
@@ -63,7 +71,8 @@ class TrainOptions:
     # run
     max_epochs: float = 50.0
     minutes: float = 0.0           # wall-clock budget; 0 = none
-    max_steps: int = 0             # 0 = no step limit (tests and benchmarks)
+    max_steps: int = 0             # 0 = no step limit (tests and benchmarks); a pause: the schedule ignores it
+    max_nan_retries: int = 3       # rollbacks (each halving the rate) on a non-finite loss before giving up
     val_every: int = 0             # steps between validations; 0 = once per epoch
     seed: int = 0
     device: str = "cpu"
@@ -71,30 +80,92 @@ class TrainOptions:
 
 
 class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; `last` has been saved. Exit with 128 + the signal number."""
+
     def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
         self.exit_code = 128 + signum
 
 
-class Trainer:
-    """One run: owns the backend, optimizer, data cursor and schedule; `run()` trains."""
+class TrainingDiverged(Exception):
+    """The loss or the gradients stayed non-finite after every allowed rollback."""
 
-    def __init__(self, opts: TrainOptions, text: str | bytes, out_dir: Path,
+
+SAVE_EVERY_S = 300.0   # between validations `last` is still refreshed this often: a crash loses minutes, not hours
+SNAPSHOT_EVERY = 100   # steps between in-memory copies of the last good state, for rolling back a NaN
+
+
+@dataclass
+class _Snapshot:
+    """Host copies of everything a training step changes, taken when the state was known good."""
+    step: int
+    epoch: int
+    cursor: int
+    lr: float
+    chars_seen: int
+    ema: float | None
+    flat: np.ndarray
+    opt_state: dict
+    opt_t: int
+    rng: dict
+    state: np.ndarray
+
+
+class _Signals:
+    """SIGINT and SIGTERM only set a flag; the loop checks it between steps, so a step and a
+    checkpoint are never cut in half. Outside the main thread (tests) nothing is installed."""
+
+    def __init__(self):
+        self.signum = 0
+        self.old: dict = {}
+
+    def _on(self, signum, frame):
+        self.signum = signum
+
+    def __enter__(self) -> "_Signals":
+        try:
+            self.old = {s: signal.signal(s, self._on) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:
+            self.old = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """One run: owns the backend, optimizer, data cursor and schedule; `run()` trains.
+
+    `text` is a str, bytes, or a `Corpus` already encoded in chunks (large files). Everything a
+    step depends on is in the checkpoint's progress, so a resumed run repeats an uninterrupted
+    one bit for bit on the same backend and thread count."""
+
+    def __init__(self, opts: TrainOptions, text: str | bytes | Corpus, out_dir: Path,
                  log: Callable[[str], None] = lambda m: None, show_progress: bool = True,
                  resume: ckpt.Checkpoint | None = None, init_from: ckpt.Checkpoint | None = None):
         self.o, self.log, self.out = opts, log, Path(out_dir)
         self.source: dict | None = None          # where the text came from, so `eval --split` can find it
         self.show_progress = show_progress
         base = resume or init_from
-        self.vocab = base.vocab if base else Vocab.from_text(text)
-        missing = self.vocab.unknown(text)
-        if missing:
-            raise CorpusError(f"the text has {len(missing)} characters outside the checkpoint's vocabulary: "
-                              f"{describe_chars(missing)}")
-        codes = self.vocab.encode(text)
+        if isinstance(text, Corpus):
+            if base and text.vocab != base.vocab:
+                raise CorpusError("the text was encoded with a vocabulary other than the checkpoint's")
+            self.vocab, codes, self.digest = text.vocab, text.codes, text.digest
+        else:
+            self.vocab = base.vocab if base else Vocab.from_text(text)
+            missing = self.vocab.unknown(text)
+            if missing:
+                raise CorpusError(f"the text has {len(missing)} characters outside the checkpoint's vocabulary: "
+                                  f"{describe_chars(missing)}")
+            codes = self.vocab.encode(text)
+            self.digest = codes_digest(codes)
+        self.n_codes = len(codes)
         self.train_codes, self.val_codes, self.test_codes = split(codes, opts.val_frac, opts.test_frac)
         if len(self.train_codes) < 2:
-            raise CorpusError("the text is too short to train on (the training split needs at least 2 characters)")
+            raise CorpusError(f"the text is too short to train on: the training split has {len(self.train_codes)} "
+                              f"characters and needs at least 2")
         self.batches = Batches(self.train_codes, opts.batch_size, opts.seq_len, warn=log)
         if base:
             self.cfg = base.config
@@ -110,25 +181,38 @@ class Trainer:
         self.clip = parse_clip(opts.clip)
         self.step = self.epoch = self.cursor = 0
         self.lr = opts.lr
-        self.best_val = math.inf
+        self.best_val = math.inf        # best validation ever seen: decides when `best` is written
+        self.sched_best = math.inf      # best at scheduled validations only: drives plateau and patience
         self.bad_evals = 0
         self.chars_seen = 0
         self.elapsed = 0.0
+        self.ema: float | None = None   # smoothed training bits/char, for the bar and the log
+        self.nan_retries = 0
+        self.lr_now, self.gnorm = self.lr, 0.0
         self.state = None
         if resume:
             self._restore(resume)
         self.be = make_backend(opts.device, self.cfg, params, notify=log)
         if self.state is None:
             self.state = self.be.zero_state(self.batches.batch)
+        n = self.be.params_host().flat.size
+        check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state)) + (1 << 20))
 
     def _restore(self, ck: ckpt.Checkpoint) -> None:
         pr = ck.progress
+        if pr.get("digest") not in (None, self.digest):
+            raise CorpusError("this is not the text the checkpoint was trained on (its codes differ); "
+                              "use --init-from to fine-tune on a new text")
         self.step, self.epoch, self.cursor = int(pr.get("step", 0)), int(pr.get("epoch", 0)), int(pr.get("cursor", 0))
+        self.cursor = min(self.cursor, self.batches.n_windows)   # other batch flags: start the next epoch
         self.lr = float(pr.get("lr", self.o.lr))
-        self.best_val = float(pr.get("best_val", math.inf))
+        self.best_val = _num(pr.get("best_val"))
+        self.sched_best = _num(pr.get("sched_best", pr.get("best_val")))
         self.bad_evals = int(pr.get("bad_evals", 0))
         self.chars_seen = int(pr.get("chars_seen", 0))
         self.elapsed = float(pr.get("elapsed", 0.0))
+        self.ema = pr.get("ema")
+        self.nan_retries = int(pr.get("nan_retries", 0))
         if ck.optimizer and ck.optimizer.get("name") == self.opt.name:
             self.opt = Optimizer.from_meta(ck.optimizer, ck.params.flat.size)
             for k, arr in ck.optim_state.items():
@@ -142,8 +226,10 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------
     def _checkpoint(self, metrics: dict) -> ckpt.Checkpoint:
         progress = {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "lr": self.lr,
-                    "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                    "bad_evals": self.bad_evals, "chars_seen": self.chars_seen, "elapsed": self.elapsed}
+                    "best_val": _finite_or_none(self.best_val), "sched_best": _finite_or_none(self.sched_best),
+                    "bad_evals": self.bad_evals, "chars_seen": self.chars_seen, "elapsed": self.elapsed,
+                    "ema": self.ema, "nan_retries": self.nan_retries, "digest": self.digest,
+                    "n_codes": self.n_codes}
         return ckpt.Checkpoint(config=self.cfg, vocab=self.vocab, params=self.be.params_host(),
                                optimizer=self.opt.to_meta(), optim_state=self.opt.state,
                                state=np.asarray(self.state, np.float32), progress=progress,
@@ -157,107 +243,196 @@ class Trainer:
         return path
 
     # -- validation -------------------------------------------------------------------
-    def validate(self) -> float | None:
+    def validate(self, progress: Callable[[int], None] | None = None) -> float | None:
         if len(self.val_codes) < 2:
             return None
-        nats, n = evaluate(self.be, self.val_codes)
+        nats, n = evaluate(self.be, self.val_codes, progress=progress)
         return summary(nats, n)["bits_per_char"]
 
+    # -- numerical faults -------------------------------------------------------------
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(self.step, self.epoch, self.cursor, self.lr, self.chars_seen, self.ema,
+                         self.be.params_host().flat.copy(), {k: v.copy() for k, v in self.opt.state.items()},
+                         self.opt.t, self.rng.bit_generator.state, np.array(self.state, copy=True))
+
+    def _weights_finite(self) -> bool:
+        return bool(np.isfinite(self.be.params_host().flat).all())
+
+    def _rollback(self, what: str) -> None:
+        """Back to the last good snapshot with half the learning rate, or give up after K times."""
+        bad_step = self.step + 1
+        self.nan_retries += 1
+        if self.nan_retries > self.o.max_nan_retries:
+            last = self.out / "last.safetensors"
+            raise TrainingDiverged(f"training diverged: {what} is not finite at step {bad_step} after "
+                                   f"{self.o.max_nan_retries} rollbacks with the learning rate halved each time; "
+                                   + (f"the last good checkpoint is {last}" if last.exists() else
+                                      "no checkpoint was written") + "; try a lower --lr or a tighter --clip")
+        sn, lr = self._snap, self.lr * 0.5
+        self.step, self.epoch, self.cursor, self.chars_seen, self.ema = sn.step, sn.epoch, sn.cursor, sn.chars_seen, sn.ema
+        for k, v in sn.opt_state.items():
+            self.opt.state[k][:] = v
+        self.opt.t = sn.opt_t
+        self.rng.bit_generator.state = sn.rng
+        self.state = sn.state.copy()
+        self.lr = lr
+        self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.log)
+        self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.step} and halved the "
+                 f"learning rate to {lr:g} ({self.nan_retries} of {self.o.max_nan_retries})")
+        self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.step, "lr": lr})
+
     # -- the loop ---------------------------------------------------------------------
+    def _train_step(self, horizon: int, budget: float, t0: float) -> str | None:
+        """One window: returns None, or what went non-finite (then nothing was counted)."""
+        bt = self.batches
+        if self.cursor >= bt.n_windows:              # new epoch: reset the carried state
+            self.cursor = 0
+            self.epoch += 1
+            self.state = self.be.zero_state(bt.batch)
+            if self.o.lr_decay != 1.0 and self.epoch >= self.o.lr_decay_after:
+                self.lr *= self.o.lr_decay
+        x, y = bt.window(self.cursor)
+        seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout else 0
+        # overflow is judged below, by the finiteness of the results, not by NumPy warnings;
+        # a compiled kernel may instead raise ZeroDivisionError on inf/inf
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            try:
+                loss, state = self.be.train_step(x, y, self.state, seed)
+            except (ZeroDivisionError, FloatingPointError):
+                loss = math.nan
+            if not math.isfinite(loss):
+                return "the loss"
+            lr_now = self.lr * self._anneal(max(self.step / horizon, self.elapsed / budget))
+            try:
+                gnorm = self.be.optimizer_step(self.opt, lr_now, self.clip)
+            except (ZeroDivisionError, FloatingPointError):
+                gnorm = math.nan
+            if not math.isfinite(gnorm):
+                return "the gradient"
+        chars = bt.batch * bt.seq_len
+        self.state, self.lr_now, self.gnorm = state, lr_now, gnorm
+        self.step += 1
+        self.cursor += 1
+        self.chars_seen += chars
+        bpc = loss / chars / LOG2
+        self.ema = bpc if self.ema is None else 0.95 * self.ema + 0.05 * bpc
+        self.elapsed = time.perf_counter() - t0
+        return None
+
+    def _validate_and_save(self, scheduled: bool, sig: _Signals, bar) -> bool:
+        """Validate, log, save `last` (and `best` when it is the best yet); True means stop early.
+        Only scheduled validations move the plateau and patience counters, so where a run was
+        paused (--max-steps, a signal) never changes what a resumed run does."""
+        if not self._weights_finite():
+            self._rollback("a weight")
+            return False
+
+        def check(_):
+            if sig.signum:
+                raise TrainingInterrupted(sig.signum)
+        val_bpc = self.validate(progress=check)
+        o, bt = self.o, self.batches
+        if scheduled and val_bpc is not None:
+            if val_bpc < self.sched_best:
+                self.sched_best, self.bad_evals = val_bpc, 0
+            else:
+                self.bad_evals += 1
+                if o.lr_plateau != 1.0:
+                    self.lr *= o.lr_plateau
+        ema = self.ema if self.ema is not None else math.nan
+        rec = {"step": self.step, "epoch": round(self.epoch + self.cursor / bt.n_windows, 4),
+               "chars": self.chars_seen, "elapsed_s": round(self.elapsed, 2),
+               "train_bpc": None if self.ema is None else round(self.ema, 5),
+               "val_bpc": None if val_bpc is None else round(val_bpc, 5),
+               "lr": self.lr_now, "grad_norm": round(self.gnorm, 5)}
+        if not scheduled:
+            rec["scheduled"] = False
+        self._append_metrics(rec)
+        self._record_sample(rec)
+        if bar is not None:
+            bar.write(f"step {self.step}  epoch {rec['epoch']:.2f}  train {ema:.4f}  "
+                      f"val {'n/a' if val_bpc is None else f'{val_bpc:.4f}'} bpc", file=sys.stderr)
+        best = (val_bpc is not None and val_bpc < self.best_val) or \
+            (val_bpc is None and not (self.out / "best.safetensors").exists())
+        if best and val_bpc is not None:
+            self.best_val = val_bpc
+        self.save("last", rec)
+        if best:
+            self.save("best", rec)
+        self.last_val_bpc = val_bpc
+        self._snap = self._snapshot()
+        return bool(o.patience and self.bad_evals >= o.patience)
+
     def run(self) -> dict:
         o, bt = self.o, self.batches
-        chars_per_step = bt.batch * bt.seq_len
         val_every = o.val_every or bt.n_windows
         budget = o.minutes * 60.0 if o.minutes > 0 else math.inf
-        total_steps = int(math.ceil(o.max_epochs * bt.n_windows))
-        if o.max_steps:
-            total_steps = min(total_steps, o.max_steps)
-        stopped = {"signum": 0}
-
-        def on_signal(signum, frame):
-            stopped["signum"] = signum
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # the schedule's length comes from the epochs alone: --max-steps only pauses the run,
+        # so N steps, a resume and M more follow the same learning rates as N+M at once
+        horizon = max(1, int(math.ceil(o.max_epochs * bt.n_windows)))
+        stop_at = min(horizon, o.max_steps) if o.max_steps else horizon
         bar = None
         if self.show_progress:
             from tqdm import tqdm
-            bar = tqdm(total=total_steps, initial=self.step, unit="step", file=sys.stderr, disable=None,
-                       dynamic_ncols=True, leave=True)
-        ema = None
-        t_start = time.perf_counter() - self.elapsed
-        last_val_t = time.perf_counter()
-        reason = "finished the epochs"
-        val_bpc = None
-        try:
-            while self.step < total_steps:
-                if self.cursor >= bt.n_windows:          # new epoch: reset the carried state
-                    self.cursor = 0
-                    self.epoch += 1
-                    self.state = self.be.zero_state(bt.batch)
-                    if o.lr_decay != 1.0 and self.epoch >= o.lr_decay_after:
-                        self.lr *= o.lr_decay
-                x, y = bt.window(self.cursor)
-                seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout else 0
-                loss, self.state = self.be.train_step(x, y, self.state, seed)
-                lr_now = self.lr * self._anneal(max(self.step / total_steps, self.elapsed / budget))
-                gnorm = self.be.optimizer_step(self.opt, lr_now, self.clip)
-                self.step += 1
-                self.cursor += 1
-                self.chars_seen += chars_per_step
-                bpc = loss / chars_per_step / LOG2
-                ema = bpc if ema is None else 0.95 * ema + 0.05 * bpc
-                self.elapsed = time.perf_counter() - t_start
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"epoch {self.epoch + self.cursor / bt.n_windows:.2f}  train {ema:.3f} bpc  "
-                                        f"{self.chars_seen / max(self.elapsed, 1e-9):,.0f} chars/s", refresh=False)
-                out_of_time = self.elapsed >= budget
-                due = self.step % val_every == 0 or time.perf_counter() - last_val_t > 300
-                if due or out_of_time or self.step == total_steps or stopped["signum"]:
-                    if stopped["signum"]:
+            bar = tqdm(total=stop_at, initial=min(self.step, stop_at), unit="step", file=sys.stderr,
+                       disable=None, dynamic_ncols=True, leave=True)
+        t0 = time.perf_counter() - self.elapsed
+        last_save = time.perf_counter()
+        validated_at = self.step if self.step else -1   # a resumed checkpoint was saved at its step
+        self.last_val_bpc = None
+        self._snap = self._snapshot()
+        reason = ""
+        with _Signals() as sig:
+            try:
+                while True:
+                    if sig.signum:
+                        raise TrainingInterrupted(sig.signum)
+                    if self.step >= stop_at:
+                        reason = "finished the epochs" if stop_at == horizon else f"reached --max-steps {o.max_steps}"
                         break
-                    val_bpc = self.validate()
-                    last_val_t = time.perf_counter()
-                    improved = val_bpc is not None and val_bpc < self.best_val
-                    if improved:
-                        self.best_val, self.bad_evals = val_bpc, 0
-                    elif val_bpc is not None:
-                        self.bad_evals += 1
-                        if o.lr_plateau != 1.0:
-                            self.lr *= o.lr_plateau
-                    rec = {"step": self.step, "epoch": round(self.epoch + self.cursor / bt.n_windows, 4),
-                           "chars": self.chars_seen, "elapsed_s": round(self.elapsed, 2),
-                           "train_bpc": round(ema, 5), "val_bpc": None if val_bpc is None else round(val_bpc, 5),
-                           "lr": lr_now, "grad_norm": round(gnorm, 5)}
-                    self._append_metrics(rec)
-                    self._record_sample(rec)
+                    if self.elapsed >= budget:
+                        reason = f"time budget of {o.minutes:g} minutes reached"
+                        break
+                    fault = self._train_step(horizon, budget, t0)
+                    if fault:
+                        self._rollback(fault)
+                        if bar is not None:
+                            bar.n = self.step
+                            bar.refresh()
+                        continue
                     if bar is not None:
-                        bar.write(f"step {self.step}  epoch {rec['epoch']:.2f}  train {ema:.4f}  "
-                                  f"val {'n/a' if val_bpc is None else f'{val_bpc:.4f}'} bpc", file=sys.stderr)
-                    self.save("last", rec)
-                    if improved or (val_bpc is None and not (self.out / "best.safetensors").exists()):
-                        self.save("best", rec)
-                    if o.patience and self.bad_evals >= o.patience:
-                        reason = f"early stop: no improvement in {o.patience} validations"
-                        break
-                if out_of_time:
-                    reason = f"time budget of {o.minutes:g} minutes reached"
-                    break
-            if stopped["signum"]:
-                raise TrainingInterrupted(stopped["signum"])
-        except TrainingInterrupted:
-            self.save("last", {"step": self.step, "interrupted": True})
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            for s, h in old.items():
-                signal.signal(s, h)
+                        bar.update(1)
+                        bar.set_postfix_str(f"epoch {self.epoch + self.cursor / bt.n_windows:.2f}  train "
+                                            f"{self.ema:.3f} bpc  {self.chars_seen / max(self.elapsed, 1e-9):,.0f} "
+                                            f"chars/s", refresh=False)
+                    if self.step % val_every == 0:
+                        validated_at, last_save = self.step, time.perf_counter()
+                        if self._validate_and_save(True, sig, bar):
+                            reason = f"early stop: no improvement in {o.patience} validations"
+                            break
+                    elif time.perf_counter() - last_save > SAVE_EVERY_S and self._weights_finite():
+                        self.save("last", {"step": self.step})
+                        last_save = time.perf_counter()
+                    if self.step % SNAPSHOT_EVERY == 0 and self._weights_finite():
+                        self._snap = self._snapshot()
+                if self.step != validated_at:            # the end of a run is validated too
+                    self._validate_and_save(False, sig, bar)
+            except TrainingInterrupted:
+                self._save_interrupted()
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
         if reason.startswith("early stop"):
             self._append_metrics({"step": self.step, "event": "stop", "reason": reason})
         return {"steps": self.step, "epochs": self.epoch + self.cursor / bt.n_windows,
-                "best_val_bpc": self.best_val if math.isfinite(self.best_val) else None,
-                "last_val_bpc": val_bpc, "reason": reason, "elapsed_s": self.elapsed,
-                "out": str(self.out)}
+                "best_val_bpc": _finite_or_none(self.best_val), "last_val_bpc": self.last_val_bpc,
+                "reason": reason, "elapsed_s": self.elapsed, "out": str(self.out)}
+
+    def _save_interrupted(self) -> None:
+        """`last` on a signal: the state after the last whole step, if its weights are sound."""
+        if self._weights_finite():
+            self.save("last", {"step": self.step, "interrupted": True})
 
     # the report's per-validation samples: fixed seed and temperature, so they compare across steps
     sample_chars, sample_temp, sample_seed = 300, 0.8, 1234
@@ -298,16 +473,83 @@ _HYPER = {"adam": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"), "adagr
 
 
 def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create the run directory and prove it is writable now, not an hour from now."""
+    """Create the run directory and prove it is writable now, not an hour from now; sweep away the
+    temporary files of runs that were killed (their process is gone)."""
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-probe-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            if probe.exists():
+                probe.unlink()
     except OSError as e:
         raise CorpusError(f"cannot write checkpoints to {path}: {e.strerror or e}") from None
+    for stale in path.glob(".*"):
+        m = _TEMP_NAME.fullmatch(stale.name)
+        if m and not _alive(int(m.group(1))):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
     return path
+
+
+# what checkpoint.save, the probe and corpus.load_corpus leave behind when killed, with their pid
+_TEMP_NAME = re.compile(r"\.(?:.+\.tmp|write-probe|codes)-(\d+)(?:\.bin)?")
+
+
+def check_free_space(path: Path, need: int) -> None:
+    """Fail at start-up when the disk cannot hold the checkpoints (`last`, `best` and a temporary copy)."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return
+    if free < need:
+        raise CorpusError(f"not enough space in {path}: the checkpoints need about {need / 1e6:.1f} MB "
+                          f"and {free / 1e6:.1f} MB is free")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _num(v) -> float:
+    return math.inf if v is None else float(v)
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def resume_options(train_args: dict, overrides: dict) -> TrainOptions:
+    """The options of a resumed run: the checkpoint's own, then whatever was given on the command
+    line. Architecture options are kept for the record only (the checkpoint's config wins)."""
+    opts = TrainOptions()
+    for f in dataclasses.fields(TrainOptions):
+        if f.name not in train_args:
+            continue
+        v, default = train_args[f.name], getattr(opts, f.name)
+        if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        ok = (v is None and default is None) or (default is None and isinstance(v, (int, float))) \
+            or (type(v) is type(default))
+        if not ok:
+            raise ckpt.CheckpointError(f"the checkpoint's training option {f.name} has the wrong type")
+        setattr(opts, f.name, v)
+    for k, v in overrides.items():
+        setattr(opts, k, v)
+    if opts.optimizer not in _HYPER or min(opts.seq_len, opts.batch_size) < 1 or not opts.lr > 0 \
+            or not 0 <= opts.val_frac < 1 or not 0 <= opts.test_frac < 1 or not opts.max_epochs > 0:
+        raise ckpt.CheckpointError("the checkpoint's training options are out of range")
+    return opts

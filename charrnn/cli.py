@@ -365,6 +365,13 @@ def main() -> None:
     errors = _input_errors()
     try:
         cli.main(prog_name="charrnn", auto_envvar_prefix="CHARRNN", standalone_mode=False)
+    except SystemExit as e:
+        # Click answers EPIPE on stdout with exit 1 after wrapping stdout; a reader that went away
+        # (`| head`) is not a failure
+        if e.code == 1 and isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+            _silence_stdout()
+            sys.exit(0)
+        raise
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

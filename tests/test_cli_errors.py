@@ -1,0 +1,266 @@
+"""Bad input through the real entry point: every bad checkpoint, file, flag and pipe gets one
+line on stderr and the right exit code, never a traceback. Most cases run main() in-process
+(fast); a few run `python -m charrnn` to prove the real process behaves the same."""
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn import checkpoint as ckpt
+from charrnn.cli import main
+from charrnn.corpus import Vocab
+from charrnn.model import ModelConfig, init_params
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def charrnn(args, monkeypatch, capsys, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Run main() as the console script would; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["charrnn", *args])
+    if stdin is not None:
+        import io
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str, want: int = 2) -> None:
+    assert code == want, err
+    assert err.strip() and err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("good")
+    cfg = ModelConfig(vocab_size=4, hidden=4, layers=1)
+    c = ckpt.Checkpoint(config=cfg, vocab=Vocab("\nabc"), params=init_params(cfg, np.random.default_rng(0)),
+                        train_args={"val_frac": 0.05, "test_frac": 0.05})
+    ckpt.save(d / "good.safetensors", c)
+    (d / "text.txt").write_text("abcabc\nabc\n" * 20)
+    return d
+
+
+def _parts(blob: bytes):
+    n = struct.unpack("<Q", blob[:8])[0]
+    return json.loads(blob[8:8 + n]), blob[8 + n:]
+
+
+def _pack(header: dict, data: bytes, lie: int = 0) -> bytes:
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h) + lie) + h + data
+
+
+def _bad_files(good: Path) -> dict[str, bytes]:
+    blob = (good / "good.safetensors").read_bytes()
+    header, data = _parts(blob)
+    wrong_dtype = json.loads(json.dumps(header))
+    wrong_dtype["out.b" if "out.b" in wrong_dtype else "param/out.b"]["dtype"] = "I64"
+    wide = json.loads(json.dumps(header))
+    wide["param/out.b"]["data_offsets"][1] += 10 ** 6
+    gru = json.loads(json.dumps(header))
+    cfg = json.loads(gru["__metadata__"]["config"])
+    gru["__metadata__"]["config"] = json.dumps({**cfg, "cell": "gru"})
+    hidden = json.loads(json.dumps(header))
+    hidden["__metadata__"]["config"] = json.dumps({**cfg, "hidden": 10 ** 9, "layers": 1})
+    nan = bytearray(blob)
+    nan[len(blob) - 4:] = struct.pack("<f", float("nan"))
+    flipped = bytearray(blob)
+    flipped[8 + 20] ^= 0x40                          # a bit in the JSON header
+    version = json.loads(json.dumps(header))
+    version["__metadata__"]["version"] = "7"
+    return {
+        "truncated": blob[:len(blob) // 2],
+        "bit_flipped": bytes(flipped),
+        "nan_weight": bytes(nan),
+        "wrong_dtype": _pack(wrong_dtype, data),
+        "oversized_header": struct.pack("<Q", 1 << 62) + blob[8:],
+        "lying_header_length": _pack(header, data, lie=5),
+        "lying_offsets": _pack(wide, data),
+        "wrong_architecture": _pack(gru, data),
+        "huge_config": _pack(hidden, data),
+        "newer_version": _pack(version, data),
+        "not_a_checkpoint": b"ROMEO: but soft, what light\n" * 10,
+        "empty": b"",
+        "png": b"\x89PNG\r\n\x1a\n" + bytes(200),
+    }
+
+
+CASES = ["truncated", "bit_flipped", "nan_weight", "wrong_dtype", "oversized_header", "lying_header_length",
+         "lying_offsets", "wrong_architecture", "huge_config", "newer_version", "not_a_checkpoint", "empty", "png"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_checkpoint_is_one_line_exit_2_for_sample_and_eval(good, tmp_path, case, monkeypatch, capsys):
+    bad = tmp_path / f"{case}.safetensors"
+    bad.write_bytes(_bad_files(good)[case])
+    code, out, err = charrnn(["sample", str(bad), "--length", "5"], monkeypatch, capsys)
+    one_line_error(code, err)
+    assert out == "" and str(bad) in err or case == "huge_config"
+    code, out, err = charrnn(["eval", str(bad), str(good / "text.txt")], monkeypatch, capsys)
+    one_line_error(code, err)
+    assert out == ""
+
+
+def test_the_good_checkpoint_itself_works(good, monkeypatch, capsys):
+    code, out, err = charrnn(["eval", str(good / "good.safetensors"), str(good / "text.txt"), "--json"],
+                             monkeypatch, capsys)
+    assert code == 0 and "bits_per_char" in json.loads(out)
+
+
+def test_the_real_process_refuses_bad_checkpoints_without_a_traceback(good, tmp_path):
+    files = _bad_files(good)
+    for case in ("truncated", "lying_offsets", "not_a_checkpoint"):
+        (tmp_path / f"{case}.safetensors").write_bytes(files[case])
+        for cmd in (["sample", f"{case}.safetensors"], ["eval", f"{case}.safetensors", str(good / "text.txt")]):
+            r = subprocess.run([sys.executable, "-m", "charrnn", *cmd], capture_output=True, cwd=tmp_path, env=ENV,
+                               timeout=120)
+            one_line_error(r.returncode, r.stderr.decode())
+            assert r.stdout == b""
+
+
+def test_a_directory_or_missing_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    one_line_error(*charrnn(["sample", str(tmp_path)], monkeypatch, capsys)[::2])
+    one_line_error(*charrnn(["sample", str(tmp_path / "nope.safetensors")], monkeypatch, capsys)[::2])
+    one_line_error(*charrnn(["train", "x.txt", "--resume", str(tmp_path / "nope")], monkeypatch, capsys)[::2])
+
+
+# ---------------------------------------------------------------- bad input files
+def _text_cases(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "bom_only.txt").write_bytes("\ufeff".encode())
+    (tmp_path / "one.txt").write_text("a")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 3)
+    (tmp_path / "adir").mkdir()
+    return {
+        "missing": (str(tmp_path / "nope.txt"), "no such file"),
+        "directory": (str(tmp_path / "adir"), "is a directory"),
+        "empty": (str(tmp_path / "empty.txt"), "is empty"),
+        "only_a_bom": (str(tmp_path / "bom_only.txt"), "is empty"),
+        "invalid_utf8": (str(tmp_path / "latin1.txt"), "bad byte 0xe9 at offset 3; use --bytes"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "only_a_bom", "invalid_utf8"])
+def test_a_bad_training_file_is_one_line_and_makes_no_run_directory(tmp_path, case, monkeypatch, capsys):
+    path, msg = _text_cases(tmp_path)[case]
+    code, out, err = charrnn(["train", path, "--out", str(tmp_path / "run"), "--device", "cpu"], monkeypatch, capsys)
+    one_line_error(code, err)
+    assert msg in err and out == ""
+    assert not (tmp_path / "run").exists() or case in ("invalid_utf8", "only_a_bom")   # found while decoding
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "invalid_utf8"])
+def test_a_bad_evaluation_file_is_one_line(good, tmp_path, case, monkeypatch, capsys):
+    path, msg = _text_cases(tmp_path)[case]
+    code, out, err = charrnn(["eval", str(good / "good.safetensors"), path], monkeypatch, capsys)
+    one_line_error(code, err)
+    assert msg.split(";")[0] in err
+
+
+def test_invalid_utf8_suggests_bytes_and_encoding_and_encoding_fixes_it(tmp_path, monkeypatch, capsys):
+    path, _ = _text_cases(tmp_path)["invalid_utf8"]
+    code, _, err = charrnn(["train", path, "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys)
+    assert code == 2 and "offset 3" in err and "--bytes" in err and "--encoding" in err
+    code, _, err = charrnn(["train", path, "--encoding", "latin-1", "--out", str(tmp_path / "r"), "--hidden", "4",
+                            "--layers", "1", "--seq-len", "4", "--batch-size", "2", "--max-steps", "2",
+                            "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0, err
+    code, _, err = charrnn(["train", path, "--encoding", "klingon", "--out", str(tmp_path / "r"), "--device", "cpu"],
+                           monkeypatch, capsys)
+    one_line_error(code, err)
+    assert "unknown encoding" in err
+
+
+def test_a_text_too_short_for_one_window_is_an_error_and_a_short_one_shrinks_with_a_warning(
+        tmp_path, monkeypatch, capsys):
+    path = tmp_path / "one.txt"
+    path.write_text("a")
+    code, _, err = charrnn(["train", str(path), "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys)
+    one_line_error(code, err)
+    assert "too short" in err
+    path.write_text("abcdefghij" * 3)
+    code, _, err = charrnn(["train", str(path), "--out", str(tmp_path / "r"), "--hidden", "4", "--layers", "1",
+                            "--max-steps", "1", "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0 and "using batch 1, sequence length" in err
+
+
+def test_stdin_needs_a_run_name_and_empty_stdin_is_one_line(tmp_path, monkeypatch, capsys):
+    one_line_error(*charrnn(["train", "-"], monkeypatch, capsys, stdin=b"abc")[::2])
+    code, _, err = charrnn(["train", "-", "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys,
+                           stdin=b"")
+    one_line_error(code, err)
+    assert "stdin is empty" in err
+
+
+def test_resume_and_init_from_together_are_refused(good, tmp_path, monkeypatch, capsys):
+    g = str(good / "good.safetensors")
+    code, _, err = charrnn(["train", str(good / "text.txt"), "--resume", g, "--init-from", g, "--out",
+                            str(tmp_path / "r")], monkeypatch, capsys)
+    one_line_error(code, err)
+    assert "not both" in err
+
+
+def test_an_unwritable_out_dir_is_one_line_at_start_up(good, tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    for out in (str(tmp_path / "file" / "run"), "/proc/charrnn-run"):
+        code, _, err = charrnn(["train", str(good / "text.txt"), "--out", out, "--device", "cpu"], monkeypatch, capsys)
+        one_line_error(code, err)
+        assert "cannot write checkpoints" in err
+
+
+# ---------------------------------------------------------------- nonsense numbers
+@pytest.mark.parametrize("args", [
+    ["train", "x.txt", "--hidden", "-3"], ["train", "x.txt", "--hidden", "0"], ["train", "x.txt", "--layers", "0"],
+    ["train", "x.txt", "--seq-len", "-1"], ["train", "x.txt", "--batch-size", "0"],
+    ["train", "x.txt", "--dropout", "1.5"], ["train", "x.txt", "--dropout", "1"], ["train", "x.txt", "--lr", "-1"],
+    ["train", "x.txt", "--lr", "0"], ["train", "x.txt", "--val-frac", "1.2"], ["train", "x.txt", "--test-frac", "-0.1"],
+    ["train", "x.txt", "--beta1", "1.5"], ["train", "x.txt", "--max-epochs", "-2"], ["train", "x.txt", "--minutes", "-1"],
+    ["train", "x.txt", "--max-nan-retries", "-1"], ["train", "x.txt", "--hidden", "lots"],
+    ["sample", "--temp", "-0.5"], ["sample", "--top-p", "1.5"], ["sample", "--top-p", "0"], ["sample", "--top-k", "-1"],
+    ["sample", "--length", "-5"], ["eval", "--split", "train"],
+])
+def test_nonsense_numbers_are_rejected_by_click_with_a_message(args, monkeypatch, capsys):
+    code, out, err = charrnn(args, monkeypatch, capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert re.search(r"Invalid value|is not a valid|not in the range|Error", err), err
+
+
+# ---------------------------------------------------------------- pipes
+@pytest.mark.parametrize("reader", ["head -c 1", "true"])
+def test_eval_json_into_a_closed_pipe_ends_quietly_with_exit_0(good, reader):
+    cmd = (f"set -o pipefail; {sys.executable} -m charrnn eval {good / 'good.safetensors'} {good / 'text.txt'} "
+           f"--json | {reader} >/dev/null")
+    p = subprocess.run(cmd, shell=True, executable="/bin/bash", capture_output=True, env=ENV, timeout=120)
+    assert p.returncode == 0 and p.stderr == b"", p.stderr.decode()
+
+
+@pytest.mark.parametrize("reader", ["head -1", "true"])
+def test_corpus_list_into_a_closed_pipe_ends_quietly_with_exit_0(reader):
+    cmd = f"set -o pipefail; {sys.executable} -m charrnn corpus list | {reader} >/dev/null"
+    p = subprocess.run(cmd, shell=True, executable="/bin/bash", capture_output=True, env=ENV, timeout=120)
+    assert p.returncode == 0 and p.stderr == b"", p.stderr.decode()
+
+
+# ---------------------------------------------------------------- nothing executes
+def test_no_pickle_anywhere_in_the_code_base():
+    unsafe = re.compile(r"^\s*(import|from)\s+(pickle|cPickle|_pickle|dill|shelve|marshal|joblib)\b"
+                        r"|allow_pickle\s*=\s*True|\bpickle\.loads?\(|\btorch\.load\(|\bnp\.load\(", re.M)
+    hits = []
+    for folder in ("charrnn", "bench", "tests"):
+        for f in (ROOT / folder).rglob("*.py"):
+            if f.name != Path(__file__).name and unsafe.search(f.read_text(encoding="utf-8", errors="replace")):
+                hits.append(str(f.relative_to(ROOT)))
+    assert hits == []

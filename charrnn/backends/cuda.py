@@ -1,0 +1,485 @@
+"""CUDA backend: the backend contract in numba.cuda kernels (charrnn/backends/cuda_kernels.py).
+
+Parameters, gradients, optimizer moments, carried state and the current window live on the
+device. Per training step the window's codes go up and the loss scalar (and the gradient norm)
+come back; nothing else crosses. The flow per layer and window follows the CPU backend: the
+input products of all T steps are one GEMM (a row gather for one-hot input), each step one
+recurrent GEMM and one fused gate kernel, and after the backward time loop the weight gradients
+are one GEMM each over the whole window.
+
+Sampling has its own fused path: per step and layer one kernel does both matrix-vector products
+and the gates, and one more scores the vocabulary and draws the next code on the device; codes
+come back in chunks (`generate`), or logits each step (`step`, the generic contract).
+
+Checkpoints stay device-neutral: `params_host()` returns host float32 (and brings the optimizer
+moments home into the Optimizer's own arrays), so a GPU run's weights load on the CPU bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+from numba import cuda
+
+from charrnn.backends import cuda_kernels as K
+from charrnn.model import ModelConfig, Params, param_shapes, zero_state
+from charrnn.optim import Optimizer
+
+CELL_CODE = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
+
+# tile shapes (TM, TN, TK, RM, RN): large products, small products (a recurrent step), and
+# the simulator's (16 threads a block, so the Python-threaded simulator stays quick)
+TILES = {"large": (64, 64, 16, 4, 4), "small": (32, 32, 32, 2, 2), "sim": (8, 8, 4, 2, 2)}
+_gemms: dict = {}
+
+
+def _gemm_kernel(name: str):
+    if name not in _gemms:
+        _gemms[name] = K.make_gemm(*TILES[name])
+    return _gemms[name]
+
+
+class DeviceState:
+    """Carried state (L, S, B, H) kept on the device; np.asarray() copies it home."""
+
+    def __init__(self, dev):
+        self.dev = dev
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.dev.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.dev.copy_to_host()
+        return a if dtype is None else a.astype(dtype)
+
+
+class CudaBackend:
+    """The backend contract on an NVIDIA GPU (see charrnn/backends/__init__.py)."""
+
+    name = "cuda"
+
+    def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
+                 tiles: tuple[str, str] | None = None):
+        self.cfg = cfg
+        self.notify = notify
+        self.kind = K.TANH if cfg.activation == "tanh" else K.SOFTSIGN
+        self.cell = CELL_CODE[cfg.cell]
+        self.w = cuda.to_device(np.ascontiguousarray(params.flat, dtype=np.float32))
+        self.g = cuda.device_array(self.w.shape[0], np.float32)
+        self.P = self._views(self.w)
+        self.G = self._views(self.g)
+        self.tiles = tiles or (("sim", "sim") if _simulating() else ("large", "small"))
+        self._dummy = cuda.to_device(np.zeros(1, np.float32))
+        self._dummy2 = cuda.to_device(np.zeros((1, 1), np.float32))
+        self._zeros_d = cuda.to_device(np.zeros(max(cfg.embed, 1), np.float32))
+        self._scalar = cuda.device_array(1, np.float64)
+        self._part = cuda.device_array(K.NORM_BLOCKS, np.float64)
+        self._ws = {}
+        self._opt = None
+        self._opt_dev: dict = {}
+        self._sampler = None
+        _warm_up(self, notify)
+
+    def _views(self, flat) -> dict:
+        views, off = {}, 0
+        for name, shape in param_shapes(self.cfg):
+            size = int(np.prod(shape))
+            views[name] = flat[off:off + size].reshape(shape)
+            off += size
+        return views
+
+    # -- launch helpers -----------------------------------------------------------------
+    def _mm(self, A, B, C, ta=0, tb=0, beta=0.0, bias=None):
+        """C = beta*C + op(A) @ op(B) (+ bias), picking the tile shape by how many blocks it makes."""
+        M, N = C.shape
+        kern = _gemm_kernel(self.tiles[0])
+        TM, TN = kern.tile
+        if ((M + TM - 1) // TM) * ((N + TN - 1) // TN) < 128:
+            kern = _gemm_kernel(self.tiles[1])
+            TM, TN = kern.tile
+        grid = ((N + TN - 1) // TN, (M + TM - 1) // TM)
+        kern[grid, kern.threads](A, B, C, ta, tb, np.float32(beta),
+                                 self._dummy if bias is None else bias, 0 if bias is None else 1)
+
+    @staticmethod
+    def _pointwise(kern, n, *args):
+        kern[K.blocks(n), K.THREADS](*args)
+
+    # -- workspace per window shape --------------------------------------------------------
+    def _workspace(self, T: int, B: int) -> dict:
+        key = (T, B)
+        if key in self._ws:
+            return self._ws[key]
+        cfg = self.cfg
+        H, GH, V = cfg.hidden, cfg.gates * cfg.hidden, cfg.vocab_size
+        f32 = np.float32
+        dev = cuda.device_array
+        ws = {"codes": dev(T * B, np.int64), "y": dev(T * B, np.int64),
+              "logits": dev((T * B, V), f32), "losses": dev(T * B, np.float64),
+              "hw": dev((B, GH), f32), "dh_next": dev((B, H), f32), "dc_next": dev((B, H), f32),
+              "dxw": dev((T, B, GH), f32), "dhw": dev((T, B, GH), f32) if cfg.cell == "gru" else None,
+              "emb": dev((T * B, cfg.embed), f32) if cfg.embed else None,
+              "layers": []}
+        # two ping-pong buffers for the gradient on a layer's input, (T*B, H) or (T*B, embed)
+        width = max(H, cfg.embed)
+        bufs = [dev(T * B * width, f32), dev(T * B * width, f32)]
+        ws["d_h"] = [b[:T * B * H].reshape(T * B, H) for b in bufs]
+        ws["d_h_t"] = [[d.reshape(T, B, H)[t] for t in range(T)] for d in ws["d_h"]]
+        ws["d_e"] = [b[:T * B * cfg.embed].reshape(T * B, cfg.embed) for b in bufs] if cfg.embed else None
+        for _ in range(cfg.layers):
+            lay = {"xw": dev((T * B, GH), f32), "hs": dev((T + 1, B, H), f32),
+                   "out": dev((T * B, H), f32) if cfg.dropout > 0 else None}
+            if cfg.cell == "lstm":
+                lay.update(gates=dev((T, B, GH), f32), cs=dev((T + 1, B, H), f32), tcs=dev((T, B, H), f32))
+            elif cfg.cell == "gru":
+                lay.update(gates=dev((T, B, GH), f32), hn=dev((T, B, H), f32))
+            # per-step views, made once: slicing device arrays costs Python time every call
+            lay["hs_t"] = [lay["hs"][t] for t in range(T + 1)]
+            lay["xw_t"] = [lay["xw"][t * B:(t + 1) * B] for t in range(T)]
+            for name in ("gates", "cs", "tcs", "hn"):
+                if name in lay:
+                    lay[name + "_t"] = [lay[name][t] for t in range(lay[name].shape[0])]
+            lay["hs_flat"] = lay["hs"].reshape((T + 1) * B * H)
+            lay["hs_in"] = lay["hs"][:T].reshape(T * B, H)     # h_{t-1} for every step, for dWh
+            lay["hs_top"] = lay["hs"][1:].reshape(T * B, H)    # the layer's outputs
+            ws["layers"].append(lay)
+        ws["dxw_t"] = [ws["dxw"][t] for t in range(T)]
+        ws["dhw_t"] = [ws["dhw"][t] for t in range(T)] if ws["dhw"] is not None else ws["dxw_t"]
+        self._ws = {key: ws}          # one shape at a time: training and validation alternate rarely
+        return ws
+
+    def _upload_codes(self, dst, x) -> None:
+        dst.copy_to_device(np.ascontiguousarray(np.asarray(x).reshape(-1), dtype=np.int64))
+
+    def _state_dev(self, state):
+        if isinstance(state, DeviceState):
+            return state.dev
+        return cuda.to_device(np.ascontiguousarray(np.asarray(state), dtype=np.float32))
+
+    # -- forward over a window -------------------------------------------------------------
+    def _forward(self, ws, T, B, state, seed, train):
+        """Fills the workspace; returns (top output (T*B, H), new state device array)."""
+        cfg, P = self.cfg, self.P
+        H = cfg.hidden
+        n_bh = B * H
+        new_state = cuda.device_array(state.shape, np.float32)
+        codes = ws["codes"]
+        inp = None
+        if cfg.embed:
+            inp = ws["emb"]
+            self._pointwise(K.gather_rows, T * B * cfg.embed, P["embed"], self._zeros_d, codes, inp)
+        for l in range(cfg.layers):
+            lay = ws["layers"][l]
+            Wx, Wh, b = P[f"l{l}.Wx"], P[f"l{l}.Wh"], P[f"l{l}.b"]
+            if inp is None:
+                self._pointwise(K.gather_rows, T * B * Wx.shape[1], Wx, b, codes, lay["xw"])
+            else:
+                self._mm(inp, Wx, lay["xw"], bias=b)
+            hs_t, xw_t, hw = lay["hs_t"], lay["xw_t"], ws["hw"]
+            self._pointwise(K.copy, n_bh, hs_t[0].reshape(n_bh), state[l, 0].reshape(n_bh))
+            if cfg.cell == "lstm":
+                cs_t, g_t, tc_t = lay["cs_t"], lay["gates_t"], lay["tcs_t"]
+                self._pointwise(K.copy, n_bh, cs_t[0].reshape(n_bh), state[l, 1].reshape(n_bh))
+                for t in range(T):
+                    self._mm(hs_t[t], Wh, hw)
+                    self._pointwise(K.lstm_fwd, n_bh, xw_t[t], hw, cs_t[t], self.kind,
+                                    g_t[t], cs_t[t + 1], tc_t[t], hs_t[t + 1])
+                self._pointwise(K.copy, n_bh, new_state[l, 1].reshape(n_bh), cs_t[T].reshape(n_bh))
+            elif cfg.cell == "gru":
+                g_t, hn_t, bh = lay["gates_t"], lay["hn_t"], P[f"l{l}.bh"]
+                for t in range(T):
+                    self._mm(hs_t[t], Wh, hw)
+                    self._pointwise(K.gru_fwd, n_bh, xw_t[t], hw, bh, hs_t[t], self.kind,
+                                    g_t[t], hn_t[t], hs_t[t + 1])
+            else:
+                for t in range(T):
+                    self._mm(hs_t[t], Wh, hw)
+                    self._pointwise(K.rnn_fwd, n_bh, xw_t[t], hw, self.kind, hs_t[t + 1])
+            self._pointwise(K.copy, n_bh, new_state[l, 0].reshape(n_bh), hs_t[T].reshape(n_bh))
+            inp = lay["hs_top"]
+            if train and cfg.dropout > 0:
+                self._dropout(inp, lay["out"], seed, l, T, B)
+                inp = lay["out"]
+        logits = ws["logits"]
+        self._mm(inp, P["out.W"], logits, bias=P["out.b"])
+        return inp, new_state
+
+    def _dropout(self, src, dst, seed, layer, T, B):
+        n = T * B * self.cfg.hidden
+        p = self.cfg.dropout
+        self._pointwise(K.dropout, n, src.reshape(n), dst.reshape(n), np.uint64(seed),
+                        np.uint64(layer * n), float(p), np.float32(1.0 / (1.0 - p)))
+
+    def _loss_sum(self, ws, n, scale, want_grad) -> float:
+        K.softmax_xent[n, K.RED](ws["logits"], ws["y"], float(scale), int(want_grad), ws["losses"])
+        K.sum_into[1, K.RED](ws["losses"], self._scalar)
+        return float(self._scalar.copy_to_host()[0])
+
+    def loss(self, x: np.ndarray, y: np.ndarray, state) -> tuple[float, DeviceState]:
+        T, B = np.shape(x)
+        ws = self._workspace(T, B)
+        self._upload_codes(ws["codes"], x)
+        self._upload_codes(ws["y"], y)
+        _, new_state = self._forward(ws, T, B, self._state_dev(state), 0, train=False)
+        return self._loss_sum(ws, T * B, 1.0, False), DeviceState(new_state)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, state, dropout_seed: int = 0) -> tuple[float, DeviceState]:
+        cfg, P, G = self.cfg, self.P, self.G
+        T, B = np.shape(x)
+        H = cfg.hidden
+        n_bh = B * H
+        ws = self._workspace(T, B)
+        self._upload_codes(ws["codes"], x)
+        self._upload_codes(ws["y"], y)
+        top, new_state = self._forward(ws, T, B, self._state_dev(state), dropout_seed, train=True)
+        loss = self._loss_sum(ws, T * B, 1.0 / (T * B), True)
+        dlogits = ws["logits"]
+        self._pointwise(K.fill, self.g.shape[0], self.g, np.float32(0))
+        self._mm(top, dlogits, G["out.W"], ta=1)
+        self._colsum(G["out.b"], dlogits)
+        cur = 0
+        dinp = ws["d_h"][cur]
+        self._mm(dlogits, P["out.W"], dinp, tb=1)
+        codes = ws["codes"]
+        for l in reversed(range(cfg.layers)):
+            lay = ws["layers"][l]
+            Wx, Wh = P[f"l{l}.Wx"], P[f"l{l}.Wh"]
+            if cfg.dropout > 0:
+                self._dropout(dinp, dinp, dropout_seed, l, T, B)
+            dh_t = ws["d_h_t"][cur]
+            dh_next, dc_next = ws["dh_next"], ws["dc_next"]
+            self._pointwise(K.fill, n_bh, dh_next.reshape(n_bh), np.float32(0))
+            dxw_t, dhw_t, hs_t = ws["dxw_t"], ws["dhw_t"], lay["hs_t"]
+            if cfg.cell == "lstm":
+                self._pointwise(K.fill, n_bh, dc_next.reshape(n_bh), np.float32(0))
+                g_t, cs_t, tc_t = lay["gates_t"], lay["cs_t"], lay["tcs_t"]
+                for t in range(T - 1, -1, -1):
+                    self._pointwise(K.lstm_bwd, n_bh, dh_t[t], dh_next, dc_next, g_t[t], cs_t[t], tc_t[t],
+                                    self.kind, dxw_t[t])
+                    self._mm(dxw_t[t], Wh, dh_next, tb=1)
+            elif cfg.cell == "gru":
+                g_t, hn_t = lay["gates_t"], lay["hn_t"]
+                for t in range(T - 1, -1, -1):
+                    self._pointwise(K.gru_bwd, n_bh, dh_t[t], dh_next, g_t[t], hn_t[t], hs_t[t], self.kind,
+                                    dxw_t[t], dhw_t[t])
+                    self._mm(dhw_t[t], Wh, dh_next, tb=1, beta=1.0)
+                self._colsum(G[f"l{l}.bh"], ws["dhw"].reshape(T * B, 3 * H)[:, 2 * H:])
+            else:
+                for t in range(T - 1, -1, -1):
+                    self._pointwise(K.rnn_bwd, n_bh, dh_t[t], dh_next, hs_t[t + 1], self.kind, dxw_t[t])
+                    self._mm(dxw_t[t], Wh, dh_next, tb=1)
+            GH = Wx.shape[1]
+            dxw2 = ws["dxw"].reshape(T * B, GH)
+            dhw2 = dxw2 if ws["dhw"] is None else ws["dhw"].reshape(T * B, GH)
+            self._mm(lay["hs_in"], dhw2, G[f"l{l}.Wh"], ta=1)
+            self._colsum(G[f"l{l}.b"], dxw2)
+            if l == 0 and not cfg.embed:
+                self._pointwise(K.scatter_add_rows, T * B * GH, G[f"l{l}.Wx"], codes, dxw2)
+            else:
+                inp = ws["emb"] if l == 0 else self._layer_input(ws, l - 1)
+                self._mm(inp, dxw2, G[f"l{l}.Wx"], ta=1)
+                cur = 1 - cur
+                dinp = ws["d_h"][cur] if l > 0 else ws["d_e"][cur]
+                self._mm(dxw2, Wx, dinp, tb=1)
+        if cfg.embed:
+            self._pointwise(K.scatter_add_rows, T * B * cfg.embed, G["embed"], codes, dinp)
+        return loss, DeviceState(new_state)
+
+    def _layer_input(self, ws, l):
+        lay = ws["layers"][l]
+        return lay["out"] if self.cfg.dropout > 0 else lay["hs_top"]
+
+    def _colsum(self, g, d):
+        K.colsum_add[(d.shape[1] + 31) // 32, (32, K.CS_ROWS)](g, d)
+
+    # -- update ------------------------------------------------------------------------------
+    def _sumsq(self, g) -> None:
+        K.sumsq_partial[K.NORM_BLOCKS, K.RED](g, self._part)
+        K.sum_into[1, K.RED](self._part, self._scalar)
+
+    def grad_norm(self) -> float:
+        self._sumsq(self.g)
+        return math.sqrt(float(self._scalar.copy_to_host()[0]))
+
+    def optimizer_step(self, opt: Optimizer, lr: float, clip: tuple[str, float]) -> float:
+        """optim.clip_ then opt.step, on the device buffers; opt.t advances on the host and the
+        moments stay on the device until params_host() (or sync_optimizer()) brings them home."""
+        n = self.g.shape[0]
+        self._sumsq(self.g)
+        mode, value = clip
+        if mode == "norm":
+            self._pointwise(K.clip_by_norm, n, self.g, self._scalar, float(value))
+        elif mode == "value":
+            self._pointwise(K.clip_by_value, n, self.g, np.float32(value))
+        if opt is not self._opt:
+            self._opt = opt
+            self._opt_dev = {k: cuda.to_device(np.ascontiguousarray(v, dtype=np.float32))
+                             for k, v in opt.state.items()}
+        w, g, s, h = self.w, self.g, self._opt_dev, opt.hyper
+        if opt.weight_decay or opt.l1:
+            self._pointwise(K.penalties, n, w, g, float(opt.weight_decay), float(opt.l1))
+        opt.t += 1
+        lr = float(lr)
+        if opt.name == "adam":
+            c1, c2 = 1.0 - h["beta1"] ** opt.t, 1.0 - h["beta2"] ** opt.t
+            self._pointwise(K.adam, n, w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], c1, c2)
+        elif opt.name == "rmsprop":
+            self._pointwise(K.rmsprop, n, w, g, s["sq"], lr, h["alpha"], h["eps"])
+        elif opt.name == "adagrad":
+            self._pointwise(K.adagrad, n, w, g, s["sum"], lr, h["eps"])
+        else:
+            self._pointwise(K.nesterov, n, w, g, s["vel"], lr, h["momentum"])
+        self._sampler = None          # the weights moved: the sampler's transposed copies are stale
+        return math.sqrt(float(self._scalar.copy_to_host()[0]))
+
+    def sync_optimizer(self) -> None:
+        """Copy the device moments into the Optimizer's host arrays (for a checkpoint)."""
+        if self._opt is not None:
+            for k, d in self._opt_dev.items():
+                d.copy_to_host(self._opt.state[k])
+
+    def params_host(self) -> Params:
+        self.sync_optimizer()
+        return Params(self.cfg, self.w.copy_to_host())
+
+    def grad_host(self) -> Params:
+        return Params(self.cfg, self.g.copy_to_host())
+
+    def zero_state(self, batch: int) -> DeviceState:
+        return DeviceState(cuda.to_device(zero_state(self.cfg, batch, np.float32)))
+
+    # -- sampling ------------------------------------------------------------------------------
+    def _sample_weights(self) -> dict:
+        """[Wx; Wh].T per layer, contiguous per gate row, made once per set of weights."""
+        if self._sampler is None:
+            cfg, host = self.cfg, Params(self.cfg, self.w.copy_to_host())
+            sw = {"WT": [], "b": [], "bh": []}
+            for l in range(cfg.layers):
+                Wx = host[f"l{l}.Wx"]
+                if l == 0 and cfg.embed:
+                    Wx = host["embed"] @ Wx            # an embedding then a linear map: one table
+                sw["WT"].append(cuda.to_device(np.ascontiguousarray(np.concatenate([Wx, host[f"l{l}.Wh"]]).T)))
+                sw["b"].append(self.P[f"l{l}.b"])
+                sw["bh"].append(self.P[f"l{l}.bh"] if cfg.cell == "gru" else self._dummy)
+            self._sampler = sw
+        return self._sampler
+
+    def _layer_views(self, st) -> list:
+        """Per layer (h, c) views of a state array (c is h for cells without one)."""
+        lstm = self.cfg.cell == "lstm"
+        return [(st[l, 0], st[l, 1] if lstm else st[l, 0]) for l in range(self.cfg.layers)]
+
+    def _sample_layers(self, sw, codes_d, src, dst) -> None:
+        """One step of every layer: codes_d (B,) and the state views src -> the state views dst."""
+        x = self._dummy2
+        for l in range(self.cfg.layers):
+            K.sample_layer[self.cfg.hidden, 32 * self.cfg.gates](
+                sw["WT"][l], sw["b"][l], sw["bh"][l], codes_d, x, 1 if l == 0 else 0,
+                src[l][0], src[l][1], self.cell, self.kind, dst[l][0], dst[l][1])
+            x = dst[l][0]
+
+    def _out_buffers(self, B: int, steps: int) -> dict:
+        V = self.cfg.vocab_size
+        return {"logits": cuda.device_array((B, V), np.float32), "probs": cuda.device_array((B, V), np.float64),
+                "codes": cuda.device_array(B, np.int64), "hist": cuda.device_array((steps, B), np.int64),
+                "logp": cuda.device_array((steps, B), np.float64), "u": cuda.device_array((steps, B), np.float64)}
+
+    def step(self, codes: np.ndarray, state) -> tuple[np.ndarray, DeviceState]:
+        codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
+        B = codes.shape[0]
+        st = self._state_dev(state)
+        out = cuda.device_array(st.shape, np.float32)
+        dst = self._layer_views(out)
+        self._sample_layers(self._sample_weights(), cuda.to_device(codes), self._layer_views(st), dst)
+        ob = self._out_buffers(B, 1)
+        K.sample_out[B, K.RED](self.P["out.W"], self.P["out.b"], dst[-1][0], ob["logits"], ob["probs"],
+                               1.0, 0, ob["u"], 0, 0, ob["codes"], ob["hist"], ob["logp"])
+        return ob["logits"].copy_to_host(), DeviceState(out)
+
+    def generate(self, prime_codes: np.ndarray, length: int, temp: float = 1.0, seed: int | None = None,
+                 top_k: int = 0, batch: int = 1, chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """sample.generate on the device (temperature and top-k; no top-p): yields (codes (batch,),
+        log-probabilities) per step. Row i draws its uniforms from PCG64 seeded seed + i, as
+        sample.stream does, so the same seed gives the same text as the host sampler (up to float
+        rounding at a CDF boundary). Codes come home `chunk` steps at a time; the device never
+        waits for the host in between."""
+        seed = 0 if seed is None else seed
+        rngs = [np.random.default_rng(seed + i) for i in range(batch)]
+        cfg = self.cfg
+        sw = self._sample_weights()
+        prime = np.asarray(prime_codes, dtype=np.int64)
+        sa = cuda.to_device(zero_state(cfg, batch, np.float32))
+        sb = cuda.device_array(sa.shape, np.float32)
+        va, vb = self._layer_views(sa), self._layer_views(sb)
+        for c in prime[:-1]:
+            self._sample_layers(sw, cuda.to_device(np.full(batch, c, np.int64)), va, vb)
+            va, vb = vb, va
+        ob = self._out_buffers(batch, chunk)
+        ob["codes"].copy_to_device(np.full(batch, prime[-1], np.int64))
+        Wo, bo, codes_d, temp, top_k = self.P["out.W"], self.P["out.b"], ob["codes"], float(temp), int(top_k)
+        n = 0
+        while length == 0 or n < length:
+            steps = chunk if length == 0 else min(chunk, length - n)
+            u = np.zeros((chunk, batch))
+            for i, r in enumerate(rngs):
+                u[:steps, i] = r.random(steps)
+            ob["u"].copy_to_device(u)
+            for s in range(steps):
+                self._sample_layers(sw, codes_d, va, vb)
+                va, vb = vb, va
+                K.sample_out[batch, K.RED](Wo, bo, va[-1][0], ob["logits"], ob["probs"], temp, top_k,
+                                           ob["u"], s, 1, codes_d, ob["hist"], ob["logp"])
+            hc, lp = ob["hist"].copy_to_host(), ob["logp"].copy_to_host()
+            for s in range(steps):
+                yield hc[s], lp[s]
+            n += steps
+
+
+def _simulating() -> bool:
+    from numba.core import config
+    return bool(config.ENABLE_CUDASIM)
+
+
+_warmed: set = set()
+
+
+def _warm_up(be: CudaBackend, notify) -> None:
+    """Compile the kernels this model uses, on a tiny twin of it, saying so on stderr if that
+    takes a while (numba compiles on first use; a first run should never look hung)."""
+    cfg = be.cfg
+    key = (cfg.cell, cfg.activation, bool(cfg.embed), cfg.dropout > 0, cfg.layers > 1, be.tiles)
+    if key in _warmed or _simulating():
+        return
+    done = threading.Event()
+
+    def tell():
+        if not done.wait(0.7) and notify:
+            notify("compiling GPU kernels, first run only...")
+
+    threading.Thread(target=tell, daemon=True).start()
+    t0 = time.perf_counter()
+    from charrnn.model import init_params
+    tiny_cfg = ModelConfig(vocab_size=3, hidden=2, layers=min(cfg.layers, 2), cell=cfg.cell,
+                           embed=2 if cfg.embed else 0, dropout=0.5 if cfg.dropout else 0.0,
+                           activation=cfg.activation)
+    _warmed.add(key)                     # before the twin is built, so it does not recurse
+    tiny = CudaBackend(tiny_cfg, init_params(tiny_cfg, np.random.default_rng(0)), tiles=be.tiles)
+    x = np.zeros((2, 1), np.int64)
+    tiny.train_step(x, x, tiny.zero_state(1), 1)
+    tiny.loss(x, x, tiny.zero_state(1))
+    tiny.step(x[0], tiny.zero_state(1))
+    for _ in tiny.generate(np.array([0, 1]), 2, temp=1.0, seed=0, top_k=2, chunk=2):
+        pass
+    for _ in tiny.generate(np.array([0]), 1, temp=0.0, seed=0, chunk=1):
+        pass
+    for name in ("adam", "rmsprop", "adagrad", "nesterov"):
+        for clip in (("norm", 1.0), ("value", 1.0)):
+            tiny.optimizer_step(Optimizer(name, tiny.w.shape[0], weight_decay=1e-9, l1=1e-9), 0.0, clip)
+    tiny.params_host()
+    done.set()
+    if notify and time.perf_counter() - t0 > 0.7:
+        notify(f"GPU kernels ready ({time.perf_counter() - t0:.0f} s)")

@@ -1,0 +1,637 @@
+"""The numba.cuda kernels of the GPU backend, each one job, sizes taken from their arguments.
+
+Groups: a tiled shared-memory matrix product (one factory, a few tile shapes); the one-hot row
+gather and row scatter-add; fused pointwise gate kernels per cell, forward and backward, one
+time step each (the recurrent product is a separate GEMM, as in the CPU backend); dropout from
+the splitmix64 hash of reference.hash_uniform; fused softmax with cross-entropy; column sums;
+the optimizer rules and the global-norm reduction on the flat buffer; and the sampling kernels
+(one fused matrix-vector-plus-gates kernel per layer, one output kernel that scores, filters
+and draws). Gate order and cell equations are reference.py's.
+
+Importing this module imports numba.cuda; set NUMBA_ENABLE_CUDASIM=1 before that to run the
+kernels as Python on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float32, float64, int64, uint64
+from numba.core import config
+
+TANH, SOFTSIGN = 0, 1
+LSTM, GRU, RNN = 0, 1, 2
+
+F0, F1 = np.float32(0.0), np.float32(1.0)
+_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+_U1, _S30, _S27, _S31, _S40 = np.uint64(1), np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
+_INV24 = 1.0 / (1 << 24)
+
+# launch shapes; the simulator runs every thread as a Python thread, so it gets small blocks
+_SIM = bool(config.ENABLE_CUDASIM)
+THREADS = 32 if _SIM else 256      # pointwise kernels: threads per block
+RED = 32 if _SIM else 256          # reductions: threads per block (a power of two, >= 32)
+NW = RED // 32                     # warps in a reduction block
+CS_ROWS = 2 if _SIM else 8         # row lanes of the column-sum kernel
+NORM_BLOCKS = 4 if _SIM else 128   # blocks of the first pass of the squared-norm reduction
+
+
+def blocks(n: int, threads: int = THREADS) -> int:
+    return max(1, (n + threads - 1) // threads)
+
+
+# ---------------------------------------------------------------- scalar helpers
+@cuda.jit(device=True, inline=True, fastmath=True)
+def _sig(a):
+    return F1 / (F1 + math.exp(-a))
+
+
+@cuda.jit(device=True, inline=True, fastmath=True)
+def _act(a, kind):
+    if kind == TANH:
+        return math.tanh(a)
+    return a / (F1 + abs(a))
+
+
+@cuda.jit(device=True, inline=True, fastmath=True)
+def _dact(y, kind):
+    if kind == TANH:
+        return F1 - y * y
+    d = F1 - abs(y)
+    return d * d
+
+
+@cuda.jit(device=True, inline=True)
+def hash_uniform(seed, index):
+    """reference.hash_uniform for one uint64 index: splitmix64, top 24 bits as a double."""
+    z = seed * _GOLD + (index + _U1) * _GOLD
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    z = z ^ (z >> _S31)
+    return float64(z >> _S40) * _INV24
+
+
+@cuda.jit(device=True, inline=True)
+def _block_sum(red, t):
+    """Sum red[0:RED] over the block (every thread calls this, having written red[t]); returns it."""
+    cuda.syncthreads()
+    s = RED // 2
+    while s > 0:
+        if t < s:
+            red[t] += red[t + s]
+        cuda.syncthreads()
+        s //= 2
+    r = red[0]
+    cuda.syncthreads()                 # everyone has read red[0]: the caller may reuse red
+    return r
+
+
+@cuda.jit(device=True, inline=True)
+def _block_max(red, t):
+    cuda.syncthreads()
+    s = RED // 2
+    while s > 0:
+        if t < s:
+            red[t] = max(red[t], red[t + s])
+        cuda.syncthreads()
+        s //= 2
+    r = red[0]
+    cuda.syncthreads()
+    return r
+
+
+# ---------------------------------------------------------------- matrix product
+def make_gemm(TM: int, TN: int, TK: int, RM: int, RN: int):
+    """C = beta*C + op(A) @ op(B) (+ bias): a TM x TN tile per block, RM x RN outputs per thread,
+    TK-deep slices of A and B staged in shared memory. op transposes when ta / tb is set, so
+    the weight-gradient products (A^T B) and the backward input products (A B^T) need no copies.
+    Launch with grid (ceil(N/TN), ceil(M/TM)) and block (TN//RN, TM//RM)."""
+    NTX, NTY = TN // RN, TM // RM
+    NT = NTX * NTY
+    TMP, TNP = TM + 1, TN + 1        # one pad column against shared-memory bank conflicts
+
+    @cuda.jit(fastmath=True)
+    def gemm(A, B, C, ta, tb, beta, bias, has_bias):
+        M = C.shape[0]
+        N = C.shape[1]
+        K = A.shape[0] if ta else A.shape[1]
+        As = cuda.shared.array((TK, TMP), float32)
+        Bs = cuda.shared.array((TK, TNP), float32)
+        acc = cuda.local.array((RM, RN), float32)
+        ar = cuda.local.array(RM, float32)
+        br = cuda.local.array(RN, float32)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * NTX + tx
+        m0 = cuda.blockIdx.y * TM
+        n0 = cuda.blockIdx.x * TN
+        for i in range(RM):
+            for j in range(RN):
+                acc[i, j] = F0
+        for k0 in range(0, K, TK):
+            for e in range(tid, TM * TK, NT):
+                if ta:                      # A stored (K, M): read along m
+                    mm = e % TM
+                    kk = e // TM
+                else:                       # A stored (M, K): read along k
+                    kk = e % TK
+                    mm = e // TK
+                gm = m0 + mm
+                gk = k0 + kk
+                v = F0
+                if gm < M and gk < K:
+                    v = A[gk, gm] if ta else A[gm, gk]
+                As[kk, mm] = v
+            for e in range(tid, TK * TN, NT):
+                if tb:                      # B stored (N, K)
+                    kk = e % TK
+                    nn = e // TK
+                else:                       # B stored (K, N)
+                    nn = e % TN
+                    kk = e // TN
+                gn = n0 + nn
+                gk = k0 + kk
+                v = F0
+                if gn < N and gk < K:
+                    v = B[gn, gk] if tb else B[gk, gn]
+                Bs[kk, nn] = v
+            cuda.syncthreads()
+            for kk in range(TK):
+                for i in range(RM):
+                    ar[i] = As[kk, ty + i * NTY]
+                for j in range(RN):
+                    br[j] = Bs[kk, tx + j * NTX]
+                for i in range(RM):
+                    for j in range(RN):
+                        acc[i, j] += ar[i] * br[j]
+            cuda.syncthreads()
+        for i in range(RM):
+            gm = m0 + ty + i * NTY
+            if gm < M:
+                for j in range(RN):
+                    gn = n0 + tx + j * NTX
+                    if gn < N:
+                        v = acc[i, j]
+                        if beta != F0:
+                            v += beta * C[gm, gn]
+                        if has_bias:
+                            v += bias[gn]
+                        C[gm, gn] = v
+
+    gemm.tile = (TM, TN)
+    gemm.threads = (NTX, NTY)
+    return gemm
+
+
+# ---------------------------------------------------------------- input side
+@cuda.jit
+def gather_rows(W, b, codes, out):
+    """out[n] = W[codes[n]] + b: the one-hot input product as a row gather."""
+    i = cuda.grid(1)
+    C = out.shape[1]
+    if i < out.shape[0] * C:
+        n = i // C
+        j = i - n * C
+        out[n, j] = W[codes[n], j] + b[j]
+
+
+@cuda.jit
+def scatter_add_rows(G, codes, d):
+    """G[codes[n]] += d[n] (atomics: several n may hit one row)."""
+    i = cuda.grid(1)
+    C = d.shape[1]
+    if i < d.shape[0] * C:
+        n = i // C
+        j = i - n * C
+        cuda.atomic.add(G, (codes[n], j), d[n, j])
+
+
+@cuda.jit
+def colsum_add(g, d):
+    """g[j] += sum_n d[n, j]. Block (32, CS_ROWS): 32 columns, CS_ROWS row lanes, then a shared sum."""
+    part = cuda.shared.array((CS_ROWS, 32), float32)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    j = cuda.blockIdx.x * 32 + tx
+    s = F0
+    if j < d.shape[1]:
+        for n in range(ty, d.shape[0], CS_ROWS):
+            s += d[n, j]
+    part[ty, tx] = s
+    cuda.syncthreads()
+    if ty == 0 and j < d.shape[1]:
+        t = F0
+        for r in range(CS_ROWS):
+            t += part[r, tx]
+        g[j] += t
+
+
+@cuda.jit
+def fill(a, v):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] = v
+
+
+@cuda.jit
+def copy(dst, src):
+    i = cuda.grid(1)
+    if i < dst.shape[0]:
+        dst[i] = src[i]
+
+
+@cuda.jit
+def dropout(src, dst, seed, base, p, scale):
+    """dst[i] = src[i] * mask, mask from hash_uniform(seed, base + i): 0 below p, else scale.
+    The same call on a gradient applies the same mask (the mask is never stored)."""
+    i = cuda.grid(1)
+    if i < dst.shape[0]:
+        u = hash_uniform(seed, base + uint64(i))
+        dst[i] = src[i] * scale if u >= p else F0
+
+
+# ---------------------------------------------------------------- LSTM
+@cuda.jit(fastmath=True)
+def lstm_fwd(xw, hw, c_prev, kind, gates, c, tc, h):
+    n = cuda.grid(1)
+    B, H = c.shape[0], c.shape[1]
+    if n < B * H:
+        bi = n // H
+        j = n - bi * H
+        i = _sig(xw[bi, j] + hw[bi, j])
+        f = _sig(xw[bi, H + j] + hw[bi, H + j])
+        g = _act(xw[bi, 2 * H + j] + hw[bi, 2 * H + j], kind)
+        o = _sig(xw[bi, 3 * H + j] + hw[bi, 3 * H + j])
+        cc = f * c_prev[bi, j] + i * g
+        t = _act(cc, kind)
+        gates[bi, j] = i
+        gates[bi, H + j] = f
+        gates[bi, 2 * H + j] = g
+        gates[bi, 3 * H + j] = o
+        c[bi, j] = cc
+        tc[bi, j] = t
+        h[bi, j] = o * t
+
+
+@cuda.jit(fastmath=True)
+def lstm_bwd(dh_out, dh_next, dc_next, gates, c_prev, tc, kind, da):
+    """dh_next in, dc_next in/out; writes da (B, 4H). dh_next = da @ Wh.T follows as a GEMM."""
+    n = cuda.grid(1)
+    B, H = tc.shape[0], tc.shape[1]
+    if n < B * H:
+        bi = n // H
+        j = n - bi * H
+        i = gates[bi, j]
+        f = gates[bi, H + j]
+        g = gates[bi, 2 * H + j]
+        o = gates[bi, 3 * H + j]
+        dh = dh_out[bi, j] + dh_next[bi, j]
+        dc = dc_next[bi, j] + dh * o * _dact(tc[bi, j], kind)
+        da[bi, j] = dc * g * i * (F1 - i)
+        da[bi, H + j] = dc * c_prev[bi, j] * f * (F1 - f)
+        da[bi, 2 * H + j] = dc * i * _dact(g, kind)
+        da[bi, 3 * H + j] = dh * tc[bi, j] * o * (F1 - o)
+        dc_next[bi, j] = dc * f
+
+
+# ---------------------------------------------------------------- GRU
+@cuda.jit(fastmath=True)
+def gru_fwd(xw, hw, bh, h_prev, kind, gates, hn, h):
+    n = cuda.grid(1)
+    B, H = h.shape[0], h.shape[1]
+    if n < B * H:
+        bi = n // H
+        j = n - bi * H
+        r = _sig(xw[bi, j] + hw[bi, j])
+        z = _sig(xw[bi, H + j] + hw[bi, H + j])
+        q = hw[bi, 2 * H + j] + bh[j]
+        nn = _act(xw[bi, 2 * H + j] + r * q, kind)
+        gates[bi, j] = r
+        gates[bi, H + j] = z
+        gates[bi, 2 * H + j] = nn
+        hn[bi, j] = q
+        h[bi, j] = (F1 - z) * nn + z * h_prev[bi, j]
+
+
+@cuda.jit(fastmath=True)
+def gru_bwd(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw):
+    """Reads dh_next, then overwrites it with dh * z (the direct path to h_prev); the GEMM
+    that follows adds dhw @ Wh.T into it."""
+    n = cuda.grid(1)
+    B, H = h_prev.shape[0], h_prev.shape[1]
+    if n < B * H:
+        bi = n // H
+        j = n - bi * H
+        r = gates[bi, j]
+        z = gates[bi, H + j]
+        nn = gates[bi, 2 * H + j]
+        dh = dh_out[bi, j] + dh_next[bi, j]
+        dan = dh * (F1 - z) * _dact(nn, kind)
+        dar = dan * hn[bi, j] * r * (F1 - r)
+        daz = dh * (h_prev[bi, j] - nn) * z * (F1 - z)
+        dxw[bi, j] = dar
+        dxw[bi, H + j] = daz
+        dxw[bi, 2 * H + j] = dan
+        dhw[bi, j] = dar
+        dhw[bi, H + j] = daz
+        dhw[bi, 2 * H + j] = dan * r
+        dh_next[bi, j] = dh * z
+
+
+# ---------------------------------------------------------------- RNN
+@cuda.jit(fastmath=True)
+def rnn_fwd(xw, hw, kind, h):
+    n = cuda.grid(1)
+    B, H = h.shape[0], h.shape[1]
+    if n < B * H:
+        bi = n // H
+        j = n - bi * H
+        h[bi, j] = _act(xw[bi, j] + hw[bi, j], kind)
+
+
+@cuda.jit(fastmath=True)
+def rnn_bwd(dh_out, dh_next, h, kind, da):
+    n = cuda.grid(1)
+    B, H = h.shape[0], h.shape[1]
+    if n < B * H:
+        bi = n // H
+        j = n - bi * H
+        da[bi, j] = (dh_out[bi, j] + dh_next[bi, j]) * _dact(h[bi, j], kind)
+
+
+# ---------------------------------------------------------------- output layer
+@cuda.jit
+def softmax_xent(logits, y, scale, want_grad, losses):
+    """One block per row: losses[n] = logsumexp(logits[n]) - logits[n, y[n]] (float64, as the CPU);
+    with want_grad, logits[n] becomes scale * (softmax - onehot(y))."""
+    red = cuda.shared.array(RED, float64)
+    n = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    V = logits.shape[1]
+    m = -math.inf
+    for k in range(t, V, RED):
+        m = max(m, float64(logits[n, k]))
+    red[t] = m
+    m = _block_max(red, t)
+    acc = 0.0
+    for k in range(t, V, RED):
+        acc += math.exp(float64(logits[n, k]) - m)
+    red[t] = acc
+    total = _block_sum(red, t)
+    lse = m + math.log(total)
+    yn = y[n]
+    if t == 0:
+        losses[n] = lse - float64(logits[n, yn])
+    cuda.syncthreads()                 # the loss has read its logit before the gradient overwrites it
+    if want_grad:
+        for k in range(t, V, RED):
+            p = math.exp(float64(logits[n, k]) - lse) * scale
+            if k == yn:
+                p -= scale
+            logits[n, k] = p
+
+
+@cuda.jit
+def sum_into(x, out):
+    """out[0] = sum(x) in float64 by one block, in a fixed order (deterministic)."""
+    red = cuda.shared.array(RED, float64)
+    t = cuda.threadIdx.x
+    acc = 0.0
+    for k in range(t, x.shape[0], RED):
+        acc += x[k]
+    red[t] = acc
+    total = _block_sum(red, t)
+    if t == 0:
+        out[0] = total
+
+
+# ---------------------------------------------------------------- optimizers (optim.py's rules)
+@cuda.jit
+def penalties(w, g, l2, l1):
+    k = cuda.grid(1)
+    if k < w.shape[0]:
+        sgn = 1.0 if w[k] > 0 else (-1.0 if w[k] < 0 else 0.0)
+        g[k] += l2 * w[k] + l1 * sgn
+
+
+@cuda.jit
+def adam(w, g, m, v, lr, b1, b2, eps, c1, c2):
+    k = cuda.grid(1)
+    if k < w.shape[0]:
+        m[k] = b1 * m[k] + (1.0 - b1) * g[k]
+        v[k] = b2 * v[k] + (1.0 - b2) * g[k] * g[k]
+        w[k] -= lr * (m[k] / c1) / (math.sqrt(v[k] / c2) + eps)
+
+
+@cuda.jit
+def rmsprop(w, g, sq, lr, alpha, eps):
+    k = cuda.grid(1)
+    if k < w.shape[0]:
+        sq[k] = alpha * sq[k] + (1.0 - alpha) * g[k] * g[k]
+        w[k] -= lr * g[k] / (math.sqrt(sq[k]) + eps)
+
+
+@cuda.jit
+def adagrad(w, g, s, lr, eps):
+    k = cuda.grid(1)
+    if k < w.shape[0]:
+        s[k] += g[k] * g[k]
+        w[k] -= lr * g[k] / (math.sqrt(s[k]) + eps)
+
+
+@cuda.jit
+def nesterov(w, g, vel, lr, mu):
+    k = cuda.grid(1)
+    if k < w.shape[0]:
+        vel[k] = mu * vel[k] + g[k]
+        w[k] -= lr * (g[k] + mu * vel[k])
+
+
+@cuda.jit
+def sumsq_partial(g, part):
+    """First pass of the global norm: part[block] = sum of g^2 over a grid-strided share, in float64."""
+    red = cuda.shared.array(RED, float64)
+    t = cuda.threadIdx.x
+    acc = 0.0
+    for k in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        acc += float64(g[k]) * float64(g[k])
+    red[t] = acc
+    total = _block_sum(red, t)
+    if t == 0:
+        part[cuda.blockIdx.x] = total
+
+
+@cuda.jit
+def clip_by_norm(g, sumsq, value):
+    """Rescale g to norm <= value when its (finite) norm exceeds it, as optim.clip_."""
+    k = cuda.grid(1)
+    norm = math.sqrt(sumsq[0])
+    if k < g.shape[0] and norm > value and not math.isinf(norm) and not math.isnan(norm):
+        g[k] *= float32(value / norm)
+
+
+@cuda.jit
+def clip_by_value(g, value):
+    k = cuda.grid(1)
+    if k < g.shape[0]:
+        g[k] = min(max(g[k], -value), value)
+
+
+# ---------------------------------------------------------------- sampling
+@cuda.jit(fastmath=True)
+def sample_layer(WT, b, bh, codes, x, onehot, h_prev, c_prev, cell, kind, h_out, c_out):
+    """One step of one layer for every row, fused: input and recurrent matrix-vector products
+    and the gates. WT = [Wx; Wh].T (G*H, D+H), so each gate row is one contiguous dot product.
+    One block per unit j, one warp per gate (blockDim 32*G); rows of the batch in turn."""
+    rx = cuda.shared.array(128, float32)
+    rh = cuda.shared.array(128, float32)
+    j = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    w = t // 32
+    lane = t - w * 32
+    B, H = h_prev.shape[0], h_prev.shape[1]
+    D = WT.shape[1] - H
+    row = w * H + j
+    for bi in range(B):
+        sx = F0
+        if onehot:
+            if lane == 0:
+                sx = WT[row, codes[bi]]
+        else:
+            for k in range(lane, D, 32):
+                sx += WT[row, k] * x[bi, k]
+        sh = F0
+        for k in range(lane, H, 32):
+            sh += WT[row, D + k] * h_prev[bi, k]
+        rx[t] = sx
+        rh[t] = sh
+        cuda.syncthreads()
+        s = 16
+        while s > 0:
+            if lane < s:
+                rx[t] += rx[t + s]
+                rh[t] += rh[t + s]
+            cuda.syncthreads()
+            s //= 2
+        if t == 0:
+            if cell == LSTM:
+                i = _sig(rx[0] + b[j] + rh[0])
+                f = _sig(rx[32] + b[H + j] + rh[32])
+                g = _act(rx[64] + b[2 * H + j] + rh[64], kind)
+                o = _sig(rx[96] + b[3 * H + j] + rh[96])
+                cc = f * c_prev[bi, j] + i * g
+                c_out[bi, j] = cc
+                h_out[bi, j] = o * _act(cc, kind)
+            elif cell == GRU:
+                r = _sig(rx[0] + b[j] + rh[0])
+                z = _sig(rx[32] + b[H + j] + rh[32])
+                nn = _act(rx[64] + b[2 * H + j] + r * (rh[64] + bh[j]), kind)
+                h_out[bi, j] = (F1 - z) * nn + z * h_prev[bi, j]
+            else:
+                h_out[bi, j] = _act(rx[0] + b[j] + rh[0], kind)
+        cuda.syncthreads()
+
+
+@cuda.jit
+def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist, logp):
+    """Per row (one block each): logits = h W + b; then, when `draw`, the next code as
+    sample.distribution + sample.draw would pick it (temperature, top-k, inverse CDF with
+    the uniform u[step, row]); it goes to codes[row] and hist[step, row], its log-probability
+    under the plain logits to logp[step, row]. Block RED threads: NW warps split the hidden
+    sum, the 32 lanes take consecutive vocabulary entries (coalesced reads of W)."""
+    part = cuda.shared.array((NW, 32), float32)
+    red = cuda.shared.array(RED, float64)
+    idx = cuda.shared.array(RED, int64)
+    bi = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    w = t // 32
+    lane = t - w * 32
+    H, V = W.shape[0], W.shape[1]
+    for v0 in range(0, V, 32):
+        v = v0 + lane
+        s = F0
+        if v < V:
+            for k in range(w, H, NW):
+                s += h[bi, k] * W[k, v]
+        part[w, lane] = s
+        cuda.syncthreads()
+        if w == 0 and v < V:
+            acc = F0
+            for r in range(NW):
+                acc += part[r, lane]
+            logits[bi, v] = acc + bo[v]
+        cuda.syncthreads()
+    if not draw:
+        return
+    # log-normaliser of the plain logits, for logp
+    m = -math.inf
+    for k in range(t, V, RED):
+        m = max(m, float64(logits[bi, k]))
+    red[t] = m
+    mx = _block_max(red, t)
+    acc2 = 0.0
+    for k in range(t, V, RED):
+        acc2 += math.exp(float64(logits[bi, k]) - mx)
+    red[t] = acc2
+    lognorm = mx + math.log(_block_sum(red, t))
+    if temp == 0.0:
+        # argmax, the first index on ties (as np.argmax)
+        best = -math.inf
+        bidx = V
+        for k in range(t, V, RED):
+            z = float64(logits[bi, k])
+            if z > best:
+                best = z
+                bidx = k
+        red[t] = best
+        idx[t] = bidx
+        cuda.syncthreads()
+        s2 = RED // 2
+        while s2 > 0:
+            if t < s2:
+                if red[t + s2] > red[t] or (red[t + s2] == red[t] and idx[t + s2] < idx[t]):
+                    red[t] = red[t + s2]
+                    idx[t] = idx[t + s2]
+            cuda.syncthreads()
+            s2 //= 2
+        code = idx[0]
+    else:
+        kmax = -math.inf
+        for k in range(t, V, RED):
+            z = float64(logits[bi, k]) / temp
+            keep = True
+            if top_k > 0 and top_k < V:
+                above = 0
+                for q in range(V):
+                    if float64(logits[bi, q]) / temp > z:
+                        above += 1
+                keep = above < top_k
+            probs[bi, k] = z if keep else -math.inf
+            if keep:
+                kmax = max(kmax, z)
+        red[t] = kmax
+        kmax = _block_max(red, t)
+        acc3 = 0.0
+        for k in range(t, V, RED):
+            e = math.exp(probs[bi, k] - kmax)
+            probs[bi, k] = e
+            acc3 += e
+        red[t] = acc3
+        total = _block_sum(red, t)
+        code = 0
+        if t == 0:
+            # inverse CDF over the normalised probabilities, sequential as np.cumsum
+            c = 0.0
+            for k in range(V):
+                c += probs[bi, k] / total
+            target = u[step, bi] * c
+            c = 0.0
+            for k in range(V):
+                c += probs[bi, k] / total
+                if c < target:
+                    code += 1
+            code = min(code, V - 1)
+    if t == 0:
+        codes[bi] = code
+        hist[step, bi] = code
+        logp[step, bi] = float64(logits[bi, code]) - lognorm

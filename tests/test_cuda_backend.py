@@ -1,0 +1,254 @@
+"""The CUDA backend held to reference.py, optim.py and sample.py: loss, every gradient, carried
+state, step logits, optimizer steps, device-side sampling, device-neutral checkpoints.
+
+Three ways these run:
+  - with NUMBA_ENABLE_CUDASIM=1 (kernels as Python, tiny shapes): every test not marked gpu;
+  - in a plain run without a GPU, `test_cuda_backend_under_the_simulator` starts that run in
+    a subprocess (the simulator must be switched on before numba.cuda is first imported);
+  - on a GPU machine (bench/gpu_check.sh): the same tests in-process, plus the `gpu` ones with
+    the production tile shapes on sizes that cross tile edges.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn import reference as ref
+from charrnn.model import ModelConfig, init_params, param_shapes
+from test_cpu_backend import _case as cpu_case
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def _mode():
+    if SIM:
+        return "sim"
+    from charrnn.backends import cuda_available
+    return "gpu" if cuda_available() else None
+
+
+MODE = _mode()
+needs_cuda = pytest.mark.skipif(MODE is None, reason="no GPU here: run under the simulator by "
+                                "test_cuda_backend_under_the_simulator")
+needs_gpu = pytest.mark.skipif(MODE != "gpu", reason="needs a real CUDA GPU")
+
+
+def _backend(cfg, params, **kw):
+    from charrnn.backends.cuda import CudaBackend
+    return CudaBackend(cfg, params, **kw)
+
+
+def _case(cfg, T, B, seed=0):
+    return cpu_case(cfg, T, B, np.float64, seed)
+
+
+def _rel(a, b):
+    return np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-30)
+
+
+def _check(cfg, T, B, tol=1e-4, seed=0, **kw):
+    p64, x, y, state = _case(cfg, T, B, seed)
+    masks = None
+    if cfg.dropout:
+        masks = ref.dropout_masks(seed + 11, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
+    loss, cache, s_ref = ref.forward(p64, cfg, x, y, state, masks)
+    g_ref = p64.like()
+    ref.backward(p64, g_ref, cfg, cache, 1.0 / (T * B))
+
+    be = _backend(cfg, p64.astype(np.float32), **kw)
+    s32 = state.astype(np.float32)
+    got, s_got = be.train_step(x, y, s32, dropout_seed=seed + 11)
+    assert abs(got - loss) / loss < tol
+    assert _rel(s_got, s_ref) < tol
+    grads = be.grad_host()
+    for name, _ in param_shapes(cfg):
+        assert _rel(grads[name], g_ref[name]) < tol, name
+    if not cfg.dropout:
+        got_eval, s_eval = be.loss(x, y, s32)
+        assert abs(got_eval - loss) / loss < tol
+        assert _rel(s_eval, s_ref) < tol
+    logits_ref, _, s1_ref = ref.forward(p64, cfg, x[:1], None, state)
+    logits, s1 = be.step(x[0], s32)
+    assert _rel(logits, logits_ref[0]) < tol and _rel(s1, s1_ref) < tol
+
+
+# ---------------------------------------------------------------- parity with reference.py
+@needs_cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_one_layer_matches_reference(cell):
+    _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell,activation", [("lstm", "softsign"), ("gru", "tanh"), ("rnn", "softsign")])
+def test_two_layers_with_embedding_and_dropout_match_reference(cell, activation):
+    cfg = ModelConfig(vocab_size=6, hidden=3, layers=2, cell=cell, embed=4, dropout=0.3, activation=activation)
+    _check(cfg, 3, 2, seed=2)
+
+
+@needs_cuda
+def test_two_one_hot_layers_without_dropout_match_reference():
+    _check(ModelConfig(vocab_size=5, hidden=4, layers=2, cell="gru", activation="softsign"), 2, 3, seed=5)
+
+
+@needs_cuda
+def test_production_tile_shapes_match_reference_on_a_small_model():
+    # the simulator normally uses 8x8 tiles; this holds the real tile code to the reference
+    _check(ModelConfig(vocab_size=5, hidden=3, layers=1), 2, 1, tiles=("large", "small"))
+
+
+@needs_cuda
+def test_state_can_stay_on_the_device_between_windows():
+    cfg = ModelConfig(vocab_size=5, hidden=3, layers=1)
+    p, x, y, state = _case(cfg, 2, 2)
+    be = _backend(cfg, p.astype(np.float32))
+    _, s1 = be.train_step(x, y, state.astype(np.float32))
+    host_state = np.asarray(s1, np.float32)
+    l_dev, s_dev = be.train_step(x, y, s1)
+    l_host, s_host = be.train_step(x, y, host_state)
+    assert l_dev == l_host and np.array_equal(np.asarray(s_dev), np.asarray(s_host))
+    assert np.asarray(be.zero_state(3)).shape == (1, 2, 3, 3) and not np.asarray(be.zero_state(3)).any()
+
+
+# ---------------------------------------------------------------- optimizers and clipping
+@needs_cuda
+@pytest.mark.parametrize("name,clip,decay", [("adam", ("norm", 0.5), (0.01, 0.001)), ("adam", ("none", 0.0), (0, 0)),
+                                             ("rmsprop", ("value", 0.05), (0, 0)), ("adagrad", ("norm", 100.0), (0.1, 0)),
+                                             ("nesterov", ("value", 0.1), (0, 0.01))])
+def test_optimizer_steps_match_optim(name, clip, decay):
+    from charrnn.optim import Optimizer, clip_
+    cfg = ModelConfig(vocab_size=4, hidden=2, layers=1)
+    r = np.random.default_rng(3)
+    w0 = init_params(cfg, r)
+    be = _backend(cfg, w0)
+    w = w0.flat.copy()
+    host_opt = Optimizer(name, w.size, weight_decay=decay[0], l1=decay[1])
+    dev_opt = Optimizer(name, w.size, weight_decay=decay[0], l1=decay[1])
+    for _ in range(3):
+        g = r.normal(0, 0.2, w.size).astype(np.float32)
+        be.g.copy_to_device(g)
+        norm = clip_(g, *clip)
+        host_opt.step(w, g, 0.01)
+        dev_norm = be.optimizer_step(dev_opt, 0.01, clip)
+        assert abs(dev_norm - norm) <= 1e-5 * norm
+    assert dev_opt.t == host_opt.t == 3
+    np.testing.assert_allclose(be.params_host().flat, w, rtol=1e-5, atol=1e-6)
+    for k in host_opt.state:
+        np.testing.assert_allclose(dev_opt.state[k], host_opt.state[k], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- sampling on the device
+@needs_cuda
+@pytest.mark.parametrize("cell,layers,embed,temp,top_k", [("lstm", 1, 0, 0.0, 0), ("gru", 2, 3, 0.8, 3),
+                                                         ("rnn", 1, 0, 1.0, 0)])
+def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, temp, top_k):
+    from charrnn.backends.cpu import CpuBackend
+    from charrnn.sample import generate
+    cfg = ModelConfig(vocab_size=6, hidden=2, layers=layers, cell=cell, embed=embed)
+    p, *_ = _case(cfg, 1, 1, seed=4)
+    p = p.astype(np.float32)
+    host = list(generate(CpuBackend(cfg, p), np.array([1, 2]), 3, temp, 9, top_k, 1.0, batch=2))
+    dev = list(_backend(cfg, p).generate(np.array([1, 2]), 3, temp, 9, top_k, batch=2, chunk=2))
+    assert [c.tolist() for c, _ in dev] == [c.tolist() for c, _ in host]
+    np.testing.assert_allclose(np.array([lp for _, lp in dev]), np.array([lp for _, lp in host]), atol=1e-4)
+
+
+# ---------------------------------------------------------------- checkpoints are device-neutral
+@needs_cuda
+def test_weights_round_trip_bit_for_bit_and_optimizer_moments_come_home():
+    from charrnn.optim import Optimizer
+    cfg = ModelConfig(vocab_size=5, hidden=3, layers=1)
+    p, x, y, state = _case(cfg, 2, 2)
+    p32 = p.astype(np.float32)
+    be = _backend(cfg, p32)
+    assert be.params_host().flat.tobytes() == p32.flat.tobytes()      # CPU -> GPU -> host, exact
+    opt = Optimizer("adam", p32.flat.size)
+    be.train_step(x, y, state.astype(np.float32))
+    be.optimizer_step(opt, 0.01, ("norm", 5.0))
+    host = be.params_host()
+    assert opt.state["m"].any() and opt.state["v"].any()
+    again = _backend(cfg, host).params_host()                           # GPU -> host -> GPU, exact
+    assert again.flat.tobytes() == host.flat.tobytes()
+
+
+@needs_cuda
+def test_training_on_the_device_writes_a_checkpoint_the_cpu_loads(small_text, tmp_path):
+    from charrnn import checkpoint as ckpt
+    from charrnn.backends.cpu import CpuBackend
+    from charrnn.train import Trainer, TrainOptions
+    opts = TrainOptions(hidden=3, layers=1, seq_len=3, batch_size=2, max_steps=2, val_frac=0.0, test_frac=0.0,
+                        device="cuda", dropout=0.2, optimizer="rmsprop")
+    tr = Trainer(opts, small_text.read_text()[:300], tmp_path, show_progress=False)
+    tr.sample_chars = 0                     # the report's samples: slow under the simulator, not this test's
+    tr.run()
+    ck = ckpt.load(tmp_path / "last.safetensors")
+    assert ck.params.flat.tobytes() == tr.be.params_host().flat.tobytes()
+    assert np.array_equal(ck.state, np.asarray(tr.state, np.float32))
+    assert ck.optimizer["t"] == 2 and ck.optim_state["sq"].any()
+    cpu = CpuBackend(ck.config, ck.params)
+    x = np.array([[1, 2], [3, 0]])
+    l_cpu, _ = cpu.loss(x, x, ck.state)
+    l_gpu, _ = tr.be.loss(x, x, ck.state)
+    assert abs(l_cpu - l_gpu) < 1e-4 * l_cpu
+
+
+# ---------------------------------------------------------------- real hardware
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("embed,dropout", [(0, 0.0), (24, 0.25)])
+def test_gpu_matches_reference_across_tile_edges(cell, embed, dropout):
+    cfg = ModelConfig(vocab_size=70, hidden=40, layers=2, cell=cell, embed=embed, dropout=dropout)
+    _check(cfg, 5, 33, tol=2e-4, seed=1)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_gpu_large_tiles_match_reference():
+    cfg = ModelConfig(vocab_size=65, hidden=96, layers=2)
+    _check(cfg, 4, 70, tol=2e-4, seed=6)
+
+
+# ---------------------------------------------------------------- without a GPU
+def _env_without_sim():
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.mark.skipif(SIM or MODE == "gpu", reason="only meaningful without a GPU, once")
+def test_device_cuda_without_a_gpu_is_one_line_and_exit_2(small_text, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "charrnn", "train", str(small_text), "--device", "cuda",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, env=_env_without_sim(),
+                       timeout=120)
+    assert r.returncode == 2
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "cuda" in r.stderr.lower()
+
+
+@pytest.mark.skipif(SIM, reason="once is enough")
+def test_cli_imports_and_auto_picks_cpu_without_cuda_libraries():
+    code = ("import sys; sys.modules['numba.cuda'] = None\n"
+            "import charrnn.cli\n"
+            "from charrnn.backends import DeviceError, resolve_device, cuda_available\n"
+            "assert not cuda_available() and resolve_device('auto') == 'cpu'\n"
+            "try:\n    resolve_device('cuda')\nexcept DeviceError:\n    print('refused')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env_without_sim(),
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "refused"
+
+
+@pytest.mark.skipif(SIM or MODE == "gpu", reason="this is the launcher of the simulator run")
+def test_cuda_backend_under_the_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not gpu",
+                        "-W", "ignore::RuntimeWarning", __file__], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout

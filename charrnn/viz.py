@@ -10,7 +10,7 @@ time each gate is left-saturated (< 0.1) or right-saturated (> 0.9).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import escape
 
 import numpy as np
@@ -46,7 +46,6 @@ class Trace:
     gates: list[np.ndarray | None]        # per layer (N, G*H) post-nonlinearity gates, None for the RNN
     top_idx: np.ndarray                   # (N, TOP_K) likeliest next symbols
     top_p: np.ndarray                     # (N, TOP_K) their probabilities
-    vocab_display: list[str] = field(default_factory=list)
 
 
 def _display(sym: str) -> str:

@@ -364,7 +364,10 @@ def main() -> None:
     """Entry point: turn known failures into one line and an exit code, never a traceback."""
     errors = _input_errors()
     try:
-        cli.main(prog_name="charrnn", auto_envvar_prefix="CHARRNN", standalone_mode=False)
+        # standalone_mode=False returns ctx.exit(code)'s code instead of exiting: pass it on
+        rv = cli.main(prog_name="charrnn", auto_envvar_prefix="CHARRNN", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+            sys.exit(rv)
     except SystemExit as e:
         # Click answers EPIPE on stdout with exit 1 after wrapping stdout; a reader that went away
         # (`| head`) is not a failure

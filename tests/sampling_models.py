@@ -1,0 +1,71 @@
+"""Tiny models for the sampling tests (test_sample.py, test_pipes.py): built directly with a
+known output distribution, or trained for a few dozen steps through `charrnn train`."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from charrnn import checkpoint as ckpt
+from charrnn.cli import cli
+from charrnn.corpus import Vocab
+from charrnn.model import ModelConfig, init_params
+
+# Words whose characters the Unicode model knows; "Ça va — naïve café" is made of them.
+WORDS = ["To ", "be, ", "or ", "not ", "to ", "be. ", "Ça ", "va ", "— ", "naïve ", "café!\n", "the ", "cat "]
+UNICODE_PRIME = "Ça va — naïve café"
+# A skewed distribution over seven byte values, for the byte-model statistics test.
+BYTE_VALUES = bytes([0x00, 0xFF, 0x80, 0x0A, 0x41, 0xC3, 0x7F])
+BYTE_PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.05])
+
+
+def word_text(words: list[str], n: int, seed: int = 0) -> str:
+    r = np.random.default_rng(seed)
+    return "".join(words[i] for i in r.integers(0, len(words), n))
+
+
+def skewed_bytes(n: int, seed: int = 0) -> bytes:
+    r = np.random.default_rng(seed)
+    return bytes(np.frombuffer(BYTE_VALUES, np.uint8)[r.choice(len(BYTE_VALUES), n, p=BYTE_PROBS)])
+
+
+def known_model(path: Path, chars: str, probs, hidden: int = 8, seed: int = 0) -> Path:
+    """A random LSTM whose output bias is log(probs) and whose output weights are small, so its
+    next-character distribution is near `probs` but still depends on the input."""
+    cfg = ModelConfig(vocab_size=len(chars), hidden=hidden, layers=1)
+    params = init_params(cfg, np.random.default_rng(seed))
+    params["out.b"][...] = np.log(np.asarray(probs, dtype=np.float64)).astype(np.float32)
+    params["out.W"][...] *= 0.5
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.save(path, ckpt.Checkpoint(config=cfg, vocab=Vocab(chars=chars), params=params))
+    return path
+
+
+def train(text_path: Path, out: Path, *extra: str, steps: int = 60) -> Path:
+    """A tiny model trained through the CLI; returns its run directory."""
+    args = ["train", str(text_path), "--hidden", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "8",
+            "--max-steps", str(steps), "--lr", "0.01", "--dropout", "0", "--device", "cpu", "--out", str(out),
+            *extra]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (out / "best.safetensors").is_file()
+    return out
+
+
+def chi_square(counts: np.ndarray, probs: np.ndarray) -> float:
+    expected = counts.sum() * probs
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+# 99.9% quantiles of chi-square with k degrees of freedom (seeded tests: a bound, not a gamble)
+CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}
+
+
+def total_variation(a: np.ndarray, b: np.ndarray) -> float:
+    return 0.5 * float(np.abs(a / a.sum() - b / b.sum()).sum())
+
+
+def log2(x: float) -> float:
+    return math.log(x, 2)

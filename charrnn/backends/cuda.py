@@ -23,12 +23,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 from numba import cuda
+from numba.core import config as _numba_config
 
 from charrnn.backends import cuda_kernels as K
 from charrnn.model import ModelConfig, Params, param_shapes, zero_state
 from charrnn.optim import Optimizer
 
 CELL_CODE = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
+# small launches (one step at batch 1) are the point here, not a mistake to warn the user about
+_numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 # tile shapes (TM, TN, TK, RM, RN): large products, small products (a recurrent step), and
 # the simulator's (16 threads a block, so the Python-threaded simulator stays quick)
@@ -96,14 +99,12 @@ class CudaBackend:
     def _mm(self, A, B, C, ta=0, tb=0, beta=0.0, bias=None):
         """C = beta*C + op(A) @ op(B) (+ bias), picking the tile shape by how many blocks it makes."""
         M, N = C.shape
-        kern = _gemm_kernel(self.tiles[0])
-        TM, TN = kern.tile
+        kern, (TM, TN), threads = _gemm_kernel(self.tiles[0])
         if ((M + TM - 1) // TM) * ((N + TN - 1) // TN) < 128:
-            kern = _gemm_kernel(self.tiles[1])
-            TM, TN = kern.tile
+            kern, (TM, TN), threads = _gemm_kernel(self.tiles[1])
         grid = ((N + TN - 1) // TN, (M + TM - 1) // TM)
-        kern[grid, kern.threads](A, B, C, ta, tb, np.float32(beta),
-                                 self._dummy if bias is None else bias, 0 if bias is None else 1)
+        kern[grid, threads](A, B, C, ta, tb, np.float32(beta),
+                            self._dummy if bias is None else bias, 0 if bias is None else 1)
 
     @staticmethod
     def _pointwise(kern, n, *args):

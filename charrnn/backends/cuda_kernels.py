@@ -105,7 +105,7 @@ def make_gemm(TM: int, TN: int, TK: int, RM: int, RN: int):
     """C = beta*C + op(A) @ op(B) (+ bias): a TM x TN tile per block, RM x RN outputs per thread,
     TK-deep slices of A and B staged in shared memory. op transposes when ta / tb is set, so
     the weight-gradient products (A^T B) and the backward input products (A B^T) need no copies.
-    Launch with grid (ceil(N/TN), ceil(M/TM)) and block (TN//RN, TM//RM)."""
+    Returns (kernel, tile (TM, TN), block (TN//RN, TM//RM)); launch on grid (ceil(N/TN), ceil(M/TM))."""
     NTX, NTY = TN // RN, TM // RM
     NT = NTX * NTY
     TMP, TNP = TM + 1, TN + 1        # one pad column against shared-memory bank conflicts
@@ -178,9 +178,7 @@ def make_gemm(TM: int, TN: int, TK: int, RM: int, RN: int):
                             v += bias[gn]
                         C[gm, gn] = v
 
-    gemm.tile = (TM, TN)
-    gemm.threads = (NTX, NTY)
-    return gemm
+    return gemm, (TM, TN), (NTX, NTY)
 
 
 # ---------------------------------------------------------------- input side

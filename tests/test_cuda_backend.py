@@ -96,6 +96,18 @@ def test_two_one_hot_layers_without_dropout_match_reference():
 
 
 @needs_cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_one_launch_per_step_matches_reference(cell):
+    # the stand-in where cooperative launches (the persistent time loop) are not available
+    _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2, persistent=False)
+
+
+@needs_cuda
+def test_persistent_loop_handles_partial_tiles():
+    _check(ModelConfig(vocab_size=5, hidden=5, layers=1, cell="gru"), 3, 3, seed=8)
+
+
+@needs_cuda
 def test_production_tile_shapes_match_reference_on_a_small_model():
     # the simulator normally uses 8x8 tiles; this holds the real tile code to the reference
     _check(ModelConfig(vocab_size=5, hidden=3, layers=1), 2, 1, tiles=("large", "small"))
@@ -208,9 +220,18 @@ def test_gpu_matches_reference_across_tile_edges(cell, embed, dropout):
 
 @needs_gpu
 @pytest.mark.gpu
-def test_gpu_large_tiles_match_reference():
+@pytest.mark.parametrize("persistent", [True, False])
+def test_gpu_large_tiles_match_reference(persistent):
     cfg = ModelConfig(vocab_size=65, hidden=96, layers=2)
-    _check(cfg, 4, 70, tol=2e-4, seed=6)
+    _check(cfg, 4, 70, tol=2e-4, seed=6, persistent=persistent)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_gpu_persistent_loop_is_in_use():
+    from charrnn.backends.cuda import CudaBackend
+    cfg = ModelConfig(vocab_size=5, hidden=8, layers=1)
+    assert CudaBackend(cfg, init_params(cfg, np.random.default_rng(0))).persistent
 
 
 # ---------------------------------------------------------------- without a GPU

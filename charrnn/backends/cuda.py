@@ -36,13 +36,27 @@ _numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 # tile shapes (TM, TN, TK, RM, RN): large products, small products (a recurrent step), and
 # the simulator's (16 threads a block, so the Python-threaded simulator stays quick)
 TILES = {"large": (64, 64, 16, 4, 4), "small": (32, 32, 32, 2, 2), "sim": (8, 8, 4, 2, 2)}
-_gemms: dict = {}
+# the persistent recurrence's tile (TB rows, TJ units, TK deep) on a GPU and in the simulator
+REC_TILES = {"gpu": (16, 16, 32), "sim": (2, 2, 2)}
+_kernels: dict = {}
 
 
 def _gemm_kernel(name: str):
-    if name not in _gemms:
-        _gemms[name] = K.make_gemm(*TILES[name])
-    return _gemms[name]
+    if name not in _kernels:
+        _kernels[name] = K.make_gemm(*TILES[name])
+    return _kernels[name]
+
+
+def _rec_kernels():
+    key = "rec-sim" if _simulating() else "rec-gpu"
+    if key not in _kernels:
+        _kernels[key] = (K.make_recurrence(*REC_TILES[key[4:]]), REC_TILES[key[4:]])
+    return _kernels[key]
+
+
+# whether cooperative launches work here (numba needs the device runtime library to link
+# grid syncs); None until tried, then the per-step kernels stand in when they do not
+_persistent_ok: list = [None]
 
 
 class DeviceState:
@@ -66,7 +80,9 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
-                 tiles: tuple[str, str] | None = None):
+                 tiles: tuple[str, str] | None = None, persistent: bool = True):
+        """tiles: GEMM tile names for (large, small) products; persistent: run each layer's time
+        loop as one cooperative launch where this machine allows it, else a launch per step."""
         self.cfg = cfg
         self.notify = notify
         self.kind = K.TANH if cfg.activation == "tanh" else K.SOFTSIGN
@@ -85,7 +101,10 @@ class CudaBackend:
         self._opt = None
         self._opt_dev: dict = {}
         self._sampler = None
+        self.persistent = persistent and _persistent_ok[0] is not False
+        self._dummy3 = cuda.to_device(np.zeros((1, 1, 1), np.float32))
         _warm_up(self, notify)
+        self.persistent = self.persistent and _persistent_ok[0] is not False
 
     def _views(self, flat) -> dict:
         views, off = {}, 0
@@ -105,6 +124,15 @@ class CudaBackend:
         grid = ((N + TN - 1) // TN, (M + TM - 1) // TM)
         kern[grid, threads](A, B, C, ta, tb, np.float32(beta),
                             self._dummy if bias is None else bias, 0 if bias is None else 1)
+
+    def _rec_launch(self, B: int) -> tuple:
+        """(grid, block) of the persistent recurrence: one block per tile, at most one per
+        multiprocessor (always co-resident, as a cooperative launch needs); one in the simulator."""
+        _, (TB, TJ, _) = _rec_kernels()
+        tiles = ((B + TB - 1) // TB) * ((self.cfg.hidden + TJ - 1) // TJ)
+        if _simulating():
+            return 1, (TJ, TB)
+        return min(tiles, cuda.get_current_device().MULTIPROCESSOR_COUNT), (TJ, TB)
 
     @staticmethod
     def _pointwise(kern, n, *args):
@@ -183,8 +211,18 @@ class CudaBackend:
             hs_t, xw_t, hw = lay["hs_t"], lay["xw_t"], ws["hw"]
             self._pointwise(K.copy, n_bh, hs_t[0].reshape(n_bh), state[l, 0].reshape(n_bh))
             if cfg.cell == "lstm":
+                self._pointwise(K.copy, n_bh, lay["cs_t"][0].reshape(n_bh), state[l, 1].reshape(n_bh))
+            if self.persistent:
+                d3 = self._dummy3
+                (fwd, _), _ = _rec_kernels()
+                fwd[self._rec_launch(B)](self.cell, self.kind, T, lay["xw"], Wh,
+                                         P[f"l{l}.bh"] if cfg.cell == "gru" else self._dummy, lay["hs"],
+                                         lay.get("gates", d3), lay.get("cs", d3), lay.get("tcs", d3),
+                                         lay.get("hn", d3))
+                if cfg.cell == "lstm":
+                    self._pointwise(K.copy, n_bh, new_state[l, 1].reshape(n_bh), lay["cs_t"][T].reshape(n_bh))
+            elif cfg.cell == "lstm":
                 cs_t, g_t, tc_t = lay["cs_t"], lay["gates_t"], lay["tcs_t"]
-                self._pointwise(K.copy, n_bh, cs_t[0].reshape(n_bh), state[l, 1].reshape(n_bh))
                 for t in range(T):
                     self._mm(hs_t[t], Wh, hw)
                     self._pointwise(K.lstm_fwd, n_bh, xw_t[t], hw, cs_t[t], self.kind,
@@ -255,7 +293,16 @@ class CudaBackend:
             dh_next, dc_next = ws["dh_next"], ws["dc_next"]
             self._pointwise(K.fill, n_bh, dh_next.reshape(n_bh), np.float32(0))
             dxw_t, dhw_t, hs_t = ws["dxw_t"], ws["dhw_t"], lay["hs_t"]
-            if cfg.cell == "lstm":
+            if self.persistent:
+                d3 = self._dummy3
+                (_, bwd), _ = _rec_kernels()
+                bwd[self._rec_launch(B)](self.cell, self.kind, dinp.reshape(T, B, H), Wh, lay["hs"],
+                                         lay.get("gates", d3), lay.get("cs", d3), lay.get("tcs", d3),
+                                         lay.get("hn", d3), ws["dxw"], ws["dxw"] if ws["dhw"] is None else ws["dhw"],
+                                         dc_next, dh_next)
+                if cfg.cell == "gru":
+                    self._colsum(G[f"l{l}.bh"], ws["dhw"].reshape(T * B, 3 * H)[:, 2 * H:])
+            elif cfg.cell == "lstm":
                 self._pointwise(K.fill, n_bh, dc_next.reshape(n_bh), np.float32(0))
                 g_t, cs_t, tc_t = lay["gates_t"], lay["cs_t"], lay["tcs_t"]
                 for t in range(T - 1, -1, -1):
@@ -452,7 +499,7 @@ def _warm_up(be: CudaBackend, notify) -> None:
     """Compile the kernels this model uses, on a tiny twin of it, saying so on stderr if that
     takes a while (numba compiles on first use; a first run should never look hung)."""
     cfg = be.cfg
-    key = (cfg.cell, cfg.activation, bool(cfg.embed), cfg.dropout > 0, cfg.layers > 1, be.tiles)
+    key = (cfg.cell, cfg.activation, bool(cfg.embed), cfg.dropout > 0, cfg.layers > 1, be.tiles, be.persistent)
     if key in _warmed or _simulating():
         return
     done = threading.Event()
@@ -468,7 +515,28 @@ def _warm_up(be: CudaBackend, notify) -> None:
                            embed=2 if cfg.embed else 0, dropout=0.5 if cfg.dropout else 0.0,
                            activation=cfg.activation)
     _warmed.add(key)                     # before the twin is built, so it does not recurse
-    tiny = CudaBackend(tiny_cfg, init_params(tiny_cfg, np.random.default_rng(0)), tiles=be.tiles)
+    tiny = CudaBackend(tiny_cfg, init_params(tiny_cfg, np.random.default_rng(0)), tiles=be.tiles,
+                       persistent=be.persistent)
+    try:
+        _exercise(tiny)
+        if tiny.persistent:
+            _persistent_ok[0] = True
+    except Exception as e:
+        if not tiny.persistent:
+            raise
+        _persistent_ok[0] = False
+        if notify:
+            notify(f"persistent recurrent kernels unavailable here ({type(e).__name__}: {e}); "
+                   "using one launch per step")
+        tiny.persistent = False
+        _exercise(tiny)
+    done.set()
+    if notify and time.perf_counter() - t0 > 0.7:
+        notify(f"GPU kernels ready ({time.perf_counter() - t0:.0f} s)")
+
+
+def _exercise(tiny: CudaBackend) -> None:
+    """Every operation once, so that each kernel this model needs is compiled."""
     x = np.zeros((2, 1), np.int64)
     tiny.train_step(x, x, tiny.zero_state(1), 1)
     tiny.loss(x, x, tiny.zero_state(1))
@@ -481,6 +549,3 @@ def _warm_up(be: CudaBackend, notify) -> None:
         for clip in (("norm", 1.0), ("value", 1.0)):
             tiny.optimizer_step(Optimizer(name, tiny.w.shape[0], weight_decay=1e-9, l1=1e-9), 0.0, clip)
     tiny.params_host()
-    done.set()
-    if notify and time.perf_counter() - t0 > 0.7:
-        notify(f"GPU kernels ready ({time.perf_counter() - t0:.0f} s)")

@@ -633,3 +633,174 @@ def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist,
         codes[bi] = code
         hist[step, bi] = code
         logp[step, bi] = float64(logits[bi, code]) - lognorm
+
+
+# ---------------------------------------------------------------- persistent recurrence
+def make_recurrence(TB: int, TJ: int, TK: int):
+    """The whole time loop of one layer in one launch (forward, and backward), after Diamos et
+    al. 2016, "Persistent RNNs", without keeping the weights on chip: each block owns TB batch
+    rows x TJ hidden units (all G gates of them) and walks the steps; a grid-wide barrier
+    separates the steps. Each step is the recurrent product for the block's tile, staged
+    through shared memory TK deep, fused with the gate math. Needs a cooperative launch
+    (numba makes one when a kernel syncs its grid) on at most as many blocks as fit at once;
+    blocks take tiles in turn, so any grid size is correct. Block (TJ, TB).
+    Returns (forward kernel, backward kernel)."""
+    NT = TB * TJ
+    TBP = TB + 1
+
+    @cuda.jit(fastmath=True)
+    def rec_fwd(cell, kind, T, xw, Wh, bh, hs, gates, cs, tcs, hn):
+        """xw (T*B, G*H) input projections incl. bias; hs, cs (T+1, B, H) with hs[0], cs[0] set;
+        writes gates (T, B, G*H) after their nonlinearities, cs, tcs = act(c), hn (GRU's hU_n + bh).
+        Arrays a cell does not use may be any 3-d float32 stand-ins."""
+        grid = cuda.cg.this_grid()
+        hsh = cuda.shared.array((TK, TBP), float32)
+        wsh = cuda.shared.array((4, TK, TJ), float32)
+        acc = cuda.local.array(4, float32)
+        B, H = hs.shape[1], hs.shape[2]
+        G = 4 if cell == LSTM else (3 if cell == GRU else 1)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TJ + tx
+        ntj = (H + TJ - 1) // TJ
+        ntiles = ((B + TB - 1) // TB) * ntj
+        for t in range(T):
+            for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+                b0 = (tile // ntj) * TB
+                j0 = (tile % ntj) * TJ
+                for g in range(4):
+                    acc[g] = F0
+                for k0 in range(0, H, TK):
+                    for e in range(tid, TB * TK, NT):
+                        bb = e // TK
+                        kk = e - bb * TK
+                        v = F0
+                        if b0 + bb < B and k0 + kk < H:
+                            v = hs[t, b0 + bb, k0 + kk]
+                        hsh[kk, bb] = v
+                    for e in range(tid, G * TK * TJ, NT):
+                        g = e // (TK * TJ)
+                        r = e - g * (TK * TJ)
+                        kk = r // TJ
+                        jj = r - kk * TJ
+                        v = F0
+                        if j0 + jj < H and k0 + kk < H:
+                            v = Wh[k0 + kk, g * H + j0 + jj]
+                        wsh[g, kk, jj] = v
+                    cuda.syncthreads()
+                    for kk in range(TK):
+                        hv = hsh[kk, ty]
+                        for g in range(4):
+                            if g < G:
+                                acc[g] += hv * wsh[g, kk, tx]
+                    cuda.syncthreads()
+                bi = b0 + ty
+                j = j0 + tx
+                if bi < B and j < H:
+                    row = t * B + bi
+                    if cell == LSTM:
+                        i = _sig(xw[row, j] + acc[0])
+                        f = _sig(xw[row, H + j] + acc[1])
+                        g_ = _act(xw[row, 2 * H + j] + acc[2], kind)
+                        o = _sig(xw[row, 3 * H + j] + acc[3])
+                        cc = f * cs[t, bi, j] + i * g_
+                        tc = _act(cc, kind)
+                        gates[t, bi, j] = i
+                        gates[t, bi, H + j] = f
+                        gates[t, bi, 2 * H + j] = g_
+                        gates[t, bi, 3 * H + j] = o
+                        cs[t + 1, bi, j] = cc
+                        tcs[t, bi, j] = tc
+                        hs[t + 1, bi, j] = o * tc
+                    elif cell == GRU:
+                        r_ = _sig(xw[row, j] + acc[0])
+                        z = _sig(xw[row, H + j] + acc[1])
+                        q = acc[2] + bh[j]
+                        nn = _act(xw[row, 2 * H + j] + r_ * q, kind)
+                        gates[t, bi, j] = r_
+                        gates[t, bi, H + j] = z
+                        gates[t, bi, 2 * H + j] = nn
+                        hn[t, bi, j] = q
+                        hs[t + 1, bi, j] = (F1 - z) * nn + z * hs[t, bi, j]
+                    else:
+                        hs[t + 1, bi, j] = _act(xw[row, j] + acc[0], kind)
+            grid.sync()
+
+    @cuda.jit(fastmath=True)
+    def rec_bwd(cell, kind, dh_out, Wh, hs, gates, cs, tcs, hn, dxw, dhw, dc, carry):
+        """dh_out (T, B, H) gradient on each step's output; writes dxw (and dhw, the gradient on
+        hU, for the GRU; it is dxw otherwise) for every step. dc, carry (B, H) are scratch that
+        each thread owns for its (row, unit) across the steps."""
+        grid = cuda.cg.this_grid()
+        dsh = cuda.shared.array((TK, TBP), float32)
+        wsh = cuda.shared.array((TK, TJ + 1), float32)
+        T, B, H = dh_out.shape[0], dh_out.shape[1], dh_out.shape[2]
+        GH = Wh.shape[1]
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TJ + tx
+        ntj = (H + TJ - 1) // TJ
+        ntiles = ((B + TB - 1) // TB) * ntj
+        for t in range(T - 1, -1, -1):
+            for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+                b0 = (tile // ntj) * TB
+                j0 = (tile % ntj) * TJ
+                s = F0                                  # (dhw[t+1] @ Wh.T)[b, j]
+                if t < T - 1:
+                    for k0 in range(0, GH, TK):
+                        for e in range(tid, TB * TK, NT):
+                            bb = e // TK
+                            kk = e - bb * TK
+                            v = F0
+                            if b0 + bb < B and k0 + kk < GH:
+                                v = dhw[t + 1, b0 + bb, k0 + kk]
+                            dsh[kk, bb] = v
+                        for e in range(tid, TJ * TK, NT):
+                            jj = e // TK
+                            kk = e - jj * TK
+                            v = F0
+                            if j0 + jj < H and k0 + kk < GH:
+                                v = Wh[j0 + jj, k0 + kk]
+                            wsh[kk, jj] = v
+                        cuda.syncthreads()
+                        for kk in range(TK):
+                            s += dsh[kk, ty] * wsh[kk, tx]
+                        cuda.syncthreads()
+                bi = b0 + ty
+                j = j0 + tx
+                if bi < B and j < H:
+                    dh = dh_out[t, bi, j] + s
+                    if cell == LSTM:
+                        i = gates[t, bi, j]
+                        f = gates[t, bi, H + j]
+                        g_ = gates[t, bi, 2 * H + j]
+                        o = gates[t, bi, 3 * H + j]
+                        tc = tcs[t, bi, j]
+                        dcn = dc[bi, j] if t < T - 1 else F0
+                        dcc = dcn + dh * o * _dact(tc, kind)
+                        dxw[t, bi, j] = dcc * g_ * i * (F1 - i)
+                        dxw[t, bi, H + j] = dcc * cs[t, bi, j] * f * (F1 - f)
+                        dxw[t, bi, 2 * H + j] = dcc * i * _dact(g_, kind)
+                        dxw[t, bi, 3 * H + j] = dh * tc * o * (F1 - o)
+                        dc[bi, j] = dcc * f
+                    elif cell == GRU:
+                        if t < T - 1:
+                            dh += carry[bi, j]
+                        r_ = gates[t, bi, j]
+                        z = gates[t, bi, H + j]
+                        nn = gates[t, bi, 2 * H + j]
+                        dan = dh * (F1 - z) * _dact(nn, kind)
+                        dar = dan * hn[t, bi, j] * r_ * (F1 - r_)
+                        daz = dh * (hs[t, bi, j] - nn) * z * (F1 - z)
+                        dxw[t, bi, j] = dar
+                        dxw[t, bi, H + j] = daz
+                        dxw[t, bi, 2 * H + j] = dan
+                        dhw[t, bi, j] = dar
+                        dhw[t, bi, H + j] = daz
+                        dhw[t, bi, 2 * H + j] = dan * r_
+                        carry[bi, j] = dh * z
+                    else:
+                        dxw[t, bi, j] = dh * _dact(hs[t + 1, bi, j], kind)
+            grid.sync()
+
+    return rec_fwd, rec_bwd

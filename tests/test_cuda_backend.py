@@ -234,6 +234,56 @@ def test_gpu_persistent_loop_is_in_use():
     assert CudaBackend(cfg, init_params(cfg, np.random.default_rng(0))).persistent
 
 
+# ---------------------------------------------------------------- kernels compile for the real target
+def _kernel_signatures():
+    from numba import types as nt
+    from charrnn.backends import cuda_kernels as K
+    f32, f64, i64, u64 = nt.float32, nt.float64, nt.int64, nt.uint64
+    A1, A2, A3, A2s = nt.float32[::1], nt.float32[:, ::1], nt.float32[:, :, ::1], nt.float32[:, :]
+    I1, I2, D1, D2 = nt.int64[::1], nt.int64[:, ::1], nt.float64[::1], nt.float64[:, ::1]
+    gemm = K.make_gemm(64, 64, 16, 4, 4)[0]
+    rec_fwd, rec_bwd = K.make_recurrence(16, 16, 32)
+    return [
+        (K.gather_rows, (A2, A1, I1, A2)), (K.scatter_add_rows, (A2, I1, A2)), (K.colsum_add, (A1, A2s)),
+        (K.fill, (A1, f32)), (K.copy, (A1, A1)), (K.dropout, (A1, A1, u64, u64, f64, f32)),
+        (K.lstm_fwd, (A2, A2, A2, i64, A2, A2, A2, A2)), (K.lstm_bwd, (A2, A2, A2, A2, A2, A2, i64, A2)),
+        (K.gru_fwd, (A2, A2, A1, A2, i64, A2, A2, A2)), (K.gru_bwd, (A2, A2, A2, A2, A2, i64, A2, A2)),
+        (K.rnn_fwd, (A2, A2, i64, A2)), (K.rnn_bwd, (A2, A2, A2, i64, A2)),
+        (K.softmax_xent, (A2, I1, f64, i64, D1)), (K.sum_into, (D1, D1)), (K.penalties, (A1, A1, f64, f64)),
+        (K.adam, (A1, A1, A1, A1) + (f64,) * 6), (K.rmsprop, (A1, A1, A1, f64, f64, f64)),
+        (K.adagrad, (A1, A1, A1, f64, f64)), (K.nesterov, (A1, A1, A1, f64, f64)),
+        (K.sumsq_partial, (A1, D1)), (K.clip_by_norm, (A1, D1, f64)), (K.clip_by_value, (A1, f32)),
+        (K.sample_layer, (A2, A1, A1, I1, A2, i64, A2, A2, i64, i64, A2, A2)),
+        (K.sample_out, (A2, A1, A2, A2, D2, f64, i64, D2, i64, i64, I1, I2, D2)),
+        (gemm, (A2, A2, A2, i64, i64, f32, A1, i64)),
+        (rec_fwd, (i64, i64, i64, A2, A2, A1, A3, A3, A3, A3, A3)),
+        (rec_bwd, (i64, i64, A3, A2, A3, A3, A3, A3, A3, A3, A3, A2, A2)),
+    ]
+
+
+@pytest.mark.skipif(SIM, reason="the simulator does not compile")
+def test_every_kernel_compiles_for_hopper_with_registers_only(monkeypatch):
+    # the simulator runs kernels as Python and never types them; this compiles each one to PTX
+    # for sm_90 with the types the backend passes, so a typing error cannot first appear on a GPU
+    from numba.cuda import compile_ptx
+    if MODE is None:
+        # no device to ask for a compute capability while compiling the device functions
+        import numba.cuda.api as api
+        import numba.cuda.dispatcher as disp
+
+        class Hopper:
+            compute_capability = (9, 0)
+        monkeypatch.setattr(api, "get_current_device", lambda: Hopper())
+        monkeypatch.setattr(disp, "get_current_device", lambda: Hopper(), raising=False)
+    try:
+        compile_ptx(lambda a: None, "void(float32[::1])", cc=(9, 0))
+    except Exception as e:                      # no NVVM here (it comes with the CUDA toolkit)
+        pytest.skip(f"cannot compile CUDA here: {type(e).__name__}")
+    for kernel, sig in _kernel_signatures():
+        ptx, _ = compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        assert ".local" not in ptx or kernel.py_func.__name__ in ("sample_out",), kernel.py_func.__name__
+
+
 # ---------------------------------------------------------------- without a GPU
 def _env_without_sim():
     env = dict(os.environ)

@@ -88,11 +88,13 @@ def _block_sum(red, t):
 
 @cuda.jit(device=True, inline=True)
 def _block_max(red, t):
+    """As _block_sum, for the maximum (builtin max is avoided: comparisons type the same everywhere)."""
     cuda.syncthreads()
     s = RED // 2
     while s > 0:
         if t < s:
-            red[t] = max(red[t], red[t + s])
+            if red[t + s] > red[t]:
+                red[t] = red[t + s]
         cuda.syncthreads()
         s //= 2
     r = red[0]
@@ -368,7 +370,9 @@ def softmax_xent(logits, y, scale, want_grad, losses):
     V = logits.shape[1]
     m = -math.inf
     for k in range(t, V, RED):
-        m = max(m, float64(logits[n, k]))
+        v = float64(logits[n, k])
+        if v > m:
+            m = v
     red[t] = m
     m = _block_max(red, t)
     acc = 0.0
@@ -472,7 +476,12 @@ def clip_by_norm(g, sumsq, value):
 def clip_by_value(g, value):
     k = cuda.grid(1)
     if k < g.shape[0]:
-        g[k] = min(max(g[k], -value), value)
+        v = g[k]
+        if v > value:
+            v = value
+        elif v < -value:
+            v = -value
+        g[k] = v
 
 
 # ---------------------------------------------------------------- sampling
@@ -564,7 +573,9 @@ def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist,
     # log-normaliser of the plain logits, for logp
     m = -math.inf
     for k in range(t, V, RED):
-        m = max(m, float64(logits[bi, k]))
+        v = float64(logits[bi, k])
+        if v > m:
+            m = v
     red[t] = m
     mx = _block_max(red, t)
     acc2 = 0.0
@@ -606,7 +617,8 @@ def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist,
                 keep = above < top_k
             probs[bi, k] = z if keep else -math.inf
             if keep:
-                kmax = max(kmax, z)
+                if z > kmax:
+                    kmax = z
         red[t] = kmax
         kmax = _block_max(red, t)
         acc3 = 0.0
@@ -628,7 +640,8 @@ def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist,
                 c += probs[bi, k] / total
                 if c < target:
                     code += 1
-            code = min(code, V - 1)
+            if code > V - 1:
+                code = V - 1
     if t == 0:
         codes[bi] = code
         hist[step, bi] = code
@@ -646,7 +659,7 @@ def make_recurrence(TB: int, TJ: int, TK: int):
     blocks take tiles in turn, so any grid size is correct. Block (TJ, TB).
     Returns (forward kernel, backward kernel)."""
     NT = TB * TJ
-    TBP = TB + 1
+    TBP, TJP = TB + 1, TJ + 1
 
     @cuda.jit(fastmath=True)
     def rec_fwd(cell, kind, T, xw, Wh, bh, hs, gates, cs, tcs, hn):
@@ -733,7 +746,7 @@ def make_recurrence(TB: int, TJ: int, TK: int):
         each thread owns for its (row, unit) across the steps."""
         grid = cuda.cg.this_grid()
         dsh = cuda.shared.array((TK, TBP), float32)
-        wsh = cuda.shared.array((TK, TJ + 1), float32)
+        wsh = cuda.shared.array((TK, TJP), float32)
         T, B, H = dh_out.shape[0], dh_out.shape[1], dh_out.shape[2]
         GH = Wh.shape[1]
         tx = cuda.threadIdx.x

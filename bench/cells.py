@@ -52,7 +52,8 @@ def best_val(metrics: Path) -> dict:
     last = [r for r in recs if "chars" in r][-1]
     best = min(vals, key=lambda r: r["val_bpc"])
     return {"best_val_bpc": best["val_bpc"], "best_step": best["step"], "steps": last["step"],
-            "epochs": last["epoch"], "chars": last["chars"], "train_bpc": last["train_bpc"]}
+            "epochs": last["epoch"], "chars": last["chars"], "train_bpc": last["train_bpc"],
+            "chars_per_s": last["chars"] / max(last["elapsed_s"], 1e-9)}
 
 
 def train_args(corpus: str, cell: str, layers: int, hidden: int, a: argparse.Namespace, out: Path) -> list[str]:
@@ -99,12 +100,14 @@ def section(rows: list[dict], a: argparse.Namespace, corpus: str) -> str:
         f"Run {datetime.date.today().isoformat()} on commit `{rev}`, {platform.machine()}, "
         f"{os.cpu_count()} cores shared with other work, CPU backend, under `flock /tmp/charrnn-cpu.lock`.",
         "",
-        "| cell | layers | hidden | params | best val bits/char | at step | steps | epochs | last train bits/char |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cell | layers | hidden | params | best val bits/char | at step | steps | epochs | last train bits/char "
+        "| chars/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['cell']} | {r['layers']} | {r['hidden']} | {r['params']:,} | **{r['best_val_bpc']:.4f}** "
-                     f"| {r['best_step']} | {r['steps']} | {r['epochs']:.2f} | {r['train_bpc']:.3f} |")
+                     f"| {r['best_step']} | {r['steps']} | {r['epochs']:.2f} | {r['train_bpc']:.3f} "
+                     f"| {r['chars_per_s']:,.0f} |")
     lines += ["", "Commands (as run; `charrnn` is `python -m charrnn`):", "", "```"]
     lines += [f"flock /tmp/charrnn-cpu.lock python bench/cells.py --minutes {a.minutes:g} --params {a.params} "
               f"--lr {a.lr:g} --dropout {a.dropout:g} --batch-size {a.batch_size} --seq-len {a.seq_len} "
@@ -137,20 +140,25 @@ def main() -> None:
     p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
     p.add_argument("--runs", default="/tmp/charrnn-bench-cells", help="Where the run directories go.")
     p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    p.add_argument("--table-only", action="store_true",
+                   help="Train nothing: rebuild the table from the run directories already in --runs.")
     a = p.parse_args()
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    warm_up(a.corpus, a, runs)
+    if not a.table_only:
+        warm_up(a.corpus, a, runs)
     rows = []
     for cell in a.cells.split(","):
         for layers in map(int, a.depths.split(",")):
             h = hidden_for(cell, layers, a.params)
             out = runs / f"{cell}-{layers}"
-            if (out / "metrics.jsonl").exists():
-                (out / "metrics.jsonl").unlink()         # a fresh log: best-of must be this run's
             args = train_args(a.corpus, cell, layers, h, a, out)
-            print(f"{cell} x{layers}: hidden {h}, {n_params(ModelConfig(VOCAB, h, layers, cell)):,} params", flush=True)
-            charrnn(args, log=runs / f"{cell}-{layers}.log")
+            if not a.table_only:
+                if (out / "metrics.jsonl").exists():
+                    (out / "metrics.jsonl").unlink()     # a fresh log: best-of must be this run's
+                print(f"{cell} x{layers}: hidden {h}, {n_params(ModelConfig(VOCAB, h, layers, cell)):,} params",
+                      flush=True)
+                charrnn(args, log=runs / f"{cell}-{layers}.log")
             row = {"cell": cell, "layers": layers, "hidden": h,
                    "params": n_params(ModelConfig(VOCAB, h, layers, cell)), "args": args,
                    **best_val(out / "metrics.jsonl")}

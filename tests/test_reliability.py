@@ -99,6 +99,17 @@ def test_a_signal_mid_run_saves_last_and_resuming_from_it_is_exact(tmp_path, mon
     assert_same(state_of(whole / "last.safetensors"), state_of(part / "last.safetensors"))
 
 
+def test_the_time_budget_counts_the_whole_run_across_resumes(tmp_path):
+    t = Trainer(opts(max_steps=4), TEXT, prepare_out_dir(tmp_path), show_progress=False)
+    t.run()
+    ck = ckpt.load(tmp_path / "last.safetensors")
+    ck.progress["elapsed"] = 120.0                       # two minutes already spent
+    res = Trainer(opts(minutes=1.0), TEXT, tmp_path, show_progress=False, resume=ck).run()
+    assert res["steps"] == 4 and res["reason"].startswith("time budget")      # not one step more
+    res = Trainer(opts(minutes=60.0, max_steps=6), TEXT, tmp_path, show_progress=False, resume=ck).run()
+    assert res["steps"] == 6 and res["elapsed_s"] >= 120.0
+
+
 def test_resume_through_the_cli_takes_the_runs_own_options(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT)
     flags = ["--hidden", "8", "--layers", "1", "--seq-len", "8", "--batch-size", "8", "--val-every", "4",

@@ -155,16 +155,18 @@ def test_optimizer_steps_match_optim(name, clip, decay):
 
 # ---------------------------------------------------------------- sampling on the device
 @needs_cuda
-@pytest.mark.parametrize("cell,layers,embed,temp,top_k", [("lstm", 1, 0, 0.0, 0), ("gru", 2, 3, 0.8, 3),
-                                                         ("rnn", 1, 0, 1.0, 0)])
-def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, temp, top_k):
+@pytest.mark.parametrize("cell,layers,embed,temp,top_k,persistent", [
+    ("lstm", 2, 0, 0.0, 0, True), ("gru", 2, 3, 0.8, 3, True), ("rnn", 1, 0, 1.0, 0, True),
+    ("lstm", 1, 0, 0.7, 2, False)])
+def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, temp, top_k, persistent):
     from charrnn.backends.cpu import CpuBackend
     from charrnn.sample import generate
     cfg = ModelConfig(vocab_size=6, hidden=2, layers=layers, cell=cell, embed=embed)
     p, *_ = _case(cfg, 1, 1, seed=4)
     p = p.astype(np.float32)
     host = list(generate(CpuBackend(cfg, p), np.array([1, 2]), 3, temp, 9, top_k, 1.0, batch=2))
-    dev = list(_backend(cfg, p).generate(np.array([1, 2]), 3, temp, 9, top_k, batch=2, chunk=2))
+    dev = list(_backend(cfg, p, persistent=persistent).generate(np.array([1, 2]), 3, temp, 9, top_k, batch=2,
+                                                                chunk=2))
     assert [c.tolist() for c, _ in dev] == [c.tolist() for c, _ in host]
     np.testing.assert_allclose(np.array([lp for _, lp in dev]), np.array([lp for _, lp in host]), atol=1e-4)
 
@@ -258,6 +260,8 @@ def _kernel_signatures():
         (gemm, (A2, A2, A2, i64, i64, f32, A1, i64)),
         (rec_fwd, (i64, i64, i64, A2, A2, A1, A3, A3, A3, A3, A3)),
         (rec_bwd, (i64, i64, A3, A2, A3, A3, A3, A3, A3, A3, A3, A2, A2)),
+        (K.sample_loop, (i64, i64, i64, i64, A1, I1, I1, A1, I1, I1, nt.float32[:, :, :, :, ::1], i64, A2, A1,
+                         A2, D2, f64, i64, D2, I1, I2, D2)),
     ]
 
 
@@ -281,7 +285,8 @@ def test_every_kernel_compiles_for_hopper_with_registers_only(monkeypatch):
         pytest.skip(f"cannot compile CUDA here: {type(e).__name__}")
     for kernel, sig in _kernel_signatures():
         ptx, _ = compile_ptx(kernel.py_func, sig, cc=(9, 0))
-        assert ".local" not in ptx or kernel.py_func.__name__ in ("sample_out",), kernel.py_func.__name__
+        assert ".local" not in ptx or kernel.py_func.__name__ in ("sample_out", "sample_loop"), \
+            kernel.py_func.__name__
 
 
 # ---------------------------------------------------------------- without a GPU

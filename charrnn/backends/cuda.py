@@ -134,6 +134,12 @@ class CudaBackend:
             return 1, (TJ, TB)
         return min(tiles, cuda.get_current_device().MULTIPROCESSOR_COUNT), (TJ, TB)
 
+    def _loop_grid(self, B: int) -> int:
+        """Blocks of the sampling loop: as many as there is work, at most one per multiprocessor."""
+        if _simulating():
+            return 1
+        return min(self.cfg.hidden * B, cuda.get_current_device().MULTIPROCESSOR_COUNT)
+
     @staticmethod
     def _pointwise(kern, n, *args):
         kern[K.blocks(n), K.THREADS](*args)
@@ -406,13 +412,26 @@ class CudaBackend:
         if self._sampler is None:
             cfg, host = self.cfg, Params(self.cfg, self.w.copy_to_host())
             sw = {"WT": [], "b": [], "bh": []}
+            tables = []
             for l in range(cfg.layers):
                 Wx = host[f"l{l}.Wx"]
                 if l == 0 and cfg.embed:
                     Wx = host["embed"] @ Wx            # an embedding then a linear map: one table
-                sw["WT"].append(cuda.to_device(np.ascontiguousarray(np.concatenate([Wx, host[f"l{l}.Wh"]]).T)))
+                tables.append(np.ascontiguousarray(np.concatenate([Wx, host[f"l{l}.Wh"]]).T))
+                sw["WT"].append(cuda.to_device(tables[-1]))
                 sw["b"].append(self.P[f"l{l}.b"])
                 sw["bh"].append(self.P[f"l{l}.bh"] if cfg.cell == "gru" else self._dummy)
+            # the same tables packed flat, with offsets, for the one-launch sampling loop
+            offsets, off = {}, 0
+            for name, shape in param_shapes(cfg):
+                offsets[name] = off
+                off += int(np.prod(shape))
+            sw["WT_flat"] = cuda.to_device(np.concatenate([t.ravel() for t in tables]))
+            sw["wofs"] = cuda.to_device(np.cumsum([0] + [t.size for t in tables[:-1]]).astype(np.int64))
+            sw["win"] = cuda.to_device(np.array([t.shape[1] - cfg.hidden for t in tables], np.int64))
+            sw["bofs"] = cuda.to_device(np.array([offsets[f"l{l}.b"] for l in range(cfg.layers)], np.int64))
+            sw["bhofs"] = cuda.to_device(np.array([offsets.get(f"l{l}.bh", 0) for l in range(cfg.layers)],
+                                                  np.int64))
             self._sampler = sw
         return self._sampler
 
@@ -460,12 +479,12 @@ class CudaBackend:
         cfg = self.cfg
         sw = self._sample_weights()
         prime = np.asarray(prime_codes, dtype=np.int64)
-        sa = cuda.to_device(zero_state(cfg, batch, np.float32))
-        sb = cuda.device_array(sa.shape, np.float32)
-        va, vb = self._layer_views(sa), self._layer_views(sb)
+        S = cuda.to_device(np.zeros((2,) + zero_state(cfg, batch).shape, np.float32))   # ping-pong states
+        views = [self._layer_views(S[0]), self._layer_views(S[1])]
+        src = 0
         for c in prime[:-1]:
-            self._sample_layers(sw, cuda.to_device(np.full(batch, c, np.int64)), va, vb)
-            va, vb = vb, va
+            self._sample_layers(sw, cuda.to_device(np.full(batch, c, np.int64)), views[src], views[1 - src])
+            src = 1 - src
         ob = self._out_buffers(batch, chunk)
         ob["codes"].copy_to_device(np.full(batch, prime[-1], np.int64))
         Wo, bo, codes_d, temp, top_k = self.P["out.W"], self.P["out.b"], ob["codes"], float(temp), int(top_k)
@@ -476,11 +495,18 @@ class CudaBackend:
             for i, r in enumerate(rngs):
                 u[:steps, i] = r.random(steps)
             ob["u"].copy_to_device(u)
-            for s in range(steps):
-                self._sample_layers(sw, codes_d, va, vb)
-                va, vb = vb, va
-                K.sample_out[batch, K.RED](Wo, bo, va[-1][0], ob["logits"], ob["probs"], temp, top_k,
-                                           ob["u"], s, 1, codes_d, ob["hist"], ob["logp"])
+            if self.persistent:
+                K.sample_loop[self._loop_grid(batch), K.RED](
+                    self.cell, self.kind, cfg.layers, steps, sw["WT_flat"], sw["wofs"], sw["win"], self.w,
+                    sw["bofs"], sw["bhofs"], S, src, Wo, bo, ob["logits"], ob["probs"], temp, top_k,
+                    ob["u"], codes_d, ob["hist"], ob["logp"])
+                src = (src + steps) % 2
+            else:
+                for s in range(steps):
+                    self._sample_layers(sw, codes_d, views[src], views[1 - src])
+                    src = 1 - src
+                    K.sample_out[batch, K.RED](Wo, bo, views[src][-1][0], ob["logits"], ob["probs"], temp, top_k,
+                                               ob["u"], s, 1, codes_d, ob["hist"], ob["logp"])
             hc, lp = ob["hist"].copy_to_host(), ob["logp"].copy_to_host()
             for s in range(steps):
                 yield hc[s], lp[s]

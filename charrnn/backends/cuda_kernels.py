@@ -539,17 +539,13 @@ def sample_layer(WT, b, bh, codes, x, onehot, h_prev, c_prev, cell, kind, h_out,
         cuda.syncthreads()
 
 
-@cuda.jit
-def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist, logp):
-    """Per row (one block each): logits = h W + b; then, when `draw`, the next code as
+@cuda.jit(device=True)
+def _out_row(bi, W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist, logp, part, red, idx):
+    """Row bi, by the whole block: logits = h W + b; then, when `draw`, the next code as
     sample.distribution + sample.draw would pick it (temperature, top-k, inverse CDF with
     the uniform u[step, row]); it goes to codes[row] and hist[step, row], its log-probability
     under the plain logits to logp[step, row]. Block RED threads: NW warps split the hidden
     sum, the 32 lanes take consecutive vocabulary entries (coalesced reads of W)."""
-    part = cuda.shared.array((NW, 32), float32)
-    red = cuda.shared.array(RED, float64)
-    idx = cuda.shared.array(RED, int64)
-    bi = cuda.blockIdx.x
     t = cuda.threadIdx.x
     w = t // 32
     lane = t - w * 32
@@ -646,6 +642,106 @@ def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist,
         codes[bi] = code
         hist[step, bi] = code
         logp[step, bi] = float64(logits[bi, code]) - lognorm
+
+
+
+
+@cuda.jit
+def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist, logp):
+    """_out_row for every row, one block (RED threads) each."""
+    part = cuda.shared.array((NW, 32), float32)
+    red = cuda.shared.array(RED, float64)
+    idx = cuda.shared.array(RED, int64)
+    _out_row(cuda.blockIdx.x, W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist, logp,
+             part, red, idx)
+
+
+@cuda.jit(fastmath=True)
+def sample_loop(cell, kind, L, steps, WT, wofs, win, w, bofs, bhofs, S, src0, W, bo, logits, probs, temp, top_k,
+                u, codes, hist, logp):
+    """`steps` whole sampling steps in one cooperative launch: every layer, then the output and
+    the draw, with grid-wide barriers between them, so the host launches once per chunk of
+    characters instead of L + 1 times per character.
+    WT holds each layer's [Wx; Wh].T (G*H, win[l] + H) flat from wofs[l] (layer 0's input is
+    the one-hot code: its Wx rows are gathered); biases sit in the flat parameters w at bofs[l]
+    (and the GRU's bh at bhofs[l]). S (2, L, S, B, H) is the state, read from S[src] and written
+    to S[1 - src], alternating each step, starting from src0. Blocks take (unit group, row)
+    pairs in turn; NW warps share a group's G gate rows (dot products across the lanes)."""
+    grid = cuda.cg.this_grid()
+    part = cuda.shared.array((32, 33), float32)
+    gsum = cuda.shared.array((2, 32), float32)
+    pout = cuda.shared.array((NW, 32), float32)
+    red = cuda.shared.array(RED, float64)
+    idx = cuda.shared.array(RED, int64)
+    t = cuda.threadIdx.x
+    wp = t // 32
+    lane = t - wp * 32
+    B, H = S.shape[3], S.shape[4]
+    G = 4 if cell == LSTM else (3 if cell == GRU else 1)
+    U = NW // G if NW >= G else 1                  # units a block handles at once
+    ngroups = (H + U - 1) // U
+    for st in range(steps):
+        src = (src0 + st) % 2
+        dst = 1 - src
+        for l in range(L):
+            D = win[l]
+            base = wofs[l]
+            for item in range(cuda.blockIdx.x, ngroups * B, cuda.gridDim.x):
+                bi = item // ngroups
+                j0 = (item - bi * ngroups) * U
+                for q in range(wp, U * G, NW):      # (unit, gate) pairs: dot products by warps
+                    j = j0 + q // G
+                    g = q - (q // G) * G
+                    sx = F0
+                    sh = F0
+                    if j < H:
+                        row = base + (g * H + j) * (D + H)
+                        if l == 0:
+                            if lane == 0:
+                                sx = WT[row + codes[bi]]
+                        else:
+                            for k in range(lane, D, 32):
+                                sx += WT[row + k] * S[dst, l - 1, 0, bi, k]
+                        for k in range(lane, H, 32):
+                            sh += WT[row + D + k] * S[src, l, 0, bi, k]
+                    part[q, lane] = sx
+                    part[q + 16, lane] = sh
+                cuda.syncthreads()
+                if t < U * G:
+                    ax = F0
+                    ah = F0
+                    for r in range(32):
+                        ax += part[t, r]
+                        ah += part[t + 16, r]
+                    gsum[0, t] = ax
+                    gsum[1, t] = ah
+                cuda.syncthreads()
+                if t < U and j0 + t < H:
+                    j = j0 + t
+                    q0 = t * G
+                    bofs_l = bofs[l]
+                    if cell == LSTM:
+                        i = _sig(gsum[0, q0] + w[bofs_l + j] + gsum[1, q0])
+                        f = _sig(gsum[0, q0 + 1] + w[bofs_l + H + j] + gsum[1, q0 + 1])
+                        g_ = _act(gsum[0, q0 + 2] + w[bofs_l + 2 * H + j] + gsum[1, q0 + 2], kind)
+                        o = _sig(gsum[0, q0 + 3] + w[bofs_l + 3 * H + j] + gsum[1, q0 + 3])
+                        cc = f * S[src, l, 1, bi, j] + i * g_
+                        S[dst, l, 1, bi, j] = cc
+                        S[dst, l, 0, bi, j] = o * _act(cc, kind)
+                    elif cell == GRU:
+                        r_ = _sig(gsum[0, q0] + w[bofs_l + j] + gsum[1, q0])
+                        z = _sig(gsum[0, q0 + 1] + w[bofs_l + H + j] + gsum[1, q0 + 1])
+                        nn = _act(gsum[0, q0 + 2] + w[bofs_l + 2 * H + j]
+                                  + r_ * (gsum[1, q0 + 2] + w[bhofs[l] + j]), kind)
+                        S[dst, l, 0, bi, j] = (F1 - z) * nn + z * S[src, l, 0, bi, j]
+                    else:
+                        S[dst, l, 0, bi, j] = _act(gsum[0, q0] + w[bofs_l + j] + gsum[1, q0], kind)
+                cuda.syncthreads()
+            grid.sync()
+        for bi in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+            _out_row(bi, W, bo, S[dst, L - 1, 0], logits, probs, temp, top_k, u, st, 1, codes, hist, logp,
+                     pout, red, idx)
+        grid.sync()
 
 
 # ---------------------------------------------------------------- persistent recurrence

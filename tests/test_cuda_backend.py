@@ -92,7 +92,7 @@ def test_two_layers_with_embedding_and_dropout_match_reference(cell, activation)
 
 @needs_cuda
 def test_two_one_hot_layers_without_dropout_match_reference():
-    _check(ModelConfig(vocab_size=5, hidden=4, layers=2, cell="gru", activation="softsign"), 2, 3, seed=5)
+    _check(ModelConfig(vocab_size=5, hidden=3, layers=2, cell="gru", activation="softsign"), 2, 2, seed=5)
 
 
 @needs_cuda
@@ -104,7 +104,7 @@ def test_one_launch_per_step_matches_reference(cell):
 
 @needs_cuda
 def test_persistent_loop_handles_partial_tiles():
-    _check(ModelConfig(vocab_size=5, hidden=5, layers=1, cell="gru"), 3, 3, seed=8)
+    _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell="gru"), 2, 3, seed=8)   # 2x2 tiles in the simulator
 
 
 @needs_cuda
@@ -244,7 +244,7 @@ def _kernel_signatures():
     A1, A2, A3, A2s = nt.float32[::1], nt.float32[:, ::1], nt.float32[:, :, ::1], nt.float32[:, :]
     I1, I2, D1, D2 = nt.int64[::1], nt.int64[:, ::1], nt.float64[::1], nt.float64[:, ::1]
     gemm = K.make_gemm(64, 64, 16, 4, 4)[0]
-    rec_fwd, rec_bwd = K.make_recurrence(16, 16, 32)
+    rec_fwd, rec_bwd = K.make_recurrence(16, 16, 64)
     return [
         (K.gather_rows, (A2, A1, I1, A2)), (K.scatter_add_rows, (A2, I1, A2)), (K.colsum_add, (A1, A2s)),
         (K.fill, (A1, f32)), (K.copy, (A1, A1)), (K.dropout, (A1, A1, u64, u64, f64, f32)),

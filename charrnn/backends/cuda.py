@@ -37,7 +37,7 @@ _numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 # the simulator's (16 threads a block, so the Python-threaded simulator stays quick)
 TILES = {"large": (64, 64, 16, 4, 4), "small": (32, 32, 32, 2, 2), "sim": (8, 8, 4, 2, 2)}
 # the persistent recurrence's tile (TB rows, TJ units, TK deep) on a GPU and in the simulator
-REC_TILES = {"gpu": (16, 16, 32), "sim": (2, 2, 2)}
+REC_TILES = {"gpu": (16, 16, 64), "sim": (2, 2, 2)}
 _kernels: dict = {}
 
 

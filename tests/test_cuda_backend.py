@@ -243,9 +243,10 @@ def _kernel_signatures():
     f32, f64, i64, u64 = nt.float32, nt.float64, nt.int64, nt.uint64
     A1, A2, A3, A2s = nt.float32[::1], nt.float32[:, ::1], nt.float32[:, :, ::1], nt.float32[:, :]
     I1, I2, D1, D2 = nt.int64[::1], nt.int64[:, ::1], nt.float64[::1], nt.float64[:, ::1]
-    gemm = K.make_gemm(64, 64, 16, 4, 4)[0]
-    rec_fwd, rec_bwd = K.make_recurrence(16, 16, 64)
-    return [
+    from charrnn.backends.cuda import REC_TILES, TILES
+    gemms = [K.make_gemm(*TILES[name])[0] for name in ("large", "small")]
+    rec_fwd, rec_bwd = K.make_recurrence(*REC_TILES["gpu"])
+    return [(g, (A2, A2, A2, i64, i64, f32, A1, i64)) for g in gemms] + [
         (K.gather_rows, (A2, A1, I1, A2)), (K.scatter_add_rows, (A2, I1, A2)), (K.colsum_add, (A1, A2s)),
         (K.fill, (A1, f32)), (K.copy, (A1, A1)), (K.dropout, (A1, A1, u64, u64, f64, f32)),
         (K.lstm_fwd, (A2, A2, A2, i64, A2, A2, A2, A2)), (K.lstm_bwd, (A2, A2, A2, A2, A2, A2, i64, A2)),
@@ -257,7 +258,6 @@ def _kernel_signatures():
         (K.sumsq_partial, (A1, D1)), (K.clip_by_norm, (A1, D1, f64)), (K.clip_by_value, (A1, f32)),
         (K.sample_layer, (A2, A1, A1, I1, A2, i64, A2, A2, i64, i64, A2, A2)),
         (K.sample_out, (A2, A1, A2, A2, D2, f64, i64, D2, i64, i64, I1, I2, D2)),
-        (gemm, (A2, A2, A2, i64, i64, f32, A1, i64)),
         (rec_fwd, (i64, i64, i64, A2, A2, A1, A3, A3, A3, A3, A3)),
         (rec_bwd, (i64, i64, A3, A2, A3, A3, A3, A3, A3, A3, A3, A2, A2)),
         (K.sample_loop, (i64, i64, i64, i64, A1, I1, I1, A1, I1, I1, nt.float32[:, :, :, :, ::1], i64, A2, A1,

@@ -104,6 +104,38 @@ def charrnn_step_path(V, H, L, n, repeats):
     return {"chars_per_s": n / med, "us_per_step": 1e6 * med / n, "runs_s": times}
 
 
+def gemm_variants(shapes, variants, repeats):
+    """Each tile shape of the GEMM on the training window's products: error against NumPy in
+    float64 on fresh random inputs, then median time and TFLOP/s. Data for choosing TILES."""
+    from numba import cuda
+    from charrnn.backends import cuda_kernels as K
+    r = np.random.default_rng(7)
+    out = {}
+    for name, (M, N, Kd, ta, tb) in shapes.items():
+        A = r.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
+        B = r.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
+        ref = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+        dA, dB, dummy = cuda.to_device(A), cuda.to_device(B), cuda.to_device(np.zeros(1, np.float32))
+        for tiles in variants:
+            kern, (TM, TN), threads = K.make_gemm(*tiles)
+            grid = ((N + TN - 1) // TN, (M + TM - 1) // TM)
+            dC = cuda.to_device(np.full((M, N), np.nan, np.float32))       # poisoned: every element must be written
+            launch = lambda: kern[grid, threads](dA, dB, dC, ta, tb, np.float32(0), dummy, 0)  # noqa: E731
+            launch()
+            _sync()
+            C = dC.copy_to_host()
+            err = float(np.linalg.norm(C - ref) / np.linalg.norm(ref))
+
+            def run():
+                for _ in range(10):
+                    launch()
+                _sync()
+            med, _ = _median_rate(run, repeats)
+            out[f"{name} {'x'.join(map(str, tiles))}"] = {
+                "rel_err": err, "us": 1e6 * med / 10, "tflops": 2 * M * N * Kd * 10 / med / 1e12, "blocks": grid[0] * grid[1]}
+    return out
+
+
 # ---------------------------------------------------------------- PyTorch
 def _torch():
     try:
@@ -216,6 +248,13 @@ def main() -> int:
     attempt(c, "sample_b1", lambda: charrnn_sample(V, H, L, 1, n1, reps))
     attempt(c, f"sample_b{B64}", lambda: charrnn_sample(V, H, L, B64, n64, reps))
     attempt(c, "step_path_b1", lambda: charrnn_step_path(V, H, L, max(2, n1 // 10), reps))
+    GH, N = 4 * H, T * B
+    shapes = {"input xW": (N, GH, H, 0, 0), "dWh h^T dA": (H, GH, N, 1, 0), "dinp dA W^T": (N, H, GH, 0, 1),
+              "step hWh": (B, GH, H, 0, 0)}
+    variants = [(64, 64, 16, 4, 4), (32, 32, 32, 2, 2), (128, 64, 16, 8, 4), (64, 64, 32, 4, 4)]
+    if a.smoke:
+        variants = [(8, 8, 4, 2, 2)]
+    attempt(c, "gemm_variants", lambda: gemm_variants(shapes, variants, reps))
     torch = _torch()
     if torch is None:
         res["torch"] = {"skipped": "PyTorch is not installed here"}

@@ -9,7 +9,8 @@ the optimizer rules and the global-norm reduction on the flat buffer; and the sa
 and draws). Gate order and cell equations are reference.py's.
 
 Importing this module imports numba.cuda; set NUMBA_ENABLE_CUDASIM=1 before that to run the
-kernels as Python on a machine without a GPU.
+kernels as Python on a machine without a GPU. Module-level kernels are cached on disk (compiling
+them all takes a while); the tile factories' kernels and the grid-synced sampling loop are not.
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def make_gemm(TM: int, TN: int, TK: int, RM: int, RN: int):
 
 
 # ---------------------------------------------------------------- input side
-@cuda.jit
+@cuda.jit(cache=True)
 def gather_rows(W, b, codes, out):
     """out[n] = W[codes[n]] + b: the one-hot input product as a row gather."""
     i = cuda.grid(1)
@@ -195,7 +196,7 @@ def gather_rows(W, b, codes, out):
         out[n, j] = W[codes[n], j] + b[j]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def scatter_add_rows(G, codes, d):
     """G[codes[n]] += d[n] (atomics: several n may hit one row)."""
     i = cuda.grid(1)
@@ -206,7 +207,7 @@ def scatter_add_rows(G, codes, d):
         cuda.atomic.add(G, (codes[n], j), d[n, j])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def colsum_add(g, d):
     """g[j] += sum_n d[n, j]. Block (32, CS_ROWS): 32 columns, CS_ROWS row lanes, then a shared sum."""
     part = cuda.shared.array((CS_ROWS, 32), float32)
@@ -226,21 +227,21 @@ def colsum_add(g, d):
         g[j] += t
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fill(a, v):
     i = cuda.grid(1)
     if i < a.shape[0]:
         a[i] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def copy(dst, src):
     i = cuda.grid(1)
     if i < dst.shape[0]:
         dst[i] = src[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def dropout(src, dst, seed, base, p, scale):
     """dst[i] = src[i] * mask, mask from hash_uniform(seed, base + i): 0 below p, else scale.
     The same call on a gradient applies the same mask (the mask is never stored)."""
@@ -251,7 +252,7 @@ def dropout(src, dst, seed, base, p, scale):
 
 
 # ---------------------------------------------------------------- LSTM
-@cuda.jit(fastmath=True)
+@cuda.jit(fastmath=True, cache=True)
 def lstm_fwd(xw, hw, c_prev, kind, gates, c, tc, h):
     n = cuda.grid(1)
     B, H = c.shape[0], c.shape[1]
@@ -273,7 +274,7 @@ def lstm_fwd(xw, hw, c_prev, kind, gates, c, tc, h):
         h[bi, j] = o * t
 
 
-@cuda.jit(fastmath=True)
+@cuda.jit(fastmath=True, cache=True)
 def lstm_bwd(dh_out, dh_next, dc_next, gates, c_prev, tc, kind, da):
     """dh_next in, dc_next in/out; writes da (B, 4H). dh_next = da @ Wh.T follows as a GEMM."""
     n = cuda.grid(1)
@@ -295,7 +296,7 @@ def lstm_bwd(dh_out, dh_next, dc_next, gates, c_prev, tc, kind, da):
 
 
 # ---------------------------------------------------------------- GRU
-@cuda.jit(fastmath=True)
+@cuda.jit(fastmath=True, cache=True)
 def gru_fwd(xw, hw, bh, h_prev, kind, gates, hn, h):
     n = cuda.grid(1)
     B, H = h.shape[0], h.shape[1]
@@ -313,7 +314,7 @@ def gru_fwd(xw, hw, bh, h_prev, kind, gates, hn, h):
         h[bi, j] = (F1 - z) * nn + z * h_prev[bi, j]
 
 
-@cuda.jit(fastmath=True)
+@cuda.jit(fastmath=True, cache=True)
 def gru_bwd(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw):
     """Reads dh_next, then overwrites it with dh * z (the direct path to h_prev); the GEMM
     that follows adds dhw @ Wh.T into it."""
@@ -339,7 +340,7 @@ def gru_bwd(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw):
 
 
 # ---------------------------------------------------------------- RNN
-@cuda.jit(fastmath=True)
+@cuda.jit(fastmath=True, cache=True)
 def rnn_fwd(xw, hw, kind, h):
     n = cuda.grid(1)
     B, H = h.shape[0], h.shape[1]
@@ -349,7 +350,7 @@ def rnn_fwd(xw, hw, kind, h):
         h[bi, j] = _act(xw[bi, j] + hw[bi, j], kind)
 
 
-@cuda.jit(fastmath=True)
+@cuda.jit(fastmath=True, cache=True)
 def rnn_bwd(dh_out, dh_next, h, kind, da):
     n = cuda.grid(1)
     B, H = h.shape[0], h.shape[1]
@@ -360,7 +361,7 @@ def rnn_bwd(dh_out, dh_next, h, kind, da):
 
 
 # ---------------------------------------------------------------- output layer
-@cuda.jit
+@cuda.jit(cache=True)
 def softmax_xent(logits, y, scale, want_grad, losses):
     """One block per row: losses[n] = logsumexp(logits[n]) - logits[n, y[n]] (float64, as the CPU);
     with want_grad, logits[n] becomes scale * (softmax - onehot(y))."""
@@ -393,7 +394,7 @@ def softmax_xent(logits, y, scale, want_grad, losses):
             logits[n, k] = p
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def sum_into(x, out):
     """out[0] = sum(x) in float64 by one block, in a fixed order (deterministic)."""
     red = cuda.shared.array(RED, float64)
@@ -408,7 +409,7 @@ def sum_into(x, out):
 
 
 # ---------------------------------------------------------------- optimizers (optim.py's rules)
-@cuda.jit
+@cuda.jit(cache=True)
 def penalties(w, g, l2, l1):
     k = cuda.grid(1)
     if k < w.shape[0]:
@@ -416,7 +417,7 @@ def penalties(w, g, l2, l1):
         g[k] += l2 * w[k] + l1 * sgn
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adam(w, g, m, v, lr, b1, b2, eps, c1, c2):
     k = cuda.grid(1)
     if k < w.shape[0]:
@@ -425,7 +426,7 @@ def adam(w, g, m, v, lr, b1, b2, eps, c1, c2):
         w[k] -= lr * (m[k] / c1) / (math.sqrt(v[k] / c2) + eps)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def rmsprop(w, g, sq, lr, alpha, eps):
     k = cuda.grid(1)
     if k < w.shape[0]:
@@ -433,7 +434,7 @@ def rmsprop(w, g, sq, lr, alpha, eps):
         w[k] -= lr * g[k] / (math.sqrt(sq[k]) + eps)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adagrad(w, g, s, lr, eps):
     k = cuda.grid(1)
     if k < w.shape[0]:
@@ -441,7 +442,7 @@ def adagrad(w, g, s, lr, eps):
         w[k] -= lr * g[k] / (math.sqrt(s[k]) + eps)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def nesterov(w, g, vel, lr, mu):
     k = cuda.grid(1)
     if k < w.shape[0]:
@@ -449,7 +450,7 @@ def nesterov(w, g, vel, lr, mu):
         w[k] -= lr * (g[k] + mu * vel[k])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def sumsq_partial(g, part):
     """First pass of the global norm: part[block] = sum of g^2 over a grid-strided share, in float64."""
     red = cuda.shared.array(RED, float64)
@@ -463,7 +464,7 @@ def sumsq_partial(g, part):
         part[cuda.blockIdx.x] = total
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def clip_by_norm(g, sumsq, value):
     """Rescale g to norm <= value when its (finite) norm exceeds it, as optim.clip_."""
     k = cuda.grid(1)
@@ -472,7 +473,7 @@ def clip_by_norm(g, sumsq, value):
         g[k] *= float32(value / norm)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def clip_by_value(g, value):
     k = cuda.grid(1)
     if k < g.shape[0]:
@@ -485,7 +486,7 @@ def clip_by_value(g, value):
 
 
 # ---------------------------------------------------------------- sampling
-@cuda.jit(fastmath=True)
+@cuda.jit(fastmath=True, cache=True)
 def sample_layer(WT, b, bh, codes, x, onehot, h_prev, c_prev, cell, kind, h_out, c_out):
     """One step of one layer for every row, fused: input and recurrent matrix-vector products
     and the gates. WT = [Wx; Wh].T (G*H, D+H), so each gate row is one contiguous dot product.
@@ -646,7 +647,7 @@ def _out_row(bi, W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, his
 
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist, logp):
     """_out_row for every row, one block (RED threads) each."""
     part = cuda.shared.array((NW, 32), float32)

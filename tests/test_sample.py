@@ -255,3 +255,9 @@ def test_options_come_from_charrnn_environment_variables(models):
     res = CliRunner().invoke(cli, ["sample", str(models["uni"]), "--seed", "5"], auto_envvar_prefix="CHARRNN",
                              env=env)
     assert res.exit_code == 0 and len(res.stdout) == 8
+
+
+def test_shell_completion_completes_sample_options():
+    env = {"_CHARRNN_COMPLETE": "bash_complete", "COMP_WORDS": "charrnn sample --to", "COMP_CWORD": "2"}
+    res = CliRunner().invoke(cli, [], prog_name="charrnn", env=env)
+    assert "--top-k" in res.stdout and "--top-p" in res.stdout

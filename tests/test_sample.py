@@ -152,6 +152,47 @@ def test_length_caps_a_sample_that_never_stops(models):
     assert r["chars"] == 5 and not r["stopped"]
 
 
+class _OpaqueState:
+    """A state the sampler cannot slice, as a device backend's is."""
+    def __init__(self, a):
+        self.a = a
+
+
+class _DeviceLike:
+    """The CPU backend behind opaque states: stream() must keep every row and report live ones."""
+    def __init__(self, be):
+        self.be = be
+
+    def zero_state(self, batch):
+        return _OpaqueState(self.be.zero_state(batch))
+
+    def loss(self, x, y, state):
+        loss, st = self.be.loss(x, y, state.a)
+        return loss, _OpaqueState(st)
+
+    def step(self, codes, state):
+        logits, st = self.be.step(codes, state.a)
+        return logits, _OpaqueState(st)
+
+
+def test_stop_with_an_unsliceable_state_gives_the_same_samples(models):
+    ck = ckpt.load(ckpt.resolve(str(models["uni"])))
+    be = CpuBackend(ck.config, ck.params)
+    codes, _, _ = prime_codes(ck.vocab, "To be")
+    stop = ck.vocab.encode("e").astype(np.int64)
+
+    def texts(backend):
+        got = {i: [] for i in range(5)}
+        for st in stream(backend, codes, n=5, length=80, seed=3, stop=stop):
+            for r, c in zip(st.rows.tolist(), st.codes.tolist()):
+                got[r].append(c)
+        return [ck.vocab.decode(v) for v in got.values()]
+
+    sliced = texts(be)
+    assert texts(_DeviceLike(be)) == sliced
+    assert all(t.endswith("e") or len(t) == 80 for t in sliced)
+
+
 # ---------------------------------------------------------------- primes
 def test_prime_is_echoed_first_unless_no_echo(models):
     echoed = sample(models["uni"], "-p", "To be", "-n", 30, "--seed", 1).decode()

@@ -207,7 +207,8 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
               help="Samples generated together in one batch; row 0 streams, the rest follow in order.")
 @click.option("--separator", default="",
               help="Line written between plain samples (default: a blank line).")
-@click.option("--stop", metavar="STRING", default=None, help="End a sample when its generated text ends with STRING (kept).")
+@click.option("--stop", metavar="STRING", default=None,
+              help="End a sample when its generated text ends with STRING (kept).")
 @click.option("--prime", "-p", default=None, help="Text to start from, or - to read it from stdin.")
 @click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Read the prime from FILE (- for stdin).")

@@ -122,8 +122,8 @@ def stream(backend, prime_codes: np.ndarray, n: int = 1, length: int = 2000, tem
             yield Step(rows, codes, logp, done)
             keep = ~done
             if not keep.all():
-                rows, codes, state, tail = rows[keep], codes[keep], state[:, :, keep], \
-                    (tail[keep] if tail is not None else None)
+                rows, codes, state = rows[keep], codes[keep], state[:, :, keep]
+                tail = tail[keep] if tail is not None else None
         else:                                  # keep stepping every row; report the live ones
             yield Step(rows[live], codes[live], logp[live], done[live])
             live &= ~done

@@ -757,6 +757,79 @@ def make_recurrence(TB: int, TJ: int, TK: int):
     Returns (forward kernel, backward kernel)."""
     NT = TB * TJ
     TBP, TJP = TB + 1, TJ + 1
+    NH = (TB * TK + NT - 1) // NT          # registers per thread holding the next slice of h / dA
+    NWF = (4 * TK * TJ + NT - 1) // NT     # ... of the forward's weight slice (up to 4 gate blocks)
+    NWB = (TJ * TK + NT - 1) // NT         # ... of the backward's weight slice
+
+    # The next TK-deep slice is fetched into registers while the current one is multiplied out
+    # of shared memory, so global-memory latency overlaps arithmetic (software pipelining).
+    @cuda.jit(device=True, inline=True)
+    def fetch_fwd(hs, Wh, t, b0, j0, k0, B, H, G, tid, hreg, wreg):
+        for i in range(NH):
+            e = tid + i * NT
+            bb = e // TK
+            kk = e - bb * TK
+            v = F0
+            if e < TB * TK and b0 + bb < B and k0 + kk < H:
+                v = hs[t, b0 + bb, k0 + kk]
+            hreg[i] = v
+        for i in range(NWF):
+            e = tid + i * NT
+            g = e // (TK * TJ)
+            r = e - g * (TK * TJ)
+            kk = r // TJ
+            jj = r - kk * TJ
+            v = F0
+            if g < G and j0 + jj < H and k0 + kk < H:
+                v = Wh[k0 + kk, g * H + j0 + jj]
+            wreg[i] = v
+
+    @cuda.jit(device=True, inline=True)
+    def stage_fwd(hsh, wsh, G, tid, hreg, wreg):
+        for i in range(NH):
+            e = tid + i * NT
+            if e < TB * TK:
+                bb = e // TK
+                hsh[e - bb * TK, bb] = hreg[i]
+        for i in range(NWF):
+            e = tid + i * NT
+            g = e // (TK * TJ)
+            if g < G:
+                r = e - g * (TK * TJ)
+                kk = r // TJ
+                wsh[g, kk, r - kk * TJ] = wreg[i]
+
+    @cuda.jit(device=True, inline=True)
+    def fetch_bwd(dhw, Wh, t1, b0, j0, k0, B, H, GH, tid, dreg, wreg):
+        for i in range(NH):
+            e = tid + i * NT
+            bb = e // TK
+            kk = e - bb * TK
+            v = F0
+            if e < TB * TK and b0 + bb < B and k0 + kk < GH:
+                v = dhw[t1, b0 + bb, k0 + kk]
+            dreg[i] = v
+        for i in range(NWB):
+            e = tid + i * NT
+            jj = e // TK
+            kk = e - jj * TK
+            v = F0
+            if e < TJ * TK and j0 + jj < H and k0 + kk < GH:
+                v = Wh[j0 + jj, k0 + kk]
+            wreg[i] = v
+
+    @cuda.jit(device=True, inline=True)
+    def stage_bwd(dsh, wsh, tid, dreg, wreg):
+        for i in range(NH):
+            e = tid + i * NT
+            if e < TB * TK:
+                bb = e // TK
+                dsh[e - bb * TK, bb] = dreg[i]
+        for i in range(NWB):
+            e = tid + i * NT
+            if e < TJ * TK:
+                jj = e // TK
+                wsh[e - jj * TK, jj] = wreg[i]
 
     @cuda.jit(fastmath=True)
     def rec_fwd(cell, kind, T, xw, Wh, bh, hs, gates, cs, tcs, hn):
@@ -767,6 +840,8 @@ def make_recurrence(TB: int, TJ: int, TK: int):
         hsh = cuda.shared.array((TK, TBP), float32)
         wsh = cuda.shared.array((4, TK, TJ), float32)
         acc = cuda.local.array(4, float32)
+        hreg = cuda.local.array(NH, float32)
+        wreg = cuda.local.array(NWF, float32)
         B, H = hs.shape[1], hs.shape[2]
         G = 4 if cell == LSTM else (3 if cell == GRU else 1)
         tx = cuda.threadIdx.x
@@ -780,24 +855,12 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 j0 = (tile % ntj) * TJ
                 for g in range(4):
                     acc[g] = F0
+                fetch_fwd(hs, Wh, t, b0, j0, 0, B, H, G, tid, hreg, wreg)
                 for k0 in range(0, H, TK):
-                    for e in range(tid, TB * TK, NT):
-                        bb = e // TK
-                        kk = e - bb * TK
-                        v = F0
-                        if b0 + bb < B and k0 + kk < H:
-                            v = hs[t, b0 + bb, k0 + kk]
-                        hsh[kk, bb] = v
-                    for e in range(tid, G * TK * TJ, NT):
-                        g = e // (TK * TJ)
-                        r = e - g * (TK * TJ)
-                        kk = r // TJ
-                        jj = r - kk * TJ
-                        v = F0
-                        if j0 + jj < H and k0 + kk < H:
-                            v = Wh[k0 + kk, g * H + j0 + jj]
-                        wsh[g, kk, jj] = v
+                    stage_fwd(hsh, wsh, G, tid, hreg, wreg)
                     cuda.syncthreads()
+                    if k0 + TK < H:
+                        fetch_fwd(hs, Wh, t, b0, j0, k0 + TK, B, H, G, tid, hreg, wreg)
                     for kk in range(TK):
                         hv = hsh[kk, ty]
                         for g in range(4):
@@ -844,6 +907,8 @@ def make_recurrence(TB: int, TJ: int, TK: int):
         grid = cuda.cg.this_grid()
         dsh = cuda.shared.array((TK, TBP), float32)
         wsh = cuda.shared.array((TK, TJP), float32)
+        dreg = cuda.local.array(NH, float32)
+        wreg = cuda.local.array(NWB, float32)
         T, B, H = dh_out.shape[0], dh_out.shape[1], dh_out.shape[2]
         GH = Wh.shape[1]
         tx = cuda.threadIdx.x
@@ -857,22 +922,12 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 j0 = (tile % ntj) * TJ
                 s = F0                                  # (dhw[t+1] @ Wh.T)[b, j]
                 if t < T - 1:
+                    fetch_bwd(dhw, Wh, t + 1, b0, j0, 0, B, H, GH, tid, dreg, wreg)
                     for k0 in range(0, GH, TK):
-                        for e in range(tid, TB * TK, NT):
-                            bb = e // TK
-                            kk = e - bb * TK
-                            v = F0
-                            if b0 + bb < B and k0 + kk < GH:
-                                v = dhw[t + 1, b0 + bb, k0 + kk]
-                            dsh[kk, bb] = v
-                        for e in range(tid, TJ * TK, NT):
-                            jj = e // TK
-                            kk = e - jj * TK
-                            v = F0
-                            if j0 + jj < H and k0 + kk < GH:
-                                v = Wh[j0 + jj, k0 + kk]
-                            wsh[kk, jj] = v
+                        stage_bwd(dsh, wsh, tid, dreg, wreg)
                         cuda.syncthreads()
+                        if k0 + TK < GH:
+                            fetch_bwd(dhw, Wh, t + 1, b0, j0, k0 + TK, B, H, GH, tid, dreg, wreg)
                         for kk in range(TK):
                             s += dsh[kk, ty] * wsh[kk, tx]
                         cuda.syncthreads()

@@ -74,7 +74,7 @@ def cli() -> None:
               help="Inverted dropout between layers and before the output layer.")
 @click.option("--activation", type=click.Choice(["tanh", "softsign"]), default="tanh", show_default=True,
               help="The cell's squashing nonlinearity (gates stay sigmoid).")
-@click.option("--init", "init", type=click.Choice(["uniform", "xavier"]), default="uniform", show_default=True,
+@click.option("--init", "init", type=click.Choice(["uniform", "xavier"]), default="xavier", show_default=True,
               help="uniform is U(-0.08, 0.08) as in char-rnn; xavier is Glorot uniform.")
 @click.option("--forget-bias", type=float, default=1.0, show_default=True, help="LSTM forget-gate bias at init.")
 @click.option("--seq-len", type=click.IntRange(1), default=100, show_default=True,

@@ -45,7 +45,7 @@ class TrainOptions:
     dropout: float = 0.0
     activation: str = "tanh"
     forget_bias: float = 1.0
-    init: str = "uniform"
+    init: str = "xavier"         # Glorot: on tinyshakespeare it learns markedly faster than U(-0.08, 0.08)
     # data
     seq_len: int = 100
     batch_size: int = 64

@@ -763,16 +763,35 @@ def make_recurrence(TB: int, TJ: int, TK: int):
 
     # The next TK-deep slice is fetched into registers while the current one is multiplied out
     # of shared memory, so global-memory latency overlaps arithmetic (software pipelining).
+    def slice_io(R, NR):
+        """fetch: src[r0:r0+R, k0:k0+TK] (zero outside Rmax x Kd) into NR registers a thread;
+        stage: those registers into shared sh (TK, R+1), k-major."""
+        @cuda.jit(device=True, inline=True)
+        def fetch(src, r0, k0, Rmax, Kd, tid, reg):
+            for i in range(NR):
+                e = tid + i * NT
+                rr = e // TK
+                kk = e - rr * TK
+                v = F0
+                if e < R * TK and r0 + rr < Rmax and k0 + kk < Kd:
+                    v = src[r0 + rr, k0 + kk]
+                reg[i] = v
+
+        @cuda.jit(device=True, inline=True)
+        def stage(sh, tid, reg):
+            for i in range(NR):
+                e = tid + i * NT
+                if e < R * TK:
+                    rr = e // TK
+                    sh[e - rr * TK, rr] = reg[i]
+        return fetch, stage
+
+    fetch_rows, stage_rows = slice_io(TB, NH)      # rows of h (forward) or of dA (backward)
+    fetch_wbwd, stage_wbwd = slice_io(TJ, NWB)     # rows of Wh, i.e. columns of Wh.T (backward)
+
     @cuda.jit(device=True, inline=True)
-    def fetch_fwd(hs, Wh, t, b0, j0, k0, B, H, G, tid, hreg, wreg):
-        for i in range(NH):
-            e = tid + i * NT
-            bb = e // TK
-            kk = e - bb * TK
-            v = F0
-            if e < TB * TK and b0 + bb < B and k0 + kk < H:
-                v = hs[t, b0 + bb, k0 + kk]
-            hreg[i] = v
+    def fetch_wfwd(Wh, j0, k0, H, G, tid, wreg):
+        """Wh[k0:k0+TK, g*H + j0 : g*H + j0+TJ] for the G gate blocks."""
         for i in range(NWF):
             e = tid + i * NT
             g = e // (TK * TJ)
@@ -785,12 +804,7 @@ def make_recurrence(TB: int, TJ: int, TK: int):
             wreg[i] = v
 
     @cuda.jit(device=True, inline=True)
-    def stage_fwd(hsh, wsh, G, tid, hreg, wreg):
-        for i in range(NH):
-            e = tid + i * NT
-            if e < TB * TK:
-                bb = e // TK
-                hsh[e - bb * TK, bb] = hreg[i]
+    def stage_wfwd(wsh, G, tid, wreg):
         for i in range(NWF):
             e = tid + i * NT
             g = e // (TK * TJ)
@@ -798,38 +812,6 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 r = e - g * (TK * TJ)
                 kk = r // TJ
                 wsh[g, kk, r - kk * TJ] = wreg[i]
-
-    @cuda.jit(device=True, inline=True)
-    def fetch_bwd(dhw, Wh, t1, b0, j0, k0, B, H, GH, tid, dreg, wreg):
-        for i in range(NH):
-            e = tid + i * NT
-            bb = e // TK
-            kk = e - bb * TK
-            v = F0
-            if e < TB * TK and b0 + bb < B and k0 + kk < GH:
-                v = dhw[t1, b0 + bb, k0 + kk]
-            dreg[i] = v
-        for i in range(NWB):
-            e = tid + i * NT
-            jj = e // TK
-            kk = e - jj * TK
-            v = F0
-            if e < TJ * TK and j0 + jj < H and k0 + kk < GH:
-                v = Wh[j0 + jj, k0 + kk]
-            wreg[i] = v
-
-    @cuda.jit(device=True, inline=True)
-    def stage_bwd(dsh, wsh, tid, dreg, wreg):
-        for i in range(NH):
-            e = tid + i * NT
-            if e < TB * TK:
-                bb = e // TK
-                dsh[e - bb * TK, bb] = dreg[i]
-        for i in range(NWB):
-            e = tid + i * NT
-            if e < TJ * TK:
-                jj = e // TK
-                wsh[e - jj * TK, jj] = wreg[i]
 
     @cuda.jit(fastmath=True)
     def rec_fwd(cell, kind, T, xw, Wh, bh, hs, gates, cs, tcs, hn):
@@ -855,12 +837,15 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 j0 = (tile % ntj) * TJ
                 for g in range(4):
                     acc[g] = F0
-                fetch_fwd(hs, Wh, t, b0, j0, 0, B, H, G, tid, hreg, wreg)
+                fetch_rows(hs[t], b0, 0, B, H, tid, hreg)
+                fetch_wfwd(Wh, j0, 0, H, G, tid, wreg)
                 for k0 in range(0, H, TK):
-                    stage_fwd(hsh, wsh, G, tid, hreg, wreg)
+                    stage_rows(hsh, tid, hreg)
+                    stage_wfwd(wsh, G, tid, wreg)
                     cuda.syncthreads()
                     if k0 + TK < H:
-                        fetch_fwd(hs, Wh, t, b0, j0, k0 + TK, B, H, G, tid, hreg, wreg)
+                        fetch_rows(hs[t], b0, k0 + TK, B, H, tid, hreg)
+                        fetch_wfwd(Wh, j0, k0 + TK, H, G, tid, wreg)
                     for kk in range(TK):
                         hv = hsh[kk, ty]
                         for g in range(4):
@@ -922,12 +907,15 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 j0 = (tile % ntj) * TJ
                 s = F0                                  # (dhw[t+1] @ Wh.T)[b, j]
                 if t < T - 1:
-                    fetch_bwd(dhw, Wh, t + 1, b0, j0, 0, B, H, GH, tid, dreg, wreg)
+                    fetch_rows(dhw[t + 1], b0, 0, B, GH, tid, dreg)
+                    fetch_wbwd(Wh, j0, 0, H, GH, tid, wreg)
                     for k0 in range(0, GH, TK):
-                        stage_bwd(dsh, wsh, tid, dreg, wreg)
+                        stage_rows(dsh, tid, dreg)
+                        stage_wbwd(wsh, tid, wreg)
                         cuda.syncthreads()
                         if k0 + TK < GH:
-                            fetch_bwd(dhw, Wh, t + 1, b0, j0, k0 + TK, B, H, GH, tid, dreg, wreg)
+                            fetch_rows(dhw[t + 1], b0, k0 + TK, B, GH, tid, dreg)
+                            fetch_wbwd(Wh, j0, k0 + TK, H, GH, tid, wreg)
                         for kk in range(TK):
                             s += dsh[kk, ty] * wsh[kk, tx]
                         cuda.syncthreads()

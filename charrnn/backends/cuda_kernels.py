@@ -103,6 +103,44 @@ def _block_max(red, t):
     return r
 
 
+# ---------------------------------------------------------------- staged operand slices
+def make_slice_io(R: int, TK: int, NT: int):
+    """Device functions that move an R x TK slice of an operand through registers into shared
+    memory, for NT threads: fetch reads X[r0:r0+R, k0:k0+TK] (X stored (K, R) when kfirst, so
+    the reads run along r; zero outside Rmax x Kd) into NR registers a thread; stage writes them
+    to sh (TK, >= R), k-major. Fetching the next slice before multiplying the current one
+    overlaps global-memory latency with arithmetic (software pipelining).
+    Returns (fetch, stage, NR)."""
+    NR = (R * TK + NT - 1) // NT
+
+    @cuda.jit(device=True, inline=True)
+    def fetch(X, kfirst, r0, k0, Rmax, Kd, tid, reg):
+        for i in range(NR):
+            e = tid + i * NT
+            if kfirst:
+                rr = e % R
+                kk = e // R
+            else:
+                kk = e % TK
+                rr = e // TK
+            v = F0
+            if e < R * TK and r0 + rr < Rmax and k0 + kk < Kd:
+                v = X[k0 + kk, r0 + rr] if kfirst else X[r0 + rr, k0 + kk]
+            reg[i] = v
+
+    @cuda.jit(device=True, inline=True)
+    def stage(sh, kfirst, tid, reg):
+        for i in range(NR):
+            e = tid + i * NT
+            if e < R * TK:
+                if kfirst:
+                    sh[e // R, e % R] = reg[i]
+                else:
+                    sh[e % TK, e // TK] = reg[i]
+
+    return fetch, stage, NR
+
+
 # ---------------------------------------------------------------- matrix product
 def make_gemm(TM: int, TN: int, TK: int, RM: int, RN: int):
     """C = beta*C + op(A) @ op(B) (+ bias): a TM x TN tile per block, RM x RN outputs per thread,
@@ -112,6 +150,9 @@ def make_gemm(TM: int, TN: int, TK: int, RM: int, RN: int):
     NTX, NTY = TN // RN, TM // RM
     NT = NTX * NTY
     TMP, TNP = TM + 1, TN + 1        # one pad column against shared-memory bank conflicts
+
+    fetch_a, stage_a, NA = make_slice_io(TM, TK, NT)
+    fetch_b, stage_b, NB = make_slice_io(TN, TK, NT)
 
     @cuda.jit(fastmath=True)
     def gemm(A, B, C, ta, tb, beta, bias, has_bias):
@@ -123,42 +164,26 @@ def make_gemm(TM: int, TN: int, TK: int, RM: int, RN: int):
         acc = cuda.local.array((RM, RN), float32)
         ar = cuda.local.array(RM, float32)
         br = cuda.local.array(RN, float32)
+        areg = cuda.local.array(NA, float32)
+        breg = cuda.local.array(NB, float32)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * NTX + tx
         m0 = cuda.blockIdx.y * TM
         n0 = cuda.blockIdx.x * TN
+        bk = 1 - tb                          # B read as rows n: stored (K, N) unless tb
         for i in range(RM):
             for j in range(RN):
                 acc[i, j] = F0
+        fetch_a(A, ta, m0, 0, M, K, tid, areg)
+        fetch_b(B, bk, n0, 0, N, K, tid, breg)
         for k0 in range(0, K, TK):
-            for e in range(tid, TM * TK, NT):
-                if ta:                      # A stored (K, M): read along m
-                    mm = e % TM
-                    kk = e // TM
-                else:                       # A stored (M, K): read along k
-                    kk = e % TK
-                    mm = e // TK
-                gm = m0 + mm
-                gk = k0 + kk
-                v = F0
-                if gm < M and gk < K:
-                    v = A[gk, gm] if ta else A[gm, gk]
-                As[kk, mm] = v
-            for e in range(tid, TK * TN, NT):
-                if tb:                      # B stored (N, K)
-                    kk = e % TK
-                    nn = e // TK
-                else:                       # B stored (K, N)
-                    nn = e % TN
-                    kk = e // TN
-                gn = n0 + nn
-                gk = k0 + kk
-                v = F0
-                if gn < N and gk < K:
-                    v = B[gn, gk] if tb else B[gk, gn]
-                Bs[kk, nn] = v
+            stage_a(As, ta, tid, areg)
+            stage_b(Bs, bk, tid, breg)
             cuda.syncthreads()
+            if k0 + TK < K:
+                fetch_a(A, ta, m0, k0 + TK, M, K, tid, areg)
+                fetch_b(B, bk, n0, k0 + TK, N, K, tid, breg)
             for kk in range(TK):
                 for i in range(RM):
                     ar[i] = As[kk, ty + i * NTY]
@@ -757,37 +782,9 @@ def make_recurrence(TB: int, TJ: int, TK: int):
     Returns (forward kernel, backward kernel)."""
     NT = TB * TJ
     TBP, TJP = TB + 1, TJ + 1
-    NH = (TB * TK + NT - 1) // NT          # registers per thread holding the next slice of h / dA
-    NWF = (4 * TK * TJ + NT - 1) // NT     # ... of the forward's weight slice (up to 4 gate blocks)
-    NWB = (TJ * TK + NT - 1) // NT         # ... of the backward's weight slice
-
-    # The next TK-deep slice is fetched into registers while the current one is multiplied out
-    # of shared memory, so global-memory latency overlaps arithmetic (software pipelining).
-    def slice_io(R, NR):
-        """fetch: src[r0:r0+R, k0:k0+TK] (zero outside Rmax x Kd) into NR registers a thread;
-        stage: those registers into shared sh (TK, R+1), k-major."""
-        @cuda.jit(device=True, inline=True)
-        def fetch(src, r0, k0, Rmax, Kd, tid, reg):
-            for i in range(NR):
-                e = tid + i * NT
-                rr = e // TK
-                kk = e - rr * TK
-                v = F0
-                if e < R * TK and r0 + rr < Rmax and k0 + kk < Kd:
-                    v = src[r0 + rr, k0 + kk]
-                reg[i] = v
-
-        @cuda.jit(device=True, inline=True)
-        def stage(sh, tid, reg):
-            for i in range(NR):
-                e = tid + i * NT
-                if e < R * TK:
-                    rr = e // TK
-                    sh[e - rr * TK, rr] = reg[i]
-        return fetch, stage
-
-    fetch_rows, stage_rows = slice_io(TB, NH)      # rows of h (forward) or of dA (backward)
-    fetch_wbwd, stage_wbwd = slice_io(TJ, NWB)     # rows of Wh, i.e. columns of Wh.T (backward)
+    NWF = (4 * TK * TJ + NT - 1) // NT     # registers a thread for the forward's weight slice (<= 4 gate blocks)
+    fetch_rows, stage_rows, NH = make_slice_io(TB, TK, NT)    # rows of h (forward) or of dA (backward)
+    fetch_wbwd, stage_wbwd, NWB = make_slice_io(TJ, TK, NT)   # rows of Wh, i.e. columns of Wh.T (backward)
 
     @cuda.jit(device=True, inline=True)
     def fetch_wfwd(Wh, j0, k0, H, G, tid, wreg):
@@ -837,14 +834,14 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 j0 = (tile % ntj) * TJ
                 for g in range(4):
                     acc[g] = F0
-                fetch_rows(hs[t], b0, 0, B, H, tid, hreg)
+                fetch_rows(hs[t], 0, b0, 0, B, H, tid, hreg)
                 fetch_wfwd(Wh, j0, 0, H, G, tid, wreg)
                 for k0 in range(0, H, TK):
-                    stage_rows(hsh, tid, hreg)
+                    stage_rows(hsh, 0, tid, hreg)
                     stage_wfwd(wsh, G, tid, wreg)
                     cuda.syncthreads()
                     if k0 + TK < H:
-                        fetch_rows(hs[t], b0, k0 + TK, B, H, tid, hreg)
+                        fetch_rows(hs[t], 0, b0, k0 + TK, B, H, tid, hreg)
                         fetch_wfwd(Wh, j0, k0 + TK, H, G, tid, wreg)
                     for kk in range(TK):
                         hv = hsh[kk, ty]
@@ -907,15 +904,15 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 j0 = (tile % ntj) * TJ
                 s = F0                                  # (dhw[t+1] @ Wh.T)[b, j]
                 if t < T - 1:
-                    fetch_rows(dhw[t + 1], b0, 0, B, GH, tid, dreg)
-                    fetch_wbwd(Wh, j0, 0, H, GH, tid, wreg)
+                    fetch_rows(dhw[t + 1], 0, b0, 0, B, GH, tid, dreg)
+                    fetch_wbwd(Wh, 0, j0, 0, H, GH, tid, wreg)
                     for k0 in range(0, GH, TK):
-                        stage_rows(dsh, tid, dreg)
-                        stage_wbwd(wsh, tid, wreg)
+                        stage_rows(dsh, 0, tid, dreg)
+                        stage_wbwd(wsh, 0, tid, wreg)
                         cuda.syncthreads()
                         if k0 + TK < GH:
-                            fetch_rows(dhw[t + 1], b0, k0 + TK, B, GH, tid, dreg)
-                            fetch_wbwd(Wh, j0, k0 + TK, H, GH, tid, wreg)
+                            fetch_rows(dhw[t + 1], 0, b0, k0 + TK, B, GH, tid, dreg)
+                            fetch_wbwd(Wh, 0, j0, k0 + TK, H, GH, tid, wreg)
                         for kk in range(TK):
                             s += dsh[kk, ty] * wsh[kk, tx]
                         cuda.syncthreads()

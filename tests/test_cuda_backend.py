@@ -114,6 +114,26 @@ def test_production_tile_shapes_match_reference_on_a_small_model():
 
 
 @needs_cuda
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_gemm_every_transpose_with_accumulate_and_bias_over_partial_tiles(ta, tb):
+    from numba import cuda
+    from charrnn.backends.cuda import TILES
+    from charrnn.backends.cuda_kernels import make_gemm
+    r = np.random.default_rng(ta * 2 + tb)
+    M, N, Kd = 9, 10, 11                   # several K slices and ragged edges for any tile here
+    A = r.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
+    B = r.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
+    C0 = r.standard_normal((M, N)).astype(np.float32)
+    bias = r.standard_normal(N).astype(np.float32)
+    kern, (TM, TN), threads = make_gemm(*TILES["sim" if SIM else "large"])
+    dC = cuda.to_device(C0)
+    kern[((N + TN - 1) // TN, (M + TM - 1) // TM), threads](cuda.to_device(A), cuda.to_device(B), dC, ta, tb,
+                                                            np.float32(0.5), cuda.to_device(bias), 1)
+    want = 0.5 * C0 + (A.T if ta else A).astype(np.float64) @ (B.T if tb else B) + bias
+    np.testing.assert_allclose(dC.copy_to_host(), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
 def test_state_can_stay_on_the_device_between_windows():
     cfg = ModelConfig(vocab_size=5, hidden=3, layers=1)
     p, x, y, state = _case(cfg, 2, 2)

@@ -4,7 +4,11 @@ import os as _os
 
 __version__ = "0.1.0"
 
-# Numba's OpenMP pool and OpenBLAS's pool both spin while idle; on a small machine two
-# spinning pools slow each other by 30x. Until the CPU backend schedules its own threads,
-# let BLAS own the cores and run the pointwise kernels on the calling thread.
+# CHARRNN_THREADS=n sets how many cores the CPU backend uses. It must act before NumPy and
+# Numba load, hence here. BLAS owns the cores: the pointwise kernels are vectorised and run
+# on the calling thread, because a second spinning pool (Numba's OpenMP) beside OpenBLAS's
+# slowed both by up to 30x on a 2-core machine.
+_threads = _os.environ.get("CHARRNN_THREADS", "").strip()
+if _threads.isdigit() and int(_threads) > 0:
+    _os.environ["OPENBLAS_NUM_THREADS"] = _threads
 _os.environ.setdefault("NUMBA_NUM_THREADS", "1")

@@ -1,0 +1,487 @@
+"""CPU speed, charrnn against PyTorch on the same machine in the same run (issue 4).
+
+For each configuration and thread count, two worker processes are started side by side, one per
+library (so each one's peak RSS is its own), and the parent asks them for timed windows in turn:
+charrnn, PyTorch, charrnn, PyTorch, ... with a short pause between windows so one side's idle
+spinning threads never steal the other's cores. Reported: median chars/s over the windows, with
+min and max, after warm-up. Without PyTorch installed the charrnn side still runs and the table
+says what was skipped.
+
+    python bench/speed.py                       # the full run (~10-15 min on 2 cores)
+    python bench/speed.py --quick --configs a   # a smoke run while iterating
+    python bench/speed.py --write               # also replace the "CPU speed" section of bench/RESULTS.md
+
+Metrics: training (forward, backward, clip by global norm 5, Adam; truncated BPTT with the
+state carried and detached), evaluation (one stream, windows of 256, state carried),
+sampling at batch 1 and 64 (config b only), peak RSS, first-call compile time with a cold
+Numba cache, and the wall time of a warm-cache `charrnn sample --length 200` process.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 65
+CONFIGS = {  # name: (layers, hidden, T, B)
+    "a": (2, 128, 50, 50),
+    "b": (2, 512, 100, 64),
+    "c": (3, 512, 100, 32),
+    "d": (1, 256, 64, 128),
+}
+TARGETS = {("train", "a"): 1.5, ("train", "b"): 1.0, ("train", "c"): 1.0, ("train", "d"): 1.3,
+           ("sample1", "b"): 6.0, ("sample64", "b"): 1.0}
+FMA_PEAK_2C = 199.0  # GFLOP/s, 2 cores, from an FMA loop (issue 4)
+EVAL_WINDOW = 256
+
+
+def train_flops_per_char(layers: int, hidden: int) -> float:
+    """Useful FLOPs of one training character: 3 products (forward, two in backward) of 2 FLOPs
+    per multiply-add. The one-hot first layer is a row gather and counts nothing."""
+    G = 4 * hidden
+    macs = sum((hidden * G if l > 0 else 0) + hidden * G for l in range(layers)) + hidden * VOCAB
+    return 6.0 * macs
+
+
+# ================================================================ workers (one library each)
+class CharrnnSide:
+    name = "charrnn"
+
+    def __init__(self, layers, hidden, T, B, seed=0):
+        import numpy as np
+        from charrnn.backends.cpu import CpuBackend
+        from charrnn.model import ModelConfig, init_params
+        from charrnn.optim import Optimizer
+        self.np = np
+        self.cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers)
+        self.be = CpuBackend(self.cfg, init_params(self.cfg, np.random.default_rng(seed)))
+        self.opt = Optimizer("adam", self.be.p.flat.size, np.float32)
+        self.T, self.B = T, B
+        self.rng = np.random.default_rng(seed)
+        self.state = self.be.zero_state(B)
+        self.text = self.rng.integers(0, VOCAB, 1 << 16)
+
+    def train(self, steps):
+        np = self.np
+        for _ in range(steps):
+            xy = self.rng.integers(0, VOCAB, (self.T + 1, self.B))
+            _, self.state = self.be.train_step(xy[:-1], xy[1:], self.state)
+            self.be.optimizer_step(self.opt, 2e-3, ("norm", 5.0))
+        return steps * self.T * self.B
+
+    def eval(self, chars):
+        from charrnn.evaluate import evaluate
+        start = int(self.rng.integers(0, len(self.text) - chars - 1))
+        evaluate(self.be, self.text[start:start + chars + 1], EVAL_WINDOW)
+        return chars
+
+    def sample(self, batch, steps):
+        from charrnn.sample import generate
+        np = self.np
+        for _ in generate(self.be, np.array([1]), steps, 1.0, 0, batch=batch):
+            pass
+        return batch * steps
+
+
+class TorchSide:
+    name = "pytorch"
+
+    def __init__(self, layers, hidden, T, B, seed=0):
+        import torch
+        from torch import nn
+        self.torch, self.nn = torch, nn
+        torch.manual_seed(seed)
+        self.lstm = nn.LSTM(VOCAB, hidden, layers)
+        self.lin = nn.Linear(hidden, VOCAB)
+        self.params = list(self.lstm.parameters()) + list(self.lin.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=2e-3)
+        self.T, self.B, self.L, self.H = T, B, layers, hidden
+        self.state = (torch.zeros(layers, B, hidden), torch.zeros(layers, B, hidden))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.text = torch.randint(0, VOCAB, (1 << 16,), generator=self.gen)
+        self.cells = nn.ModuleList(nn.LSTMCell(VOCAB if l == 0 else hidden, hidden) for l in range(layers))
+        with torch.no_grad():
+            for l, cell in enumerate(self.cells):
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(cell, kind).copy_(getattr(self.lstm, f"{kind}_l{l}"))
+        self.variant = {}
+
+    def _onehot(self, x):
+        return self.torch.nn.functional.one_hot(x, VOCAB).float()
+
+    def train(self, steps):
+        torch, F = self.torch, self.torch.nn.functional
+        with torch.backends.mkldnn.flags(enabled=True):
+            for _ in range(steps):
+                xy = torch.randint(0, VOCAB, (self.T + 1, self.B), generator=self.gen)
+                out, (h, c) = self.lstm(self._onehot(xy[:-1]), self.state)
+                loss = F.cross_entropy(self.lin(out).reshape(-1, VOCAB), xy[1:].reshape(-1))
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, 5.0)
+                self.opt.step()
+                self.state = (h.detach(), c.detach())
+        return steps * self.T * self.B
+
+    # -- evaluation: one stream, state carried; the faster of oneDNN on/off, chosen at warm-up
+    def _eval_run(self, chars, onednn):
+        torch, F = self.torch, self.torch.nn.functional
+        start = int(torch.randint(0, len(self.text) - chars - 1, (1,), generator=self.gen))
+        codes = self.text[start:start + chars + 1]
+        state = (torch.zeros(self.L, 1, self.H), torch.zeros(self.L, 1, self.H))
+        total = 0.0
+        with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=onednn):
+            for s in range(0, chars, EVAL_WINDOW):
+                e = min(chars, s + EVAL_WINDOW)
+                out, state = self.lstm(self._onehot(codes[s:e]).unsqueeze(1), state)
+                total += float(F.cross_entropy(self.lin(out[:, 0]), codes[s + 1:e + 1], reduction="sum"))
+        return chars
+
+    def eval(self, chars):
+        if "eval" not in self.variant:
+            self.variant["eval"] = _fastest({f"onednn {'on' if v else 'off'}": (lambda v=v: self._eval_run(chars, v))
+                                             for v in (True, False)})
+        on = self.variant["eval"] == "onednn on"
+        return self._eval_run(chars, on)
+
+    # -- sampling: the fastest of LSTMCell, nn.LSTM oneDNN off, nn.LSTM default
+    def _sample_run(self, batch, steps, how):
+        torch = self.torch
+        x = torch.ones(batch, dtype=torch.long)
+        with torch.inference_mode():
+            if how == "LSTMCell":
+                hc = [(torch.zeros(batch, self.H), torch.zeros(batch, self.H)) for _ in range(self.L)]
+                for _ in range(steps):
+                    inp = self._onehot(x)
+                    for l, cell in enumerate(self.cells):
+                        hc[l] = cell(inp, hc[l])
+                        inp = hc[l][0]
+                    probs = torch.softmax(self.lin(inp), dim=1)
+                    x = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
+            else:
+                state = (torch.zeros(self.L, batch, self.H), torch.zeros(self.L, batch, self.H))
+                with torch.backends.mkldnn.flags(enabled=how == "nn.LSTM oneDNN on"):
+                    for _ in range(steps):
+                        out, state = self.lstm(self._onehot(x).unsqueeze(0), state)
+                        probs = torch.softmax(self.lin(out[0]), dim=1)
+                        x = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
+        return batch * steps
+
+    def sample(self, batch, steps):
+        key = f"sample{batch}"
+        if key not in self.variant:
+            self.variant[key] = _fastest({how: (lambda how=how: self._sample_run(batch, max(steps // 4, 5), how))
+                                          for how in ("LSTMCell", "nn.LSTM oneDNN off", "nn.LSTM oneDNN on")})
+        return self._sample_run(batch, steps, self.variant[key])
+
+
+def _fastest(runs: dict) -> str:
+    """Name of the fastest variant (each run twice, best of two)."""
+    best = {}
+    for name, fn in runs.items():
+        rates = []
+        for _ in range(2):
+            t = time.perf_counter()
+            n = fn()
+            rates.append(n / (time.perf_counter() - t))
+        best[name] = max(rates)
+    return max(best, key=best.get)
+
+
+def worker_main(side: str, spec: str) -> None:
+    """Serve timed windows over stdin/stdout, one JSON object per line."""
+    layers, hidden, T, B = (int(v) for v in spec.split(","))
+    if side == "pytorch":
+        import torch
+        torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+    w = (CharrnnSide if side == "charrnn" else TorchSide)(layers, hidden, T, B)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # nothing else may write on the protocol channel
+    print(json.dumps({"ready": True}), file=out, flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        if cmd["op"] == "rss":
+            import resource
+            reply = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                     "variant": getattr(w, "variant", {})}
+        else:
+            t = time.perf_counter()
+            n = getattr(w, cmd["op"])(*cmd["args"])
+            reply = {"chars": n, "s": time.perf_counter() - t}
+        print(json.dumps(reply), file=out, flush=True)
+
+
+# ================================================================ the parent
+class Worker:
+    def __init__(self, side: str, cfg: tuple, threads: int):
+        env = dict(os.environ, BENCH_THREADS=str(threads), CHARRNN_THREADS=str(threads),
+                   OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.p = subprocess.Popen([sys.executable, __file__, "--worker", side, ",".join(map(str, cfg))],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.side = side
+        self._read()
+
+    def _read(self) -> dict:
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.side} worker died (see its stderr above)")
+        return json.loads(line)
+
+    def ask(self, op: str, *args) -> dict:
+        self.p.stdin.write(json.dumps({"op": op, "args": args}) + "\n")
+        self.p.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.p.stdin.write('{"op": "quit"}\n')
+            self.p.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.p.wait(timeout=60)
+
+
+def have_torch() -> str | None:
+    try:
+        import importlib.metadata as md
+        return md.version("torch")
+    except Exception:
+        return None
+
+
+def measure(workers: list[Worker], op: str, args_for, windows: int, target_s: float, pause: float) -> dict:
+    """Warm up, size each side's window to ~target_s, then alternate windows; rates in chars/s."""
+    sizes = {}
+    for w in workers:
+        w.ask(op, *args_for(w, 1))                       # warm-up (first call, variant choice)
+        r = w.ask(op, *args_for(w, 1))
+        sizes[w.side] = max(1, round(target_s / r["s"]))
+        time.sleep(pause)
+    rates = {w.side: [] for w in workers}
+    for _ in range(windows):
+        for w in workers:
+            r = w.ask(op, *args_for(w, sizes[w.side]))
+            rates[w.side].append(r["chars"] / r["s"])
+            time.sleep(pause)
+    return rates
+
+
+def run_config(name: str, threads: int, sides: list[str], quick: bool) -> dict:
+    layers, hidden, T, B = CONFIGS[name]
+    windows, target, pause = (3, 0.3, 0.15) if quick else (5, 0.8, 0.25)
+    ws = [Worker(s, (layers, hidden, T, B), threads) for s in sides]
+    res = {}
+    try:
+        res["train"] = measure(ws, "train", lambda w, k: (k,), windows, target, pause)
+        eval_chars = EVAL_WINDOW * 4
+        res["eval"] = measure(ws, "eval", lambda w, k: (eval_chars * k,), windows, target / 2, pause)
+        if name == "b":
+            for batch in (1, 64):
+                res[f"sample{batch}"] = measure(ws, "sample", lambda w, k, b=batch: (b, 20 * k),
+                                                windows, target / 2, pause)
+        info = {w.side: w.ask("rss") for w in ws}
+        res["rss"] = {s: [i["rss_mb"]] for s, i in info.items()}
+        res["variants"] = {s: i["variant"] for s, i in info.items() if i["variant"]}
+    finally:
+        for w in ws:
+            w.close()
+    return res
+
+
+def compile_time(threads: int) -> dict:
+    """Seconds from import to the first train step, loss and step having run, with a cold
+    (fresh) and then a warm Numba cache, each in its own process."""
+    code = ("import time; t=time.perf_counter()\n"
+            "import numpy as np\n"
+            "from charrnn.backends.cpu import CpuBackend\n"
+            "from charrnn.model import ModelConfig, init_params\n"
+            "from charrnn.optim import Optimizer\n"
+            "cfg=ModelConfig(vocab_size=65, hidden=128, layers=2)\n"
+            "be=CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))\n"
+            "x=np.zeros((50,50),np.int64); s=be.zero_state(50)\n"
+            "be.train_step(x,x,s); be.optimizer_step(Optimizer('adam', be.p.flat.size), 1e-3, ('norm',5.0))\n"
+            "be.loss(x[:,:1],x[:,:1],be.zero_state(1)); be.step(x[0,:1], be.zero_state(1))\n"
+            "print(time.perf_counter()-t)\n")
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, CHARRNN_THREADS=str(threads))
+        for label in ("cold", "warm"):
+            r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeError(r.stderr)
+            out[label] = float(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def sample_wall(threads: int, runs: int) -> list[float]:
+    """Wall seconds of whole `charrnn sample --length 200` processes on b's model, warm cache."""
+    import numpy as np
+    from charrnn import checkpoint as ckpt
+    from charrnn.corpus import Vocab
+    from charrnn.model import ModelConfig, init_params
+    layers, hidden, _, _ = CONFIGS["b"]
+    cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers)
+    chars = "\n" + "".join(chr(c) for c in range(32, 32 + VOCAB - 1))
+    exe = shutil.which("charrnn", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "charrnn"]
+    times = []
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "b.safetensors"
+        ckpt.save(path, ckpt.Checkpoint(config=cfg, vocab=Vocab(chars=chars),
+                                        params=init_params(cfg, np.random.default_rng(0))))
+        env = dict(os.environ, CHARRNN_THREADS=str(threads))
+        for i in range(runs + 1):                        # the first run warms the cache
+            t = time.perf_counter()
+            r = subprocess.run(cmd + ["sample", str(path), "--length", "200", "--seed", "1"],
+                               env=env, cwd=d, capture_output=True)
+            if r.returncode:
+                raise RuntimeError(r.stderr.decode())
+            if i:
+                times.append(time.perf_counter() - t)
+    return times
+
+
+# ================================================================ the report
+def fmt_rate(v: list[float]) -> str:
+    med = statistics.median(v)
+    if len(v) == 1:
+        return f"{med:,.0f}"
+    return f"{med:,.0f} ({min(v):,.0f}–{max(v):,.0f})"
+
+
+def table(results: dict, torch_version: str | None) -> str:
+    rows = ["| config | threads | metric | charrnn, median (min–max) | PyTorch, median (min–max) | ratio | target |",
+            "|---|---|---|---|---|---|---|"]
+    labels = {"train": "train chars/s", "eval": "eval chars/s (B=1)", "sample1": "sample chars/s, B=1",
+              "sample64": "sample chars/s, B=64", "rss": "peak RSS MB"}
+    for (name, threads), res in results.items():
+        layers, hidden, T, B = CONFIGS[name]
+        desc = f"{name}: {layers}x{hidden} T{T} B{B}"
+        for metric in ("train", "eval", "sample1", "sample64", "rss"):
+            if metric not in res:
+                continue
+            cr = res[metric].get("charrnn")
+            pt = res[metric].get("pytorch")
+            ratio = "–"
+            if cr and pt:
+                r = statistics.median(cr) / statistics.median(pt)
+                ratio = f"{1 / r:.2f}x less" if metric == "rss" else f"{r:.2f}x"
+            target = TARGETS.get((metric, name)) if threads == 2 else None
+            tgt = f"≥{target}x" if target else ("≤1x" if metric == "rss" and threads == 2 else "")
+            if target and cr and pt:
+                tgt += " ✓" if statistics.median(cr) / statistics.median(pt) >= target else " ✗"
+            if metric == "rss" and cr and pt and threads == 2:
+                tgt += " ✓" if cr[0] <= pt[0] else " ✗"
+            pt_s = fmt_rate(pt) if pt else ("skipped (no torch)" if not torch_version else "–")
+            label = labels[metric]
+            if metric == "train" and cr:
+                gf = statistics.median(cr) * train_flops_per_char(layers, hidden) / 1e9
+                label += f"; charrnn {gf:.0f} GFLOP/s = {gf / FMA_PEAK_2C:.0%} of {FMA_PEAK_2C:.0f}"
+                if pt:
+                    gp = statistics.median(pt) * train_flops_per_char(layers, hidden) / 1e9
+                    label += f", PyTorch {gp:.0f}"
+            rows.append(f"| {desc} | {threads} | {label} | {fmt_rate(cr) if cr else '–'} | {pt_s} | {ratio} | {tgt} |")
+        for side, v in res.get("variants", {}).items():
+            rows.append(f"| {desc} | {threads} | {side} paths chosen | | {', '.join(f'{k}: {x}' for k, x in v.items())} | | |")
+    return "\n".join(rows)
+
+
+def machine() -> str:
+    model = platform.processor() or "?"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        m = re.search(r"Model name:\s*(.+)", out)
+        c = re.search(r"^CPU\(s\):\s*(\d+)", out, re.M)
+        model = f"{m.group(1).strip()} ({c.group(1)} CPUs)" if m and c else model
+    except OSError:
+        pass
+    return model
+
+
+def versions(torch_version: str | None) -> str:
+    import numba
+    import numpy
+    import charrnn
+    return (f"charrnn {charrnn.__version__}, Python {platform.python_version()}, NumPy {numpy.__version__}, "
+            f"Numba {numba.__version__}, PyTorch {torch_version or 'not installed'}")
+
+
+def write_results(text: str) -> None:
+    path = ROOT / "bench" / "RESULTS.md"
+    start, end = "<!-- cpu-speed:start -->", "<!-- cpu-speed:end -->"
+    block = f"{start}\n{text.strip()}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is owned by the issue it names.\n"
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--threads", default="2,1", help="comma-separated thread counts")
+    ap.add_argument("--quick", action="store_true", help="fewer, shorter windows; no wall-time runs")
+    ap.add_argument("--no-torch", action="store_true", help="run the charrnn side only")
+    ap.add_argument("--write", action="store_true", help="replace the CPU speed section of bench/RESULTS.md")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        return worker_main(*a.worker)
+    configs = [c for c in a.configs.split(",") if c]
+    bad = [c for c in configs if c not in CONFIGS]
+    if bad:
+        ap.error(f"unknown config {bad[0]!r} (choose from {', '.join(CONFIGS)})")
+    threads = [int(t) for t in a.threads.split(",")]
+    torch_version = None if a.no_torch else have_torch()
+    sides = ["charrnn"] + (["pytorch"] if torch_version else [])
+    if not torch_version:
+        print("PyTorch not installed (pip install torch==2.13.0): its side is skipped", file=sys.stderr)
+    t0 = time.perf_counter()
+    results = {}
+    for n in threads:
+        for c in configs:
+            print(f"config {c}, {n} thread(s)...", file=sys.stderr, flush=True)
+            results[(c, n)] = run_config(c, n, sides, a.quick)
+    extra = []
+    if not a.quick:
+        print("compile time and sample wall time...", file=sys.stderr, flush=True)
+        ct = compile_time(threads[0])
+        walls = sample_wall(threads[0], 3)
+        extra = [f"- First call (import, build, first train step + loss + step on config a), cold Numba cache: "
+                 f"{ct['cold']:.1f} s; warm cache: {ct['warm']:.2f} s.",
+                 f"- Warm-cache `charrnn sample --length 200` on b's model (2x512), whole process wall time, "
+                 f"{threads[0]} threads: median {statistics.median(walls):.2f} s "
+                 f"(min {min(walls):.2f}, max {max(walls):.2f}; target ≤ 1.5 s)."]
+    cmd = "flock /tmp/charrnn-cpu.lock .venv/bin/python bench/speed.py " + " ".join(sys.argv[1:])
+    out = "\n".join([
+        "## CPU speed (issue 4)", "",
+        f"Produced by `{cmd.strip()}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{time.perf_counter() - t0:.0f} s.",
+        f"Machine: {machine()}. {versions(torch_version)}.",
+        "Vocabulary 65, one-hot input, LSTM, Adam, clip by global norm 5, float32. Ratios are charrnn / PyTorch "
+        "from the same run (windows alternated); targets apply at 2 threads. GFLOP/s counts the useful "
+        f"multiply-adds of a training character (one-hot gather excluded) against the {FMA_PEAK_2C:.0f} GFLOP/s "
+        "2-core FMA peak of issue 4.", "",
+        table(results, torch_version), "", *extra])
+    print(out)
+    if a.write:
+        write_results(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,490 @@
+"""Numba kernels of the CPU backend: BLAS from inside @njit, vectorised gate math, fused loops.
+
+- `gemm` calls NumPy's own OpenBLAS (the library NumPy ships, found next to it) from nopython
+  code, so a whole window's time loop, products included, runs in one compiled call with no
+  Python between steps. Without that library a plain loop stands in (slow, same results).
+- `vexp`/`vexpm1` are exp and exp-1 written as plain float arithmetic (range reduction by
+  ln 2, a degree-7 Taylor polynomial, 2^n assembled in an int32 buffer viewed as float32), so
+  LLVM vectorises them; there is no SVML here. Float32 only: float64 (the tests' dtype) uses
+  math.exp/math.expm1, exact to rounding.
+- sigmoid(a) = 1 / (2 + expm1(-a)) and tanh(a) = e / (e + 2) with e = expm1(2a): one primitive
+  for both, accurate near zero.
+Every kernel is serial (the calling thread); the cores belong to BLAS, whose thread count
+`set_blas_threads` sets. Serial loops also keep every float reduction in a fixed order.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import math
+import os
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+TANH, SOFTSIGN = 0, 1
+
+# ---------------------------------------------------------------- NumPy's OpenBLAS, from nopython code
+_BLAS = None
+
+
+def _find_openblas():
+    """NumPy wheels ship scipy-openblas (ILP64) in numpy.libs; returns (dll, symbol prefix/suffix)."""
+    base = os.path.dirname(os.path.dirname(np.__file__))
+    for pattern, pre, suf in (("numpy.libs/libscipy_openblas64_*.so*", "scipy_", "64_"),
+                              ("numpy.libs/libscipy_openblas*.so*", "scipy_", ""),
+                              ("numpy/.dylibs/libscipy_openblas64_*.dylib", "scipy_", "64_")):
+        for path in sorted(glob.glob(os.path.join(base, pattern))):
+            try:
+                dll = ctypes.CDLL(path)
+                getattr(dll, f"{pre}cblas_sgemm{suf}")
+                return dll, pre, suf
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+_found = _find_openblas()
+HAVE_BLAS = _found is not None and _found[2] == "64_"   # the signatures below take 64-bit ints
+if HAVE_BLAS:
+    import llvmlite.binding as _ll
+    _BLAS, _pre, _suf = _found
+    for _mine, _theirs in (("charrnn_sgemm", "cblas_sgemm"), ("charrnn_dgemm", "cblas_dgemm")):
+        _ll.add_symbol(_mine, ctypes.cast(getattr(_BLAS, f"{_pre}{_theirs}{_suf}"), ctypes.c_void_p).value)
+
+_i32, _i64, _vp = types.int32, types.int64, types.voidptr
+_sgemm = types.ExternalFunction("charrnn_sgemm", types.void(
+    _i32, _i32, _i32, _i64, _i64, _i64, types.float32, _vp, _i64, _vp, _i64, types.float32, _vp, _i64))
+_dgemm = types.ExternalFunction("charrnn_dgemm", types.void(
+    _i32, _i32, _i32, _i64, _i64, _i64, types.float64, _vp, _i64, _vp, _i64, types.float64, _vp, _i64))
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count at run time; False when NumPy's OpenBLAS was not found."""
+    if _BLAS is None:
+        return False
+    fn = getattr(_BLAS, f"{_pre}openblas_set_num_threads{_suf}", None)
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_int64 if _suf == "64_" else ctypes.c_int]
+    fn(int(n))
+    return True
+
+
+def gemm(a, b, c, ta, tb, beta):
+    """c = op(a) @ op(b) + beta * c, op = transpose when ta/tb; 2-D arrays with unit column stride."""
+
+
+@overload(gemm)
+def _gemm_impl(a, b, c, ta, tb, beta):
+    if HAVE_BLAS:
+        f = _sgemm if a.dtype == types.float32 else _dgemm
+
+        def blas(a, b, c, ta, tb, beta):
+            M, N = c.shape
+            K = a.shape[0] if ta else a.shape[1]
+            if M == 0 or N == 0:
+                return
+            sz = a.itemsize
+            f(np.int32(101), np.int32(112 if ta else 111), np.int32(112 if tb else 111), M, N, K,
+              a.dtype.type(1.0), a.ctypes.data, max(a.strides[0] // sz, 1), b.ctypes.data,
+              max(b.strides[0] // sz, 1), c.dtype.type(beta), c.ctypes.data, max(c.strides[0] // sz, 1))
+        return blas
+
+    def loops(a, b, c, ta, tb, beta):
+        A = a.T if ta else a
+        Bm = b.T if tb else b
+        for m in range(c.shape[0]):
+            for n in range(c.shape[1]):
+                s = c.dtype.type(0.0)
+                for k in range(A.shape[1]):
+                    s += A[m, k] * Bm[k, n]
+                c[m, n] = s + (c[m, n] * beta if beta != 0 else 0)
+    return loops
+
+
+SMALL_M = 4   # products with at most this many rows run on the calling thread
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def mm(a, b, c, beta):
+    """c = a @ b + beta * c. A few rows (sampling, one-stream evaluation) are a memory-bound
+    pass over b, done here on one thread: waking BLAS threads for it costs more than it saves
+    and, on a busy machine, waits for a descheduled thread. Larger products go to BLAS."""
+    M, N = c.shape
+    if M > SMALL_M:
+        gemm(a, b, c, False, False, beta)
+        return
+    f = c.dtype.type
+    for m in range(M):
+        if beta == 0:
+            for n in range(N):
+                c[m, n] = f(0.0)
+        for k in range(a.shape[1]):
+            x = a[m, k]
+            for n in range(N):
+                c[m, n] += x * b[k, n]
+
+
+# ---------------------------------------------------------------- vectorisable exp and expm1
+def _reduce(v, q, ib):
+    """v = n ln2 + r, |r| <= ln2/2: q = e^r - 1 by Taylor, ib = the bits of 2^n as float32."""
+    f = v.dtype.type
+    for k in range(v.size):
+        x = min(max(v[k], f(-87.0)), f(88.0))
+        n = np.floor(x * f(1.4426950408889634) + f(0.5))
+        r = (x - n * f(0.693145751953125)) - n * f(1.428606765330187e-06)
+        q[k] = r * (f(1.0) + r * (f(0.5) + r * (f(1 / 6) + r * (f(1 / 24) + r * (
+            f(1 / 120) + r * (f(1 / 720) + r * f(1 / 5040)))))))
+        ib[k] = (np.int32(n) + np.int32(127)) << np.int32(23)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _exp_fast(v, q, ib, m):
+    """v = e^v - m (m 0 or 1), as 2^n q + (2^n - m): no cancellation near zero for expm1."""
+    _reduce_jit(v, q, ib)
+    s = ib[:v.size].view(np.float32)
+    for k in range(v.size):
+        v[k] = s[k] * q[k] + (s[k] - m)
+
+
+_reduce_jit = njit(inline="always", fastmath=True, error_model="numpy")(_reduce)
+
+
+def vexp_m(v, q, ib, m):
+    """v[:] = exp(v) - m in place, m 0 (exp) or 1 (expm1); q, ib: float and int32 work
+    buffers at least as long as v."""
+
+
+@overload(vexp_m)
+def _vexp_m_impl(v, q, ib, m):
+    if v.dtype == types.float32:
+        return lambda v, q, ib, m: _exp_fast(v, q, ib, np.float32(m))
+
+    def exact(v, q, ib, m):
+        for k in range(v.size):
+            v[k] = math.expm1(v[k]) if m else math.exp(v[k])
+    return exact
+
+
+@njit(inline="always", error_model="numpy")
+def vexpm1(v, q, ib):
+    vexp_m(v, q, ib, 1)
+
+
+@njit(inline="always", error_model="numpy")
+def vexp(v, q, ib):
+    vexp_m(v, q, ib, 0)
+
+
+# ---------------------------------------------------------------- LSTM
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _lstm_cells(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib):
+    """The LSTM cell for B sequences: a (B,4H) holds the pre-activations without bias and
+    becomes the activations i, f, g, o; writes c, act(c), h (B,H). v (B,4H), w (B,H)
+    and q, ib (B*4H) are work buffers. Whole-array indexing, no per-row views: a view costs reference
+    counting, and short loops over few arrays are what LLVM vectorises."""
+    B, G = a.shape
+    H = G // 4
+    f = a.dtype.type
+    one, two = f(1.0), f(2.0)
+    for bi in range(B):
+        for j in range(G):
+            x = a[bi, j] + bias[j]
+            a[bi, j] = x
+            v[bi, j] = -x
+        if kind == TANH:
+            for j in range(2 * H, 3 * H):
+                v[bi, j] = two * a[bi, j]
+    vexpm1(v.reshape(B * G), q, ib)
+    for bi in range(B):
+        if kind == TANH:
+            for j in range(2 * H, 3 * H):
+                e = v[bi, j]
+                a[bi, j] = e / (e + two)
+        else:
+            for j in range(2 * H, 3 * H):
+                x = a[bi, j]
+                a[bi, j] = x / (one + abs(x))
+        for j in range(2 * H):
+            a[bi, j] = one / (two + v[bi, j])
+        for j in range(3 * H, G):
+            a[bi, j] = one / (two + v[bi, j])
+        for j in range(H):
+            c = a[bi, H + j] * c_prev[bi, j] + a[bi, j] * a[bi, 2 * H + j]
+            c_out[bi, j] = c
+            w[bi, j] = two * c
+    if kind == TANH:
+        vexpm1(w.reshape(B * H), q, ib)
+        for bi in range(B):
+            for j in range(H):
+                e = w[bi, j]
+                t = e / (e + two)
+                tc_out[bi, j] = t
+                h_out[bi, j] = a[bi, 3 * H + j] * t
+    else:
+        for bi in range(B):
+            for j in range(H):
+                c = c_out[bi, j]
+                t = c / (one + abs(c))
+                tc_out[bi, j] = t
+                h_out[bi, j] = a[bi, 3 * H + j] * t
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def lstm_forward(gates, bias, Wh, hs, cs, tcs, kind):
+    """A window's time loop. gates (T,B,4H) holds the input projections without bias and
+    becomes the activations; hs, cs (T+1,B,H) hold the carried state at [0]; fills the rest."""
+    T, B, G = gates.shape
+    H = G // 4
+    v = np.empty((B, G), gates.dtype)
+    w = np.empty((B, H), gates.dtype)
+    q = np.empty(B * G, gates.dtype)
+    ib = np.empty(B * G, np.int32)
+    for t in range(T):
+        a = gates[t]
+        mm(hs[t], Wh, a, 1.0)
+        _lstm_cells(a, bias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], v, w, q, ib)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def lstm_backward(dh_out, Wh, cs, gates, tcs, kind, da):
+    """The backward time loop: dh_out (T,B,H) is the gradient on each step's output; writes
+    da (T,B,4H), the gradient on the pre-activations. The state entering the window is
+    detached (truncated BPTT), so nothing flows out of step 0."""
+    T, B, H = dh_out.shape
+    f = da.dtype.type
+    one = f(1.0)
+    dh = np.zeros((B, H), da.dtype)
+    dc = np.zeros((B, H), da.dtype)
+    for t in range(T - 1, -1, -1):
+        g4, d4, cp, tc, dho = gates[t], da[t], cs[t], tcs[t], dh_out[t]
+        for bi in range(B):
+            if kind == TANH:
+                for j in range(H):
+                    y = tc[bi, j]
+                    d = dho[bi, j] + dh[bi, j]
+                    dcc = dc[bi, j] + d * g4[bi, 3 * H + j] * (one - y * y)
+                    dh[bi, j] = d
+                    dc[bi, j] = dcc
+            else:
+                for j in range(H):
+                    y = tc[bi, j]
+                    d = dho[bi, j] + dh[bi, j]
+                    dcc = dc[bi, j] + d * g4[bi, 3 * H + j] * ((one - abs(y)) * (one - abs(y)))
+                    dh[bi, j] = d
+                    dc[bi, j] = dcc
+            for j in range(H):
+                i, g = g4[bi, j], g4[bi, 2 * H + j]
+                d4[bi, j] = dc[bi, j] * g * i * (one - i)
+            for j in range(H):
+                fg = g4[bi, H + j]
+                d4[bi, H + j] = dc[bi, j] * cp[bi, j] * fg * (one - fg)
+            if kind == TANH:
+                for j in range(H):
+                    i, g = g4[bi, j], g4[bi, 2 * H + j]
+                    d4[bi, 2 * H + j] = dc[bi, j] * i * (one - g * g)
+            else:
+                for j in range(H):
+                    i, g = g4[bi, j], g4[bi, 2 * H + j]
+                    d4[bi, 2 * H + j] = dc[bi, j] * i * ((one - abs(g)) * (one - abs(g)))
+            for j in range(H):
+                o = g4[bi, 3 * H + j]
+                d4[bi, 3 * H + j] = dh[bi, j] * tc[bi, j] * o * (one - o)
+            for j in range(H):
+                dc[bi, j] *= g4[bi, H + j]
+        if t > 0:
+            gemm(d4, Wh, dh, False, True, 0.0)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind):
+    """One step of the whole model for sampling, every layer in this one call.
+    offs[l] = (Wx, Wh, b) offsets into flat; embed_off < 0 means one-hot input.
+    state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias."""
+    L, _, B, H = state.shape
+    G = 4 * H
+    V = logits.shape[1]
+    dt = flat.dtype
+    pre = np.empty((B, G), dt)
+    v = np.empty((B, G), dt)
+    w = np.empty((B, H), dt)
+    q = np.empty(B * G, dt)
+    ib = np.empty(B * G, np.int32)
+    tc = np.empty((B, H), dt)
+    for l in range(L):
+        o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
+        if l == 0 and embed_off < 0:
+            for bi in range(B):
+                r = o_x + codes[bi] * G
+                for j in range(G):
+                    pre[bi, j] = flat[r + j]
+        elif l == 0:
+            x = np.empty((B, embed), dt)
+            for bi in range(B):
+                r = embed_off + codes[bi] * embed
+                for j in range(embed):
+                    x[bi, j] = flat[r + j]
+            mm(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0)
+        else:
+            mm(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0)
+        mm(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0)
+        _lstm_cells(pre, flat[o_b:o_b + G], state[l, 1], kind, new_state[l, 1], tc, new_state[l, 0], v, w, q, ib)
+    mm(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0)
+    ob = out_w + H * V
+    for bi in range(B):
+        for k in range(V):
+            logits[bi, k] += flat[ob + k]
+
+
+# ---------------------------------------------------------------- input and output sides
+@njit(cache=True, error_model="numpy")
+def gather_rows(W, codes, out):
+    """out[n] = W[codes[n]]: a one-hot input product as a row gather."""
+    for n in range(codes.shape[0]):
+        out[n] = W[codes[n]]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def gather_bias(W, b, codes, out):
+    for n in range(codes.shape[0]):
+        row = W[codes[n]]
+        for j in range(out.shape[1]):
+            out[n, j] = row[j] + b[j]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def add_bias(out, b):
+    for n in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[n, j] += b[j]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def scatter_add_rows(G, codes, d):
+    """G[codes[n]] += d[n], rows in order."""
+    for n in range(codes.shape[0]):
+        row = G[codes[n]]
+        for j in range(d.shape[1]):
+            row[j] += d[n, j]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def colsum_add(g, d):
+    """g += d summed over rows, accumulated in float64 row by row (a fixed order)."""
+    s = np.zeros(d.shape[1])
+    for n in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            s[j] += d[n, j]
+    for j in range(d.shape[1]):
+        g[j] += s[j]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def softmax_xent(logits, y, scale, want_grad):
+    """Summed -log softmax(logits)[y] over rows; with want_grad, logits become scale*(p - onehot(y))."""
+    N, V = logits.shape
+    f = logits.dtype.type
+    v = np.empty(V, logits.dtype)
+    q = np.empty(V, logits.dtype)
+    ib = np.empty(V, np.int32)
+    total = 0.0
+    for n in range(N):
+        row = logits[n]
+        m = row[0]
+        for k in range(1, V):
+            m = max(m, row[k])
+        for k in range(V):
+            v[k] = row[k] - m
+        target = v[y[n]]
+        vexp(v, q, ib)
+        s = f(0.0)
+        for k in range(V):
+            s += v[k]
+        total += math.log(s) - target
+        if want_grad:
+            w = f(scale) / s
+            for k in range(V):
+                row[k] = v[k] * w
+            row[y[n]] -= f(scale)
+    return total
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def mul_inplace(a, m):
+    for n in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[n, j] *= m[n, j]
+
+
+# ---------------------------------------------------------------- GRU and RNN: per-step kernels
+@njit(cache=True, fastmath=True, error_model="numpy")
+def gru_fwd_step(xw, hw, bh, h_prev, kind, gates, hn, h):
+    B, H = h.shape
+    f = h.dtype.type
+    one = f(1.0)
+    for bi in range(B):
+        for j in range(H):
+            r = one / (one + math.exp(-(xw[bi, j] + hw[bi, j])))
+            z = one / (one + math.exp(-(xw[bi, H + j] + hw[bi, H + j])))
+            qq = hw[bi, 2 * H + j] + bh[j]
+            a = xw[bi, 2 * H + j] + r * qq
+            n = math.tanh(a) if kind == TANH else a / (one + abs(a))
+            gates[bi, j] = r
+            gates[bi, H + j] = z
+            gates[bi, 2 * H + j] = n
+            hn[bi, j] = qq
+            h[bi, j] = (one - z) * n + z * h_prev[bi, j]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def gru_bwd_step(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw, carry):
+    """Writes dxw, dhw (B, 3H) and carry = dh * z, the direct path to h_prev."""
+    B, H = h_prev.shape
+    f = h_prev.dtype.type
+    one = f(1.0)
+    for bi in range(B):
+        for j in range(H):
+            r = gates[bi, j]
+            z = gates[bi, H + j]
+            n = gates[bi, 2 * H + j]
+            dh = dh_out[bi, j] + dh_next[bi, j]
+            dn = one - n * n if kind == TANH else (one - abs(n)) * (one - abs(n))
+            dan = dh * (one - z) * dn
+            dar = dan * hn[bi, j] * r * (one - r)
+            daz = dh * (h_prev[bi, j] - n) * z * (one - z)
+            dxw[bi, j] = dar
+            dxw[bi, H + j] = daz
+            dxw[bi, 2 * H + j] = dan
+            dhw[bi, j] = dar
+            dhw[bi, H + j] = daz
+            dhw[bi, 2 * H + j] = dan * r
+            carry[bi, j] = dh * z
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def rnn_fwd_step(xw, hw, kind, h):
+    B, H = h.shape
+    f = h.dtype.type
+    for bi in range(B):
+        for j in range(H):
+            a = xw[bi, j] + hw[bi, j]
+            h[bi, j] = math.tanh(a) if kind == TANH else a / (f(1.0) + abs(a))
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def rnn_bwd_step(dh_out, dh_next, h, kind, da):
+    B, H = h.shape
+    f = h.dtype.type
+    one = f(1.0)
+    for bi in range(B):
+        for j in range(H):
+            y = h[bi, j]
+            d = one - y * y if kind == TANH else (one - abs(y)) * (one - abs(y))
+            da[bi, j] = (dh_out[bi, j] + dh_next[bi, j]) * d
+
+
+_threads = os.environ.get("CHARRNN_THREADS", "").strip()
+if _threads.isdigit() and int(_threads) > 0:
+    set_blas_threads(int(_threads))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from typing import Callable, Iterator
 
 import numpy as np
@@ -32,6 +33,7 @@ from charrnn.optim import Optimizer
 CELL_CODE = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
 # small launches (one step at batch 1) are the point here, not a mistake to warn the user about
 _numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
 
 # tile shapes (TM, TN, TK, RM, RN): large products, small products (a recurrent step), and
 # the simulator's (16 threads a block, so the Python-threaded simulator stays quick)

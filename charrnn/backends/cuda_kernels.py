@@ -15,6 +15,7 @@ them all takes a while); the tile factories' kernels and the grid-synced samplin
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from numba import cuda, float32, float64, int64, uint64
@@ -35,6 +36,8 @@ RED = 32 if _SIM else 256          # reductions: threads per block (a power of t
 NW = RED // 32                     # warps in a reduction block
 CS_ROWS = 2 if _SIM else 8         # row lanes of the column-sum kernel
 NORM_BLOCKS = 4 if _SIM else 128   # blocks of the first pass of the squared-norm reduction
+if _SIM:   # the simulator runs the hash on NumPy scalars, which warn on the wrap-around it relies on
+    warnings.filterwarnings("ignore", r"overflow encountered in scalar", RuntimeWarning, __name__)
 
 
 def blocks(n: int, threads: int = THREADS) -> int:

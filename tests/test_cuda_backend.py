@@ -96,7 +96,7 @@ def test_two_one_hot_layers_without_dropout_match_reference():
 
 
 @needs_cuda
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_one_launch_per_step_matches_reference(cell):
     # the stand-in where cooperative launches (the persistent time loop) are not available
     _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2, persistent=False)
@@ -148,9 +148,8 @@ def test_state_can_stay_on_the_device_between_windows():
 
 # ---------------------------------------------------------------- optimizers and clipping
 @needs_cuda
-@pytest.mark.parametrize("name,clip,decay", [("adam", ("norm", 0.5), (0.01, 0.001)), ("adam", ("none", 0.0), (0, 0)),
-                                             ("rmsprop", ("value", 0.05), (0, 0)), ("adagrad", ("norm", 100.0), (0.1, 0)),
-                                             ("nesterov", ("value", 0.1), (0, 0.01))])
+@pytest.mark.parametrize("name,clip,decay", [("adam", ("norm", 0.5), (0.01, 0.001)), ("rmsprop", ("value", 0.05), (0, 0)),
+                                             ("adagrad", ("none", 0.0), (0.1, 0)), ("nesterov", ("value", 0.1), (0, 0.01))])
 def test_optimizer_steps_match_optim(name, clip, decay):
     from charrnn.optim import Optimizer, clip_
     cfg = ModelConfig(vocab_size=4, hidden=2, layers=1)

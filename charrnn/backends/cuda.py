@@ -103,6 +103,7 @@ class CudaBackend:
         self._opt = None
         self._opt_dev: dict = {}
         self._sampler = None
+        self._step_bufs = None
         self.persistent = persistent and _persistent_ok[0] is not False
         self._dummy3 = cuda.to_device(np.zeros((1, 1, 1), np.float32))
         _warm_up(self, notify)
@@ -464,7 +465,9 @@ class CudaBackend:
         out = cuda.device_array(st.shape, np.float32)
         dst = self._layer_views(out)
         self._sample_layers(self._sample_weights(), cuda.to_device(codes), self._layer_views(st), dst)
-        ob = self._out_buffers(B, 1)
+        if self._step_bufs is None or self._step_bufs["codes"].shape[0] != B:
+            self._step_bufs = self._out_buffers(B, 1)          # reused: step() runs once a character
+        ob = self._step_bufs
         K.sample_out[B, K.RED](self.P["out.W"], self.P["out.b"], dst[-1][0], ob["logits"], ob["probs"],
                                1.0, 0, ob["u"], 0, 0, ob["codes"], ob["hist"], ob["logp"])
         return ob["logits"].copy_to_host(), DeviceState(out)

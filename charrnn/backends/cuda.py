@@ -3,13 +3,16 @@
 Parameters, gradients, optimizer moments, carried state and the current window live on the
 device. Per training step the window's codes go up and the loss scalar (and the gradient norm)
 come back; nothing else crosses. The flow per layer and window follows the CPU backend: the
-input products of all T steps are one GEMM (a row gather for one-hot input), each step one
-recurrent GEMM and one fused gate kernel, and after the backward time loop the weight gradients
-are one GEMM each over the whole window.
+input products of all T steps are one GEMM (a row gather for one-hot input); then the time loop,
+and after the backward time loop the weight gradients are one GEMM each over the whole window.
+The time loop is one persistent cooperative launch per layer and direction (recurrent product
+fused with the gates, steps separated by a grid barrier); where cooperative launches are not
+available it falls back to a recurrent GEMM and a fused gate kernel per step.
 
-Sampling has its own fused path: per step and layer one kernel does both matrix-vector products
-and the gates, and one more scores the vocabulary and draws the next code on the device; codes
-come back in chunks (`generate`), or logits each step (`step`, the generic contract).
+Sampling has its own fused path: `generate` runs whole steps (every layer's matrix-vector
+products and gates, then scoring, temperature, top-k and the draw) in one cooperative launch
+per chunk of characters, and only the codes come home; `step` (the generic contract) returns
+logits each step.
 
 Checkpoints stay device-neutral: `params_host()` returns host float32 (and brings the optimizer
 moments home into the Optimizer's own arrays), so a GPU run's weights load on the CPU bit for bit.

@@ -7,6 +7,9 @@ Three ways these run:
     a subprocess (the simulator must be switched on before numba.cuda is first imported);
   - on a GPU machine (bench/gpu_check.sh): the same tests in-process, plus the `gpu` ones with
     the production tile shapes on sizes that cross tile edges.
+Without the simulator, every kernel is also compiled to sm_90 PTX with the types the backend
+passes (where NVVM is installed, e.g. pip's nvidia-cuda-nvcc-cu12), since the simulator never
+type-checks a kernel.
 """
 import os
 import subprocess

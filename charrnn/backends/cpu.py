@@ -63,7 +63,8 @@ class CpuBackend:
                    "hs": [np.empty((T + 1, B, H), dt) for _ in range(L)],
                    "cs": [np.empty((T + 1, B, H), dt) for _ in range(L)],
                    "tcs": [np.empty((T, B, H), dt) for _ in range(L)],
-                   "logits": np.empty((T * B, cfg.vocab_size), dt)}
+                   "logits": np.empty((T * B, cfg.vocab_size), dt),
+                   "da": np.empty((T, B, G), dt), "dinp": np.empty((T * B, H), dt)}
             while len(self._bufs) >= 2:
                 self._bufs.pop(next(iter(self._bufs)))
         self._bufs[key] = buf
@@ -179,10 +180,13 @@ class CpuBackend:
         g.flat[:] = 0
         np.dot(top.T, dlogits, out=g["out.W"])
         K.colsum_add(g["out.b"], dlogits)
-        dinp = np.dot(dlogits, p["out.W"].T)
         if cfg.cell == "lstm":
-            da = np.empty((T, B, 4 * H), dt)
+            buf = self._buffers(T, B)
+            da, dinp = buf["da"], buf["dinp"]
             da2 = da.reshape(T * B, 4 * H)
+            np.dot(dlogits, p["out.W"].T, out=dinp)
+        else:
+            dinp = np.dot(dlogits, p["out.W"].T)
         for l in reversed(range(cfg.layers)):
             inp, hs, cc = layers[l]
             Wx, Wh = p[f"l{l}.Wx"], p[f"l{l}.Wh"]
@@ -200,7 +204,10 @@ class CpuBackend:
                 K.scatter_add_rows(g[f"l{l}.Wx"], codes, dxw2)
             else:
                 np.dot(inp.T, dxw2, out=g[f"l{l}.Wx"])
-                dinp = np.dot(dxw2, Wx.T)
+                if l > 0 and cfg.cell == "lstm":
+                    np.dot(dxw2, Wx.T, out=dinp)      # dinp is consumed: reuse it
+                else:
+                    dinp = np.dot(dxw2, Wx.T)
         if cfg.embed:
             K.scatter_add_rows(g["embed"], codes, dinp)
         return float(loss), new_state

@@ -117,11 +117,17 @@ def mm(a, b, c, beta):
         gemm(a, b, c, False, False, beta)
         return
     f = c.dtype.type
+    Kd = a.shape[1]
+    K4 = Kd - Kd % 4
     for m in range(M):
         if beta == 0:
             for n in range(N):
                 c[m, n] = f(0.0)
-        for k in range(a.shape[1]):
+        for k in range(0, K4, 4):          # four rows of b per pass over c: fewer loads and stores of c
+            x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
+            for n in range(N):
+                c[m, n] += x0 * b[k, n] + x1 * b[k + 1, n] + x2 * b[k + 2, n] + x3 * b[k + 3, n]
+        for k in range(K4, Kd):
             x = a[m, k]
             for n in range(N):
                 c[m, n] += x * b[k, n]

@@ -12,6 +12,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as _np
+
+# numba-cuda releases up to at least 0.2x register an overload for np.row_stack, which NumPy 2.4
+# removed; without the alias their first kernel compile fails with AttributeError. Harmless
+# elsewhere: it only names an existing function.
+if not hasattr(_np, "row_stack"):
+    _np.row_stack = _np.vstack
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

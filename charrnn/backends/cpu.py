@@ -34,7 +34,7 @@ class CpuBackend:
 
     def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None):
         self._setup(cfg, params)
-        _warm_up(cfg, self.dtype, notify)
+        self._notify = notify
 
     def _setup(self, cfg: ModelConfig, params: Params) -> None:
         self.cfg = cfg
@@ -51,6 +51,7 @@ class CpuBackend:
         self._embed_off = where.get("embed", -1)
         self._out_off = where["out.W"]
         self._bufs: dict = {}
+        self._notify = None
 
     # -- work buffers, kept per window shape (the two most recent) -------------------------
     def _buffers(self, T: int, B: int) -> dict:
@@ -159,6 +160,7 @@ class CpuBackend:
         return logits, new_state, layers, inp
 
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
+        _warm_up(self, "loss")
         state = np.ascontiguousarray(state, dtype=self.dtype)
         logits, new_state, _, _ = self._forward(x, state, None, keep=False)
         loss = K.softmax_xent(logits, np.ascontiguousarray(y.reshape(-1), dtype=np.int64), 1.0, False)
@@ -166,6 +168,7 @@ class CpuBackend:
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state: np.ndarray,
                    dropout_seed: int = 0) -> tuple[float, np.ndarray]:
+        _warm_up(self, "train_step")
         cfg, p, g = self.cfg, self.p, self.grad
         T, B = x.shape
         H, dt = cfg.hidden, self.dtype
@@ -239,6 +242,7 @@ class CpuBackend:
 
     # -- one step, for sampling ---------------------------------------------------------
     def step(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _warm_up(self, "step")
         codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
         state = np.ascontiguousarray(state, dtype=self.dtype)
         if self.cfg.cell != "lstm":
@@ -252,6 +256,7 @@ class CpuBackend:
 
     # -- update ----------------------------------------------------------------------------
     def optimizer_step(self, opt: Optimizer, lr: float, clip: tuple[str, float]) -> float:
+        _warm_up(self, "optimizer_step")
         norm = clip_(self.grad.flat, clip[0], clip[1])
         opt.step(self.p.flat, self.grad.flat, lr)
         return norm
@@ -266,12 +271,15 @@ class CpuBackend:
 _warmed: set = set()
 
 
-def _warm_up(cfg: ModelConfig, dtype, notify) -> None:
-    """Run this model's kernels once on tiny inputs so compilation (or loading the on-disk
-    cache) happens up front; if that takes long, say so on stderr instead of looking hung."""
-    key = (np.dtype(dtype).str, cfg.cell, cfg.embed > 0)
+def _warm_up(be: CpuBackend, path: str) -> None:
+    """Before a path's first real call in this process, run it once on a tiny model so its
+    kernels compile (or load from the on-disk cache) up front, and say so on stderr if that
+    takes long instead of looking hung. Per path, so `charrnn sample` loads only what it uses."""
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0)
     if key in _warmed:
         return
+    _warmed.add(key)                   # first, so the tiny model's own calls do not recurse
+    notify = be._notify
     done = threading.Event()
 
     def tell():
@@ -282,21 +290,21 @@ def _warm_up(cfg: ModelConfig, dtype, notify) -> None:
     watcher.start()
     t0 = time.perf_counter()
     from charrnn.model import ModelConfig as MC, init_params
-    from charrnn.optim import Optimizer as Opt, clip_ as clip
-    tiny = MC(vocab_size=3, hidden=2, layers=2, cell=cfg.cell, embed=2 if cfg.embed else 0)
-    be = CpuBackend.__new__(CpuBackend)
-    be._setup(tiny, init_params(tiny, np.random.default_rng(0), dtype))
+    from charrnn.optim import Optimizer as Opt
+    tiny = MC(vocab_size=3, hidden=2, layers=2, cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
+              dropout=0.5 if be.cfg.dropout else 0.0)
+    tb = CpuBackend.__new__(CpuBackend)
+    tb._setup(tiny, init_params(tiny, np.random.default_rng(0), be.dtype))
     x = np.zeros((2, 1), np.int64)
-    for kind in (TANH, SOFTSIGN):
-        be.kind = kind
-        be.train_step(x, x, be.zero_state(1))
-        be.loss(x, x, be.zero_state(1))
-        be.step(x[0], be.zero_state(1))
-    for name in ("adam", "rmsprop", "adagrad", "nesterov"):
-        Opt(name, be.p.flat.size, dtype, weight_decay=1e-9).step(be.p.flat, be.grad.flat, 0.0)
-    clip(be.grad.flat, "norm", 1.0)
-    K.mul_inplace(be.grad.flat.reshape(1, -1), np.ones((1, be.grad.flat.size), dtype))
+    if path == "train_step":
+        tb.train_step(x, x, tb.zero_state(1))
+    elif path == "loss":
+        tb.loss(x, x, tb.zero_state(1))
+    elif path == "step":
+        tb.step(x[0], tb.zero_state(1))
+    else:
+        for name in ("adam", "rmsprop", "adagrad", "nesterov"):
+            tb.optimizer_step(Opt(name, tb.p.flat.size, be.dtype, weight_decay=1e-9), 0.0, ("norm", 1.0))
     done.set()
-    _warmed.add(key)
     if notify and time.perf_counter() - t0 > 0.7:
         notify(f"kernels ready ({time.perf_counter() - t0:.0f} s; cached for next time)")

@@ -59,6 +59,7 @@ class CharrnnSide:
     name = "charrnn"
 
     def __init__(self, layers, hidden, T, B, seed=0):
+        import charrnn  # noqa: F401  (first: it maps CHARRNN_THREADS before NumPy loads)
         import numpy as np
         from charrnn.backends.cpu import CpuBackend
         from charrnn.model import ModelConfig, init_params
@@ -452,6 +453,7 @@ def main() -> None:
     if not torch_version:
         print("PyTorch not installed (pip install torch==2.13.0): its side is skipped", file=sys.stderr)
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     results = {}
     for n in threads:
         for c in configs:
@@ -471,7 +473,8 @@ def main() -> None:
     out = "\n".join([
         "## CPU speed (issue 4)", "",
         f"Produced by `{cmd.strip()}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{time.perf_counter() - t0:.0f} s.",
+        f"{time.perf_counter() - t0:.0f} s; load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+        "end (the machine is shared: other work runs beside the benchmark).",
         f"Machine: {machine()}. {versions(torch_version)}.",
         "Vocabulary 65, one-hot input, LSTM, Adam, clip by global norm 5, float32. Ratios are charrnn / PyTorch "
         "from the same run (windows alternated); targets apply at 2 threads. GFLOP/s counts the useful "

@@ -62,14 +62,39 @@ _dgemm = types.ExternalFunction("charrnn_dgemm", types.void(
 
 def set_blas_threads(n: int) -> bool:
     """Set OpenBLAS's thread count at run time; False when NumPy's OpenBLAS was not found."""
-    if _BLAS is None:
-        return False
-    fn = getattr(_BLAS, f"{_pre}openblas_set_num_threads{_suf}", None)
+    fn = getattr(_BLAS, f"{_pre}openblas_set_num_threads{_suf}", None) if _BLAS is not None else None
     if fn is None:
         return False
     fn.argtypes = [ctypes.c_int64 if _suf == "64_" else ctypes.c_int]
     fn(int(n))
     return True
+
+
+def blas_threads() -> int:
+    """OpenBLAS's current thread count (1 when it was not found)."""
+    fn = getattr(_BLAS, f"{_pre}openblas_get_num_threads{_suf}", None) if _BLAS is not None else None
+    if fn is None:
+        return 1
+    fn.restype = ctypes.c_int
+    return int(fn())
+
+
+class blas_threads_at_most:
+    """Context manager: at most n BLAS threads inside (restored on exit)."""
+
+    def __init__(self, n: int):
+        self.n, self.old = n, None
+
+    def __enter__(self):
+        self.old = blas_threads()
+        if self.old > self.n:
+            set_blas_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old > self.n:
+            set_blas_threads(self.old)
+        return False
 
 
 def gemm(a, b, c, ta, tb, beta):

@@ -459,6 +459,7 @@ def main() -> None:
         for c in configs:
             print(f"config {c}, {n} thread(s)...", file=sys.stderr, flush=True)
             results[(c, n)] = run_config(c, n, sides, a.quick)
+            print(table({(c, n): results[(c, n)]}, torch_version), file=sys.stderr, flush=True)
     extra = []
     if not a.quick:
         print("compile time and sample wall time...", file=sys.stderr, flush=True)

@@ -44,6 +44,7 @@ TARGETS = {("train", "a"): 1.5, ("train", "b"): 1.0, ("train", "c"): 1.0, ("trai
            ("sample1", "b"): 6.0, ("sample64", "b"): 1.0}
 FMA_PEAK_2C = 199.0  # GFLOP/s, 2 cores, from an FMA loop (issue 4)
 EVAL_WINDOW = 256
+TEXT = 1 << 20          # evaluation text; a window reads at most half of it
 
 
 def train_flops_per_char(layers: int, hidden: int) -> float:
@@ -71,7 +72,7 @@ class CharrnnSide:
         self.T, self.B = T, B
         self.rng = np.random.default_rng(seed)
         self.state = self.be.zero_state(B)
-        self.text = self.rng.integers(0, VOCAB, 1 << 16)
+        self.text = self.rng.integers(0, VOCAB, TEXT)
 
     def train(self, steps):
         np = self.np
@@ -110,7 +111,7 @@ class TorchSide:
         self.T, self.B, self.L, self.H = T, B, layers, hidden
         self.state = (torch.zeros(layers, B, hidden), torch.zeros(layers, B, hidden))
         self.gen = torch.Generator().manual_seed(seed)
-        self.text = torch.randint(0, VOCAB, (1 << 16,), generator=self.gen)
+        self.text = torch.randint(0, VOCAB, (TEXT,), generator=self.gen)
         self.cells = nn.ModuleList(nn.LSTMCell(VOCAB if l == 0 else hidden, hidden) for l in range(layers))
         with torch.no_grad():
             for l, cell in enumerate(self.cells):
@@ -288,7 +289,7 @@ def run_config(name: str, threads: int, sides: list[str], quick: bool) -> dict:
     try:
         res["train"] = measure(ws, "train", lambda w, k: (k,), windows, target, pause)
         eval_chars = EVAL_WINDOW * 4
-        res["eval"] = measure(ws, "eval", lambda w, k: (eval_chars * k,), windows, target / 2, pause)
+        res["eval"] = measure(ws, "eval", lambda w, k: (min(eval_chars * k, TEXT // 2),), windows, target / 2, pause)
         if name == "b":
             for batch in (1, 64):
                 res[f"sample{batch}"] = measure(ws, "sample", lambda w, k, b=batch: (b, 20 * k),

@@ -65,21 +65,21 @@ def cli() -> None:
 # ---------------------------------------------------------------- train
 @cli.command(context_settings=CONTEXT)
 @click.argument("text", metavar="FILE")
-@click.option("--hidden", type=click.IntRange(1), default=256, show_default=True, help="Units per layer.")
+@click.option("--hidden", type=click.IntRange(1), default=128, show_default=True, help="Units per layer.")
 @click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="Stacked layers.")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", show_default=True)
 @click.option("--embed", type=click.IntRange(0), default=0, show_default=True,
               help="Size of a learned embedding; 0 feeds one-hot characters.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Inverted dropout between layers and before the output layer.")
 @click.option("--activation", type=click.Choice(["tanh", "softsign"]), default="tanh", show_default=True,
               help="The cell's squashing nonlinearity (gates stay sigmoid).")
 @click.option("--init", "init", type=click.Choice(["uniform", "xavier"]), default="xavier", show_default=True,
               help="uniform is U(-0.08, 0.08) as in char-rnn; xavier is Glorot uniform.")
 @click.option("--forget-bias", type=float, default=1.0, show_default=True, help="LSTM forget-gate bias at init.")
-@click.option("--seq-len", type=click.IntRange(1), default=100, show_default=True,
+@click.option("--seq-len", type=click.IntRange(1), default=50, show_default=True,
               help="Steps per window (truncated BPTT length).")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Parallel streams.")
+@click.option("--batch-size", type=click.IntRange(1), default=50, show_default=True, help="Parallel streams.")
 @click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option("--test-frac", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "rmsprop", "adagrad", "nesterov"]), default="adam",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -47,6 +48,39 @@ def _device(name: str, announce: bool = True) -> str:
     if name == "auto" and (announce or dev != "cpu"):
         say(f"device: {dev}")
     return dev
+
+
+def _compile_notices(tell: Callable[[str], None]) -> Callable[[str], None]:
+    """A backend `notify` that speaks only once Numba really compiles. The CPU backend's notices
+    are timed (0.7 s), and loading cached kernels on a busy machine can take that long, which must
+    not put "compiling" on the stderr of `charrnn sample | head`. A notice held back is said when
+    the first compilation starts; Numba raises no compile event for a cache hit."""
+    try:
+        from numba.core import event
+    except Exception:                          # no event API: say everything, as before
+        return tell
+    held: list[str] = []
+    compiling = []
+
+    class _Listener(event.Listener):
+        def on_start(self, ev):
+            if not compiling:
+                compiling.append(True)
+                for msg in held:
+                    tell(msg)
+                held.clear()
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", _Listener())
+
+    def notify(msg: str) -> None:
+        if compiling:
+            tell(msg)
+        elif not msg.startswith("kernels ready"):   # nothing compiled: the 'ready' notice is moot
+            held[:] = [msg]
+    return notify
 
 
 @click.group(context_settings=CONTEXT)
@@ -257,7 +291,8 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
         raise InputError(str(e)) from None
     if skipped:
         say(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
-    be = make_backend(_device(device, announce=False), ck.config, ck.params, notify=say)
+    be = make_backend(_device(device, announce=False), ck.config, ck.params,
+                      notify=_compile_notices(say))
     out = sys.stdout.buffer
     try:
         with _quiet_pipe():
@@ -344,7 +379,8 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
         codes = val if which == "val" else test
     if len(codes) < 2:
         raise InputError(f"{what} has fewer than two characters to score")
-    be = make_backend(_device(device, announce=False), ck.config, ck.params, notify=say)
+    be = make_backend(_device(device, announce=False), ck.config, ck.params,
+                      notify=_compile_notices(say))
     nats, n = evaluate(be, codes)
     res = summary(nats, n)
     res.update({"text": what, "skipped_chars": skipped})

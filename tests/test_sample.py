@@ -302,3 +302,23 @@ def test_shell_completion_completes_sample_options():
     env = {"_CHARRNN_COMPLETE": "bash_complete", "COMP_WORDS": "charrnn sample --to", "COMP_CWORD": "2"}
     res = CliRunner().invoke(cli, [], prog_name="charrnn", env=env)
     assert "--top-k" in res.stdout and "--top-p" in res.stdout
+
+
+def test_compile_notices_wait_for_a_real_compilation():
+    from numba import njit
+
+    from charrnn.cli import _compile_notices
+    said = []
+    notify = _compile_notices(said.append)
+    notify("compiling kernels, first run only...")      # the backend's timer: slow, but a cache load
+    assert said == []
+    notify("kernels ready (1 s; cached for next time)")
+    assert said == []
+
+    said2 = []
+    notify2 = _compile_notices(said2.append)
+    notify2("compiling kernels, first run only...")
+    njit(lambda x: x + 1)(41)                             # Numba compiles: the held notice is said
+    assert said2 == ["compiling kernels, first run only..."]
+    notify2("kernels ready (1 s; cached for next time)")
+    assert said2[-1].startswith("kernels ready")

@@ -104,7 +104,7 @@ def cli() -> None:
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", show_default=True)
 @click.option("--embed", type=click.IntRange(0), default=0, show_default=True,
               help="Size of a learned embedding; 0 feeds one-hot characters.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Inverted dropout between layers and before the output layer.")
 @click.option("--activation", type=click.Choice(["tanh", "softsign"]), default="tanh", show_default=True,
               help="The cell's squashing nonlinearity (gates stay sigmoid).")

@@ -42,7 +42,7 @@ class TrainOptions:
     layers: int = 2
     cell: str = "lstm"
     embed: int = 0
-    dropout: float = 0.0
+    dropout: float = 0.1
     activation: str = "tanh"
     forget_bias: float = 1.0
     init: str = "xavier"         # Glorot: on tinyshakespeare it learns markedly faster than U(-0.08, 0.08)

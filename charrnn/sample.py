@@ -96,11 +96,16 @@ def stream(backend, prime_codes: np.ndarray, n: int = 1, length: int = 2000, tem
            top_k: int = 0, top_p: float = 1.0, seed: int = 0,
            stop: np.ndarray | None = None) -> Iterator[Step]:
     """Generate n samples together. A row ends after `length` codes (0: never) or right after
-    its generated codes end with `stop` (kept). Rows that end leave the batch."""
+    its generated codes end with `stop` (kept). Rows that end leave the batch. A backend with
+    its own sampling loop (`generate`) runs it when it can: no top-p and no stop string."""
+    stop = None if stop is None or len(stop) == 0 else np.asarray(stop, dtype=np.int64)
+    loop = getattr(backend, "generate", None)
+    if loop is not None and top_p >= 1.0 and stop is None:
+        yield from _backend_loop(backend, loop, prime_codes, n, length, temp, top_k, seed)
+        return
     rngs = [np.random.default_rng(seed + i) for i in range(n)]
     state, codes = prime_state(backend, prime_codes, n)
     rows = np.arange(n)
-    stop = None if stop is None or len(stop) == 0 else np.asarray(stop, dtype=np.int64)
     tail = np.full((n, len(stop)), -1, dtype=np.int64) if stop is not None else None
     shrink = isinstance(state, np.ndarray)
     live = np.ones(n, dtype=bool)             # only used when the state cannot shrink
@@ -129,6 +134,17 @@ def stream(backend, prime_codes: np.ndarray, n: int = 1, length: int = 2000, tem
             live &= ~done
             if not live.any():
                 return
+
+
+def _backend_loop(backend, loop, prime_codes: np.ndarray, n: int, length: int, temp: float, top_k: int,
+                  seed: int) -> Iterator[Step]:
+    """stream() by the backend's own loop, which draws from the same generators (seed + row)
+    without a host round trip per step. With no stop string every row runs to `length`."""
+    state, _ = prime_state(backend, prime_codes, n)
+    rows, count = np.arange(n), 0
+    for codes, logp in loop(prime_codes, length, temp, seed, top_k, batch=n, state=state):
+        count += 1
+        yield Step(rows, np.asarray(codes), np.asarray(logp), np.full(n, bool(length) and count >= length))
 
 
 def generate(backend, prime_codes: np.ndarray, length: int, temp: float = 1.0, seed: int | None = None,

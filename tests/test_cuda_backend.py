@@ -193,6 +193,69 @@ def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, 
     np.testing.assert_allclose(np.array([lp for _, lp in dev]), np.array([lp for _, lp in host]), atol=1e-4)
 
 
+def _counted(be):
+    """Count the backend's generate() and step() calls (instance attributes shadow the methods)."""
+    calls = {"generate": 0, "step": 0}
+    for name in calls:
+        method = getattr(be, name)
+
+        def counted(*a, _name=name, _method=method, **kw):
+            calls[_name] += 1
+            return _method(*a, **kw)
+        setattr(be, name, counted)
+    return calls
+
+
+def _write(be, n, length, temp, top_k, top_p=1.0, stop=None, as_json=False, seed=3):
+    import io
+    from charrnn.corpus import Vocab
+    from charrnn.sample import write_samples
+    vocab = Vocab(chars="abcdef")
+    out = io.BytesIO()
+    write_samples(be, vocab, out, vocab.encode("cab").astype(np.int64), b"cab", n=n, length=length, temp=temp,
+                  top_k=top_k, top_p=top_p, seed=seed,
+                  stop=None if stop is None else vocab.encode(stop).astype(np.int64), as_json=as_json)
+    return out.getvalue()
+
+
+def _same_samples(dev: bytes, host: bytes, as_json: bool) -> None:
+    import json
+    if not as_json:
+        assert dev == host
+        return
+    d, h = [json.loads(x) for x in dev.splitlines()], [json.loads(x) for x in host.splitlines()]
+    assert [dict(r, logprob=0, bits_per_char=0) for r in d] == [dict(r, logprob=0, bits_per_char=0) for r in h]
+    np.testing.assert_allclose([r["logprob"] for r in d], [r["logprob"] for r in h], atol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell,layers,n,temp,top_k,as_json", [
+    ("lstm", 1, 1, 1.0, 0, False), ("gru", 2, 2, 0.7, 3, True), ("rnn", 1, 3, 0.0, 0, False)])
+def test_write_samples_runs_the_device_loop_and_writes_what_the_cpu_per_step_path_writes(
+        cell, layers, n, temp, top_k, as_json):
+    from charrnn.backends.cpu import CpuBackend
+    cfg = ModelConfig(vocab_size=6, hidden=4, layers=layers, cell=cell)
+    p = _case(cfg, 1, 1, seed=6)[0].astype(np.float32)
+    be = _backend(cfg, p)
+    calls = _counted(be)
+    dev = _write(be, n, 10, temp, top_k, as_json=as_json)
+    assert calls == {"generate": 1, "step": 0}
+    _same_samples(dev, _write(CpuBackend(cfg, p), n, 10, temp, top_k, as_json=as_json), as_json)
+
+
+@needs_cuda
+@pytest.mark.parametrize("top_p,stop", [(0.8, None), (1.0, "a")])
+def test_top_p_or_a_stop_string_falls_back_to_per_step_sampling(top_p, stop):
+    from charrnn.backends.cpu import CpuBackend
+    cfg = ModelConfig(vocab_size=6, hidden=4, layers=1)
+    p = _case(cfg, 1, 1, seed=6)[0].astype(np.float32)
+    be = _backend(cfg, p)
+    calls = _counted(be)
+    dev = _write(be, 2, 6, 1.0, 0, top_p=top_p, stop=stop, as_json=True)
+    assert calls["generate"] == 0 and calls["step"] > 0
+    _same_samples(dev, _write(CpuBackend(cfg, p), 2, 6, 1.0, 0, top_p=top_p, stop=stop, as_json=True), True)
+
+
 # ---------------------------------------------------------------- checkpoints are device-neutral
 @needs_cuda
 def test_weights_round_trip_bit_for_bit_and_optimizer_moments_come_home():

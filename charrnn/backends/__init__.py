@@ -6,6 +6,9 @@ A backend owns the parameter buffer it computes with and offers:
     step(codes, state) -> (logits (B, V), new_state)                  one step, for sampling
     optimizer_step(opt, lr, clip) -> grad_norm                        clip and update, in place
     params_host() -> Params                                           weights as host float32, for checkpoints
+and may offer its own sampling loop, which sample.stream() runs when the options allow (no top-p,
+no stop string):
+    generate(prime_codes, length, temp, seed, top_k, batch=, state=) -> per step (codes (B,), log-probs (B,))
 The training loop, sampler and evaluator only ever call these.
 """
 from __future__ import annotations

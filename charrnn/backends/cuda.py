@@ -11,8 +11,8 @@ available it falls back to a recurrent GEMM and a fused gate kernel per step.
 
 Sampling has its own fused path: `generate` runs whole steps (every layer's matrix-vector
 products and gates, then scoring, temperature, top-k and the draw) in one cooperative launch
-per chunk of characters, and only the codes come home; `step` (the generic contract) returns
-logits each step.
+per chunk of characters, and only the codes come home (sample.stream uses it unless top-p or a
+stop string is asked for); `step` (the generic contract) returns logits each step.
 
 Checkpoints stay device-neutral: `params_host()` returns host float32 (and brings the optimizer
 moments home into the Optimizer's own arrays), so a GPU run's weights load on the CPU bit for bit.
@@ -476,12 +476,14 @@ class CudaBackend:
         return ob["logits"].copy_to_host(), DeviceState(out)
 
     def generate(self, prime_codes: np.ndarray, length: int, temp: float = 1.0, seed: int | None = None,
-                 top_k: int = 0, batch: int = 1, chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                 top_k: int = 0, batch: int = 1, chunk: int = 256,
+                 state=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """sample.generate on the device (temperature and top-k; no top-p): yields (codes (batch,),
         log-probabilities) per step. Row i draws its uniforms from PCG64 seeded seed + i, as
         sample.stream does, so the same seed gives the same text as the host sampler (up to float
         rounding at a CDF boundary). Codes come home `chunk` steps at a time; the device never
-        waits for the host in between."""
+        waits for the host in between. `state` (L, S, batch, H), when given, is the state after
+        prime_codes[:-1] (sample.prime_state's, primed in windows): only the last code is fed."""
         seed = 0 if seed is None else seed
         rngs = [np.random.default_rng(seed + i) for i in range(batch)]
         cfg = self.cfg
@@ -490,9 +492,15 @@ class CudaBackend:
         S = cuda.to_device(np.zeros((2,) + zero_state(cfg, batch).shape, np.float32))   # ping-pong states
         views = [self._layer_views(S[0]), self._layer_views(S[1])]
         src = 0
-        for c in prime[:-1]:
-            self._sample_layers(sw, cuda.to_device(np.full(batch, c, np.int64)), views[src], views[1 - src])
-            src = 1 - src
+        if state is not None:
+            st = self._state_dev(state)
+            if tuple(st.shape) != tuple(S.shape[1:]):
+                raise ValueError(f"state shape {tuple(st.shape)} is not {tuple(S.shape[1:])}")
+            self._pointwise(K.copy, st.size, S[0].reshape(st.size), st.reshape(st.size))
+        else:
+            for c in prime[:-1]:
+                self._sample_layers(sw, cuda.to_device(np.full(batch, c, np.int64)), views[src], views[1 - src])
+                src = 1 - src
         ob = self._out_buffers(batch, chunk)
         ob["codes"].copy_to_device(np.full(batch, prime[-1], np.int64))
         Wo, bo, codes_d, temp, top_k = self.P["out.W"], self.P["out.b"], ob["codes"], float(temp), int(top_k)

@@ -280,10 +280,11 @@ def lstm_forward(gates, bias, Wh, hs, cs, tcs, kind):
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def lstm_backward(dh_out, Wh, cs, gates, tcs, kind, da):
+def lstm_backward(dh_out, WhT, cs, gates, tcs, kind, da):
     """The backward time loop: dh_out (T,B,H) is the gradient on each step's output; writes
     da (T,B,4H), the gradient on the pre-activations. The state entering the window is
-    detached (truncated BPTT), so nothing flows out of step 0."""
+    detached (truncated BPTT), so nothing flows out of step 0. WhT is Wh transposed and
+    contiguous: OpenBLAS runs the untransposed product 1.3-1.4x faster at these row counts."""
     T, B, H = dh_out.shape
     f = da.dtype.type
     one = f(1.0)
@@ -326,7 +327,7 @@ def lstm_backward(dh_out, Wh, cs, gates, tcs, kind, da):
             for j in range(H):
                 dc[bi, j] *= g4[bi, H + j]
         if t > 0:
-            gemm(d4, Wh, dh, False, True, 0.0)
+            gemm(d4, WhT, dh, False, False, 0.0)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")

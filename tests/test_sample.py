@@ -322,3 +322,59 @@ def test_compile_notices_wait_for_a_real_compilation():
     assert said2 == ["compiling kernels, first run only..."]
     notify2("kernels ready (1 s; cached for next time)")
     assert said2[-1].startswith("kernels ready")
+
+
+# ---------------------------------------------------------------- the compiled sampling loop
+class _PerStep:
+    """The CPU backend without its own sampling loop: stream() steps and draws in NumPy."""
+    def __init__(self, be):
+        self.be = be
+
+    def __getattr__(self, name):
+        if name == "generate":
+            raise AttributeError(name)
+        return getattr(self.be, name)
+
+
+def _codes_and_logp(backend, prime, n, length, temp, top_k, seed=5):
+    got = [(st.codes.copy(), st.logp.copy()) for st in stream(backend, prime, n=n, length=length, temp=temp,
+                                                                  top_k=top_k, seed=seed)]
+    return np.array([c for c, _ in got]), np.array([lp for _, lp in got])
+
+
+@pytest.mark.parametrize("cell,layers,embed", [("lstm", 2, 0), ("lstm", 1, 3), ("gru", 2, 0), ("rnn", 1, 0)])
+@pytest.mark.parametrize("n,temp,top_k", [(1, 1.0, 0), (3, 0.7, 3), (2, 0.0, 0)])
+def test_cpu_sampling_loop_draws_what_the_per_step_numpy_sampler_draws(cell, layers, embed, n, temp, top_k):
+    from charrnn.model import ModelConfig, init_params
+    cfg = ModelConfig(vocab_size=7, hidden=6, layers=layers, cell=cell, embed=embed)
+    p = init_params(cfg, np.random.default_rng(4), np.float64)
+    p.flat *= 3                                      # peaked distributions, yet varied draws
+    be = CpuBackend(cfg, p)
+    calls = {"generate": 0}
+    loop = be.generate
+
+    def counted(*a, **kw):
+        calls["generate"] += 1
+        return loop(*a, **kw)
+    be.generate = counted
+    prime = np.array([1, 4, 2, 0])
+    # 40 steps cross chunk boundaries (8, 16, 16): the state and last code carry over
+    fast_codes, fast_logp = _codes_and_logp(be, prime, n, 40, temp, top_k)
+    slow_codes, slow_logp = _codes_and_logp(_PerStep(be), prime, n, 40, temp, top_k)
+    assert calls["generate"] == 1
+    assert fast_codes.shape == (40, n)
+    np.testing.assert_array_equal(fast_codes, slow_codes)
+    np.testing.assert_allclose(fast_logp, slow_logp, rtol=1e-12, atol=1e-12)
+    if temp > 0:
+        assert len(np.unique(fast_codes)) > 2      # the draws are not stuck on one code
+
+
+def test_cpu_sampling_loop_without_end_streams_what_a_capped_run_gives():
+    from itertools import islice
+    from charrnn.model import ModelConfig, init_params
+    from charrnn.sample import generate
+    cfg = ModelConfig(vocab_size=5, hidden=4, layers=1)
+    be = CpuBackend(cfg, init_params(cfg, np.random.default_rng(2)))
+    endless = [c.copy() for c, _ in islice(generate(be, np.array([0]), 0, seed=9), 30)]
+    capped = [c.copy() for c, _ in generate(be, np.array([0]), 30, seed=9)]
+    np.testing.assert_array_equal(endless, capped)

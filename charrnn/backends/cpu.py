@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -266,6 +266,45 @@ class CpuBackend:
                     codes, state, new_state, logits, self.kind)
         return logits, new_state
 
+    def generate(self, prime_codes: np.ndarray, length: int, temp: float = 1.0, seed: int | None = None,
+                 top_k: int = 0, batch: int = 1, state: np.ndarray | None = None,
+                 chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """sample.stream's loop (temperature and top-k) in compiled chunks: yields (codes (batch,),
+        log-probabilities) per step. Row i draws its uniforms from PCG64 seeded seed + i, as
+        sample.stream does. `state` is the state after prime_codes[:-1] (zeros when None and the
+        prime is one code; otherwise the prime is fed here). Chunks start short, so the first
+        characters of a slow model show at once, and grow to `chunk`."""
+        _warm_up(self, "generate")
+        rngs = [np.random.default_rng((0 if seed is None else seed) + i) for i in range(batch)]
+        prime = np.asarray(prime_codes, dtype=np.int64).reshape(-1)
+        if state is None:
+            state = self.zero_state(batch)
+            for c in prime[:-1]:
+                _, state = self.step(np.full(batch, c, np.int64), state)
+        state = np.array(state, dtype=self.dtype, order="C")       # a copy: the loop writes it
+        codes = np.full(batch, prime[-1], np.int64)
+        logits = np.empty((batch, self.cfg.vocab_size), self.dtype)
+        temp, top_k = float(temp), int(top_k)
+        n, size = 0, 8
+        while length == 0 or n < length:
+            steps = size if length == 0 else min(size, length - n)
+            u = np.empty((steps, batch))
+            for i, r in enumerate(rngs):
+                u[:, i] = r.random(steps)
+            out_codes = np.empty((steps, batch), np.int64)
+            out_logp = np.empty((steps, batch))
+            if self.cfg.cell == "lstm":
+                K.lstm_generate(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
+                                state, logits, self.kind, u, temp, top_k, out_codes, out_logp)
+            else:
+                for s in range(steps):
+                    lg, state = self.step(codes, state)
+                    K.draw_rows(lg, u[s], temp, top_k, out_codes[s], out_logp[s])
+                    codes = out_codes[s].copy()
+            yield from zip(out_codes, out_logp)
+            n += steps
+            size = min(2 * size, chunk)
+
     # -- update ----------------------------------------------------------------------------
     def optimizer_step(self, opt: Optimizer, lr: float, clip: tuple[str, float]) -> float:
         _warm_up(self, "optimizer_step")
@@ -314,6 +353,9 @@ def _warm_up(be: CpuBackend, path: str) -> None:
         tb.loss(x, x, tb.zero_state(1))
     elif path == "step":
         tb.step(x[0], tb.zero_state(1))
+    elif path == "generate":
+        for _ in tb.generate(x[:, 0], 2, 1.0, 0, 1):
+            pass
     else:
         for name in ("adam", "rmsprop", "adagrad", "nesterov"):
             tb.optimizer_step(Opt(name, tb.p.flat.size, be.dtype, weight_decay=1e-9), 0.0, ("norm", 1.0))

@@ -370,6 +370,77 @@ def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logi
             logits[bi, k] += flat[ob + k]
 
 
+@njit(cache=True, error_model="numpy")
+def draw_rows(logits, u, temp, top_k, codes, logp):
+    """sample.distribution + sample.draw + sample.log_softmax_at for every row, in float64:
+    temperature, top-k (ties at the k-th value kept), inverse CDF on uniform u[row]. Only the
+    order of the softmax sum differs from NumPy's (pairwise there), so a draw can differ only
+    when u lands within rounding of a CDF boundary."""
+    B, V = logits.shape
+    z = np.empty(V, np.float64)
+    srt = np.empty(V, np.float64)
+    for bi in range(B):
+        m = -np.inf
+        for k in range(V):
+            m = max(m, np.float64(logits[bi, k]))
+        s = 0.0
+        for k in range(V):
+            s += math.exp(np.float64(logits[bi, k]) - m)
+        if temp == 0.0:
+            best = 0
+            for k in range(V):
+                if logits[bi, k] > logits[bi, best]:
+                    best = k
+            for k in range(V):
+                z[k] = 1.0 if k == best else 0.0
+        else:
+            for k in range(V):
+                z[k] = np.float64(logits[bi, k]) / temp
+            if top_k > 0 and top_k < V:
+                srt[:] = z
+                srt.sort()
+                kth = srt[V - top_k]
+                for k in range(V):
+                    if z[k] < kth:
+                        z[k] = -np.inf
+            zm = -np.inf
+            for k in range(V):
+                zm = max(zm, z[k])
+            tot = 0.0
+            for k in range(V):
+                z[k] = math.exp(z[k] - zm)
+                tot += z[k]
+            for k in range(V):
+                z[k] /= tot
+        acc = 0.0                          # z becomes the CDF
+        for k in range(V):
+            acc += z[k]
+            z[k] = acc
+        cut = u[bi] * z[V - 1]
+        c = 0
+        for k in range(V):
+            if z[k] < cut:
+                c += 1
+        c = min(c, V - 1)
+        codes[bi] = c
+        logp[bi] = np.float64(logits[bi, c]) - m - math.log(s)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
+                  out_codes, out_logp):
+    """len(u) sampling steps of the whole model in one call: lstm_step, then draw_rows with
+    u[s] (one uniform per row). codes (B,) holds the last code and state (L,2,B,H) the state
+    on entry; both hold the newest on return. logits (B,V) is a work buffer. Writes
+    out_codes, out_logp (steps, B)."""
+    nxt = np.empty_like(state)
+    for st in range(u.shape[0]):
+        lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind)
+        state[:] = nxt
+        draw_rows(logits, u[st], temp, top_k, out_codes[st], out_logp[st])
+        codes[:] = out_codes[st]
+
+
 # ---------------------------------------------------------------- input and output sides
 @njit(cache=True, error_model="numpy")
 def gather_rows(W, codes, out):

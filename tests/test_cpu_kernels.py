@@ -1,7 +1,12 @@
 """The CPU backend's own kernels: the vectorised float32 exp/expm1 and the small-product path."""
 import math
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from numba import njit
 
 from charrnn.backends import cpu_kernels as K
@@ -50,3 +55,12 @@ def test_small_products_match_blas_with_and_without_accumulation():
             c = c0.copy()
             _mm(a, b, c, beta)
             np.testing.assert_allclose(c, a @ b + beta * c0, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not K.HAVE_BLAS or platform.machine() != "x86_64", reason="NumPy's OpenBLAS on x86-64")
+def test_blas_core_names_the_kernels_that_openblas_coretype_pins():
+    code = "from charrnn.backends.cpu_kernels import blas_core; print(blas_core())"
+    for core in ("Haswell", "Sandybridge"):
+        env = dict(os.environ, OPENBLAS_CORETYPE=core)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == core

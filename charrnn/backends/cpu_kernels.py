@@ -79,6 +79,17 @@ def blas_threads() -> int:
     return int(fn())
 
 
+def blas_core() -> str | None:
+    """The kernel family OpenBLAS chose ("SkylakeX", "Haswell", ...): it picks by CPUID unless
+    OPENBLAS_CORETYPE forces one, and AVX-512 kernels run large products ~1.9x faster than
+    Haswell's AVX2 ones on an AVX-512 machine."""
+    fn = getattr(_BLAS, f"{_pre}openblas_get_corename{_suf}", None) if _BLAS is not None else None
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
 class blas_threads_at_most:
     """Context manager: at most n BLAS threads inside (restored on exit)."""
 

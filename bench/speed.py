@@ -10,6 +10,12 @@ says what was skipped.
     python bench/speed.py                       # the full run (~10-15 min on 2 cores)
     python bench/speed.py --quick --configs a   # a smoke run while iterating
     python bench/speed.py --write               # also replace the "CPU speed" section of bench/RESULTS.md
+    python bench/speed.py --native-blas         # let OpenBLAS pick its kernels by CPUID (see below)
+
+Some machines set OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) in the environment, because old
+OpenBLAS builds crashed on their CPUs; on an AVX-512 CPU that pins NumPy's current OpenBLAS to
+its AVX2 ("Haswell") kernels, about half the speed of its AVX-512 ones. `--native-blas` drops
+both variables for the processes this script starts, and the report names the kernels that ran.
 
 Metrics: training (forward, backward, clip by global norm 5, Adam; truncated BPTT with the
 state carried and detached), evaluation (one stream, windows of 256, state carried),
@@ -42,7 +48,8 @@ CONFIGS = {  # name: (layers, hidden, T, B)
 }
 TARGETS = {("train", "a"): 1.5, ("train", "b"): 1.0, ("train", "c"): 1.0, ("train", "d"): 1.3,
            ("sample1", "b"): 6.0, ("sample64", "b"): 1.0}
-FMA_PEAK_2C = 199.0  # GFLOP/s, 2 cores, from an FMA loop (issue 4)
+FMA_PEAK_2C = 199.0  # GFLOP/s, 2 cores, from an FMA loop (issue 4; not this EPYC's, see sgemm_peak)
+PINNED_BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 EVAL_WINDOW = 256
 TEXT = 1 << 20          # evaluation text; a window reads at most half of it
 
@@ -219,6 +226,9 @@ def worker_main(side: str, spec: str) -> None:
             import resource
             reply = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      "variant": getattr(w, "variant", {})}
+            if side == "charrnn":
+                from charrnn.backends.cpu_kernels import blas_core
+                reply["variant"] = dict(reply["variant"], blas=f"OpenBLAS {blas_core()} kernels")
         else:
             t = time.perf_counter()
             n = getattr(w, cmd["op"])(*cmd["args"])
@@ -227,10 +237,21 @@ def worker_main(side: str, spec: str) -> None:
 
 
 # ================================================================ the parent
+NATIVE_BLAS = False   # --native-blas
+
+
+def child_env(**extra: str) -> dict:
+    """The environment of the processes started here: this one's, less the OpenBLAS pins
+    under --native-blas, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not (NATIVE_BLAS and k in PINNED_BLAS_ENV)}
+    env.update(extra)
+    return env
+
+
 class Worker:
     def __init__(self, side: str, cfg: tuple, threads: int):
-        env = dict(os.environ, BENCH_THREADS=str(threads), CHARRNN_THREADS=str(threads),
-                   OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env = child_env(BENCH_THREADS=str(threads), CHARRNN_THREADS=str(threads),
+                        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         self.p = subprocess.Popen([sys.executable, __file__, "--worker", side, ",".join(map(str, cfg))],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.side = side
@@ -319,13 +340,28 @@ def compile_time(threads: int) -> dict:
             "print(time.perf_counter()-t)\n")
     out = {}
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, CHARRNN_THREADS=str(threads))
+        env = child_env(NUMBA_CACHE_DIR=cache, CHARRNN_THREADS=str(threads))
         for label in ("cold", "warm"):
             r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
             if r.returncode:
                 raise RuntimeError(r.stderr)
             out[label] = float(r.stdout.strip().splitlines()[-1])
     return out
+
+
+def sgemm_peak(threads: int) -> float:
+    """GFLOP/s of NumPy's float32 4096^3 product at this thread count (best of 5), in a process
+    with the benchmark's environment: the practical ceiling of any training step here."""
+    code = ("import charrnn, time, numpy as np\n"
+            "a=np.ones((4096,4096),np.float32); c=a@a; best=1e9\n"
+            "for _ in range(5):\n"
+            "    t=time.perf_counter(); np.matmul(a,a,out=c); best=min(best,time.perf_counter()-t)\n"
+            "print(2*4096**3/best/1e9)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=child_env(CHARRNN_THREADS=str(threads)), cwd=ROOT,
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr)
+    return float(r.stdout.strip().splitlines()[-1])
 
 
 def sample_wall(threads: int, runs: int) -> list[float]:
@@ -344,7 +380,7 @@ def sample_wall(threads: int, runs: int) -> list[float]:
         path = Path(d) / "b.safetensors"
         ckpt.save(path, ckpt.Checkpoint(config=cfg, vocab=Vocab(chars=chars),
                                         params=init_params(cfg, np.random.default_rng(0))))
-        env = dict(os.environ, CHARRNN_THREADS=str(threads))
+        env = child_env(CHARRNN_THREADS=str(threads))
         for i in range(runs + 1):                        # the first run warms the cache
             t = time.perf_counter()
             r = subprocess.run(cmd + ["sample", str(path), "--length", "200", "--seed", "1"],
@@ -364,7 +400,7 @@ def fmt_rate(v: list[float]) -> str:
     return f"{med:,.0f} ({min(v):,.0f}–{max(v):,.0f})"
 
 
-def table(results: dict, torch_version: str | None) -> str:
+def table(results: dict, torch_version: str | None, peaks: dict) -> str:
     rows = ["| config | threads | metric | charrnn, median (min–max) | PyTorch, median (min–max) | ratio | target |",
             "|---|---|---|---|---|---|---|"]
     labels = {"train": "train chars/s", "eval": "eval chars/s (B=1)", "sample1": "sample chars/s, B=1",
@@ -391,13 +427,17 @@ def table(results: dict, torch_version: str | None) -> str:
             label = labels[metric]
             if metric == "train" and cr:
                 gf = statistics.median(cr) * train_flops_per_char(layers, hidden) / 1e9
-                label += f"; charrnn {gf:.0f} GFLOP/s = {gf / FMA_PEAK_2C:.0%} of {FMA_PEAK_2C:.0f}"
+                label += f"; charrnn {gf:.0f} GFLOP/s"
+                if peaks.get(threads):
+                    label += f" = {gf / peaks[threads]:.0%} of SGEMM peak {peaks[threads]:.0f}"
                 if pt:
                     gp = statistics.median(pt) * train_flops_per_char(layers, hidden) / 1e9
                     label += f", PyTorch {gp:.0f}"
             rows.append(f"| {desc} | {threads} | {label} | {fmt_rate(cr) if cr else '–'} | {pt_s} | {ratio} | {tgt} |")
         for side, v in res.get("variants", {}).items():
-            rows.append(f"| {desc} | {threads} | {side} paths chosen | | {', '.join(f'{k}: {x}' for k, x in v.items())} | | |")
+            what = ", ".join(f"{k}: {x}" for k, x in v.items())
+            cells = f"{what} | " if side == "charrnn" else f" | {what}"
+            rows.append(f"| {desc} | {threads} | {side} paths chosen | {cells} | | |")
     return "\n".join(rows)
 
 
@@ -440,10 +480,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer, shorter windows; no wall-time runs")
     ap.add_argument("--no-torch", action="store_true", help="run the charrnn side only")
     ap.add_argument("--write", action="store_true", help="replace the CPU speed section of bench/RESULTS.md")
+    ap.add_argument("--native-blas", action="store_true",
+                    help=f"drop {' and '.join(PINNED_BLAS_ENV)} for the benchmark's processes")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         return worker_main(*a.worker)
+    global NATIVE_BLAS
+    NATIVE_BLAS = a.native_blas
     configs = [c for c in a.configs.split(",") if c]
     bad = [c for c in configs if c not in CONFIGS]
     if bad:
@@ -455,12 +499,21 @@ def main() -> None:
         print("PyTorch not installed (pip install torch==2.13.0): its side is skipped", file=sys.stderr)
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
+    peaks = {n: sgemm_peak(n) for n in threads}
+    print("SGEMM 4096^3 peak: " + ", ".join(f"{v:.0f} GFLOP/s at {n} thread(s)" for n, v in peaks.items()),
+          file=sys.stderr)
+    pinned = {k: os.environ[k] for k in PINNED_BLAS_ENV if k in os.environ}
+    if NATIVE_BLAS or not pinned:
+        blas_env = "OpenBLAS chose its kernels by CPUID" + (f" ({', '.join(pinned)} dropped by --native-blas)"
+                                                             if pinned else "")
+    else:
+        blas_env = "OpenBLAS kernels pinned by " + ", ".join(f"{k}={v}" for k, v in pinned.items())
     results = {}
     for n in threads:
         for c in configs:
             print(f"config {c}, {n} thread(s)...", file=sys.stderr, flush=True)
             results[(c, n)] = run_config(c, n, sides, a.quick)
-            print(table({(c, n): results[(c, n)]}, torch_version), file=sys.stderr, flush=True)
+            print(table({(c, n): results[(c, n)]}, torch_version, peaks), file=sys.stderr, flush=True)
     extra = []
     if not a.quick:
         print("compile time and sample wall time...", file=sys.stderr, flush=True)
@@ -478,11 +531,14 @@ def main() -> None:
         f"{time.perf_counter() - t0:.0f} s; load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
         "end (the machine is shared: other work runs beside the benchmark).",
         f"Machine: {machine()}. {versions(torch_version)}.",
+        f"BLAS: {blas_env}; the kernels that ran are in each config's \"paths chosen\" row. SGEMM peak "
+        "(NumPy float32 4096^3, best of 5, same environment): "
+        + ", ".join(f"{v:.0f} GFLOP/s at {n} thread(s)" for n, v in peaks.items())
+        + f" (issue 4 assumed a {FMA_PEAK_2C:.0f} GFLOP/s 2-core FMA peak).",
         "Vocabulary 65, one-hot input, LSTM, Adam, clip by global norm 5, float32. Ratios are charrnn / PyTorch "
         "from the same run (windows alternated); targets apply at 2 threads. GFLOP/s counts the useful "
-        f"multiply-adds of a training character (one-hot gather excluded) against the {FMA_PEAK_2C:.0f} GFLOP/s "
-        "2-core FMA peak of issue 4.", "",
-        table(results, torch_version), "", *extra])
+        "multiply-adds of a training character (one-hot gather excluded), 2 FLOPs each.", "",
+        table(results, torch_version, peaks), "", *extra])
     print(out)
     if a.write:
         write_results(out)

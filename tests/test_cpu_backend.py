@@ -68,6 +68,21 @@ def test_embedding_and_dropout_match_reference(dtype, tol, cell):
     _check(cfg, 5, 3, dtype, tol, seed=3)
 
 
+@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("activation", ["tanh", "softsign"])
+@pytest.mark.parametrize("B,H", [(5, 3), (20, 21)])
+def test_lstm_recurrence_plain_and_transposed_both_match_reference(monkeypatch, transposed, activation, B, H):
+    """Wide layers at narrow batches run the recurrent products transposed; here both ways are
+    forced on small shapes (21 and 84 are not multiples of the 16-wide transpose tiles)."""
+    import charrnn.backends.cpu as cpu
+    monkeypatch.setattr(cpu, "TRANSPOSED_MIN_H", 1 if transposed else 1 << 30)
+    monkeypatch.setattr(cpu, "TRANSPOSED_MAX_B", 1 << 30)
+    cfg = ModelConfig(vocab_size=7, hidden=H, layers=2, activation=activation)
+    assert CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))._transposed(B) == transposed
+    for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
+        _check(cfg, 6, B, dtype, tol)
+
+
 def test_training_step_is_deterministic():
     cfg = ModelConfig(vocab_size=9, hidden=16, layers=2)
     p, x, y, state = _case(cfg, 10, 4, np.float32)

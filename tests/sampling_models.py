@@ -69,3 +69,15 @@ def total_variation(a: np.ndarray, b: np.ndarray) -> float:
 
 def log2(x: float) -> float:
     return math.log(x, 2)
+
+
+class PerStep:
+    """A backend without its own sampling loop: sample.stream() steps it and draws in NumPy,
+    the path a backend's generate() must agree with."""
+    def __init__(self, be):
+        self.be = be
+
+    def __getattr__(self, name):
+        if name == "generate":
+            raise AttributeError(name)
+        return getattr(self.be, name)

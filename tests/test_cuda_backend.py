@@ -21,6 +21,7 @@ import pytest
 
 from charrnn import reference as ref
 from charrnn.model import ModelConfig, init_params, param_shapes
+from sampling_models import PerStep
 from test_cpu_backend import _case as cpu_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +187,7 @@ def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, 
     cfg = ModelConfig(vocab_size=6, hidden=2, layers=layers, cell=cell, embed=embed)
     p, *_ = _case(cfg, 1, 1, seed=4)
     p = p.astype(np.float32)
-    host = list(generate(_PerStep(CpuBackend(cfg, p)), np.array([1, 2]), 3, temp, 9, top_k, 1.0, batch=2))
+    host = list(generate(PerStep(CpuBackend(cfg, p)), np.array([1, 2]), 3, temp, 9, top_k, 1.0, batch=2))
     dev = list(_backend(cfg, p, persistent=persistent).generate(np.array([1, 2]), 3, temp, 9, top_k, batch=2,
                                                                 chunk=2))
     assert [c.tolist() for c, _ in dev] == [c.tolist() for c, _ in host]
@@ -204,17 +205,6 @@ def _counted(be):
             return _method(*a, **kw)
         setattr(be, name, counted)
     return calls
-
-
-class _PerStep:
-    """The CPU backend without its own sampling loop: sample.stream steps it and draws in NumPy."""
-    def __init__(self, be):
-        self.be = be
-
-    def __getattr__(self, name):
-        if name == "generate":
-            raise AttributeError(name)
-        return getattr(self.be, name)
 
 
 def _write(be, n, length, temp, top_k, top_p=1.0, stop=None, as_json=False, seed=3):
@@ -251,7 +241,7 @@ def test_write_samples_runs_the_device_loop_and_writes_what_the_cpu_per_step_pat
     calls = _counted(be)
     dev = _write(be, n, 10, temp, top_k, as_json=as_json)
     assert calls == {"generate": 1, "step": 0}
-    _same_samples(dev, _write(_PerStep(CpuBackend(cfg, p)), n, 10, temp, top_k, as_json=as_json), as_json)
+    _same_samples(dev, _write(PerStep(CpuBackend(cfg, p)), n, 10, temp, top_k, as_json=as_json), as_json)
 
 
 @needs_cuda
@@ -264,7 +254,7 @@ def test_top_p_or_a_stop_string_falls_back_to_per_step_sampling(top_p, stop):
     calls = _counted(be)
     dev = _write(be, 2, 6, 1.0, 0, top_p=top_p, stop=stop, as_json=True)
     assert calls["generate"] == 0 and calls["step"] > 0
-    _same_samples(dev, _write(_PerStep(CpuBackend(cfg, p)), 2, 6, 1.0, 0, top_p=top_p, stop=stop, as_json=True),
+    _same_samples(dev, _write(PerStep(CpuBackend(cfg, p)), 2, 6, 1.0, 0, top_p=top_p, stop=stop, as_json=True),
                   True)
 
 

@@ -15,7 +15,7 @@ from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.evaluate import evaluate
 from charrnn.sample import distribution, prime_codes, prime_state, stream
-from sampling_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, chi_square, known_model,
+from sampling_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, PerStep, chi_square, known_model,
                              skewed_bytes, train, word_text)
 
 CHARS = "abcdef"
@@ -325,17 +325,6 @@ def test_compile_notices_wait_for_a_real_compilation():
 
 
 # ---------------------------------------------------------------- the compiled sampling loop
-class _PerStep:
-    """The CPU backend without its own sampling loop: stream() steps and draws in NumPy."""
-    def __init__(self, be):
-        self.be = be
-
-    def __getattr__(self, name):
-        if name == "generate":
-            raise AttributeError(name)
-        return getattr(self.be, name)
-
-
 def _codes_and_logp(backend, prime, n, length, temp, top_k, seed=5):
     got = [(st.codes.copy(), st.logp.copy()) for st in stream(backend, prime, n=n, length=length, temp=temp,
                                                                   top_k=top_k, seed=seed)]
@@ -360,7 +349,7 @@ def test_cpu_sampling_loop_draws_what_the_per_step_numpy_sampler_draws(cell, lay
     prime = np.array([1, 4, 2, 0])
     # 40 steps cross chunk boundaries (8, 16, 16): the state and last code carry over
     fast_codes, fast_logp = _codes_and_logp(be, prime, n, 40, temp, top_k)
-    slow_codes, slow_logp = _codes_and_logp(_PerStep(be), prime, n, 40, temp, top_k)
+    slow_codes, slow_logp = _codes_and_logp(PerStep(be), prime, n, 40, temp, top_k)
     assert calls["generate"] == 1
     assert fast_codes.shape == (40, n)
     np.testing.assert_array_equal(fast_codes, slow_codes)

@@ -88,8 +88,10 @@ def charrnn_sample(V, H, L, B, n, repeats):
     return {"chars_per_s": n * B / med, "us_per_step": 1e6 * med / n, "runs_s": times}
 
 
-def charrnn_step_path(V, H, L, n, repeats):
-    """The generic contract as sample.py drives it today: step() + host-side distribution and draw."""
+def charrnn_sample_path(V, H, L, n, repeats):
+    """What `charrnn sample` runs at batch 1: sample.generate -> sample.stream, which takes the
+    backend's own loop when it can (no top-p, no stop string). Until commit 543e009 this was
+    step() plus a host-side draw (908 chars/s on the H200)."""
     from charrnn.backends.cuda import CudaBackend
     from charrnn.model import ModelConfig, init_params
     from charrnn.sample import generate
@@ -247,7 +249,7 @@ def main() -> int:
     attempt(c, "train_per_step_kernels", lambda: charrnn_train(V, H, L, T, B, steps, reps, persistent=False))
     attempt(c, "sample_b1", lambda: charrnn_sample(V, H, L, 1, n1, reps))
     attempt(c, f"sample_b{B64}", lambda: charrnn_sample(V, H, L, B64, n64, reps))
-    attempt(c, "step_path_b1", lambda: charrnn_step_path(V, H, L, max(2, n1 // 10), reps))
+    attempt(c, "sample_path_b1", lambda: charrnn_sample_path(V, H, L, n1, reps))
     GH, N = 4 * H, T * B
     shapes = {"input xW": (N, GH, H, 0, 0), "dWh h^T dA": (H, GH, N, 1, 0), "dinp dA W^T": (N, H, GH, 0, 1),
               "step hWh": (B, GH, H, 0, 0)}

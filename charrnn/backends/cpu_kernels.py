@@ -278,9 +278,9 @@ def _lstm_cells(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib):
 def lstm_forward(gates, bias, Wh, WhT, hs, cs, tcs, kind, transposed):
     """A window's time loop. gates (T,B,4H) holds the input projections without bias and
     becomes the activations; hs, cs (T+1,B,H) hold the carried state at [0]; fills the rest.
-    WhT is Wh transposed and contiguous (used when B > SMALL_M): the recurrent product runs
-    transposed, gates^T = Wh^T h^T, which OpenBLAS does 1.3-1.8x faster at 32-64 rows because
-    the large matrix is then its packed left operand."""
+    With `transposed` (the caller decides, CpuBackend._transposed) the recurrent product runs
+    as gates^T = Wh^T h^T on WhT, Wh transposed and contiguous, which OpenBLAS does 1.3-1.8x
+    faster at 32-64 rows of a wide layer: the large matrix is then its packed left operand."""
     T, B, G = gates.shape
     H = G // 4
     v = np.empty((B, G), gates.dtype)
@@ -337,9 +337,9 @@ def _add_transposed(xT, out):
 def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed):
     """The backward time loop: dh_out (T,B,H) is the gradient on each step's output; writes
     da (T,B,4H), the gradient on the pre-activations. The state entering the window is
-    detached (truncated BPTT), so nothing flows out of step 0. The recurrent product runs
-    transposed, dh^T = Wh da^T, as in lstm_forward (1.2-1.6x faster at 32-64 rows); up to
-    SMALL_M rows it is da @ Wh^T on the contiguous WhT."""
+    detached (truncated BPTT), so nothing flows out of step 0. With `transposed` the recurrent
+    product runs as dh^T = Wh da^T, as in lstm_forward (1.2-1.6x faster at 32-64 rows);
+    otherwise it is da @ Wh^T on the contiguous WhT."""
     T, B, H = dh_out.shape
     G = 4 * H
     f = da.dtype.type

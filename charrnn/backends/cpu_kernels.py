@@ -604,6 +604,17 @@ def gru_fwd_step(xw, hw, bh, h_prev, kind, gates, hn, h):
             h[bi, j] = (one - z) * n + z * h_prev[bi, j]
 
 
+@njit(inline="always", error_model="numpy")
+def _dact(y, kind, one):
+    """The activation's derivative from its output y: 1 - y^2 for tanh, (1 - |y|)^2 for
+    softsign (cuda_kernels._dact is the device twin). `one` carries y's float type. The LSTM
+    loops keep the two forms in separate loops, so each vectorises without a branch."""
+    if kind == TANH:
+        return one - y * y
+    d = one - abs(y)
+    return d * d
+
+
 @njit(cache=True, fastmath=True, error_model="numpy")
 def gru_bwd_step(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw, carry):
     """Writes dxw, dhw (B, 3H) and carry = dh * z, the direct path to h_prev."""
@@ -616,7 +627,7 @@ def gru_bwd_step(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw, carry):
             z = gates[bi, H + j]
             n = gates[bi, 2 * H + j]
             dh = dh_out[bi, j] + dh_next[bi, j]
-            dn = one - n * n if kind == TANH else (one - abs(n)) * (one - abs(n))
+            dn = _dact(n, kind, one)
             dan = dh * (one - z) * dn
             dar = dan * hn[bi, j] * r * (one - r)
             daz = dh * (h_prev[bi, j] - n) * z * (one - z)
@@ -642,13 +653,11 @@ def rnn_fwd_step(xw, hw, kind, h):
 @njit(cache=True, fastmath=True, error_model="numpy")
 def rnn_bwd_step(dh_out, dh_next, h, kind, da):
     B, H = h.shape
-    f = h.dtype.type
-    one = f(1.0)
+    one = h.dtype.type(1.0)
     for bi in range(B):
         for j in range(H):
             y = h[bi, j]
-            d = one - y * y if kind == TANH else (one - abs(y)) * (one - abs(y))
-            da[bi, j] = (dh_out[bi, j] + dh_next[bi, j]) * d
+            da[bi, j] = (dh_out[bi, j] + dh_next[bi, j]) * _dact(y, kind, one)
 
 
 _threads = os.environ.get("CHARRNN_THREADS", "").strip()

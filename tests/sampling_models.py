@@ -81,3 +81,16 @@ class PerStep:
         if name == "generate":
             raise AttributeError(name)
         return getattr(self.be, name)
+
+
+def count_calls(be, *names: str) -> dict:
+    """Count calls of the backend's methods `names` (instance attributes shadow the methods)."""
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        method = getattr(be, name)
+
+        def counted(*a, _name=name, _method=method, **kw):
+            calls[_name] += 1
+            return _method(*a, **kw)
+        setattr(be, name, counted)
+    return calls

@@ -21,7 +21,7 @@ import pytest
 
 from charrnn import reference as ref
 from charrnn.model import ModelConfig, init_params, param_shapes
-from sampling_models import PerStep
+from sampling_models import PerStep, count_calls
 from test_cpu_backend import _case as cpu_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,19 +194,6 @@ def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, 
     np.testing.assert_allclose(np.array([lp for _, lp in dev]), np.array([lp for _, lp in host]), atol=1e-4)
 
 
-def _counted(be):
-    """Count the backend's generate() and step() calls (instance attributes shadow the methods)."""
-    calls = {"generate": 0, "step": 0}
-    for name in calls:
-        method = getattr(be, name)
-
-        def counted(*a, _name=name, _method=method, **kw):
-            calls[_name] += 1
-            return _method(*a, **kw)
-        setattr(be, name, counted)
-    return calls
-
-
 def _write(be, n, length, temp, top_k, top_p=1.0, stop=None, as_json=False, seed=3):
     import io
     from charrnn.corpus import Vocab
@@ -238,7 +225,7 @@ def test_write_samples_runs_the_device_loop_and_writes_what_the_cpu_per_step_pat
     cfg = ModelConfig(vocab_size=6, hidden=4, layers=layers, cell=cell)
     p = _case(cfg, 1, 1, seed=6)[0].astype(np.float32)
     be = _backend(cfg, p)
-    calls = _counted(be)
+    calls = count_calls(be, "generate", "step")
     dev = _write(be, n, 10, temp, top_k, as_json=as_json)
     assert calls == {"generate": 1, "step": 0}
     _same_samples(dev, _write(PerStep(CpuBackend(cfg, p)), n, 10, temp, top_k, as_json=as_json), as_json)
@@ -251,7 +238,7 @@ def test_top_p_or_a_stop_string_falls_back_to_per_step_sampling(top_p, stop):
     cfg = ModelConfig(vocab_size=6, hidden=4, layers=1)
     p = _case(cfg, 1, 1, seed=6)[0].astype(np.float32)
     be = _backend(cfg, p)
-    calls = _counted(be)
+    calls = count_calls(be, "generate", "step")
     dev = _write(be, 2, 6, 1.0, 0, top_p=top_p, stop=stop, as_json=True)
     assert calls["generate"] == 0 and calls["step"] > 0
     _same_samples(dev, _write(PerStep(CpuBackend(cfg, p)), 2, 6, 1.0, 0, top_p=top_p, stop=stop, as_json=True),

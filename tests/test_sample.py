@@ -15,8 +15,8 @@ from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.evaluate import evaluate
 from charrnn.sample import distribution, prime_codes, prime_state, stream
-from sampling_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, PerStep, chi_square, known_model,
-                             skewed_bytes, train, word_text)
+from sampling_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, PerStep, chi_square, count_calls,
+                             known_model, skewed_bytes, train, word_text)
 
 CHARS = "abcdef"
 PROBS = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
@@ -339,13 +339,7 @@ def test_cpu_sampling_loop_draws_what_the_per_step_numpy_sampler_draws(cell, lay
     p = init_params(cfg, np.random.default_rng(4), np.float64)
     p.flat *= 3                                      # peaked distributions, yet varied draws
     be = CpuBackend(cfg, p)
-    calls = {"generate": 0}
-    loop = be.generate
-
-    def counted(*a, **kw):
-        calls["generate"] += 1
-        return loop(*a, **kw)
-    be.generate = counted
+    calls = count_calls(be, "generate")
     prime = np.array([1, 4, 2, 0])
     # 40 steps cross chunk boundaries (8, 16, 16): the state and last code carry over
     fast_codes, fast_logp = _codes_and_logp(be, prime, n, 40, temp, top_k)

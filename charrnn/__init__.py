@@ -5,9 +5,9 @@ import os as _os
 __version__ = "0.1.0"
 
 # CHARRNN_THREADS=n sets how many cores the CPU backend uses. It must act before NumPy and
-# Numba load, hence here. BLAS owns the cores: the pointwise kernels are vectorised and run
-# on the calling thread, because a second spinning pool (Numba's OpenMP) beside OpenBLAS's
-# slowed both by up to 30x on a 2-core machine.
+# Numba load, hence here. BLAS or charrnn's own lanes (backends/lanes.py) own the cores, never
+# Numba's parallel pool: a second spinning pool (Numba's OpenMP) beside OpenBLAS's slowed both
+# by up to 30x on a 2-core machine.
 _threads = _os.environ.get("CHARRNN_THREADS", "").strip()
 if _threads.isdigit() and int(_threads) > 0:
     _os.environ["OPENBLAS_NUM_THREADS"] = _threads

@@ -1,13 +1,18 @@
 """Update rules on one flat buffer: Adam, RMSProp, Adagrad, SGD with Nesterov momentum,
 plus L2/L1 penalties and clipping. Each rule is one fused loop over the buffer; its state
-(moments) shares the parameter layout and travels in the checkpoint.
+(moments) shares the parameter layout and travels in the checkpoint. The loops are serial
+and release the GIL: a caller with threads of its own (CpuBackend's lanes) passes `run`,
+and each thread updates a slice. Every rule is elementwise and the norm sums fixed chunks
+in a fixed order, so the result is the same however the buffer is split.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from typing import Callable
+
+from numba import njit
 
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "nesterov")
 
@@ -21,70 +26,109 @@ DEFAULTS = {
 STATE_NAMES = {"adam": ("m", "v"), "rmsprop": ("sq",), "adagrad": ("sum",), "nesterov": ("vel",)}
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _penalties(w, g, l2, l1):
-    for k in prange(w.size):
+    for k in range(w.size):
         g[k] += l2 * w[k] + l1 * (1.0 if w[k] > 0 else (-1.0 if w[k] < 0 else 0.0))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam(w, g, m, v, lr, b1, b2, eps, t):
     c1 = 1.0 - b1 ** t
     c2 = 1.0 - b2 ** t
-    for k in prange(w.size):
+    for k in range(w.size):
         m[k] = b1 * m[k] + (1.0 - b1) * g[k]
         v[k] = b2 * v[k] + (1.0 - b2) * g[k] * g[k]
         w[k] -= lr * (m[k] / c1) / (math.sqrt(v[k] / c2) + eps)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(w, g, sq, lr, alpha, eps):
-    for k in prange(w.size):
+    for k in range(w.size):
         sq[k] = alpha * sq[k] + (1.0 - alpha) * g[k] * g[k]
         w[k] -= lr * g[k] / (math.sqrt(sq[k]) + eps)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad(w, g, s, lr, eps):
-    for k in prange(w.size):
+    for k in range(w.size):
         s[k] += g[k] * g[k]
         w[k] -= lr * g[k] / (math.sqrt(s[k]) + eps)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _nesterov(w, g, vel, lr, mu):
     # PyTorch's formulation: v = mu v + g;  w -= lr (g + mu v)
-    for k in prange(w.size):
+    for k in range(w.size):
         vel[k] = mu * vel[k] + g[k]
         w[k] -= lr * (g[k] + mu * vel[k])
 
 
-@njit(cache=True, parallel=True)
-def _sumsq(g):
-    # per-chunk partial sums in float64, then a fixed-order total: deterministic for any thread count
-    n_chunks = 64
-    part = np.zeros(n_chunks)
-    size = (g.size + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        s = 0.0
-        for k in range(c * size, min(g.size, (c + 1) * size)):
-            s += float(g[k]) * float(g[k])
-        part[c] = s
-    return part.sum()
+SUMSQ_CHUNKS = 64
 
 
-def grad_norm(g: np.ndarray) -> float:
-    return math.sqrt(_sumsq(g))
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sumsq_parts(g, part, c0, c1):
+    """part[c] = the float64 sum of squares of chunk c of g (SUMSQ_CHUNKS equal chunks), c0 <= c < c1."""
+    size = (g.size + part.size - 1) // part.size
+    acc = np.zeros(8)                  # eight running sums: independent adds, summed in a fixed order
+    for c in range(c0, c1):
+        a, b = c * size, min(g.size, (c + 1) * size)
+        acc[:] = 0.0
+        k = a
+        while k + 8 <= b:
+            for i in range(8):
+                acc[i] += float(g[k + i]) * float(g[k + i])
+            k += 8
+        for j in range(k, b):
+            acc[0] += float(g[j]) * float(g[j])
+        part[c] = acc.sum()
 
 
-def clip_(g: np.ndarray, mode: str, value: float) -> float:
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scale(g, f):
+    for k in range(g.size):
+        g[k] *= f
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _clamp(g, v):
+    for k in range(g.size):          # NaN stays NaN, as with np.clip
+        if g[k] > v:
+            g[k] = v
+        elif g[k] < -v:
+            g[k] = -v
+
+
+Runner = Callable[[list], None]    # runs a list of no-argument callables, perhaps at once
+
+
+def _serially(jobs: list) -> None:
+    for job in jobs:
+        job()
+
+
+def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
+    return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
+
+
+def grad_norm(g: np.ndarray, run: Runner | None = None, parts: int = 1) -> float:
+    part = np.zeros(SUMSQ_CHUNKS)
+    (run or _serially)([lambda a=a, b=b: _sumsq_parts(g, part, a, b) for a, b in _cuts(SUMSQ_CHUNKS, parts)])
+    return math.sqrt(part.sum())
+
+
+def clip_(g: np.ndarray, mode: str, value: float, run: Runner | None = None, parts: int = 1) -> float:
     """Clip the flat gradient in place; returns the global L2 norm before clipping.
-    mode 'norm': rescale to norm <= value; 'value': clamp each element to [-value, value]; 'none'."""
-    norm = grad_norm(g)
+    mode 'norm': rescale to norm <= value; 'value': clamp each element to [-value, value]; 'none'.
+    `run` and `parts`: split the work in that many slices and hand them to run."""
+    norm = grad_norm(g, run, parts)
     if mode == "norm" and norm > value and math.isfinite(norm):
-        g *= g.dtype.type(value / norm)
+        f = g.dtype.type(value / norm)
+        (run or _serially)([lambda a=a, b=b: _scale(g[a:b], f) for a, b in _cuts(g.size, parts)])
     elif mode == "value":
-        np.clip(g, -value, value, out=g)
+        v = g.dtype.type(value)
+        (run or _serially)([lambda a=a, b=b: _clamp(g[a:b], v) for a, b in _cuts(g.size, parts)])
     return norm
 
 
@@ -121,12 +165,17 @@ class Optimizer:
         self.state = {k: np.zeros(size, dtype=dtype) for k in STATE_NAMES[name]}
         self.t = 0
 
-    def step(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
-        """One update of w in place from gradient g (g is modified by the penalties)."""
+    def step(self, w: np.ndarray, g: np.ndarray, lr: float, run: Runner | None = None, parts: int = 1) -> None:
+        """One update of w in place from gradient g (g is modified by the penalties); with
+        `run`, in `parts` slices handed to it (see clip_)."""
+        self.t += 1
+        (run or _serially)([lambda a=a, b=b: self._update(w, g, lr, a, b) for a, b in _cuts(w.size, parts)])
+
+    def _update(self, w: np.ndarray, g: np.ndarray, lr: float, a: int, b: int) -> None:
+        w, g = w[a:b], g[a:b]
         if self.weight_decay or self.l1:
             _penalties(w, g, self.weight_decay, self.l1)
-        self.t += 1
-        h, s = self.hyper, self.state
+        h, s = self.hyper, {k: v[a:b] for k, v in self.state.items()}
         if self.name == "adam":
             _adam(w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], self.t)
         elif self.name == "rmsprop":

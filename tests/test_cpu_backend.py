@@ -90,3 +90,63 @@ def test_training_step_is_deterministic():
     la, _ = a.train_step(x, y, state.astype(np.float32))
     lb, _ = b.train_step(x, y, state.astype(np.float32))
     assert la == lb and np.array_equal(a.grad.flat, b.grad.flat)
+
+
+@pytest.fixture
+def lanes_forced(monkeypatch):
+    """Force the lanes (or the single-lane path) and short chunks whatever this machine's core
+    count; count the task graphs run, so a test knows which path it checked."""
+    import charrnn.backends.cpu as cpu
+    graphs = []
+    real = cpu.run_graph
+    monkeypatch.setattr(cpu, "run_graph", lambda pool, tasks: (graphs.append(pool.n), real(pool, tasks)))
+    monkeypatch.setattr(cpu, "LANE_CHUNKS", 3)
+
+    def force(n):
+        monkeypatch.setattr(cpu, "LANES", n)
+        graphs.clear()
+        return graphs
+    return force
+
+
+@pytest.mark.parametrize("n_lanes", [1, 2, 3])
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(vocab_size=7, hidden=5, layers=2),
+    ModelConfig(vocab_size=7, hidden=6, layers=3, activation="softsign"),
+    ModelConfig(vocab_size=6, hidden=5, layers=2, embed=4, dropout=0.25),
+    ModelConfig(vocab_size=6, hidden=4, layers=3, embed=4, dropout=0.1),
+], ids=["2x5", "3x6-softsign", "2x5-embed-dropout", "3x4-embed-dropout"])
+def test_stacked_lstm_on_lanes_and_on_one_thread_both_match_reference(lanes_forced, n_lanes, cfg):
+    """A stacked LSTM's window runs as a task graph on several lanes (chunks of steps, layers
+    side by side) or, on one lane, as one call per layer; both must give the reference's loss,
+    gradients and state. T=8 in chunks of 2-3 steps puts chunk boundaries inside the window."""
+    graphs = lanes_forced(n_lanes)
+    for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
+        _check(cfg, 8, 3, dtype, tol, seed=5)
+    if n_lanes > 1:
+        assert graphs and set(graphs) == {n_lanes}
+    else:
+        assert graphs == []
+
+
+def test_optimizer_step_on_lanes_equals_the_serial_update(lanes_forced):
+    """The lanes split clipping and the update rule over slices of the buffer; given the same
+    gradient, the norm and the new weights are bit for bit those of the one-thread path."""
+    from charrnn.optim import Optimizer
+    cfg = ModelConfig(vocab_size=9, hidden=8, layers=2)
+    p = init_params(cfg, np.random.default_rng(0))
+    grads = np.random.default_rng(1).normal(size=(3, p.flat.size)).astype(np.float32)
+    results = []
+    for n in (1, 2):
+        graphs = lanes_forced(n)
+        be = CpuBackend(cfg, p.astype(np.float32))
+        opt = Optimizer("adam", be.p.flat.size, weight_decay=1e-3)
+        norms = []
+        for g in grads:
+            be.grad.flat[:] = g
+            norms.append(be.optimizer_step(opt, 0.01, ("norm", 20.0)))
+        results.append((norms, be.p.flat.copy(), opt.state["m"].copy()))
+        assert bool(graphs) == (n > 1)
+    assert results[0][0] == results[1][0]
+    assert any(nm > 20.0 for nm in results[0][0])           # clipping happened
+    assert np.array_equal(results[0][1], results[1][1]) and np.array_equal(results[0][2], results[1][2])

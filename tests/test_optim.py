@@ -145,3 +145,31 @@ def test_meta_round_trip_keeps_rule_hyperparameters_and_step():
     back = Optimizer.from_meta(opt.to_meta(), 3)
     assert (back.name, back.hyper, back.weight_decay, back.l1, back.t) == \
         ("rmsprop", {"alpha": 0.7, "eps": 1e-6}, 0.01, 0.002, 1)
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "adagrad", "nesterov"])
+@pytest.mark.parametrize("clip", [("norm", 0.3), ("value", 0.05)])
+def test_updates_split_in_slices_equal_the_whole_buffer_update(name, clip):
+    """CpuBackend's lanes hand clip_ and step slices of the buffer: the result must not depend
+    on how it is cut (the norm sums fixed chunks in a fixed order)."""
+    rng = np.random.default_rng(7)
+    w0 = rng.normal(size=1001).astype(np.float32)
+    g0 = rng.normal(size=1001).astype(np.float32)
+    out = []
+    for parts in (1, 3, 4):
+        opt = Optimizer(name, w0.size, np.float32, weight_decay=1e-2, l1=1e-3)
+        w, jobs_seen = w0.copy(), []
+
+        def run(jobs):
+            jobs_seen.append(len(jobs))
+            for job in reversed(jobs):           # any order
+                job()
+        norms = []
+        for _ in range(2):
+            g = g0.copy()
+            norms.append(clip_(g, *clip, run=run, parts=parts))
+            opt.step(w, g, 0.01, run=run, parts=parts)
+        assert set(jobs_seen) == {parts}
+        out.append((norms, w))
+    for norms, w in out[1:]:
+        assert norms == out[0][0] and np.array_equal(w, out[0][1])

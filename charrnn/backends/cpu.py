@@ -6,20 +6,26 @@ gate math of every step) is one compiled call that drives BLAS from inside Numba
 backward time loop the weight gradients are again one GEMM each over the whole window. The
 output softmax and cross-entropy are one fused kernel, and sampling runs every layer of one
 LSTM step in a single compiled call. Work buffers are kept between calls of the same shape.
-Works in float32 (training) and float64 (tests against reference.py). Threads: BLAS owns
-the cores (CHARRNN_THREADS, see charrnn/__init__.py); the kernels run on the calling thread,
-so results are bit-identical from run to run for a given thread count.
+Works in float32 (training) and float64 (tests against reference.py).
+
+Threads (CHARRNN_THREADS, see charrnn/__init__.py): a stacked LSTM with at least as many
+layers as threads runs each window as a task graph on that many lanes (_lanes_window and
+lanes.py), BLAS on one thread per lane; otherwise BLAS owns the cores and the kernels run
+on the calling thread. Either way results are bit-identical from run to run for a given
+thread count.
 """
 from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
 
 from charrnn import reference
 from charrnn.backends import cpu_kernels as K
+from charrnn.backends.lanes import lanes, run_graph
 from charrnn.backends.cpu_kernels import SOFTSIGN, TANH
 from charrnn.model import ModelConfig, Params, param_shapes, zero_state
 from charrnn.optim import Optimizer, clip_
@@ -32,6 +38,8 @@ __all__ = ["CpuBackend", "TANH", "SOFTSIGN"]
 # 2x128 B50 161k -> 127k, where the plain product is already efficient and the transposes cost.
 TRANSPOSED_MIN_H, TRANSPOSED_MAX_B = 256, 64
 SMALL_STEP_MACS = 1_000_000   # per-step recurrent products below this run on one BLAS thread
+LANES: int | None = None       # lanes for stacked LSTMs: None chooses (CpuBackend._lane_count); tests force it
+LANE_CHUNKS = 8                # a window splits into this many chunks of steps for the lanes
 
 
 class CpuBackend:
@@ -89,6 +97,16 @@ class CpuBackend:
     def _transposed(self, B: int) -> bool:
         """Whether the recurrent products run transposed (see cpu_kernels.lstm_forward)."""
         return K.SMALL_M < B <= TRANSPOSED_MAX_B and self.cfg.hidden >= TRANSPOSED_MIN_H
+
+    def _lane_count(self) -> int:
+        """Lanes for this model's windows (charrnn/backends/lanes.py): a stacked LSTM with at
+        least as many layers as BLAS threads runs its layers side by side, one core each, with
+        BLAS on one thread; otherwise one lane, and BLAS threads the products."""
+        cfg = self.cfg
+        if cfg.cell != "lstm" or cfg.layers < 2:
+            return 1
+        n = K.blas_threads() if LANES is None else LANES
+        return n if 2 <= n <= cfg.layers or LANES is not None else 1
 
     # -- forward over a window -------------------------------------------------------
     def _forward(self, x, state, masks, keep):
@@ -181,9 +199,155 @@ class CpuBackend:
         K.add_bias(logits, p["out.b"])
         return logits, new_state, layers, inp
 
+    # -- a stacked LSTM's window on several lanes -------------------------------------------
+    def _lanes_window(self, x, y, state, masks, train, n_lanes):
+        """Forward (and with `train` the backward) of one window as a task graph on n_lanes
+        lanes (charrnn/backends/lanes.py), the steps cut in chunks. Per chunk k and layer l:
+          P(l,k)  input projection of layer l (l >= 1)               after F(l-1,k)
+          F(l,k)  time loop (layer 0 also gathers its input rows)    after P(l,k), F(l,k-1)
+          O(k)    output layer, softmax and cross-entropy, and with `train` its backward:
+                  out.W's gradient and the gradient into layer L-1   after F(L-1,k), O(k-1)
+          R(l,k)  backward time loop, chunks from last to first      after R(l,k+1), O(k) or D(l+1,k)
+          D(l,k)  gradient into layer l-1 (l >= 1)                   after R(l,k)
+          W(l,j)  weight gradients of layer l over the whole window, column block j of 2:
+                  nothing waits on them, so they fill idle lanes      after R(l,0)
+        Free lanes take the deepest stage first: forward tasks by layer, then the backward from
+        the top layer down, then W. Returns (loss sum, new state); gradients go to self.grad."""
+        cfg, p, g = self.cfg, self.p, self.grad
+        T, B = x.shape
+        H, G, L, dt = cfg.hidden, 4 * cfg.hidden, cfg.layers, self.dtype
+        buf = self._buffers(T, B)
+        codes = np.ascontiguousarray(x.reshape(-1), dtype=np.int64)
+        ys = np.ascontiguousarray(y.reshape(-1), dtype=np.int64)
+        bounds = _chunk_bounds(T, LANE_CHUNKS)
+        n = len(bounds)
+        rows = [(t0 * B, t1 * B) for t0, t1 in bounds]
+        emb = None
+        if cfg.embed:
+            emb = np.empty((T * B, cfg.embed), dt)
+            K.gather_rows(p["embed"], codes, emb)
+        gates, hs, cs, tcs, logits = buf["gates"], buf["hs"], buf["cs"], buf["tcs"], buf["logits"]
+        masked = [np.empty((T * B, H), dt) for _ in range(L)] if masks is not None else None
+        outs = masked or [h[1:].reshape(T * B, H) for h in hs]          # what each layer passes up
+        ins = [emb] + outs[:-1]                                           # layer 0's is None when one-hot
+        transposed = self._transposed(B)
+        for l in range(L):
+            hs[l][0], cs[l][0] = state[l, 0], state[l, 1]
+        WhT = [p[f"l{l}.Wh"] for l in range(L)]
+        if train or transposed:                        # Wh^T, contiguous: made by tasks X(l)
+            if "lane_WhT" not in buf:
+                buf["lane_WhT"] = [np.empty((G, H), dt) for _ in range(L)]
+            WhT = buf["lane_WhT"]
+        parts = [0.0] * n
+        scale = 1.0 / (T * B)
+        if train:
+            if "lane_da" not in buf:
+                buf["lane_da"] = [np.empty((T, B, G), dt) for _ in range(L)]
+                buf["lane_dinp"] = [np.empty((T * B, H), dt) for _ in range(L)]
+            da, dinp = buf["lane_da"], buf["lane_dinp"]
+            dhc = np.zeros((L, 2, B, H), dt)
+            for name in ("out.W", "out.b", "embed", "l0.Wx", *(f"l{l}.b" for l in range(L))):
+                if name in g:                          # the ones added to, not assigned
+                    g[name][...] = 0
+
+        def proj(l, k):
+            (t0, t1), (r0, r1) = bounds[k], rows[k]
+            K.matmul(ins[l][r0:r1], p[f"l{l}.Wx"], gates[l][t0:t1].reshape(-1, G), False, False, 0.0)
+
+        def fwd(l, k):
+            (t0, t1), (r0, r1) = bounds[k], rows[k]
+            if l == 0:
+                g2 = gates[0][t0:t1].reshape(-1, G)
+                if emb is None:
+                    K.gather_rows(p["l0.Wx"], codes[r0:r1], g2)
+                else:
+                    K.matmul(emb[r0:r1], p["l0.Wx"], g2, False, False, 0.0)
+            K.lstm_forward(gates[l][t0:t1], p[f"l{l}.b"], p[f"l{l}.Wh"], WhT[l], hs[l][t0:t1 + 1],
+                           cs[l][t0:t1 + 1], tcs[l][t0:t1], self.kind, transposed)
+            if masks is not None:
+                K.mul_to(hs[l][t0 + 1:t1 + 1].reshape(-1, H), masks[l][t0:t1].reshape(-1, H), masked[l][r0:r1])
+
+        def out(k):
+            r0, r1 = rows[k]
+            lg, top = logits[r0:r1], outs[L - 1][r0:r1]
+            K.matmul(top, p["out.W"], lg, False, False, 0.0)
+            K.add_bias(lg, p["out.b"])
+            parts[k] = K.softmax_xent(lg, ys[r0:r1], scale, train)
+            if train:                                  # lg now holds the logits' gradient
+                K.matmul(top, lg, g["out.W"], True, False, 1.0)
+                K.colsum_add(g["out.b"], lg)
+                K.matmul(lg, p["out.W"], dinp[L - 1][r0:r1], False, True, 0.0)
+
+        def bwd(l, k):
+            (t0, t1), (r0, r1) = bounds[k], rows[k]
+            d = dinp[l][r0:r1]
+            if masks is not None:
+                K.mul_inplace(d, masks[l][t0:t1].reshape(-1, H))
+            K.lstm_backward(d.reshape(-1, B, H), p[f"l{l}.Wh"], WhT[l], cs[l][t0:t1], gates[l][t0:t1],
+                            tcs[l][t0:t1], self.kind, da[l][t0:t1], transposed, dhc[l, 0], dhc[l, 1], t0 > 0)
+            K.colsum_add(g[f"l{l}.b"], da[l][t0:t1].reshape(-1, G))    # while the chunk is in cache
+            if l == 0 and emb is not None:             # the embedding's gradient, in chunk order
+                de = np.empty((r1 - r0, cfg.embed), dt)
+                K.matmul(da[0][t0:t1].reshape(-1, G), p["l0.Wx"], de, False, True, 0.0)
+                K.scatter_add_rows(g["embed"], codes[r0:r1], de)
+
+        def down(l, k):
+            (t0, t1), (r0, r1) = bounds[k], rows[k]
+            K.matmul(da[l][t0:t1].reshape(-1, G), p[f"l{l}.Wx"], dinp[l - 1][r0:r1], False, True, 0.0)
+
+        def wgrad(l, j):
+            c0, c1 = j * G // 2, (j + 1) * G // 2
+            d = da[l].reshape(T * B, G)[:, c0:c1]
+            K.matmul(hs[l][:T].reshape(T * B, H), d, g[f"l{l}.Wh"][:, c0:c1], True, False, 0.0)
+            if l == 0 and emb is None:
+                K.scatter_add_rows(g["l0.Wx"][:, c0:c1], codes, d)
+            else:
+                K.matmul(ins[l], d, g[f"l{l}.Wx"][:, c0:c1], True, False, 0.0)
+
+        tasks: list = []
+
+        def add(fn, deps, prio):
+            tasks.append((fn, [d for d in deps if d is not None], prio))
+            return len(tasks) - 1
+
+        X = [None] * L
+        if WhT[0] is not p["l0.Wh"]:
+            for l in range(L):
+                X[l] = add(partial(K.transpose, p[f"l{l}.Wh"], WhT[l]), [], (0, -l, -1) if transposed else (1, l))
+        F = [[None] * n for _ in range(L)]
+        O = [None] * n
+        for k in range(n):
+            for l in range(L):
+                pk = add(partial(proj, l, k), [F[l - 1][k]], (0, -l, k)) if l > 0 else None
+                first = X[l] if k == 0 and transposed else None
+                F[l][k] = add(partial(fwd, l, k), [pk, first, F[l][k - 1] if k else None], (0, -l, k))
+            O[k] = add(partial(out, k), [F[L - 1][k], O[k - 1] if k else None], (0, -L, k))
+        if train:
+            R = [[None] * n for _ in range(L)]
+            for k in range(n - 1, -1, -1):
+                above = O[k]
+                for l in range(L - 1, -1, -1):
+                    R[l][k] = add(partial(bwd, l, k), [above, R[l][k + 1] if k < n - 1 else X[l]],
+                                  (0, -(2 * L - l), n - k))
+                    if l > 0:
+                        above = add(partial(down, l, k), [R[l][k]], (0, -(2 * L - l), n - k))
+            for l in range(L - 1, -1, -1):
+                for j in range(2):
+                    add(partial(wgrad, l, j), [R[l][0]], (1, -l, j))
+        with K.blas_threads_at_most(1):
+            run_graph(lanes(n_lanes), tasks)
+        new_state = np.empty_like(state)
+        for l in range(L):
+            new_state[l, 0], new_state[l, 1] = hs[l][T], cs[l][T]
+        return sum(parts), new_state
+
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
         _warm_up(self, "loss")
         state = np.ascontiguousarray(state, dtype=self.dtype)
+        n_lanes = self._lane_count()
+        if n_lanes > 1:
+            loss, new_state = self._lanes_window(x, y, state, None, False, n_lanes)
+            return float(loss), new_state
         logits, new_state, _, _ = self._forward(x, state, None, keep=False)
         loss = K.softmax_xent(logits, np.ascontiguousarray(y.reshape(-1), dtype=np.int64), 1.0, False)
         return float(loss), new_state
@@ -198,6 +362,10 @@ class CpuBackend:
         if cfg.dropout > 0:
             masks = reference.dropout_masks(dropout_seed, (cfg.layers, T, B, H), cfg.dropout, dt)
         state = np.ascontiguousarray(state, dtype=dt)
+        n_lanes = self._lane_count()
+        if n_lanes > 1:
+            loss, new_state = self._lanes_window(x, y, state, masks, True, n_lanes)
+            return float(loss), new_state
         logits, new_state, layers, top = self._forward(x, state, masks, keep=True)
         codes = np.ascontiguousarray(x.reshape(-1), dtype=np.int64)
         loss = K.softmax_xent(logits, np.ascontiguousarray(y.reshape(-1), dtype=np.int64), 1.0 / (T * B), True)
@@ -219,9 +387,10 @@ class CpuBackend:
                 K.mul_inplace(dinp, masks[l].reshape(T * B, H))
             if cfg.cell == "lstm":
                 gates, cs, tcs, WhT = cc
+                dhc = np.zeros((2, B, H), dt)
                 with K.blas_threads_at_most(self._step_threads(B)):
                     K.lstm_backward(dinp.reshape(T, B, H), Wh, WhT, cs, gates, tcs, self.kind, da,
-                                    self._transposed(B))
+                                    self._transposed(B), dhc[0], dhc[1], False)
                 dxw2 = dhw2 = da2
             else:
                 dxw2, dhw2 = self._backward_steps(l, dinp.reshape(T, B, H), hs, cc)
@@ -320,8 +489,12 @@ class CpuBackend:
     # -- update ----------------------------------------------------------------------------
     def optimizer_step(self, opt: Optimizer, lr: float, clip: tuple[str, float]) -> float:
         _warm_up(self, "optimizer_step")
-        norm = clip_(self.grad.flat, clip[0], clip[1])
-        opt.step(self.p.flat, self.grad.flat, lr)
+        n, run = self._lane_count(), None
+        if n > 1:                   # the lanes split the buffer; the result is the same either way
+            pool = lanes(n)
+            run = lambda jobs: run_graph(pool, [(job, [], (0,)) for job in jobs])   # noqa: E731
+        norm = clip_(self.grad.flat, clip[0], clip[1], run, n)
+        opt.step(self.p.flat, self.grad.flat, lr, run, n)
         return norm
 
     def params_host(self) -> Params:
@@ -331,6 +504,17 @@ class CpuBackend:
         return zero_state(self.cfg, batch, self.dtype)
 
 
+def _chunk_bounds(T: int, n: int) -> list[tuple[int, int]]:
+    """Split T steps into at most n chunks, the first and last half as long as the others: a
+    wavefront waits on its first chunk to start and on its last to end, with one lane idle."""
+    n = min(n, T)
+    if n <= 2:
+        return [(0, T // n), (T // n, T)] if n == 2 else [(0, T)]
+    unit = T / (n - 1)
+    cuts = [0] + [min(T - (n - 1 - i), max(i + 1, int(unit * (i + 0.5) + 0.5))) for i in range(n - 1)] + [T]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
 _warmed: set = set()
 
 
@@ -338,7 +522,7 @@ def _warm_up(be: CpuBackend, path: str) -> None:
     """Before a path's first real call in this process, run it once on a tiny model so its
     kernels compile (or load from the on-disk cache) up front, and say so on stderr if that
     takes long instead of looking hung. Per path, so `charrnn sample` loads only what it uses."""
-    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0)
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, be._lane_count() > 1)
     if key in _warmed:
         return
     _warmed.add(key)                   # first, so the tiny model's own calls do not recurse
@@ -354,7 +538,7 @@ def _warm_up(be: CpuBackend, path: str) -> None:
     t0 = time.perf_counter()
     from charrnn.model import ModelConfig as MC, init_params
     from charrnn.optim import Optimizer as Opt
-    tiny = MC(vocab_size=3, hidden=2, layers=2, cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
+    tiny = MC(vocab_size=3, hidden=2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
               dropout=0.5 if be.cfg.dropout else 0.0)
     tb = CpuBackend.__new__(CpuBackend)
     tb._setup(tiny, init_params(tiny, np.random.default_rng(0), be.dtype))

@@ -9,8 +9,9 @@
   math.exp/math.expm1, exact to rounding.
 - sigmoid(a) = 1 / (2 + expm1(-a)) and tanh(a) = e / (e + 2) with e = expm1(2a): one primitive
   for both, accurate near zero.
-Every kernel is serial (the calling thread); the cores belong to BLAS, whose thread count
-`set_blas_threads` sets. Serial loops also keep every float reduction in a fixed order.
+Every kernel is serial (the calling thread), and those the lanes call (cpu.py) release the
+GIL. The cores belong either to BLAS, whose thread count `set_blas_threads` sets, or to the
+lanes, each calling BLAS on one thread. Serial loops keep every float reduction in a fixed order.
 """
 from __future__ import annotations
 
@@ -274,7 +275,7 @@ def _lstm_cells(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib):
                 h_out[bi, j] = a[bi, 3 * H + j] * t
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def lstm_forward(gates, bias, Wh, WhT, hs, cs, tcs, kind, transposed):
     """A window's time loop. gates (T,B,4H) holds the input projections without bias and
     becomes the activations; hs, cs (T+1,B,H) hold the carried state at [0]; fills the rest.
@@ -319,6 +320,12 @@ def _transpose(x, out):
                 out[j, i] = x[i, j]
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def transpose(x, out):
+    """out = x.T, tiled (see _transpose)."""
+    _transpose(x, out)
+
+
 @njit(inline="always", error_model="numpy")
 def _add_transposed(xT, out):
     """out[i, j] += xT[j, i]. Not _transpose with an add flag: this one tiles over out's columns,
@@ -333,19 +340,19 @@ def _add_transposed(xT, out):
                 out[i, j] += xT[j, i]
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
-def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed):
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed, dh, dc, carry):
     """The backward time loop: dh_out (T,B,H) is the gradient on each step's output; writes
-    da (T,B,4H), the gradient on the pre-activations. The state entering the window is
-    detached (truncated BPTT), so nothing flows out of step 0. With `transposed` the recurrent
-    product runs as dh^T = Wh da^T, as in lstm_forward (1.2-1.6x faster at 32-64 rows);
-    otherwise it is da @ Wh^T on the contiguous WhT."""
+    da (T,B,4H), the gradient on the pre-activations. dh, dc (B,H) hold the gradients on the
+    last step's h and c from the steps after these T (zeros at a window's end) and, with
+    `carry`, become those on the state entering step 0, for the steps before (a window split
+    in chunks, CpuBackend's lanes). A window's entering state is detached (truncated BPTT): no
+    carry there. With `transposed` the recurrent product runs as dh^T = Wh da^T, as in
+    lstm_forward (1.2-1.6x faster at 32-64 rows); otherwise it is da @ Wh^T on the contiguous WhT."""
     T, B, H = dh_out.shape
     G = 4 * H
     f = da.dtype.type
     one = f(1.0)
-    dh = np.zeros((B, H), da.dtype)
-    dc = np.zeros((B, H), da.dtype)
     dT = np.empty((G, B), da.dtype)
     dhT = np.empty((H, B), da.dtype)
     for t in range(T - 1, -1, -1):
@@ -384,7 +391,7 @@ def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed):
                 d4[bi, 3 * H + j] = dh[bi, j] * tc[bi, j] * o * (one - o)
             for j in range(H):
                 dc[bi, j] *= g4[bi, H + j]
-        if t > 0:
+        if t > 0 or carry:
             if not transposed:
                 gemm(d4, WhT, dh, False, False, 0.0)
             else:
@@ -505,7 +512,7 @@ def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kin
 
 
 # ---------------------------------------------------------------- input and output sides
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def gather_rows(W, codes, out):
     """out[n] = W[codes[n]]: a one-hot input product as a row gather."""
     for n in range(codes.shape[0]):
@@ -520,14 +527,14 @@ def gather_bias(W, b, codes, out):
             out[n, j] = row[j] + b[j]
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def add_bias(out, b):
     for n in range(out.shape[0]):
         for j in range(out.shape[1]):
             out[n, j] += b[j]
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def scatter_add_rows(G, codes, d):
     """G[codes[n]] += d[n], rows in order."""
     for n in range(codes.shape[0]):
@@ -536,7 +543,7 @@ def scatter_add_rows(G, codes, d):
             row[j] += d[n, j]
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def colsum_add(g, d):
     """g += d summed over rows, accumulated in float64 row by row (a fixed order)."""
     s = np.zeros(d.shape[1])
@@ -547,7 +554,7 @@ def colsum_add(g, d):
         g[j] += s[j]
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def softmax_xent(logits, y, scale, want_grad):
     """Summed -log softmax(logits)[y] over rows; with want_grad, logits become scale*(p - onehot(y))."""
     N, V = logits.shape
@@ -577,11 +584,26 @@ def softmax_xent(logits, y, scale, want_grad):
     return total
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def mul_inplace(a, m):
     for n in range(a.shape[0]):
         for j in range(a.shape[1]):
             a[n, j] *= m[n, j]
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def mul_to(a, m, out):
+    """out = a * m elementwise (2-D)."""
+    for n in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[n, j] = a[n, j] * m[n, j]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def matmul(a, b, c, ta, tb, beta):
+    """gemm from Python without the GIL (np.dot wants contiguous outputs and keeps BLAS's
+    threading): c = op(a) @ op(b) + beta c on views with unit column stride."""
+    gemm(a, b, c, ta, tb, beta)
 
 
 # ---------------------------------------------------------------- GRU and RNN: per-step kernels

@@ -39,7 +39,8 @@ __all__ = ["CpuBackend", "TANH", "SOFTSIGN"]
 TRANSPOSED_MIN_H, TRANSPOSED_MAX_B = 256, 64
 SMALL_STEP_MACS = 1_000_000   # per-step recurrent products below this run on one BLAS thread
 LANES: int | None = None       # lanes for stacked LSTMs: None chooses (CpuBackend._lane_count); tests force it
-LANE_CHUNKS = 8                # a window splits into this many chunks of steps for the lanes
+LANE_CHUNKS = 8                # a window splits into this many chunks of steps for the lanes,
+LANE_END_CHUNK = 0.5           # the first and last this much shorter than the others
 
 
 class CpuBackend:
@@ -209,8 +210,8 @@ class CpuBackend:
                   out.W's gradient and the gradient into layer L-1   after F(L-1,k), O(k-1)
           R(l,k)  backward time loop, chunks from last to first      after R(l,k+1), O(k) or D(l+1,k)
           D(l,k)  gradient into layer l-1 (l >= 1)                   after R(l,k)
-          W(l,j)  weight gradients of layer l over the whole window, column block j of 2:
-                  nothing waits on them, so they fill idle lanes      after R(l,0)
+          W(l)    weight gradients of layer l over the whole window (layer 0's in column
+                  halves): nothing waits on them, so they fill idle lanes    after R(l,0)
         Free lanes take the deepest stage first: forward tasks by layer, then the backward from
         the top layer down, then W. Returns (loss sum, new state); gradients go to self.grad."""
         cfg, p, g = self.cfg, self.p, self.grad
@@ -238,7 +239,7 @@ class CpuBackend:
             if "lane_WhT" not in buf:
                 buf["lane_WhT"] = [np.empty((G, H), dt) for _ in range(L)]
             WhT = buf["lane_WhT"]
-        parts = [0.0] * n
+        losses = [0.0] * n
         scale = 1.0 / (T * B)
         if train:
             if "lane_da" not in buf:
@@ -272,7 +273,7 @@ class CpuBackend:
             lg, top = logits[r0:r1], outs[L - 1][r0:r1]
             K.matmul(top, p["out.W"], lg, False, False, 0.0)
             K.add_bias(lg, p["out.b"])
-            parts[k] = K.softmax_xent(lg, ys[r0:r1], scale, train)
+            losses[k] = K.softmax_xent(lg, ys[r0:r1], scale, train)
             if train:                                  # lg now holds the logits' gradient
                 K.matmul(top, lg, g["out.W"], True, False, 1.0)
                 K.colsum_add(g["out.b"], lg)
@@ -295,14 +296,15 @@ class CpuBackend:
             (t0, t1), (r0, r1) = bounds[k], rows[k]
             K.matmul(da[l][t0:t1].reshape(-1, G), p[f"l{l}.Wx"], dinp[l - 1][r0:r1], False, True, 0.0)
 
-        def wgrad(l, j):
-            c0, c1 = j * G // 2, (j + 1) * G // 2
+        def wgrad(l, name, j, blocks):
+            """Column block j of `blocks` of layer l's Wh or Wx gradient."""
+            c0, c1 = j * G // blocks, (j + 1) * G // blocks
             d = da[l].reshape(T * B, G)[:, c0:c1]
-            K.matmul(hs[l][:T].reshape(T * B, H), d, g[f"l{l}.Wh"][:, c0:c1], True, False, 0.0)
-            if l == 0 and emb is None:
+            if name == "Wx" and l == 0 and emb is None:
                 K.scatter_add_rows(g["l0.Wx"][:, c0:c1], codes, d)
             else:
-                K.matmul(ins[l], d, g[f"l{l}.Wx"][:, c0:c1], True, False, 0.0)
+                src = hs[l][:T].reshape(T * B, H) if name == "Wh" else ins[l]
+                K.matmul(src, d, g[f"l{l}.{name}"][:, c0:c1], True, False, 0.0)
 
         tasks: list = []
 
@@ -332,14 +334,16 @@ class CpuBackend:
                     if l > 0:
                         above = add(partial(down, l, k), [R[l][k]], (0, -(2 * L - l), n - k))
             for l in range(L - 1, -1, -1):
-                for j in range(2):
-                    add(partial(wgrad, l, j), [R[l][0]], (1, -l, j))
+                for name in ("Wh", "Wx"):   # layer 0's are the last work of the window: halves, so both lanes share them
+                    blocks = 2 if l == 0 and (name == "Wh" or emb is not None) else 1
+                    for j in range(blocks):
+                        add(partial(wgrad, l, name, j, blocks), [R[l][0]], (1, -l, j))
         with K.blas_threads_at_most(1):
             run_graph(lanes(n_lanes), tasks)
         new_state = np.empty_like(state)
         for l in range(L):
             new_state[l, 0], new_state[l, 1] = hs[l][T], cs[l][T]
-        return sum(parts), new_state
+        return sum(losses), new_state
 
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
         _warm_up(self, "loss")
@@ -505,14 +509,19 @@ class CpuBackend:
 
 
 def _chunk_bounds(T: int, n: int) -> list[tuple[int, int]]:
-    """Split T steps into at most n chunks, the first and last half as long as the others: a
-    wavefront waits on its first chunk to start and on its last to end, with one lane idle."""
+    """Split T steps into min(n, T) chunks, the first and last LANE_END_CHUNK as long as the
+    others: a window's graph starts on its first chunk and turns from forward to backward on
+    its last, and one lane waits meanwhile."""
     n = min(n, T)
-    if n <= 2:
-        return [(0, T // n), (T // n, T)] if n == 2 else [(0, T)]
-    unit = T / (n - 1)
-    cuts = [0] + [min(T - (n - 1 - i), max(i + 1, int(unit * (i + 0.5) + 0.5))) for i in range(n - 1)] + [T]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    w = [1.0] * n
+    if n > 2:
+        w[0] = w[-1] = LANE_END_CHUNK
+    total, acc, cuts = sum(w), 0.0, [0]
+    for i in range(n - 1):
+        acc += w[i]
+        cuts.append(min(max(int(acc / total * T + 0.5), cuts[-1] + 1), T - (n - 1 - i)))
+    cuts.append(T)
+    return list(zip(cuts, cuts[1:]))
 
 
 _warmed: set = set()

@@ -123,6 +123,8 @@ def test_stacked_lstm_on_lanes_and_on_one_thread_both_match_reference(lanes_forc
     graphs = lanes_forced(n_lanes)
     for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
         _check(cfg, 8, 3, dtype, tol, seed=5)
+    for T, B in ((1, 1), (2, 5), (9, 1)):      # one chunk; one step per chunk; one stream
+        _check(cfg, T, B, np.float64, 1e-9, seed=T)
     if n_lanes > 1:
         assert graphs and set(graphs) == {n_lanes}
     else:

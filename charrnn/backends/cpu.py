@@ -204,11 +204,14 @@ class CpuBackend:
     def _lanes_window(self, x, y, state, masks, train, n_lanes):
         """Forward (and with `train` the backward) of one window as a task graph on n_lanes
         lanes (charrnn/backends/lanes.py), the steps cut in chunks. Per chunk k and layer l:
+          X(l)    Wh^T, contiguous, for transposed products and the backward
           P(l,k)  input projection of layer l (l >= 1)               after F(l-1,k)
           F(l,k)  time loop (layer 0 also gathers its input rows)    after P(l,k), F(l,k-1)
+                  (and X(l) when the products run transposed)
           O(k)    output layer, softmax and cross-entropy, and with `train` its backward:
                   out.W's gradient and the gradient into layer L-1   after F(L-1,k), O(k-1)
-          R(l,k)  backward time loop, chunks from last to first      after R(l,k+1), O(k) or D(l+1,k)
+          R(l,k)  backward time loop, chunks from last to first      after R(l,k+1) or X(l),
+                                                                     and O(k) or D(l+1,k)
           D(l,k)  gradient into layer l-1 (l >= 1)                   after R(l,k)
           W(l)    weight gradients of layer l over the whole window (layer 0's in column
                   halves): nothing waits on them, so they fill idle lanes    after R(l,0)

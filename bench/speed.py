@@ -228,7 +228,7 @@ def worker_main(side: str, spec: str) -> None:
                      "variant": getattr(w, "variant", {})}
             if side == "charrnn":
                 from charrnn.backends.cpu_kernels import blas_core
-                lanes = w.be._lane_count()
+                lanes = w.be._lanes_for(T, B)
                 reply["variant"] = dict(reply["variant"], blas=f"OpenBLAS {blas_core()} kernels",
                                         train=f"{lanes} lanes, 1 BLAS thread each" if lanes > 1 else
                                         "1 lane, BLAS threads the products")

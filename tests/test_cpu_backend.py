@@ -152,3 +152,28 @@ def test_optimizer_step_on_lanes_equals_the_serial_update(lanes_forced):
     assert results[0][0] == results[1][0]
     assert any(nm > 20.0 for nm in results[0][0])           # clipping happened
     assert np.array_equal(results[0][1], results[1][1]) and np.array_equal(results[0][2], results[1][2])
+
+
+def test_lanes_are_chosen_only_for_stacked_lstms_with_chunks_big_enough_to_pay_for_them(monkeypatch):
+    """2 threads: lanes for a stacked LSTM whose chunk tasks are large; BLAS threading for one
+    layer, for GRU/RNN, for more threads than layers, and for tiny chunks (measured slower)."""
+    import charrnn.backends.cpu as cpu
+    from charrnn.backends import cpu_kernels as K
+    monkeypatch.setattr(K, "blas_threads", lambda: 2)
+
+    def be(**kw):
+        cfg = ModelConfig(vocab_size=65, **kw)
+        return CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))
+    assert be(hidden=128, layers=2)._lanes_for(50, 50) == 2
+    assert be(hidden=128, layers=2)._lanes_for(256, 1) == 2           # evaluation, one stream
+    assert be(hidden=128, layers=2)._lanes_for(8, 1) == 1             # chunks of one step of a matrix-vector product
+    assert be(hidden=32, layers=2)._lanes_for(50, 16) == 1
+    assert be(hidden=512, layers=1)._lanes_for(100, 64) == 1
+    assert be(hidden=512, layers=2, cell="gru")._lanes_for(100, 64) == 1
+    assert be(hidden=512, layers=3)._lanes_for(100, 32) == 2
+    assert be(hidden=512, layers=2)._lanes_for_update() == 2
+    assert be(hidden=32, layers=2)._lanes_for_update() == 1
+    monkeypatch.setattr(K, "blas_threads", lambda: 3)
+    assert be(hidden=512, layers=2)._lanes_for(100, 64) == 1
+    monkeypatch.setattr(cpu, "LANES_MIN_CHUNK_MACS", 0)
+    assert be(hidden=512, layers=3)._lanes_for(100, 64) == 3

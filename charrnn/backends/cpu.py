@@ -41,6 +41,12 @@ SMALL_STEP_MACS = 1_000_000   # per-step recurrent products below this run on on
 LANES: int | None = None       # lanes for stacked LSTMs: None chooses (CpuBackend._lane_count); tests force it
 LANE_CHUNKS = 8                # a window splits into this many chunks of steps for the lanes,
 LANE_END_CHUNK = 0.5           # the first and last this much shorter than the others
+# Below these sizes the lanes' hand-offs (tens of microseconds a task) cost more than they save.
+# Training chars/s, BLAS threading -> lanes, 2 threads: 2x32 B16 (0.46M multiply-adds per chunk
+# task) 901k -> 400k, 2x48 B16 (1.0M) 726k -> 596k, 2x64 B16 (1.8M) 523k -> 524k, 2x32 B64
+# (1.8M) 1347k -> 1604k, 2x96 B16 (4.1M) 293k -> 334k.
+LANES_MIN_CHUNK_MACS = 2_000_000   # recurrent multiply-adds of one layer over one chunk
+LANES_MIN_PARAMS = 500_000         # the optimizer splits its buffer over the lanes from this size
 
 
 class CpuBackend:
@@ -68,6 +74,7 @@ class CpuBackend:
         self._out_off = where["out.W"]
         self._bufs: dict = {}
         self._notify = None
+        self._lanes_forced: int | None = None      # set on _warm_up's tiny model
 
     # -- work buffers, kept per window shape (the two most recent) -------------------------
     def _buffers(self, T: int, B: int) -> dict:
@@ -104,10 +111,27 @@ class CpuBackend:
         least as many layers as BLAS threads runs its layers side by side, one core each, with
         BLAS on one thread; otherwise one lane, and BLAS threads the products."""
         cfg = self.cfg
+        if self._lanes_forced is not None:
+            return self._lanes_forced
         if cfg.cell != "lstm" or cfg.layers < 2:
             return 1
         n = K.blas_threads() if LANES is None else LANES
         return n if 2 <= n <= cfg.layers or LANES is not None else 1
+
+    def _lanes_for(self, T: int, B: int) -> int:
+        """Lanes for a window of T steps and B streams: _lane_count, unless the chunks are too
+        small to pay for the hand-offs (LANES_MIN_CHUNK_MACS)."""
+        n = self._lane_count()
+        H = self.cfg.hidden
+        if n > 1 and LANES is None and self._lanes_forced is None:
+            if T / min(T, LANE_CHUNKS) * B * H * 4 * H < LANES_MIN_CHUNK_MACS:
+                return 1
+        return n
+
+    def _lanes_for_update(self) -> int:
+        n = self._lane_count()
+        small = self.p.flat.size < LANES_MIN_PARAMS and LANES is None and self._lanes_forced is None
+        return 1 if small else n
 
     # -- forward over a window -------------------------------------------------------
     def _forward(self, x, state, masks, keep):
@@ -349,9 +373,9 @@ class CpuBackend:
         return sum(losses), new_state
 
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
-        _warm_up(self, "loss")
+        n_lanes = self._lanes_for(*x.shape)
+        _warm_up(self, "loss", n_lanes)
         state = np.ascontiguousarray(state, dtype=self.dtype)
-        n_lanes = self._lane_count()
         if n_lanes > 1:
             loss, new_state = self._lanes_window(x, y, state, None, False, n_lanes)
             return float(loss), new_state
@@ -361,15 +385,15 @@ class CpuBackend:
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state: np.ndarray,
                    dropout_seed: int = 0) -> tuple[float, np.ndarray]:
-        _warm_up(self, "train_step")
         cfg, p, g = self.cfg, self.p, self.grad
         T, B = x.shape
+        n_lanes = self._lanes_for(T, B)
+        _warm_up(self, "train_step", n_lanes)
         H, dt = cfg.hidden, self.dtype
         masks = None
         if cfg.dropout > 0:
             masks = reference.dropout_masks(dropout_seed, (cfg.layers, T, B, H), cfg.dropout, dt)
         state = np.ascontiguousarray(state, dtype=dt)
-        n_lanes = self._lane_count()
         if n_lanes > 1:
             loss, new_state = self._lanes_window(x, y, state, masks, True, n_lanes)
             return float(loss), new_state
@@ -495,8 +519,8 @@ class CpuBackend:
 
     # -- update ----------------------------------------------------------------------------
     def optimizer_step(self, opt: Optimizer, lr: float, clip: tuple[str, float]) -> float:
-        _warm_up(self, "optimizer_step")
-        n, run = self._lane_count(), None
+        n, run = self._lanes_for_update(), None
+        _warm_up(self, "optimizer_step", n)
         if n > 1:                   # the lanes split the buffer; the result is the same either way
             pool = lanes(n)
             run = lambda jobs: run_graph(pool, [(job, [], (0,)) for job in jobs])   # noqa: E731
@@ -530,11 +554,12 @@ def _chunk_bounds(T: int, n: int) -> list[tuple[int, int]]:
 _warmed: set = set()
 
 
-def _warm_up(be: CpuBackend, path: str) -> None:
+def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1) -> None:
     """Before a path's first real call in this process, run it once on a tiny model so its
     kernels compile (or load from the on-disk cache) up front, and say so on stderr if that
-    takes long instead of looking hung. Per path, so `charrnn sample` loads only what it uses."""
-    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, be._lane_count() > 1)
+    takes long instead of looking hung. Per path, so `charrnn sample` loads only what it uses;
+    n_lanes: the lanes the real call will use (the tiny model takes the same path)."""
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1)
     if key in _warmed:
         return
     _warmed.add(key)                   # first, so the tiny model's own calls do not recurse
@@ -554,6 +579,7 @@ def _warm_up(be: CpuBackend, path: str) -> None:
               dropout=0.5 if be.cfg.dropout else 0.0)
     tb = CpuBackend.__new__(CpuBackend)
     tb._setup(tiny, init_params(tiny, np.random.default_rng(0), be.dtype))
+    tb._lanes_forced = n_lanes if n_lanes > 1 else None
     x = np.zeros((2, 1), np.int64)
     if path == "train_step":
         tb.train_step(x, x, tb.zero_state(1))

@@ -8,10 +8,9 @@ in a fixed order, so the result is the same however the buffer is split.
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from typing import Callable
 
+import numpy as np
 from numba import njit
 
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "nesterov")

@@ -111,27 +111,30 @@ class CpuBackend:
         least as many layers as BLAS threads runs its layers side by side, one core each, with
         BLAS on one thread; otherwise one lane, and BLAS threads the products."""
         cfg = self.cfg
-        if self._lanes_forced is not None:
-            return self._lanes_forced
         if cfg.cell != "lstm" or cfg.layers < 2:
             return 1
-        n = K.blas_threads() if LANES is None else LANES
-        return n if 2 <= n <= cfg.layers or LANES is not None else 1
+        forced = self._forced_lanes()
+        if forced is not None:
+            return forced
+        n = K.blas_threads()
+        return n if 2 <= n <= cfg.layers else 1
+
+    def _forced_lanes(self) -> int | None:
+        """The lane count fixed by a test (LANES) or by _warm_up (_lanes_forced): no size checks."""
+        return self._lanes_forced if self._lanes_forced is not None else LANES
 
     def _lanes_for(self, T: int, B: int) -> int:
         """Lanes for a window of T steps and B streams: _lane_count, unless the chunks are too
         small to pay for the hand-offs (LANES_MIN_CHUNK_MACS)."""
-        n = self._lane_count()
         H = self.cfg.hidden
-        if n > 1 and LANES is None and self._lanes_forced is None:
-            if T / min(T, LANE_CHUNKS) * B * H * 4 * H < LANES_MIN_CHUNK_MACS:
-                return 1
-        return n
+        if self._forced_lanes() is None and T / min(T, LANE_CHUNKS) * B * H * 4 * H < LANES_MIN_CHUNK_MACS:
+            return 1
+        return self._lane_count()
 
     def _lanes_for_update(self) -> int:
-        n = self._lane_count()
-        small = self.p.flat.size < LANES_MIN_PARAMS and LANES is None and self._lanes_forced is None
-        return 1 if small else n
+        if self._forced_lanes() is None and self.p.flat.size < LANES_MIN_PARAMS:
+            return 1
+        return self._lane_count()
 
     # -- forward over a window -------------------------------------------------------
     def _forward(self, x, state, masks, keep):
@@ -262,7 +265,8 @@ class CpuBackend:
         for l in range(L):
             hs[l][0], cs[l][0] = state[l, 0], state[l, 1]
         WhT = [p[f"l{l}.Wh"] for l in range(L)]
-        if train or transposed:                        # Wh^T, contiguous: made by tasks X(l)
+        need_WhT = train or transposed
+        if need_WhT:                                   # Wh^T, contiguous: made by tasks X(l)
             if "lane_WhT" not in buf:
                 buf["lane_WhT"] = [np.empty((G, H), dt) for _ in range(L)]
             WhT = buf["lane_WhT"]
@@ -340,7 +344,7 @@ class CpuBackend:
             return len(tasks) - 1
 
         X = [None] * L
-        if WhT[0] is not p["l0.Wh"]:
+        if need_WhT:
             for l in range(L):
                 X[l] = add(partial(K.transpose, p[f"l{l}.Wh"], WhT[l]), [], (0, -l, -1) if transposed else (1, l))
         F = [[None] * n for _ in range(L)]

@@ -38,7 +38,7 @@ def test_every_task_runs_once_and_only_after_its_dependencies(n_lanes):
 
 
 def test_tasks_run_side_by_side():
-    """Two independent sleeps on two lanes overlap: the lanes are real threads."""
+    """Two tasks that each wait for the other at a barrier both finish: the lanes are real threads."""
     pool = lanes(2)
     barrier = threading.Barrier(2, timeout=5)
     run_graph(pool, [(barrier.wait, [], (0,)), (barrier.wait, [], (0,))])   # deadlocks (times out) if serial

@@ -503,8 +503,8 @@ def main() -> None:
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     peaks = {n: sgemm_peak(n) for n in threads}
-    print("SGEMM 4096^3 peak: " + ", ".join(f"{v:.0f} GFLOP/s at {n} thread(s)" for n, v in peaks.items()),
-          file=sys.stderr)
+    peaks_text = ", ".join(f"{v:.0f} GFLOP/s at {n} thread(s)" for n, v in peaks.items())
+    print(f"SGEMM 4096^3 peak: {peaks_text}", file=sys.stderr)
     pinned = {k: os.environ[k] for k in PINNED_BLAS_ENV if k in os.environ}
     if NATIVE_BLAS or not pinned:
         blas_env = "OpenBLAS chose its kernels by CPUID" + (f" ({', '.join(pinned)} dropped by --native-blas)"
@@ -535,9 +535,8 @@ def main() -> None:
         "end (the machine is shared: other work runs beside the benchmark).",
         f"Machine: {machine()}. {versions(torch_version)}.",
         f"BLAS: {blas_env}; the kernels that ran are in each config's \"paths chosen\" row. SGEMM peak "
-        "(NumPy float32 4096^3, best of 5, same environment): "
-        + ", ".join(f"{v:.0f} GFLOP/s at {n} thread(s)" for n, v in peaks.items())
-        + f" (issue 4 assumed a {FMA_PEAK_2C:.0f} GFLOP/s 2-core FMA peak).",
+        f"(NumPy float32 4096^3, best of 5, same environment): {peaks_text}"
+        f" (issue 4 assumed a {FMA_PEAK_2C:.0f} GFLOP/s 2-core FMA peak).",
         "Vocabulary 65, one-hot input, LSTM, Adam, clip by global norm 5, float32. Ratios are charrnn / PyTorch "
         "from the same run (windows alternated); targets apply at 2 threads. GFLOP/s counts the useful "
         "multiply-adds of a training character (one-hot gather excluded), 2 FLOPs each.", "",

@@ -25,6 +25,8 @@ TANH, SOFTSIGN = 0, 1
 LSTM, GRU, RNN = 0, 1, 2
 
 F0, F1 = np.float32(0.0), np.float32(1.0)
+# numba-cuda's float min() fails to type when compiled for a real device (the simulator hides it)
+_SOFT_CAP = np.float32(2.0 ** 60)
 _M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 _U1, _S30, _S27, _S31, _S40 = np.uint64(1), np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
 _INV24 = 1.0 / (1 << 24)
@@ -59,7 +61,8 @@ def _sig(a):
 def _act(a, kind):
     if kind == TANH:
         return math.tanh(a)
-    m = min(abs(a), float32(1152921504606846976.0))        # 2^60: past it softsign rounds to +-1
+    m = abs(a)
+    m = m if m < _SOFT_CAP else _SOFT_CAP     # past 2^60 softsign rounds to +-1 (no min(): see below)
     y = m / (F1 + m)
     return y if a >= F0 else -y
 

@@ -139,9 +139,11 @@ def cli() -> None:
               help="Multiply the rate by this when validation does not improve.")
 @click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
               help="Stop after this many validations without improvement (0: never).")
-@click.option("--max-epochs", type=click.FloatRange(0, min_open=True), default=50, show_default=True)
+@click.option("--max-epochs", type=click.FloatRange(0, min_open=True), default=None,
+              help="End the run after this many epochs [50; none with --minutes].")
 @click.option("--minutes", type=click.FloatRange(0), default=0, show_default=True,
-              help="Wall-clock budget; 0 means none.")
+              help="Wall-clock budget; 0 means none. The run uses all of it unless --max-epochs "
+                   "is given, and the cosine schedule spans it.")
 @click.option("--max-steps", type=click.IntRange(0), default=0, hidden=True)
 @click.option("--val-every", type=click.IntRange(0), default=0, show_default=True,
               help="Steps between validations (0: once per epoch).")

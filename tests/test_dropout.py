@@ -66,7 +66,7 @@ def test_masks_are_reproducible_and_have_the_right_rate():
 # ---------------------------------------------------------------- the CPU kernel
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", [0, 7, (1 << 62) - 1])
-def test_cpu_kernel_applies_the_frozen_masks_to_any_block_of_steps(dtype, seed):
+def test_cpu_kernels_apply_the_frozen_masks_to_any_block_of_steps(dtype, seed):
     L, T, B, H, p = 3, 6, 4, 5, 0.3
     want_masks = _frozen_masks(seed, (L, T, B, H), p, dtype)
     rng = np.random.default_rng(seed % 1000)
@@ -74,21 +74,26 @@ def test_cpu_kernel_applies_the_frozen_masks_to_any_block_of_steps(dtype, seed):
     for l in range(L):
         for t0, t1 in [(0, T), (0, 2), (2, 5), (5, 6)]:
             src = rng.standard_normal(((t1 - t0) * B, H)).astype(dtype)
-            out = np.full_like(src, np.nan)
-            K.dropout_to(src, out, np.uint64(seed), np.uint64((l * T + t0) * B * H), p, scale)
-            want = src * want_masks[l, t0:t1].reshape(-1, H)
-            assert out.tobytes() == want.tobytes(), (l, t0, t1)
-            K.dropout_to(src, src, np.uint64(seed), np.uint64((l * T + t0) * B * H), p, scale)   # in place
-            assert src.tobytes() == want.tobytes()
+            mask = want_masks[l, t0:t1].reshape(-1, H)
+            out, kept = np.full_like(src, np.nan), np.zeros(src.shape, np.bool_)
+            K.dropout_to(src, out, kept, np.uint64(seed), np.uint64((l * T + t0) * B * H), p, scale)
+            assert out.tobytes() == (src * mask).tobytes(), (l, t0, t1)
+            assert np.array_equal(kept, mask > 0)
+            grad = rng.standard_normal(src.shape).astype(dtype)
+            want_grad = grad * mask
+            K.dropout_kept(grad, kept, scale)              # the backward's masks, from the record
+            assert grad.tobytes() == want_grad.tobytes()
+            K.dropout_to(src, src, kept, np.uint64(seed), np.uint64((l * T + t0) * B * H), p, scale)   # in place
+            assert src.tobytes() == out.tobytes()
 
 
 def test_cpu_kernel_works_on_row_views_with_a_column_stride():
     # the lanes apply it to row blocks of a (T*B, H) buffer and to (T, B, H) slices reshaped
     src = np.arange(24, dtype=np.float32).reshape(4, 6)[1:3]
-    out = np.zeros((2, 6), np.float32)
-    K.dropout_to(src, out, np.uint64(5), np.uint64(6), 0.5, np.float32(2.0))
+    out, kept = np.zeros((2, 6), np.float32), np.zeros((3, 6), np.bool_)[1:]
+    K.dropout_to(src, out, kept, np.uint64(5), np.uint64(6), 0.5, np.float32(2.0))
     m = _frozen_masks(5, (1, 1, 3, 6), 0.5).reshape(3, 6)[1:3]
-    assert np.array_equal(out, src * m)
+    assert np.array_equal(out, src * m) and np.array_equal(kept, m > 0)
 
 
 # ---------------------------------------------------------------- layering

@@ -236,9 +236,18 @@ class CpuBackend:
         return dst
 
     def _drop(self, drop, src, dst, l, t0, T, B):
-        """dst = src * layer l's masks for steps t0.. of the window (src: whole steps' rows)."""
-        seed, p, scale = drop
-        K.dropout_to(src, dst, seed, np.uint64((l * T + t0) * B * self.cfg.hidden), p, scale)
+        """dst = src * layer l's masks for steps t0.. of the window (src: whole steps' rows),
+        hashed here and recorded in drop's `kept` for the backward (_drop_grad)."""
+        seed, p, scale, kept = drop
+        r0 = t0 * B
+        K.dropout_to(src, dst, kept[l, r0:r0 + src.shape[0]], seed, np.uint64((l * T + t0) * B * self.cfg.hidden),
+                     p, scale)
+
+    @staticmethod
+    def _drop_grad(drop, d, l, t0, B):
+        """d *= the masks _drop applied to layer l's rows from step t0 on."""
+        r0 = t0 * B
+        K.dropout_kept(d, drop[3][l, r0:r0 + d.shape[0]], drop[2])
 
     # -- a stacked LSTM's window on several lanes -------------------------------------------
     def _lanes_window(self, x, y, state, drop, train, n_lanes):
@@ -327,7 +336,7 @@ class CpuBackend:
             (t0, t1), (r0, r1) = bounds[k], rows[k]
             d = dinp[l][r0:r1]
             if drop is not None:
-                self._drop(drop, d, d, l, t0, T, B)
+                self._drop_grad(drop, d, l, t0, B)
             K.lstm_backward(d.reshape(-1, B, H), p[f"l{l}.Wh"], WhT[l], cs[l][t0:t1], gates[l][t0:t1],
                             tcs[l][t0:t1], self.kind, da[l][t0:t1], transposed, dhc[l, 0], dhc[l, 1], t0 > 0)
             K.colsum_add(g[f"l{l}.b"], da[l][t0:t1].reshape(-1, G))    # while the chunk is in cache
@@ -407,9 +416,10 @@ class CpuBackend:
         n_lanes = self._lanes_for(T, B)
         _warm_up(self, "train_step", n_lanes)
         H, dt = cfg.hidden, self.dtype
-        drop = None            # the masks are computed where they are applied (charrnn/dropout.py)
+        drop = None    # masks hashed where the forward applies them (charrnn/dropout.py), kept for the backward
         if cfg.dropout > 0:
-            drop = (np.uint64(dropout_seed), float(cfg.dropout), dt.type(1.0 / (1.0 - cfg.dropout)))
+            drop = (np.uint64(dropout_seed), float(cfg.dropout), dt.type(1.0 / (1.0 - cfg.dropout)),
+                    np.empty((cfg.layers, T * B, H), np.bool_))
         state = np.ascontiguousarray(state, dtype=dt)
         if n_lanes > 1:
             loss, new_state = self._lanes_window(x, y, state, drop, True, n_lanes)
@@ -432,7 +442,7 @@ class CpuBackend:
             inp, hs, cc = layers[l]
             Wx, Wh = p[f"l{l}.Wx"], p[f"l{l}.Wh"]
             if drop is not None:
-                self._drop(drop, dinp, dinp, l, 0, T, B)
+                self._drop_grad(drop, dinp, l, 0, B)
             if cfg.cell == "lstm":
                 gates, cs, tcs, WhT = cc
                 dhc = np.zeros((2, B, H), dt)

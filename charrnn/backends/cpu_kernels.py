@@ -591,16 +591,27 @@ _uniform = njit(inline="always")(dropout.uniform)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def dropout_to(a, out, seed, base, p, scale):
+def dropout_to(a, out, kept, seed, base, p, scale):
     """out = a * mask for a block of rows of H units (in place when out is a): the mask of
     element (n, j) is charrnn/dropout.py's for index base + n * H + j, scale (1 / (1 - p) in
-    a's float type) where kept, else 0. Forward and backward compute the same masks."""
+    a's float type) where kept, else 0. kept[n, j] records which, for the backward."""
     H = a.shape[1]
     zero = scale - scale
     for n in range(a.shape[0]):
         row = base + np.uint64(n * H)
         for j in range(H):
-            out[n, j] = a[n, j] * (scale if _uniform(seed, row + np.uint64(j)) >= p else zero)
+            k = _uniform(seed, row + np.uint64(j)) >= p
+            kept[n, j] = k
+            out[n, j] = a[n, j] * (scale if k else zero)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def dropout_kept(d, kept, scale):
+    """d *= the mask dropout_to applied, from its record `kept` (the gradient's dropout)."""
+    zero = scale - scale
+    for n in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            d[n, j] *= scale if kept[n, j] else zero
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -15,6 +15,7 @@ import pytest
 
 import charrnn.backends.cpu as cpu
 from charrnn import reference as ref
+from charrnn.dropout import masks as dropout_masks
 from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu import CpuBackend
 from charrnn.model import ModelConfig, init_params, param_shapes
@@ -97,7 +98,7 @@ def _check_train(cfg, p64, x, y, state, dtype, be=None, masks_seed=None):
     masks = None
     if cfg.dropout:
         T, B = x.shape
-        masks = ref.dropout_masks(masks_seed, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
+        masks = dropout_masks(masks_seed, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
     want = _oracle(p64, cfg, x, y, state, dtype, masks)
     be = be or CpuBackend(cfg, p64.astype(dtype))
     got = _train_step(be, x, y, state, 0 if masks_seed is None else masks_seed)

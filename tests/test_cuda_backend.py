@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from charrnn import reference as ref
+from charrnn.dropout import masks as dropout_masks
 from charrnn.model import ModelConfig, init_params, param_shapes
 from sampling_models import PerStep, count_calls
 from test_cpu_backend import _case as cpu_case
@@ -58,7 +59,7 @@ def _check(cfg, T, B, tol=1e-4, seed=0, **kw):
     p64, x, y, state = _case(cfg, T, B, seed)
     masks = None
     if cfg.dropout:
-        masks = ref.dropout_masks(seed + 11, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
+        masks = dropout_masks(seed + 11, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
     loss, cache, s_ref = ref.forward(p64, cfg, x, y, state, masks)
     g_ref = p64.like()
     ref.backward(p64, g_ref, cfg, cache, 1.0 / (T * B))
@@ -228,6 +229,21 @@ def test_saturated_model_with_a_wide_vocabulary_matches_reference_and_optim(cell
     host.step(w, g, 0.01)
     assert abs(be.optimizer_step(Optimizer("adam", w.size), 0.01, ("norm", 0.5)) - norm) <= 1e-5 * norm
     np.testing.assert_allclose(be.params_host().flat, w, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("seed", [3, (1 << 62) - 1])
+def test_dropout_kernel_applies_the_masks_of_charrnn_dropout(seed):
+    from numba import cuda
+    from charrnn.backends import cuda_kernels as K
+    L, T, B, H, p = 2, 3, 2, 5, 0.4
+    masks = dropout_masks(seed, (L, T, B, H), p)
+    src = np.random.default_rng(seed % 97).standard_normal(T * B * H).astype(np.float32)
+    for l in range(L):
+        dst = cuda.device_array_like(src)
+        K.dropout[K.blocks(src.size), K.THREADS](cuda.to_device(src), dst, np.uint64(seed), np.uint64(l * src.size),
+                                                 p, np.float32(1.0 / (1.0 - p)))
+        assert np.array_equal(dst.copy_to_host(), src * masks[l].reshape(-1))
 
 
 @needs_cuda

@@ -29,6 +29,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from charrnn import dropout
+
 TANH, SOFTSIGN = 0, 1
 # Fast-math without nnan/ninf (inputs may be +-inf, the tests sweep them) and without arcp
 # (a reciprocal of a huge number is subnormal, and the fast one flushes it to zero).
@@ -641,19 +643,32 @@ def softmax_xent(logits, y, scale, want_grad):
     return total
 
 
-@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def mul_inplace(a, m):
-    for n in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            a[n, j] *= m[n, j]
+# the mask hash of charrnn/dropout.py, compiled from its source (the CUDA kernels compile the same)
+_uniform = njit(inline="always")(dropout.uniform)
 
 
-@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def mul_to(a, m, out):
-    """out = a * m elementwise (2-D)."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def dropout_to(a, out, kept, seed, base, p, scale):
+    """out = a * mask for a block of rows of H units (in place when out is a): the mask of
+    element (n, j) is charrnn/dropout.py's for index base + n * H + j, scale (1 / (1 - p) in
+    a's float type) where kept, else 0. kept[n, j] records which, for the backward."""
+    H = a.shape[1]
+    zero = scale - scale
     for n in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            out[n, j] = a[n, j] * m[n, j]
+        row = base + np.uint64(n * H)
+        for j in range(H):
+            k = _uniform(seed, row + np.uint64(j)) >= p
+            kept[n, j] = k
+            out[n, j] = a[n, j] * (scale if k else zero)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def dropout_kept(d, kept, scale):
+    """d *= the mask dropout_to applied, from its record `kept` (the gradient's dropout)."""
+    zero = scale - scale
+    for n in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            d[n, j] *= scale if kept[n, j] else zero
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -3,7 +3,7 @@
 Groups: a tiled shared-memory matrix product (one factory, a few tile shapes); the one-hot row
 gather and row scatter-add; fused pointwise gate kernels per cell, forward and backward, one
 time step each (the recurrent product is a separate GEMM, as in the CPU backend); dropout from
-the splitmix64 hash of reference.hash_uniform; fused softmax with cross-entropy; column sums;
+the counter-based hash of charrnn/dropout.py; fused softmax with cross-entropy; column sums;
 the optimizer rules and the global-norm reduction on the flat buffer; and the sampling kernels
 (one fused matrix-vector-plus-gates kernel per layer, one output kernel that scores, filters
 and draws). Gate order and cell equations are reference.py's.
@@ -21,15 +21,14 @@ import numpy as np
 from numba import cuda, float32, float64, int64, uint64
 from numba.core import config
 
+from charrnn import dropout as masks
+
 TANH, SOFTSIGN = 0, 1
 LSTM, GRU, RNN = 0, 1, 2
 
 F0, F1 = np.float32(0.0), np.float32(1.0)
 # numba-cuda's float min() fails to type when compiled for a real device (the simulator hides it)
 _SOFT_CAP = np.float32(2.0 ** 60)
-_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
-_U1, _S30, _S27, _S31, _S40 = np.uint64(1), np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
-_INV24 = 1.0 / (1 << 24)
 
 # launch shapes; the simulator runs every thread as a Python thread, so it gets small blocks
 _SIM = bool(config.ENABLE_CUDASIM)
@@ -39,7 +38,7 @@ NW = RED // 32                     # warps in a reduction block
 CS_ROWS = 2 if _SIM else 8         # row lanes of the column-sum kernel
 NORM_BLOCKS = 4 if _SIM else 128   # blocks of the first pass of the squared-norm reduction
 if _SIM:   # the simulator runs the hash on NumPy scalars, which warn on the wrap-around it relies on
-    warnings.filterwarnings("ignore", r"overflow encountered in scalar", RuntimeWarning, __name__)
+    warnings.filterwarnings("ignore", r"overflow encountered in scalar", RuntimeWarning, masks.__name__)
 
 
 def blocks(n: int, threads: int = THREADS) -> int:
@@ -75,14 +74,8 @@ def _dact(y, kind):
     return d * d
 
 
-@cuda.jit(device=True, inline=True)
-def hash_uniform(seed, index):
-    """reference.hash_uniform for one uint64 index: splitmix64, top 24 bits as a double."""
-    z = seed * _GOLD + (index + _U1) * _GOLD
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    z = z ^ (z >> _S31)
-    return float64(z >> _S40) * _INV24
+# the mask hash of charrnn/dropout.py, compiled from its source (the CPU kernels compile the same)
+hash_uniform = cuda.jit(device=True, inline=True)(masks.uniform)
 
 
 @cuda.jit(device=True, inline=True)

@@ -53,9 +53,18 @@ def hash_uniform(seed: int, index: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(40)).astype(np.float64) * (1.0 / (1 << 24))
 
 
-def dropout_masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float32) -> np.ndarray:
-    """Inverted-dropout masks of `shape` (L, T, B, H): 0 with probability p, else 1/(1-p)."""
-    u = hash_uniform(seed, np.arange(int(np.prod(shape)), dtype=np.uint64)).reshape(shape)
+def dropout_masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float32,
+                  streams: tuple[int, int] | None = None) -> np.ndarray:
+    """Inverted-dropout masks of `shape` (L, T, B, H): 0 with probability p, else 1/(1-p).
+    `streams` = (offset, total): these B streams are streams offset.. of a batch of `total`
+    (a data-parallel rank's share); each mask element is indexed by its global stream, so the
+    ranks together draw exactly the masks of one process running all `total` streams."""
+    L, T, B, H = shape
+    off, total = streams or (0, B)
+    idx = ((np.arange(L * T, dtype=np.uint64)[:, None, None] * np.uint64(total)
+            + np.uint64(off) + np.arange(B, dtype=np.uint64)[None, :, None]) * np.uint64(H)
+           + np.arange(H, dtype=np.uint64)[None, None, :])
+    u = hash_uniform(seed, idx.reshape(-1)).reshape(shape)
     return np.where(u >= p, 1.0 / (1.0 - p), 0.0).astype(dtype)
 
 

@@ -3,9 +3,11 @@ test module). The trainer keeps float32 weights; this runs the same per-rank wor
 Trainer._train_step (its streams, global dropout masks, 1/(T*B) scaling, one all-reduce, then
 clipping and the update) on CpuBackend in float64 too.
 
-`mpiexec -n N python tests/dist_steps.py OUT.npz` writes rank 0's results for each cell.
+`mpiexec -n N python tests/dist_steps.py DIR` writes rank 0's results for each cell and float
+type as raw float64 files DIR/<cell>-<type>.bin and DIR/<cell>-<type>-norms.bin.
 """
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -42,10 +44,10 @@ def train(cell: str, comm=None, dtype=np.float64, steps: int = 20, B: int = 6, T
 
 if __name__ == "__main__":
     comm = dist.start(60)
-    out = {}
     for cell in CELLS:
         for dt in (np.float64, np.float32):
             w, norms = train(cell, comm, dt)
-            out[f"{cell}-{np.dtype(dt).name}"], out[f"{cell}-{np.dtype(dt).name}-norms"] = w, norms
-    if comm is None or comm.is_root:
-        np.savez(sys.argv[1], **out)
+            if comm is None or comm.is_root:
+                key = f"{cell}-{np.dtype(dt).name}"
+                w.astype(np.float64).tofile(Path(sys.argv[1]) / f"{key}.bin")
+                norms.astype(np.float64).tofile(Path(sys.argv[1]) / f"{key}-norms.bin")

@@ -82,6 +82,24 @@ def _check(cfg, T, B, tol=1e-4, seed=0, **kw):
 
 # ---------------------------------------------------------------- parity with reference.py
 @needs_cuda
+def test_shares_of_the_streams_sum_to_the_whole_batch_step():
+    """A data-parallel rank's share (streams=(lo, B)): global dropout masks, 1/(T*B) scale."""
+    cfg = ModelConfig(vocab_size=5, hidden=3, layers=2, cell="lstm", embed=2, dropout=0.4)
+    p64, x, y, state = _case(cfg, 3, 3)
+    whole = _backend(cfg, p64.astype(np.float32))
+    s32 = state.astype(np.float32)
+    loss, _ = whole.train_step(x, y, s32, 5)
+    part = _backend(cfg, p64.astype(np.float32))
+    total, grad = 0.0, 0.0
+    for lo, hi in ((0, 1), (1, 3)):
+        lp, _ = part.train_step(x[:, lo:hi], y[:, lo:hi], s32[:, :, lo:hi].copy(), 5, streams=(lo, 3))
+        total += lp
+        grad = grad + part.grad_host().flat
+    assert abs(total - loss) < 1e-5 * loss
+    assert _rel(grad, whole.grad_host().flat) < 1e-5
+
+
+@needs_cuda
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_one_layer_matches_reference(cell):
     _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2)

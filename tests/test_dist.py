@@ -105,16 +105,20 @@ def test_two_ranks_take_the_same_steps_as_one_process(tmp_path):
     dropout and active clipping, 20 steps (tests/dist_steps.py)."""
     sys.path.insert(0, str(HERE))
     import dist_steps
-    r = _run(_mpi(2, sys.executable, str(HERE / "dist_steps.py"), str(tmp_path / "w.npz")))
+    r = _run(_mpi(2, sys.executable, str(HERE / "dist_steps.py"), str(tmp_path)))
     assert r.returncode == 0, r.stderr
-    got = np.load(tmp_path / "w.npz")
+
+    def got(key):
+        return np.fromfile(tmp_path / f"{key}.bin", np.float64)
     for cell in dist_steps.CELLS:
         for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
             w, norms = dist_steps.train(cell, None, dt)
             key = f"{cell}-{np.dtype(dt).name}"
             assert norms.min() > dist_steps.CLIP              # clipping acted on every step
-            assert np.abs(got[key] - w).max() <= tol * np.abs(w).max(), key
-            np.testing.assert_allclose(got[key + "-norms"], norms, rtol=tol)
+            rel = np.abs(got(key) - w).max() / np.abs(w).max()
+            print(f"{key}: weights after 20 steps, 2 ranks vs 1, max relative difference {rel:.2e}")
+            assert rel <= tol, key
+            np.testing.assert_allclose(got(key + "-norms"), norms, rtol=tol)
 
 
 @needs_mpi
@@ -128,7 +132,9 @@ def test_two_rank_training_matches_one_process_in_float32(small_text, tmp_path):
     a, b = (ckpt.load(tmp_path / d / "last.safetensors") for d in ("one", "two"))
     assert b.progress["world_size"] == 2 and b.state.shape == a.state.shape
     w1, w2 = a.params.flat, b.params.flat
-    assert np.abs(w2 - w1).max() <= 1e-5 * np.abs(w1).max()
+    rel = np.abs(w2 - w1).max() / np.abs(w1).max()
+    print(f"trainer, float32: weights after 20 steps, 2 ranks vs 1, max relative difference {rel:.2e}")
+    assert rel <= 1e-5
     np.testing.assert_allclose(b.state, a.state, atol=1e-4)
 
 

@@ -270,12 +270,14 @@ def copy(dst, src):
 
 
 @cuda.jit(cache=True)
-def dropout(src, dst, seed, base, p, scale):
-    """dst[i] = src[i] * mask, mask from hash_uniform(seed, base + i): 0 below p, else scale.
-    The same call on a gradient applies the same mask (the mask is never stored)."""
+def dropout(src, dst, seed, base, p, scale, row, stride, off):
+    """dst[i] = src[i] * mask, mask from hash_uniform(seed, index): 0 below p, else scale.
+    The same call on a gradient applies the same mask (the mask is never stored). Element i of
+    a (T, B*H) block sits at index base + t * stride + off + j (t, j = divmod(i, row)): a rank's
+    share of the streams draws the masks of the global batch (reference.dropout_masks)."""
     i = cuda.grid(1)
     if i < dst.shape[0]:
-        u = hash_uniform(seed, base + uint64(i))
+        u = hash_uniform(seed, base + uint64(i // row) * stride + off + uint64(i % row))
         dst[i] = src[i] * scale if u >= p else F0
 
 

@@ -1,0 +1,147 @@
+"""Data-parallel training on one machine (issue 16), all figures from one run of this script.
+
+Training chars/s of `charrnn train shakespeare` for three layouts of the same global batch:
+1 rank x 2 threads, 2 ranks x 1 thread (mpiexec -n 2, threads chosen by charrnn from the
+local rank count), 1 rank x 1 thread. Each run trains 2*S steps with a validation (here only a
+checkpoint and a sample: --val-frac 0) every S steps; the rate is taken between the records at
+steps S and 2S, so start-up and compilation stay outside it while one checkpoint save and one
+300-character sample stay inside, as in real training.
+
+Also: the time of one all-reduce of each config's gradient buffer between 2 ranks (shared
+memory), and the validation choice: a checkpoint's validation split scored whole, and in P
+contiguous pieces each from a zero state (what P ranks compute).
+
+    python bench/dist_scaling.py                  # the table (a few minutes on 2 cores)
+    python bench/dist_scaling.py --steps 5        # a smoke run
+    python bench/dist_scaling.py --pieces RUN     # validation bits/char of RUN's best in 1, 2, 4, 8 pieces
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {"b": ["--hidden", "512", "--layers", "2", "--seq-len", "100", "--batch-size", "64"],
+           "default": []}
+LAYOUTS = [("1 rank x 2 threads", 1, "2"), ("2 ranks x 1 thread", 2, None), ("1 rank x 1 thread", 1, "1")]
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _mpiexec() -> str:
+    found = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    if not found:
+        sys.exit("mpiexec not found: pip install mpi4py mpich")
+    return found
+
+
+def train_rate(config: str, ranks: int, threads: str | None, steps: int) -> float:
+    """Training chars/s between steps `steps` and 2*`steps` of a fresh run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "charrnn", "train", "shakespeare", *CONFIGS[config],
+               "--max-steps", str(2 * steps), "--val-every", str(steps), "--val-frac", "0", "--out", tmp]
+        if ranks > 1:
+            cmd = [_mpiexec(), "-n", str(ranks), *cmd]
+        env = {k: v for k, v in os.environ.items() if k != "CHARRNN_THREADS"}
+        if threads:
+            env["CHARRNN_THREADS"] = threads
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        if r.returncode:
+            sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+        recs = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        a, b = recs[0], recs[-1]
+        return (b["chars"] - a["chars"]) / (b["elapsed_s"] - a["elapsed_s"])
+
+
+def allreduce_ms(config: str) -> float:
+    """Median time of one all-reduce of `config`'s gradient buffer (float32) between 2 ranks."""
+    r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, __file__, "--allreduce-worker", config],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode:
+        sys.exit(r.stderr[-2000:])
+    return float(r.stdout.split()[-1])
+
+
+def _allreduce_worker(config: str) -> None:
+    import numpy as np
+
+    from charrnn import dist
+    from charrnn.model import ModelConfig, n_params
+    args = dict(zip(CONFIGS[config][::2], CONFIGS[config][1::2]))
+    cfg = ModelConfig(vocab_size=65, hidden=int(args.get("--hidden", 128)), layers=int(args.get("--layers", 2)))
+    comm = dist.start(60)
+    buf = np.ones(n_params(cfg) + 5, np.float32)
+    times = []
+    for _ in range(21):
+        comm.barrier()
+        t0 = time.perf_counter()
+        comm.allreduce_(buf)
+        times.append(time.perf_counter() - t0)
+    if comm.is_root:
+        print(n_params(cfg), 1000 * sorted(times[1:])[len(times) // 2])
+
+
+def pieces(run: str) -> None:
+    """Validation bits/char of RUN's best checkpoint, whole and in P pieces from zero states."""
+    import numpy as np
+
+    from charrnn import catalog, checkpoint as ckpt
+    from charrnn.backends import make_backend
+    from charrnn.corpus import load_corpus, split
+    from charrnn.evaluate import evaluate
+    ck = ckpt.load(ckpt.resolve(run))
+    path, _ = catalog.resolve("shakespeare")
+    codes = load_corpus(str(path), vocab=ck.vocab).codes
+    val = split(codes, ck.train_args["val_frac"], ck.train_args["test_frac"])[1]
+    be = make_backend("cpu", ck.config, ck.params)
+    m = len(val) - 1
+    for p in (1, 2, 4, 8):
+        nats = n = 0
+        for r in range(p):
+            lo, hi = r * m // p, (r + 1) * m // p
+            a, b = evaluate(be, val[lo:hi + 1])
+            nats, n = nats + a, n + b
+        print(f"{p} piece(s): {nats / n / np.log(2):.5f} bits/char over {n} characters")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=10, help="measured steps (after as many warm-up steps)")
+    ap.add_argument("--configs", default="b,default")
+    ap.add_argument("--pieces", metavar="RUN")
+    ap.add_argument("--allreduce-worker", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.allreduce_worker:
+        return _allreduce_worker(a.allreduce_worker)
+    if a.pieces:
+        return pieces(a.pieces)
+    print(f"{datetime.date.today()}  {_cpu()}  python {platform.python_version()}")
+    print(f"command: python bench/dist_scaling.py --steps {a.steps} --configs {a.configs}\n")
+    print("| config | layout | chars/s | vs 1 rank x 1 thread |\n|---|---|---|---|")
+    for config in a.configs.split(","):
+        rates = {name: train_rate(config, ranks, threads, a.steps) for name, ranks, threads in LAYOUTS}
+        base = rates["1 rank x 1 thread"]
+        for name, rate in rates.items():
+            print(f"| {config} | {name} | {rate:,.0f} | {rate / base:.2f}x |", flush=True)
+    for config in a.configs.split(","):
+        print(f"\nall-reduce of config {config}'s gradient (2 ranks, shared memory): {allreduce_ms(config):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -161,6 +161,10 @@ def test_two_ranks_resume_after_ctrl_c_bit_for_bit(small_text, tmp_path):
     assert p.returncode == 130, err
     cut = ckpt.load(tmp_path / "cut" / "last.safetensors")
     assert cut.progress["step"] == step + 1      # the step under way when the signal came is finished
+    shutil.copytree(tmp_path / "cut", tmp_path / "one")
+    alone = _run(_charrnn("train", str(small_text), "--resume", str(tmp_path / "one"), "--max-steps", "30"))
+    assert alone.returncode == 0, alone.stderr
+    assert "re-sliced" in alone.stderr
     resumed = _run(_mpi(2, *_charrnn("train", str(small_text), "--resume", str(tmp_path / "cut"),
                                      "--max-steps", "30")))
     assert resumed.returncode == 0, resumed.stderr
@@ -168,6 +172,9 @@ def test_two_ranks_resume_after_ctrl_c_bit_for_bit(small_text, tmp_path):
     assert b.progress["step"] == a.progress["step"] == 30
     np.testing.assert_array_equal(b.params.flat, a.params.flat)
     np.testing.assert_array_equal(b.state, a.state)
+    c = ckpt.load(tmp_path / "one" / "last.safetensors")     # 2 ranks, then 1 process: close, not equal
+    assert c.progress["world_size"] == 1 and c.progress["step"] == 30
+    assert np.abs(c.params.flat - a.params.flat).max() <= 1e-4 * np.abs(a.params.flat).max()
 
 
 # ---------------------------------------------------------------- faults end the job

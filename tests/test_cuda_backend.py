@@ -340,7 +340,7 @@ def _kernel_signatures():
     rec_fwd, rec_bwd = K.make_recurrence(*REC_TILES["gpu"])
     return [(g, (A2, A2, A2, i64, i64, f32, A1, i64)) for g in gemms] + [
         (K.gather_rows, (A2, A1, I1, A2)), (K.scatter_add_rows, (A2, I1, A2)), (K.colsum_add, (A1, A2s)),
-        (K.fill, (A1, f32)), (K.copy, (A1, A1)), (K.dropout, (A1, A1, u64, u64, f64, f32)),
+        (K.fill, (A1, f32)), (K.copy, (A1, A1)), (K.dropout, (A1, A1, u64, u64, f64, f32, u64, u64, u64)),
         (K.lstm_fwd, (A2, A2, A2, i64, A2, A2, A2, A2)), (K.lstm_bwd, (A2, A2, A2, A2, A2, A2, i64, A2)),
         (K.gru_fwd, (A2, A2, A1, A2, i64, A2, A2, A2)), (K.gru_bwd, (A2, A2, A2, A2, A2, i64, A2, A2)),
         (K.rnn_fwd, (A2, A2, i64, A2)), (K.rnn_bwd, (A2, A2, A2, i64, A2)),

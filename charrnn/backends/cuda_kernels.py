@@ -277,7 +277,8 @@ def dropout(src, dst, seed, base, p, scale, row, stride, off):
     share of the streams draws the masks of the global batch (reference.dropout_masks)."""
     i = cuda.grid(1)
     if i < dst.shape[0]:
-        u = hash_uniform(seed, base + uint64(i // row) * stride + off + uint64(i % row))
+        j = uint64(i)              # all-unsigned arithmetic: int64 with uint64 would go through float64
+        u = hash_uniform(seed, base + (j // row) * stride + off + j % row)
         dst[i] = src[i] * scale if u >= p else F0
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 CONFIGS = {"b": ["--hidden", "512", "--layers", "2", "--seq-len", "100", "--batch-size", "64"],
            "default": []}
+STEPS = {"b": 10, "default": 100}      # measured steps: a few seconds each on 2 cores
 LAYOUTS = [("1 rank x 2 threads", 1, "2"), ("2 ranks x 1 thread", 2, None), ("1 rank x 1 thread", 1, "1")]
 
 
@@ -122,7 +123,8 @@ def pieces(run: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10, help="measured steps (after as many warm-up steps)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help=f"measured steps (after as many warm-up steps) [{STEPS}]")
     ap.add_argument("--configs", default="b,default")
     ap.add_argument("--pieces", metavar="RUN")
     ap.add_argument("--allreduce-worker", help=argparse.SUPPRESS)
@@ -131,11 +133,13 @@ def main() -> None:
         return _allreduce_worker(a.allreduce_worker)
     if a.pieces:
         return pieces(a.pieces)
-    print(f"{datetime.date.today()}  {_cpu()}  python {platform.python_version()}")
-    print(f"command: python bench/dist_scaling.py --steps {a.steps} --configs {a.configs}\n")
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  {_cpu()}  python {platform.python_version()}")
+    print(f"command: python bench/dist_scaling.py{f' --steps {a.steps}' if a.steps else ''} --configs {a.configs}")
+    print(f"load average before: {os.getloadavg()[0]:.1f} (the machine may be shared)\n")
     print("| config | layout | chars/s | vs 1 rank x 1 thread |\n|---|---|---|---|")
     for config in a.configs.split(","):
-        rates = {name: train_rate(config, ranks, threads, a.steps) for name, ranks, threads in LAYOUTS}
+        rates = {name: train_rate(config, ranks, threads, a.steps or STEPS[config])
+                 for name, ranks, threads in LAYOUTS}
         base = rates["1 rank x 1 thread"]
         for name, rate in rates.items():
             print(f"| {config} | {name} | {rate:,.0f} | {rate / base:.2f}x |", flush=True)

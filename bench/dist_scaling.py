@@ -8,11 +8,12 @@ steps S and 2S, so start-up and compilation stay outside it while one checkpoint
 300-character sample stay inside, as in real training.
 
 Also: the time of one all-reduce of each config's gradient buffer between 2 ranks (shared
-memory), and the validation choice: a checkpoint's validation split scored whole, and in P
+memory), polled as charrnn does, blocking, and polled with 1 ms naps; and the validation choice: a checkpoint's validation split scored whole, and in P
 contiguous pieces each from a zero state (what P ranks compute).
 
     python bench/dist_scaling.py                  # the table (a few minutes on 2 cores)
     python bench/dist_scaling.py --steps 5        # a smoke run
+    python bench/dist_scaling.py --configs b,default --allreduce-only
     python bench/dist_scaling.py --pieces RUN     # validation bits/char of RUN's best in 1, 2, 4, 8 pieces
 """
 from __future__ import annotations
@@ -70,13 +71,14 @@ def train_rate(config: str, ranks: int, threads: str | None, steps: int) -> floa
         return (b["chars"] - a["chars"]) / (b["elapsed_s"] - a["elapsed_s"])
 
 
-def allreduce_ms(config: str) -> float:
-    """Median time of one all-reduce of `config`'s gradient buffer (float32) between 2 ranks."""
+def allreduce_ms(config: str) -> str:
+    """Median ms of one all-reduce of `config`'s gradient buffer (float32) between 2 ranks: as
+    charrnn polls it, as a blocking MPI_Allreduce, and polled with 1 ms naps."""
     r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, __file__, "--allreduce-worker", config],
                        capture_output=True, text=True, timeout=600)
     if r.returncode:
         sys.exit(r.stderr[-2000:])
-    return float(r.stdout.split()[-1])
+    return r.stdout.strip().splitlines()[-1]
 
 
 def _allreduce_worker(config: str) -> None:
@@ -87,15 +89,26 @@ def _allreduce_worker(config: str) -> None:
     args = dict(zip(CONFIGS[config][::2], CONFIGS[config][1::2]))
     cfg = ModelConfig(vocab_size=65, hidden=int(args.get("--hidden", 128)), layers=int(args.get("--layers", 2)))
     comm = dist.start(60)
+    MPI = comm.MPI
     buf = np.ones(n_params(cfg) + 5, np.float32)
-    times = []
-    for _ in range(21):
-        comm.barrier()
-        t0 = time.perf_counter()
-        comm.allreduce_(buf)
-        times.append(time.perf_counter() - t0)
+
+    def napping():        # polling with 1 ms naps from the first miss: what charrnn does not do
+        req = comm.world.Iallreduce(MPI.IN_PLACE, buf)
+        while not req.Test():
+            time.sleep(0.001)
+    ways = {"charrnn": lambda: comm.allreduce_(buf),
+            "blocking": lambda: comm.world.Allreduce(MPI.IN_PLACE, buf), "napping": napping}
+    median = {}
+    for name, fn in ways.items():
+        times = []
+        for _ in range(21):
+            comm.barrier()
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        median[name] = 1000 * sorted(times[1:])[len(times) // 2]
     if comm.is_root:
-        print(n_params(cfg), 1000 * sorted(times[1:])[len(times) // 2])
+        print(" ".join(f"{k}={v:.2f}" for k, v in median.items()))
 
 
 def pieces(run: str) -> None:
@@ -127,6 +140,7 @@ def main() -> None:
                     help=f"measured steps (after as many warm-up steps) [{STEPS}]")
     ap.add_argument("--configs", default="b,default")
     ap.add_argument("--pieces", metavar="RUN")
+    ap.add_argument("--allreduce-only", action="store_true", help="only the all-reduce timings")
     ap.add_argument("--allreduce-worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.allreduce_worker:
@@ -134,17 +148,20 @@ def main() -> None:
     if a.pieces:
         return pieces(a.pieces)
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  {_cpu()}  python {platform.python_version()}")
-    print(f"command: python bench/dist_scaling.py{f' --steps {a.steps}' if a.steps else ''} --configs {a.configs}")
+    print(f"command: python bench/dist_scaling.py{f' --steps {a.steps}' if a.steps else ''} --configs {a.configs}"
+          f"{' --allreduce-only' if a.allreduce_only else ''}")
     print(f"load average before: {os.getloadavg()[0]:.1f} (the machine may be shared)\n")
-    print("| config | layout | chars/s | vs 1 rank x 1 thread |\n|---|---|---|---|")
-    for config in a.configs.split(","):
+    if not a.allreduce_only:
+        print("| config | layout | chars/s | vs 1 rank x 1 thread |\n|---|---|---|---|")
+    for config in a.configs.split(",") if not a.allreduce_only else ():
         rates = {name: train_rate(config, ranks, threads, a.steps or STEPS[config])
                  for name, ranks, threads in LAYOUTS}
         base = rates["1 rank x 1 thread"]
         for name, rate in rates.items():
             print(f"| {config} | {name} | {rate:,.0f} | {rate / base:.2f}x |", flush=True)
     for config in a.configs.split(","):
-        print(f"\nall-reduce of config {config}'s gradient (2 ranks, shared memory): {allreduce_ms(config):.1f} ms")
+        print(f"\nall-reduce of config {config}'s gradient (2 ranks, shared memory), median ms: "
+              f"{allreduce_ms(config)}")
 
 
 if __name__ == "__main__":

@@ -103,9 +103,10 @@ class Comm:
     # -- waiting --------------------------------------------------------------------------
     def _wait(self, req, what: str) -> None:
         """Poll `req` to completion. MPI moves a non-blocking collective only inside these
-        calls, so the first half second polls with a bare yield (a step's all-reduce is a few
-        ms; 1 ms naps made a 1 MB all-reduce 40x slower); longer waits (rank 0 writing a
-        checkpoint) nap 1 ms between polls and leave the cores to the others."""
+        calls, so the first half second polls with a bare yield (a step's all-reduce takes a
+        few ms, and 1 ms naps between polls made a 1 MB one several times slower:
+        bench/RESULTS.md); longer waits (rank 0 writing a checkpoint) nap 1 ms between polls
+        and leave the cores to the others."""
         start = time.monotonic()
         spins, nap = 0, 0.0
         while not req.Test():

@@ -221,8 +221,7 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
         if text == "-":
             raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
         if opts.device == "cuda":
-            from numba import cuda
-            cuda.select_device(comm.local_rank % len(cuda.gpus))
+            comm.pick_gpu()
         tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
     run_dir = prepare_out_dir(out)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
@@ -425,9 +424,10 @@ def main() -> None:
         dist.abort_on_failure(e.code)
         raise
     except BaseException:             # CHARRNN_DEBUG: the traceback first, then the job ends
-        import traceback
-        traceback.print_exc()
-        dist.abort_on_failure(1)
+        if dist.current() is not None:
+            import traceback
+            traceback.print_exc()
+            dist.abort_on_failure(1)
         raise
 
 

@@ -100,6 +100,11 @@ class Comm:
     def is_root(self) -> bool:
         return self.rank == 0
 
+    def pick_gpu(self) -> None:
+        """Ranks on one machine take its GPUs in turn, by local rank."""
+        from numba import cuda
+        cuda.select_device(self.local_rank % len(cuda.gpus))
+
     # -- waiting --------------------------------------------------------------------------
     def _wait(self, req, what: str) -> None:
         """Poll `req` to completion. MPI moves a non-blocking collective only inside these

@@ -11,4 +11,9 @@ __version__ = "0.1.0"
 _threads = _os.environ.get("CHARRNN_THREADS", "").strip()
 if _threads.isdigit() and int(_threads) > 0:
     _os.environ["OPENBLAS_NUM_THREADS"] = _threads
+else:   # an MPI rank shares its node: its share of the cores (charrnn/dist.py), read from the environment
+    from charrnn.dist import blas_threads_for as _for, detect as _detect
+    _share = _for(_detect())
+    if _share:
+        _os.environ.setdefault("OPENBLAS_NUM_THREADS", str(_share))
 _os.environ.setdefault("NUMBA_NUM_THREADS", "1")

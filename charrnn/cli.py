@@ -165,8 +165,12 @@ def cli() -> None:
               help="Continue a run exactly from its checkpoint.")
 @click.option("--init-from", type=click.Path(dir_okay=True), default=None,
               help="Start from a checkpoint's weights (fine-tuning on a new text).")
+@click.option("--dist", "dist_mode", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: under mpiexec or srun, train data-parallel across the ranks; off: one process.")
+@click.option("--dist-timeout", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
+              help="Seconds a rank waits for the others before ending the whole job.")
 def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: str | None,
-          init_from: str | None, **kw) -> None:
+          init_from: str | None, dist_mode: str, dist_timeout: float, **kw) -> None:
     """Train on FILE (a path, - for stdin, or a catalogue name such as shakespeare).
 
     Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl go to the run directory.
@@ -177,8 +181,13 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
       charrnn train notes.txt --hidden 512 --layers 3 --dropout 0.2 --out runs/notes
       cat a.txt b.txt | charrnn train - --name ab
       charrnn train --bytes firmware.bin --out runs/bin
+      mpiexec -n 4 charrnn train big.txt --batch-size 128   # data parallel, 4 processes
     """
     from click.core import ParameterSource
+
+    from charrnn import dist
+    comm = dist.start(dist_timeout) if dist_mode == "auto" else None
+    tell = say if comm is None or comm.is_root else (lambda m: None)
 
     from charrnn import checkpoint as ckpt
     from charrnn.corpus import check_source, load_corpus
@@ -192,7 +201,7 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
         from charrnn import catalog
         path, where = catalog.resolve(text)
         if not (Path(text).exists()):
-            say(where)
+            tell(where)
         source = str(path)
     check_source(source)
     resume_path = ckpt.resolve(resume) if resume else None
@@ -212,22 +221,30 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
     else:
         opts = TrainOptions(**{k: v for k, v in kw.items() if k != "out"})
     opts.out = out
-    opts.device = _device(kw["device"])
+    opts.device = _device(kw["device"], announce=comm is None or comm.is_root)
+    if comm is not None:
+        if text == "-":
+            raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
+        if opts.device == "cuda":
+            comm.pick_gpu()
+        tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
     run_dir = prepare_out_dir(out)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
                        spill_dir=run_dir)
-    trainer = Trainer(opts, data, run_dir, log=say, resume=base_resume, init_from=base_init)
+    trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm)
     trainer.source = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
     try:
         result = trainer.run()
     except TrainingInterrupted as e:
-        say(f"interrupted at step {trainer.step}: saved {run_dir / 'last.safetensors'}")
+        dist.agreed_exit()
+        tell(f"interrupted at step {trainer.step}: saved {run_dir / 'last.safetensors'}")
         sys.exit(e.exit_code)
     except TrainingDiverged as e:
-        say(f"charrnn: error: {e}")
+        dist.agreed_exit()
+        tell(f"charrnn: error: {e}")
         sys.exit(1)
     best = result["best_val_bpc"]
-    say(f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
+    tell(f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
         f"{result['elapsed_s'] / 60:.1f} min; best validation "
         f"{'n/a' if best is None else f'{best:.4f} bits/char'}; checkpoints in {run_dir}")
 
@@ -403,8 +420,25 @@ cli.add_command(viz)
 
 
 def main() -> None:
-    """Entry point: turn known failures into one line and an exit code, never a traceback."""
+    """Entry point: turn known failures into one line and an exit code, never a traceback. In a
+    data-parallel run a failing rank ends every rank with its exit code (charrnn/dist.py)."""
+    from charrnn import dist
+    try:
+        _main()
+    except SystemExit as e:
+        dist.abort_on_failure(e.code)
+        raise
+    except BaseException:             # CHARRNN_DEBUG: the traceback first, then the job ends
+        if dist.current() is not None:
+            import traceback
+            traceback.print_exc()
+            dist.abort_on_failure(1)
+        raise
+
+
+def _main() -> None:
     errors = _input_errors()
+    from charrnn.dist import DistError
     try:
         # standalone_mode=False returns ctx.exit(code)'s code instead of exiting: pass it on
         rv = cli.main(prog_name="charrnn", auto_envvar_prefix="CHARRNN", standalone_mode=False)
@@ -428,6 +462,9 @@ def main() -> None:
     except errors as e:
         click.echo(f"charrnn: error: {e}", err=True)
         sys.exit(2)
+    except DistError as e:
+        click.echo(f"charrnn: error: {e}", err=True)
+        sys.exit(1)
     except BrokenPipeError:
         _silence_stdout()
         sys.exit(0)

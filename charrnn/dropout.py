@@ -1,7 +1,9 @@
 """Dropout masks from a counter-based hash, one definition for every backend.
 
 A window's masks are a function of (seed, index) alone, index the flat position in the
-(L, T, B, H) mask array: ((l * T + t) * B + b) * H + j. Nothing is stored or drawn in order,
+(L, T, B, H) mask array: ((l * T + t) * B + b) * H + j, with b the stream's number in the
+global batch (a data-parallel rank holds streams off.. of a batch of `total`, and draws the
+masks one process running all `total` streams would). Nothing is stored or drawn in order,
 so the reference builds the whole array in NumPy, the CPU kernels and the CUDA kernels compute
 each element where they use it, and all three agree bit for bit: a resumed run, the CPU and the
 GPU see the same masks for the same seed.
@@ -37,9 +39,15 @@ def uniform(seed, index):
     return (z >> S40) * INV24
 
 
-def masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float32) -> np.ndarray:
-    """Inverted-dropout masks of `shape` (L, T, B, H): 0 with probability p, else 1/(1-p)."""
-    index = np.arange(int(np.prod(shape)), dtype=np.uint64)
+def masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float32,
+          streams: tuple[int, int] | None = None) -> np.ndarray:
+    """Inverted-dropout masks of `shape` (L, T, B, H): 0 with probability p, else 1/(1-p).
+    `streams` = (off, total): these B streams are streams off.. of a batch of `total`."""
+    L, T, B, H = shape
+    off, total = streams or (0, B)
+    index = ((np.arange(L * T, dtype=np.uint64)[:, None, None] * np.uint64(total)
+              + np.uint64(off) + np.arange(B, dtype=np.uint64)[None, :, None]) * np.uint64(H)
+             + np.arange(H, dtype=np.uint64)[None, None, :])
     with np.errstate(over="ignore"):              # the hash relies on uint64 wrap-around
-        u = uniform(np.uint64(seed), index).reshape(shape)
+        u = uniform(np.uint64(seed), index.reshape(-1)).reshape(shape)
     return np.where(u >= p, 1.0 / (1.0 - p), 0.0).astype(dtype)

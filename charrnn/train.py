@@ -6,6 +6,11 @@ loss, gradient or weight rolls back to an in-memory copy of the last good state 
 learning rate (at most `max_nan_retries` times); `--resume` repeats an uninterrupted run bit
 for bit, because the step, epoch, cursor, rates, validation counters, RNG, optimizer moments
 and carried state all travel in the checkpoint.
+
+Data parallel (`dist`, a charrnn.dist.Comm): each rank trains its contiguous share of the B
+streams; the gradient, the loss and the stop signals travel in one all-reduced buffer per step,
+so every decision is taken on the same numbers everywhere and no rank skips a collective.
+Rank 0 writes checkpoints (with the carried state of all streams), metrics and samples.
 """
 from __future__ import annotations
 
@@ -156,8 +161,11 @@ class Trainer:
 
     def __init__(self, opts: TrainOptions, text: str | bytes | Corpus, out_dir: Path,
                  log: Callable[[str], None] = lambda m: None, show_progress: bool = True,
-                 resume: ckpt.Checkpoint | None = None, init_from: ckpt.Checkpoint | None = None):
+                 resume: ckpt.Checkpoint | None = None, init_from: ckpt.Checkpoint | None = None,
+                 dist=None):
         self.o, self.log, self.out = opts, log, Path(out_dir)
+        self.dist = dist
+        self.root = dist is None or dist.is_root
         self.source: dict | None = None          # where the text came from, so `eval --split` can find it
         self.show_progress = show_progress
         base = resume or init_from
@@ -178,7 +186,11 @@ class Trainer:
         if len(self.train_codes) < 2:
             raise CorpusError(f"the text is too short to train on: the training split has {len(self.train_codes)} "
                               f"characters and needs at least 2")
-        self.batches = Batches(self.train_codes, opts.batch_size, opts.seq_len, warn=log)
+        try:
+            self.batches = Batches(self.train_codes, opts.batch_size, opts.seq_len, warn=log,
+                                   share=(dist.rank, dist.size) if dist else (0, 1))
+        except ValueError as e:
+            raise CorpusError(str(e)) from None
         if base:
             self.cfg = base.config
         else:
@@ -187,6 +199,8 @@ class Trainer:
                                    activation=opts.activation, forget_bias=opts.forget_bias, init=opts.init)
         self.rng = np.random.default_rng(opts.seed)
         params = base.params.astype(np.float32) if base else init_params(self.cfg, self.rng)
+        if dist:
+            dist.bcast_(params.flat)
         hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "eps")}
         hyper = {k: v for k, v in hyper.items() if v is not None and k in _HYPER[opts.optimizer]}
         self.opt = Optimizer(opts.optimizer, params.flat.size, np.float32, opts.weight_decay, opts.l1, **hyper)
@@ -202,11 +216,18 @@ class Trainer:
         self.nan_retries = 0
         self.lr_now, self.gnorm = self.lr, 0.0
         self.state = None
+        self._stop_signal = 0           # data parallel: the largest signal any rank caught, reduced
         if resume:
             self._restore(resume)
+        if dist:
+            for arr in self.opt.state.values():
+                dist.bcast_(arr)
         self.be = make_backend(opts.device, self.cfg, params, notify=log)
+        self._bind_backend()
         if self.state is None:
-            self.state = self.be.zero_state(self.batches.batch)
+            self.state = self.be.zero_state(self.batches.local_batch)
+        if dist:
+            self._warm_up_in_turn()
         n = self.be.params_host().flat.size
         check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state)) + (1 << 20))
 
@@ -232,34 +253,105 @@ class Trainer:
                     self.opt.state[k][:] = arr
         if ck.rng:
             self.rng.bit_generator.state = ck.rng
-        if ck.state is not None and ck.state.shape[2] == self.batches.batch:
-            self.state = ck.state.copy()
+        bt = self.batches
+        if ck.state is not None and ck.state.shape[2] == bt.batch:
+            self.state = ck.state[:, :, bt.lo:bt.hi].copy()
+        ranks, now = int(pr.get("world_size", 1)), self.dist.size if self.dist else 1
+        if ranks != now and self.root:
+            self.log(f"resuming a run of {ranks} process(es) on {now}: the streams are re-sliced, so it "
+                     f"continues the run only approximately (another summation order), not bit for bit")
+
+    # -- data parallel ---------------------------------------------------------------------
+    def _bind_backend(self) -> None:
+        """Data parallel: give the step's all-reduce one buffer, the gradient followed by a tail
+        [loss_sum, elapsed per rank..., signal per rank...]. A host backend computes its gradient
+        straight into that buffer; a GPU backend's gradient is staged through it (pinned memory)."""
+        if not self.dist:
+            return
+        n, size = self.be.params_host().flat.size, self.dist.size
+        grad = getattr(self.be, "grad", None)
+        if isinstance(grad, Params):
+            self._packed = np.zeros(n + 1 + 2 * size, grad.flat.dtype)
+            self.be.grad = Params(self.cfg, self._packed[:n])
+            self._stage = None
+        else:
+            from numba import cuda
+            self._packed = cuda.pinned_array(n + 1 + 2 * size, np.float32)
+            self._stage = self.be.g
+
+    def _reduce_step(self, loss: float, t0: float) -> float:
+        """All-reduce this step's gradient, loss, elapsed time and signal; returns the global loss
+        sum and keeps the largest elapsed time and signal of any rank."""
+        d, n = self.dist, self.dist.size
+        g = self._packed
+        tail = g[g.size - 1 - 2 * n:]
+        tail[:] = 0
+        tail[0] = loss
+        tail[1 + d.rank] = time.perf_counter() - t0
+        tail[1 + n + d.rank] = self._sig.signum
+        if self._stage is not None:
+            self._stage.copy_to_host(g[:g.size - tail.size])
+        d.allreduce_(g)
+        if self._stage is not None:
+            self._stage.copy_to_device(g[:g.size - tail.size])
+        self.elapsed = max(self.elapsed, float(tail[1:1 + n].max()))
+        self._stop_signal = int(tail[1 + n:].max())
+        return float(tail[0])
+
+    def _warm_up_in_turn(self) -> None:
+        """The first rank on each node compiles the kernels into the on-disk cache while the
+        others wait; then they load it instead of compiling the same code side by side."""
+        warm = getattr(self.be, "warm_up", None)
+        bt, d = self.batches, self.dist
+        if d.local_rank and warm:
+            d.barrier(node_only=True)
+        if warm:
+            warm(bt.seq_len, bt.local_batch)
+        if not d.local_rank and warm:
+            d.barrier(node_only=True)
 
     # -- checkpoints ----------------------------------------------------------------
-    def _checkpoint(self, metrics: dict) -> ckpt.Checkpoint:
+    def _checkpoint(self, metrics: dict, state: np.ndarray) -> ckpt.Checkpoint:
         progress = {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "lr": self.lr,
                     "best_val": _finite_or_none(self.best_val), "sched_best": _finite_or_none(self.sched_best),
                     "bad_evals": self.bad_evals, "chars_seen": self.chars_seen, "elapsed": self.elapsed,
                     "ema": self.ema, "nan_retries": self.nan_retries, "digest": self.digest,
-                    "n_codes": self.n_codes}
+                    "n_codes": self.n_codes, "world_size": self.dist.size if self.dist else 1}
         return ckpt.Checkpoint(config=self.cfg, vocab=self.vocab, params=self.be.params_host(),
                                optimizer=self.opt.to_meta(), optim_state=self.opt.state,
-                               state=np.asarray(self.state, np.float32), progress=progress,
+                               state=state, progress=progress,
                                rng=self.rng.bit_generator.state,
                                train_args=dict(dataclasses.asdict(self.o), source=self.source),
                                metrics=metrics)
 
     def save(self, name: str, metrics: dict | None = None) -> Path:
+        """Rank 0 writes; with several ranks this is a collective (the carried state of every
+        stream is gathered), and nobody leaves it before the file is in place."""
         path = self.out / f"{name}.safetensors"
-        ckpt.save(path, self._checkpoint(metrics or {}))
+        state = np.asarray(self.state, np.float32)
+        if self.dist:
+            state = self.dist.gather_streams(state, 2)
+        if self.root:
+            ckpt.save(path, self._checkpoint(metrics or {}, state))
+        if self.dist:
+            self.dist.barrier()
         return path
 
     # -- validation -------------------------------------------------------------------
     def validate(self, progress: Callable[[int], None] | None = None) -> float | None:
-        if len(self.val_codes) < 2:
+        """Bits/char on the validation split. Data parallel: rank r of N scores the r-th of N
+        contiguous pieces, each from a zero state, and the sums are all-reduced (README)."""
+        codes = self.val_codes
+        if len(codes) < 2:
             return None
-        nats, n = evaluate(self.be, self.val_codes, progress=progress, streams=self.o.val_streams)
-        return summary(nats, n)["bits_per_char"]
+        if not self.dist:
+            nats, n = evaluate(self.be, codes, progress=progress, streams=self.o.val_streams)
+            return summary(nats, n)["bits_per_char"]
+        d, m = self.dist, len(codes) - 1
+        lo, hi = d.rank * m // d.size, (d.rank + 1) * m // d.size
+        sums = np.array(evaluate(self.be, codes[lo:hi + 1]) if hi > lo else (0.0, 0), np.float64)
+        d.allreduce_(sums)
+        return summary(float(sums[0]), int(sums[1]))["bits_per_char"]
 
     # -- numerical faults -------------------------------------------------------------
     def _snapshot(self) -> _Snapshot:
@@ -289,6 +381,7 @@ class Trainer:
         self.state = sn.state.copy()
         self.lr = lr
         self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.log)
+        self._bind_backend()
         self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.step} and halved the "
                  f"learning rate to {lr:g} ({self.nan_retries} of {self.o.max_nan_retries})")
         self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.step, "lr": lr})
@@ -300,18 +393,21 @@ class Trainer:
         if self.cursor >= bt.n_windows:              # new epoch: reset the carried state
             self.cursor = 0
             self.epoch += 1
-            self.state = self.be.zero_state(bt.batch)
+            self.state = self.be.zero_state(bt.local_batch)
             if self.o.lr_decay != 1.0 and self.epoch >= self.o.lr_decay_after:
                 self.lr *= self.o.lr_decay
         x, y = bt.window(self.cursor)
         seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout else 0
+        share = {"streams": (bt.lo, bt.batch)} if self.dist else {}
         # overflow is judged below, by the finiteness of the results, not by NumPy warnings;
         # a compiled kernel may instead raise ZeroDivisionError on inf/inf
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
-                loss, state = self.be.train_step(x, y, self.state, seed)
+                loss, state = self.be.train_step(x, y, self.state, seed, **share)
             except (ZeroDivisionError, FloatingPointError):
                 loss = math.nan
+            if self.dist:
+                loss = self._reduce_step(loss, t0)
             if not math.isfinite(loss):
                 return "the loss"
             lr_now = self.lr * self._anneal(max(self.step / horizon, self.elapsed / budget))
@@ -328,7 +424,8 @@ class Trainer:
         self.chars_seen += chars
         bpc = loss / chars / LOG2
         self.ema = bpc if self.ema is None else 0.95 * self.ema + 0.05 * bpc
-        self.elapsed = time.perf_counter() - t0
+        if not self.dist:
+            self.elapsed = time.perf_counter() - t0
         return None
 
     def _validate_and_save(self, scheduled: bool, sig: _Signals, bar) -> bool:
@@ -339,7 +436,7 @@ class Trainer:
             self._rollback("a weight")
             return False
 
-        def check(_):
+        def check(_):       # one process alone may stop mid-validation; ranks stop only between steps
             if sig.signum:
                 raise TrainingInterrupted(sig.signum)
         val_bpc = self.validate(progress=check)
@@ -360,7 +457,8 @@ class Trainer:
         if not scheduled:
             rec["scheduled"] = False
         self._append_metrics(rec)
-        self._record_sample(rec)
+        if self.root:
+            self._record_sample(rec)
         if bar is not None:
             bar.write(f"step {self.step}  epoch {rec['epoch']:.2f}  train {ema:.4f}  "
                       f"val {'n/a' if val_bpc is None else f'{val_bpc:.4f}'} bpc", file=sys.stderr)
@@ -386,21 +484,23 @@ class Trainer:
         horizon = max(1, int(math.ceil(epochs * bt.n_windows))) if math.isfinite(epochs) else math.inf
         stop_at = min(horizon, o.max_steps) if o.max_steps else horizon
         bar = None
-        if self.show_progress:
+        if self.show_progress and self.root:
             from tqdm import tqdm
             bar = tqdm(total=stop_at if math.isfinite(stop_at) else None, initial=min(self.step, stop_at), unit="step", file=sys.stderr,
                        disable=None, dynamic_ncols=True, leave=True)
         t0 = time.perf_counter() - self.elapsed
-        last_save = time.perf_counter()
+        saved_at = self.elapsed        # `last` is refreshed by (reduced) elapsed time, the same on every rank
         validated_at = self.step if self.step else -1   # a resumed checkpoint was saved at its step
         self.last_val_bpc = None
         self._snap = self._snapshot()
         reason = ""
         with _Signals() as sig:
+            self._sig = sig
             try:
                 while True:
-                    if sig.signum:
-                        raise TrainingInterrupted(sig.signum)
+                    stop = self._stop_signal if self.dist else sig.signum
+                    if stop:
+                        raise TrainingInterrupted(stop)
                     if self.step >= stop_at:
                         reason = "finished the epochs" if stop_at == horizon else f"reached --max-steps {o.max_steps}"
                         break
@@ -420,13 +520,13 @@ class Trainer:
                                             f"{self.ema:.3f} bpc  {self.chars_seen / max(self.elapsed, 1e-9):,.0f} "
                                             f"chars/s", refresh=False)
                     if self.step % val_every == 0:
-                        validated_at, last_save = self.step, time.perf_counter()
+                        validated_at, saved_at = self.step, self.elapsed
                         if self._validate_and_save(True, sig, bar):
                             reason = f"early stop: no improvement in {o.patience} validations"
                             break
-                    elif time.perf_counter() - last_save > SAVE_EVERY_S and self._weights_finite():
+                    elif self.elapsed - saved_at > SAVE_EVERY_S and self._weights_finite():
                         self.save("last", {"step": self.step})
-                        last_save = time.perf_counter()
+                        saved_at = self.elapsed
                     if self.step % SNAPSHOT_EVERY == 0 and self._weights_finite():
                         self._snap = self._snapshot()
                 if self.step != validated_at:            # the end of a run is validated too
@@ -478,6 +578,8 @@ class Trainer:
         return self.o.lr_floor + (1.0 - self.o.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
     def _append_metrics(self, rec: dict) -> None:
+        if not self.root:
+            return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 

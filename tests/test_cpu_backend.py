@@ -215,3 +215,23 @@ def test_lanes_are_chosen_only_for_stacked_lstms_with_chunks_big_enough_to_pay_f
     assert be(hidden=512, layers=2)._lanes_for(100, 64) == 1
     monkeypatch.setattr(cpu, "LANES_MIN_CHUNK_MACS", 0)
     assert be(hidden=512, layers=3)._lanes_for(100, 64) == 3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_shares_of_the_streams_sum_to_the_whole_batch_step(cell):
+    """A data-parallel rank's train_step(streams=(lo, B)): the shares' losses and gradients add
+    up to one step over all B streams (same dropout masks, the same 1/(T*B) scale)."""
+    cfg = ModelConfig(vocab_size=7, hidden=4, layers=2, cell=cell, embed=3, dropout=0.4)
+    p64, x, y, state = _case(cfg, 5, 5, np.float64)
+    whole = CpuBackend(cfg, p64)
+    loss, s_whole = whole.train_step(x, y, state, 99)
+    part = CpuBackend(cfg, p64.astype(np.float64))
+    total, grad, states = 0.0, np.zeros_like(p64.flat), []
+    for lo, hi in ((0, 2), (2, 5)):
+        lp, s = part.train_step(x[:, lo:hi], y[:, lo:hi], state[:, :, lo:hi], 99, streams=(lo, 5))
+        total += lp
+        grad += part.grad.flat
+        states.append(s)
+    assert abs(total - loss) <= 1e-12 * loss
+    assert _rel(grad, whole.grad.flat) < 1e-12
+    np.testing.assert_allclose(np.concatenate(states, axis=2), s_whole, rtol=0, atol=1e-14)

@@ -83,6 +83,24 @@ def _check(cfg, T, B, tol=1e-4, seed=0, **kw):
 
 # ---------------------------------------------------------------- parity with reference.py
 @needs_cuda
+def test_shares_of_the_streams_sum_to_the_whole_batch_step():
+    """A data-parallel rank's share (streams=(lo, B)): global dropout masks, 1/(T*B) scale."""
+    cfg = ModelConfig(vocab_size=5, hidden=3, layers=2, cell="lstm", embed=2, dropout=0.4)
+    p64, x, y, state = _case(cfg, 3, 3)
+    whole = _backend(cfg, p64.astype(np.float32))
+    s32 = state.astype(np.float32)
+    loss, _ = whole.train_step(x, y, s32, 5)
+    part = _backend(cfg, p64.astype(np.float32))
+    total, grad = 0.0, 0.0
+    for lo, hi in ((0, 1), (1, 3)):
+        lp, _ = part.train_step(x[:, lo:hi], y[:, lo:hi], s32[:, :, lo:hi].copy(), 5, streams=(lo, 3))
+        total += lp
+        grad = grad + part.grad_host().flat
+    assert abs(total - loss) < 1e-5 * loss
+    assert _rel(grad, whole.grad_host().flat) < 1e-5
+
+
+@needs_cuda
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_one_layer_matches_reference(cell):
     _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2)
@@ -431,7 +449,7 @@ def _kernel_signatures():
     rec_fwd, rec_bwd = K.make_recurrence(*REC_TILES["gpu"])
     return [(g, (A2, A2, A2, i64, i64, f32, A1, i64)) for g in gemms] + [
         (K.gather_rows, (A2, A1, I1, A2)), (K.scatter_add_rows, (A2, I1, A2)), (K.colsum_add, (A1, A2s)),
-        (K.fill, (A1, f32)), (K.copy, (A1, A1)), (K.dropout, (A1, A1, u64, u64, f64, f32)),
+        (K.fill, (A1, f32)), (K.copy, (A1, A1)), (K.dropout, (A1, A1, u64, u64, f64, f32, u64, u64, u64)),
         (K.lstm_fwd, (A2, A2, A2, i64, A2, A2, A2, A2)), (K.lstm_bwd, (A2, A2, A2, A2, A2, A2, i64, A2)),
         (K.gru_fwd, (A2, A2, A1, A2, i64, A2, A2, A2)), (K.gru_bwd, (A2, A2, A2, A2, A2, i64, A2, A2)),
         (K.rnn_fwd, (A2, A2, i64, A2)), (K.rnn_bwd, (A2, A2, A2, i64, A2)),

@@ -76,14 +76,15 @@ def test_cpu_kernels_apply_the_frozen_masks_to_any_block_of_steps(dtype, seed):
             src = rng.standard_normal(((t1 - t0) * B, H)).astype(dtype)
             mask = want_masks[l, t0:t1].reshape(-1, H)
             out, kept = np.full_like(src, np.nan), np.zeros(src.shape, np.bool_)
-            K.dropout_to(src, out, kept, np.uint64(seed), np.uint64((l * T + t0) * B * H), p, scale)
+            K.dropout_to(src, out, kept, np.uint64(seed), np.uint64(l * T + t0), B, np.uint64(B), np.uint64(0), p, scale)
             assert out.tobytes() == (src * mask).tobytes(), (l, t0, t1)
             assert np.array_equal(kept, mask > 0)
             grad = rng.standard_normal(src.shape).astype(dtype)
             want_grad = grad * mask
             K.dropout_kept(grad, kept, scale)              # the backward's masks, from the record
             assert grad.tobytes() == want_grad.tobytes()
-            K.dropout_to(src, src, kept, np.uint64(seed), np.uint64((l * T + t0) * B * H), p, scale)   # in place
+            K.dropout_to(src, src, kept, np.uint64(seed), np.uint64(l * T + t0), B, np.uint64(B), np.uint64(0), p,
+                         scale)   # in place
             assert src.tobytes() == out.tobytes()
 
 
@@ -91,9 +92,23 @@ def test_cpu_kernel_works_on_row_views_with_a_column_stride():
     # the lanes apply it to row blocks of a (T*B, H) buffer and to (T, B, H) slices reshaped
     src = np.arange(24, dtype=np.float32).reshape(4, 6)[1:3]
     out, kept = np.zeros((2, 6), np.float32), np.zeros((3, 6), np.bool_)[1:]
-    K.dropout_to(src, out, kept, np.uint64(5), np.uint64(6), 0.5, np.float32(2.0))
-    m = _frozen_masks(5, (1, 1, 3, 6), 0.5).reshape(3, 6)[1:3]
+    K.dropout_to(src, out, kept, np.uint64(5), np.uint64(0), 2, np.uint64(3), np.uint64(1), 0.5, np.float32(2.0))
+    m = _frozen_masks(5, (1, 1, 3, 6), 0.5).reshape(3, 6)[1:3]     # streams 1, 2 of a batch of 3
     assert np.array_equal(out, src * m) and np.array_equal(kept, m > 0)
+
+
+def test_cpu_kernel_draws_a_share_of_streams_as_the_global_batch_does():
+    """A data-parallel rank's streams off..off+B of a batch of `total`: the masks of those
+    streams in the global (L, T, total, H) masks, step after step."""
+    L, T, total, H, p = 2, 3, 7, 4, 0.4
+    full = dropout.masks(9, (L, T, total, H), p)
+    for off, B in ((0, 3), (3, 4)):
+        src = np.ones((T * B, H), np.float32)
+        out, kept = np.empty_like(src), np.empty(src.shape, np.bool_)
+        K.dropout_to(src, out, kept, np.uint64(9), np.uint64(L * T - T), B, np.uint64(total), np.uint64(off), p,
+                     np.float32(1 / (1 - p)))
+        assert np.array_equal(out.reshape(T, B, H), full[L - 1, :, off:off + B])
+        assert np.array_equal(dropout.masks(9, (L, T, B, H), p, streams=(off, total)), full[:, :, off:off + B])
 
 
 # ---------------------------------------------------------------- layering

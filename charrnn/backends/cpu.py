@@ -237,11 +237,11 @@ class CpuBackend:
 
     def _drop(self, drop, src, dst, l, t0, T, B):
         """dst = src * layer l's masks for steps t0.. of the window (src: whole steps' rows),
-        hashed here and recorded in drop's `kept` for the backward (_drop_grad)."""
-        seed, p, scale, kept = drop
+        hashed here and recorded in drop's `kept` for the backward (_drop_grad). drop = (seed,
+        p, scale, kept, off, total): these B streams are streams off.. of a batch of total."""
+        seed, p, scale, kept, off, total = drop
         r0 = t0 * B
-        K.dropout_to(src, dst, kept[l, r0:r0 + src.shape[0]], seed, np.uint64((l * T + t0) * B * self.cfg.hidden),
-                     p, scale)
+        K.dropout_to(src, dst, kept[l, r0:r0 + src.shape[0]], seed, np.uint64(l * T + t0), B, total, off, p, scale)
 
     @staticmethod
     def _drop_grad(drop, d, l, t0, B):
@@ -250,7 +250,7 @@ class CpuBackend:
         K.dropout_kept(d, drop[3][l, r0:r0 + d.shape[0]], drop[2])
 
     # -- a stacked LSTM's window on several lanes -------------------------------------------
-    def _lanes_window(self, x, y, state, drop, train, n_lanes):
+    def _lanes_window(self, x, y, state, drop, train, n_lanes, total=None):
         """Forward (and with `train` the backward) of one window as a task graph on n_lanes
         lanes (charrnn/backends/lanes.py), the steps cut in chunks. Per chunk k and layer l:
           X(l)    Wh^T, contiguous, for transposed products and the backward
@@ -293,7 +293,7 @@ class CpuBackend:
                 buf["lane_WhT"] = [np.empty((G, H), dt) for _ in range(L)]
             WhT = buf["lane_WhT"]
         losses = [0.0] * n
-        scale = 1.0 / (T * B)
+        scale = 1.0 / (T * (total or B))
         if train:
             if "lane_da" not in buf:
                 buf["lane_da"] = [np.empty((T, B, G), dt) for _ in range(L)]
@@ -409,24 +409,26 @@ class CpuBackend:
         loss = K.softmax_xent(logits, np.ascontiguousarray(y.reshape(-1), dtype=np.int64), 1.0, False)
         return float(loss), new_state
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, state: np.ndarray,
-                   dropout_seed: int = 0) -> tuple[float, np.ndarray]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, state: np.ndarray, dropout_seed: int = 0,
+                   streams: tuple[int, int] | None = None) -> tuple[float, np.ndarray]:
         cfg, p, g = self.cfg, self.p, self.grad
         T, B = x.shape
+        total = streams[1] if streams else B
         n_lanes = self._lanes_for(T, B)
         _warm_up(self, "train_step", n_lanes)
         H, dt = cfg.hidden, self.dtype
         drop = None    # masks hashed where the forward applies them (charrnn/dropout.py), kept for the backward
         if cfg.dropout > 0:
+            off = streams[0] if streams else 0
             drop = (np.uint64(dropout_seed), float(cfg.dropout), dt.type(1.0 / (1.0 - cfg.dropout)),
-                    np.empty((cfg.layers, T * B, H), np.bool_))
+                    np.empty((cfg.layers, T * B, H), np.bool_), np.uint64(off), np.uint64(total))
         state = np.ascontiguousarray(state, dtype=dt)
         if n_lanes > 1:
-            loss, new_state = self._lanes_window(x, y, state, drop, True, n_lanes)
+            loss, new_state = self._lanes_window(x, y, state, drop, True, n_lanes, total)
             return float(loss), new_state
         logits, new_state, layers, top = self._forward(x, state, drop, keep=True)
         codes = np.ascontiguousarray(x.reshape(-1), dtype=np.int64)
-        loss = K.softmax_xent(logits, np.ascontiguousarray(y.reshape(-1), dtype=np.int64), 1.0 / (T * B), True)
+        loss = K.softmax_xent(logits, np.ascontiguousarray(y.reshape(-1), dtype=np.int64), 1.0 / (T * total), True)
         dlogits = logits
         g.flat[:] = 0
         np.dot(top.T, dlogits, out=g["out.W"])
@@ -490,6 +492,13 @@ class CpuBackend:
                 np.dot(dxw[t], WhT, out=dh_next)
             dhw = dxw
         return dxw.reshape(T * B, GH), dhw.reshape(T * B, GH)
+
+    def warm_up(self, T: int, B: int) -> None:
+        """Compile (or load from the cache) now every path a training run of T x B windows takes."""
+        _warm_up(self, "train_step", self._lanes_for(T, B))
+        _warm_up(self, "optimizer_step", self._lanes_for_update())
+        _warm_up(self, "loss", self._lanes_for(256, 1))
+        _warm_up(self, "generate")
 
     # -- one step, for sampling ---------------------------------------------------------
     def step(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -648,14 +648,19 @@ _uniform = njit(inline="always")(dropout.uniform)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def dropout_to(a, out, kept, seed, base, p, scale):
-    """out = a * mask for a block of rows of H units (in place when out is a): the mask of
-    element (n, j) is charrnn/dropout.py's for index base + n * H + j, scale (1 / (1 - p) in
-    a's float type) where kept, else 0. kept[n, j] records which, for the backward."""
+def dropout_to(a, out, kept, seed, step0, B, total, off, p, scale):
+    """out = a * mask for rows of H units, row n = stream n % B of step step0 + n // B (in place
+    when out is a): the mask of element (n, j) is charrnn/dropout.py's for index
+    ((step0 + n // B) * total + off + n % B) * H + j (uint64 arguments; total and off place
+    these B streams in a global batch), scale (1 / (1 - p) in a's float type) where kept, else
+    0. kept[n, j] records which, for the backward."""
     H = a.shape[1]
     zero = scale - scale
+    Bu, Hu = np.uint64(B), np.uint64(H)
     for n in range(a.shape[0]):
-        row = base + np.uint64(n * H)
+        nu = np.uint64(n)
+        t = nu // Bu
+        row = ((step0 + t) * total + off + (nu - t * Bu)) * Hu
         for j in range(H):
             k = _uniform(seed, row + np.uint64(j)) >= p
             kept[n, j] = k

@@ -106,6 +106,7 @@ class CudaBackend:
         self._opt = None
         self._opt_dev: dict = {}
         self._sampler = None
+        self._streams: tuple[int, int] | None = None   # a data-parallel share, set by train_step
         self._step_bufs = None
         self.persistent = persistent and _persistent_ok[0] is not False
         self._dummy3 = cuda.to_device(np.zeros((1, 1, 1), np.float32))
@@ -260,10 +261,12 @@ class CudaBackend:
         return inp, new_state
 
     def _dropout(self, src, dst, seed, layer, T, B):
-        n = T * B * self.cfg.hidden
-        p = self.cfg.dropout
+        H, p = self.cfg.hidden, self.cfg.dropout
+        n = T * B * H
+        lo, total = self._streams or (0, B)
         self._pointwise(K.dropout, n, src.reshape(n), dst.reshape(n), np.uint64(seed),
-                        np.uint64(layer * n), float(p), np.float32(1.0 / (1.0 - p)))
+                        np.uint64(layer * T * total * H), float(p), np.float32(1.0 / (1.0 - p)),
+                        np.uint64(B * H), np.uint64(total * H), np.uint64(lo * H))
 
     def _loss_sum(self, ws, n, scale, want_grad) -> float:
         K.softmax_xent[n, K.RED](ws["logits"], ws["y"], float(scale), int(want_grad), ws["losses"])
@@ -278,16 +281,20 @@ class CudaBackend:
         _, new_state = self._forward(ws, T, B, self._state_dev(state), 0, train=False)
         return self._loss_sum(ws, T * B, 1.0, False), DeviceState(new_state)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, state, dropout_seed: int = 0) -> tuple[float, DeviceState]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, state, dropout_seed: int = 0,
+                   streams: tuple[int, int] | None = None) -> tuple[float, DeviceState]:
+        """`streams` = (offset, total): x holds streams offset.. of a global batch of `total`
+        (a data-parallel rank's share): dropout masks by global stream, gradients over T*total."""
         cfg, P, G = self.cfg, self.P, self.G
         T, B = np.shape(x)
+        self._streams = streams
         H = cfg.hidden
         n_bh = B * H
         ws = self._workspace(T, B)
         self._upload_codes(ws["codes"], x)
         self._upload_codes(ws["y"], y)
         top, new_state = self._forward(ws, T, B, self._state_dev(state), dropout_seed, train=True)
-        loss = self._loss_sum(ws, T * B, 1.0 / (T * B), True)
+        loss = self._loss_sum(ws, T * B, 1.0 / (T * (streams[1] if streams else B)), True)
         dlogits = ws["logits"]
         self._pointwise(K.fill, self.g.shape[0], self.g, np.float32(0))
         self._mm(top, dlogits, G["out.W"], ta=1)

@@ -273,12 +273,15 @@ def copy(dst, src):
 
 
 @cuda.jit(cache=True)
-def dropout(src, dst, seed, base, p, scale):
-    """dst[i] = src[i] * mask, mask from hash_uniform(seed, base + i): 0 below p, else scale.
-    The same call on a gradient applies the same mask (the mask is never stored)."""
+def dropout(src, dst, seed, base, p, scale, row, stride, off):
+    """dst[i] = src[i] * mask, mask from hash_uniform(seed, index): 0 below p, else scale.
+    The same call on a gradient applies the same mask (the mask is never stored). Element i of
+    a (T, B*H) block sits at index base + t * stride + off + j (t, j = divmod(i, row)): a rank's
+    share of the streams draws the masks of the global batch (charrnn/dropout.py)."""
     i = cuda.grid(1)
     if i < dst.shape[0]:
-        u = hash_uniform(seed, base + uint64(i))
+        j = uint64(i)              # all-unsigned arithmetic: int64 with uint64 would go through float64
+        u = hash_uniform(seed, base + (j // row) * stride + off + j % row)
         dst[i] = src[i] * scale if u >= p else F0
 
 

@@ -1,0 +1,53 @@
+"""Data-parallel steps at the backend level, in any float type, for tests/test_dist.py (not a
+test module). The trainer keeps float32 weights; this runs the same per-rank work as
+Trainer._train_step (its streams, global dropout masks, 1/(T*B) scaling, one all-reduce, then
+clipping and the update) on CpuBackend in float64 too.
+
+`mpiexec -n N python tests/dist_steps.py DIR` writes rank 0's results for each cell and float
+type as raw float64 files DIR/<cell>-<type>.bin and DIR/<cell>-<type>-norms.bin.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from charrnn import dist
+from charrnn.backends.cpu import CpuBackend
+from charrnn.batches import Batches
+from charrnn.model import ModelConfig, Params, init_params
+from charrnn.optim import Optimizer
+
+CELLS = ("lstm", "gru")
+CLIP = 0.05         # below every norm these steps reach: clipping acts on each step
+
+
+def train(cell: str, comm=None, dtype=np.float64, steps: int = 20, B: int = 6, T: int = 12):
+    """Weights after `steps` Adam steps and the gradient norm of each step."""
+    codes = np.random.default_rng(5).integers(0, 11, 4000)
+    cfg = ModelConfig(vocab_size=11, hidden=12, layers=2, cell=cell, embed=5, dropout=0.3)
+    be = CpuBackend(cfg, init_params(cfg, np.random.default_rng(1), dtype))
+    bt = Batches(codes, B, T, share=(comm.rank, comm.size) if comm else (0, 1))
+    n = be.p.flat.size
+    packed = np.zeros(n + 1, dtype)                       # gradient, then the loss: one buffer
+    be.grad = Params(cfg, packed[:n])
+    opt = Optimizer("adam", n, dtype)
+    state = be.zero_state(bt.local_batch)
+    norms = []
+    for k in range(steps):
+        x, y = bt.window(k)
+        packed[n], state = be.train_step(x, y, state, 1000 + k, streams=(bt.lo, B))
+        if comm:
+            comm.allreduce_(packed)
+        norms.append(be.optimizer_step(opt, 1e-2, ("norm", CLIP)))
+    return be.p.flat.copy(), np.array(norms)
+
+
+if __name__ == "__main__":
+    comm = dist.start(60)
+    for cell in CELLS:
+        for dt in (np.float64, np.float32):
+            w, norms = train(cell, comm, dt)
+            if comm is None or comm.is_root:
+                key = f"{cell}-{np.dtype(dt).name}"
+                w.astype(np.float64).tofile(Path(sys.argv[1]) / f"{key}.bin")
+                norms.astype(np.float64).tofile(Path(sys.argv[1]) / f"{key}-norms.bin")

@@ -88,6 +88,9 @@ def list_() -> None:
     off = cat.offline_dir()
     click.echo(f"\ncache: {cat.cache_dir()}")
     click.echo(f"offline (${cat.OFFLINE_ENV}): {off if off is not None else 'unset'}")
+    from charrnn import zoo
+    if zoo.names():
+        click.echo(f"shipped models: {', '.join(zoo.names())} (`charrnn zoo list`)")
 
 
 @corpus.command("get")

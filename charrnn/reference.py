@@ -26,7 +26,8 @@ from charrnn.model import ModelConfig
 
 # ---------------------------------------------------------------- nonlinearities
 def sigmoid(a):
-    return 1.0 / (1.0 + np.exp(-a))
+    with np.errstate(over="ignore"):            # exp(-a) = inf for a < -709 gives exactly 0
+        return 1.0 / (1.0 + np.exp(-a))
 
 
 def act(a, kind: str):

@@ -137,6 +137,45 @@ def test_gemm_every_transpose_with_accumulate_and_bias_over_partial_tiles(ta, tb
     np.testing.assert_allclose(dC.copy_to_host(), want, rtol=1e-5, atol=1e-5)
 
 
+def _activations_kernel():
+    """A kernel writing _sig, tanh and softsign of each x (defined at module level: the
+    simulator swaps the module-global `cuda` while a kernel runs)."""
+    global cuda
+    from numba import cuda
+    from charrnn.backends import cuda_kernels as CK
+
+    @cuda.jit
+    def acts(x, sig, th, soft):
+        i = cuda.grid(1)
+        if i < x.shape[0]:
+            sig[i] = CK._sig(x[i])
+            th[i] = CK._act(x[i], CK.TANH)
+            soft[i] = CK._act(x[i], CK.SOFTSIGN)
+    return acts
+
+
+@needs_cuda
+def test_device_activations_hold_over_the_whole_float32_range():
+    """The gate kernels' sigmoid, tanh and softsign (cuda_kernels._sig, _act) on a sweep of the
+    float32 range, +-inf, subnormals and the old forms' breaking points (e^-x overflowing past
+    88.7): within 2 ulps on a GPU (libdevice, no fastmath); the simulator checks the forms."""
+    from numba import cuda
+    from charrnn.backends import cuda_kernels as CK
+    acts = _activations_kernel()
+    pos = np.concatenate([np.arange(0, 0x7F800000, 0x7F800000 // 700, dtype=np.uint32).view(np.float32),
+                          np.array([1e-45, 44.5, 88.0, 88.8, 89.5, 104.0, 120.0, 1e4, 3.4e38, np.inf], np.float32)])
+    x = np.concatenate([pos, -pos])
+    out = [cuda.device_array(x.size, np.float32) for _ in range(3)]
+    acts[CK.blocks(x.size), CK.THREADS](cuda.to_device(x), *out)
+    got = [o.copy_to_host() for o in out]
+    xl = x.astype(np.longdouble)
+    e = np.exp(-np.abs(xl))
+    m = np.minimum(np.abs(xl), np.longdouble(2.0) ** 80)
+    for g, want in zip(got, (np.where(xl >= 0, 1 / (1 + e), e / (1 + e)), np.tanh(xl), np.sign(xl) * m / (1 + m))):
+        spacing = np.spacing(np.abs(want.astype(np.float32))).astype(np.longdouble)
+        assert np.max(np.abs(g.astype(np.longdouble) - want) / spacing) <= 2.0
+
+
 @needs_cuda
 def test_state_can_stay_on_the_device_between_windows():
     cfg = ModelConfig(vocab_size=5, hidden=3, layers=1)

@@ -45,16 +45,23 @@ def blocks(n: int, threads: int = THREADS) -> int:
 
 
 # ---------------------------------------------------------------- scalar helpers
-@cuda.jit(device=True, inline=True, fastmath=True)
+# The kernels that evaluate these are compiled without fastmath: with it, math.tanh becomes
+# tanh.approx.f32 (about 5e-4 off on compute capability 7.5+), divisions approximate and
+# subnormals flush to zero. Without it they are libdevice's, within 2 ulps (CUDA's math API
+# bounds), and the forms below never overflow: the same whole-range forms as the CPU kernels.
+@cuda.jit(device=True, inline=True)
 def _sig(a):
-    return F1 / (F1 + math.exp(-a))
+    e = math.exp(-abs(a))
+    return (F1 if a >= F0 else e) / (F1 + e)
 
 
-@cuda.jit(device=True, inline=True, fastmath=True)
+@cuda.jit(device=True, inline=True)
 def _act(a, kind):
     if kind == TANH:
         return math.tanh(a)
-    return a / (F1 + abs(a))
+    m = min(abs(a), float32(1152921504606846976.0))        # 2^60: past it softsign rounds to +-1
+    y = m / (F1 + m)
+    return y if a >= F0 else -y
 
 
 @cuda.jit(device=True, inline=True, fastmath=True)
@@ -280,7 +287,7 @@ def dropout(src, dst, seed, base, p, scale):
 
 
 # ---------------------------------------------------------------- LSTM
-@cuda.jit(fastmath=True, cache=True)
+@cuda.jit(cache=True)
 def lstm_fwd(xw, hw, c_prev, kind, gates, c, tc, h):
     n = cuda.grid(1)
     B, H = c.shape[0], c.shape[1]
@@ -324,7 +331,7 @@ def lstm_bwd(dh_out, dh_next, dc_next, gates, c_prev, tc, kind, da):
 
 
 # ---------------------------------------------------------------- GRU
-@cuda.jit(fastmath=True, cache=True)
+@cuda.jit(cache=True)
 def gru_fwd(xw, hw, bh, h_prev, kind, gates, hn, h):
     n = cuda.grid(1)
     B, H = h.shape[0], h.shape[1]
@@ -368,7 +375,7 @@ def gru_bwd(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw):
 
 
 # ---------------------------------------------------------------- RNN
-@cuda.jit(fastmath=True, cache=True)
+@cuda.jit(cache=True)
 def rnn_fwd(xw, hw, kind, h):
     n = cuda.grid(1)
     B, H = h.shape[0], h.shape[1]
@@ -514,7 +521,7 @@ def clip_by_value(g, value):
 
 
 # ---------------------------------------------------------------- sampling
-@cuda.jit(fastmath=True, cache=True)
+@cuda.jit(cache=True)
 def sample_layer(WT, b, bh, codes, x, onehot, h_prev, c_prev, cell, kind, h_out, c_out):
     """One step of one layer for every row, fused: input and recurrent matrix-vector products
     and the gates. WT = [Wx; Wh].T (G*H, D+H), so each gate row is one contiguous dot product.
@@ -685,7 +692,7 @@ def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist,
              part, red, idx)
 
 
-@cuda.jit(fastmath=True)
+@cuda.jit()
 def sample_loop(cell, kind, L, steps, WT, wofs, win, w, bofs, bhofs, S, src0, W, bo, logits, probs, temp, top_k,
                 u, codes, hist, logp):
     """`steps` whole sampling steps in one cooperative launch: every layer, then the output and
@@ -813,7 +820,7 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 kk = r // TJ
                 wsh[g, kk, r - kk * TJ] = wreg[i]
 
-    @cuda.jit(fastmath=True)
+    @cuda.jit()
     def rec_fwd(cell, kind, T, xw, Wh, bh, hs, gates, cs, tcs, hn):
         """xw (T*B, G*H) input projections incl. bias; hs, cs (T+1, B, H) with hs[0], cs[0] set;
         writes gates (T, B, G*H) after their nonlinearities, cs, tcs = act(c), hn (GRU's hU_n + bh).

@@ -65,7 +65,7 @@ def cpu_name() -> str:
 
 def readme_block(meta: dict, size: int, sample: str) -> str:
     temp = " **(temporary: not the 10-minute build)**" if meta.get("temporary") else ""
-    quoted = "\n".join("    " + ln for ln in sample.splitlines())
+    quoted = "\n".join("    " + ln if ln else "" for ln in sample.splitlines())
     return f"""{BEGIN}
 | | |
 |---|---|
@@ -73,7 +73,7 @@ def readme_block(meta: dict, size: int, sample: str) -> str:
 | model | {meta['model']} |
 | trained with | `{meta['command']}` |
 | date, commit | {meta['date']}, `{meta['commit']}` |
-| machine | {meta['machine']} |
+| machine | {meta['machine']}; load average {meta['load_average']} (before and after training) |
 | training | {meta['steps']} steps, {meta['epochs']} epochs (the best validation) |
 | validation | **{meta['val_bpc']:.4f}** bits/char |
 | test | **{meta['test_bpc']:.4f}** bits/char |
@@ -97,7 +97,9 @@ def main() -> None:
     temporary = bool(args.max_steps) or args.minutes != 10.0
     with tempfile.TemporaryDirectory(prefix="charrnn-zoo-") as tmp:
         run = Path(tmp) / "run"
+        load_before = os.getloadavg()[0]           # other work on the cores means fewer steps: record it
         charrnn(*train, "--out", str(run))
+        load = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"
         val = json.loads(charrnn("eval", str(run), "--split", "val", "--json"))
         test = json.loads(charrnn("eval", str(run), "--split", "test", "--json"))
         progress = ckpt.load(run / "best.safetensors").progress
@@ -106,6 +108,7 @@ def main() -> None:
             "command": "charrnn " + " ".join(train),
             "commit": commit(),
             "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+            "load_average": load,
             "steps": progress.get("step"),
             "epochs": next((r["epoch"] for r in records if r.get("step") == progress.get("step")), None),
             "val_bpc": round(val["bits_per_char"], 4),

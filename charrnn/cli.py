@@ -219,7 +219,8 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
     run_dir = prepare_out_dir(out)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
                        spill_dir=run_dir)
-    trainer = Trainer(opts, data, run_dir, log=say, resume=base_resume, init_from=base_init)
+    trainer = Trainer(opts, data, run_dir, log=say, resume=base_resume, init_from=base_init,
+                      notify=_compile_notices(say))
     trainer.source = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
     if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
         trainer.source["corpus"] = corpus_name

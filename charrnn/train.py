@@ -144,8 +144,10 @@ class Trainer:
 
     def __init__(self, opts: TrainOptions, text: str | bytes | Corpus, out_dir: Path,
                  log: Callable[[str], None] = lambda m: None, show_progress: bool = True,
-                 resume: ckpt.Checkpoint | None = None, init_from: ckpt.Checkpoint | None = None):
+                 resume: ckpt.Checkpoint | None = None, init_from: ckpt.Checkpoint | None = None,
+                 notify: Callable[[str], None] | None = None):
         self.o, self.log, self.out = opts, log, Path(out_dir)
+        self.notify = notify or log             # the backend's compile notices
         self.source: dict | None = None          # where the text came from, so `eval --split` can find it
         self.show_progress = show_progress
         base = resume or init_from
@@ -192,7 +194,7 @@ class Trainer:
         self.state = None
         if resume:
             self._restore(resume)
-        self.be = make_backend(opts.device, self.cfg, params, notify=log)
+        self.be = make_backend(opts.device, self.cfg, params, notify=self.notify)
         if self.state is None:
             self.state = self.be.zero_state(self.batches.batch)
         n = self.be.params_host().flat.size
@@ -276,7 +278,7 @@ class Trainer:
         self.rng.bit_generator.state = sn.rng
         self.state = sn.state.copy()
         self.lr = lr
-        self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.log)
+        self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.notify)
         self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.step} and halved the "
                  f"learning rate to {lr:g} ({self.nan_retries} of {self.o.max_nan_retries})")
         self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.step, "lr": lr})

@@ -524,9 +524,14 @@ def draw_rows(logits, u, temp, top_k, codes, logp):
             for k in range(V):
                 z[k] = np.float64(logits[bi, k]) / temp
             if top_k > 0 and top_k < V:
+                # the k-th largest by an insertion sort written out: np.sort would compile
+                # Numba's quicksort, seconds of a cold start, for at most a few hundred values
                 for k in range(V):
-                    srt[k] = z[k]
-                srt.sort()
+                    val, i = z[k], k
+                    while i > 0 and srt[i - 1] > val:
+                        srt[i] = srt[i - 1]
+                        i -= 1
+                    srt[i] = val
                 kth = srt[V - top_k]
                 for k in range(V):
                     if z[k] < kth:

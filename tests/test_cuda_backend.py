@@ -177,6 +177,60 @@ def test_device_activations_hold_over_the_whole_float32_range():
 
 
 @needs_cuda
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 1)])
+def test_gemm_large_tiles_over_several_k_slices(ta, tb):
+    """The production 64x64 tile with K = 40 (three 16-deep slices, the last one partial)."""
+    from numba import cuda
+    from charrnn.backends.cuda import TILES
+    from charrnn.backends.cuda_kernels import make_gemm
+    r = np.random.default_rng(7)
+    M, N, Kd = 9, 10, 40
+    A = r.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
+    B = r.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
+    kern, (TM, TN), threads = make_gemm(*TILES["large"])
+    assert Kd > TILES["large"][2] * 2
+    dC = cuda.to_device(np.zeros((M, N), np.float32))
+    kern[((N + TN - 1) // TN, (M + TM - 1) // TM), threads](cuda.to_device(A), cuda.to_device(B), dC, ta, tb,
+                                                            np.float32(0.0), cuda.to_device(np.zeros(N, np.float32)), 0)
+    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B)
+    np.testing.assert_allclose(dC.copy_to_host(), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_saturated_model_with_a_wide_vocabulary_matches_reference_and_optim(cell):
+    """Trained-like weights (pre-activations past +-50, carried |c| up to 1e4), V = 70 (more than
+    two reduction blocks of the simulator: the output kernels' strided loops) and a parameter
+    buffer far larger than the norm reduction's grid; then one clipped Adam step on the device
+    against optim.py's."""
+    from charrnn.backends import cuda_kernels as CK
+    from charrnn.optim import Optimizer, clip_
+    from test_cpu_regimes import _state, _trained_like
+    cfg = ModelConfig(vocab_size=70, hidden=4, layers=1, cell=cell)
+    p64 = _trained_like(cfg, 11, scale=60.0)
+    assert cfg.vocab_size > 2 * CK.RED and p64.flat.size > 4 * CK.NORM_BLOCKS * CK.RED
+    r = np.random.default_rng(11)
+    x, y = r.integers(0, 70, (6, 2)), r.integers(0, 70, (6, 2))
+    state = _state(cfg, 2, 11, 1e4)
+    with np.errstate(over="ignore"):
+        loss, cache, s_ref = ref.forward(p64, cfg, x, y, state)
+        g_ref = p64.like()
+        ref.backward(p64, g_ref, cfg, cache, 1.0 / 12)
+    be = _backend(cfg, p64.astype(np.float32))
+    got, s_got = be.train_step(x, y, state.astype(np.float32))
+    assert abs(got - loss) / loss < 1e-4 and _rel(s_got, s_ref) < 1e-4
+    grads = be.grad_host()
+    for name, _ in param_shapes(cfg):
+        assert _rel(grads[name], g_ref[name]) < 1e-4, name
+    w, g = be.params_host().flat.copy(), grads.flat.copy()
+    host = Optimizer("adam", w.size)
+    norm = clip_(g, "norm", 0.5)
+    host.step(w, g, 0.01)
+    assert abs(be.optimizer_step(Optimizer("adam", w.size), 0.01, ("norm", 0.5)) - norm) <= 1e-5 * norm
+    np.testing.assert_allclose(be.params_host().flat, w, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
 def test_state_can_stay_on_the_device_between_windows():
     cfg = ModelConfig(vocab_size=5, hidden=3, layers=1)
     p, x, y, state = _case(cfg, 2, 2)

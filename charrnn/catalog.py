@@ -10,7 +10,9 @@ texts to learn from without shipping them.  An entry is either downloadable
 2. ``$CHARRNN_CORPORA/NAME``, ``NAME.txt`` or one of the entry's ``filenames``;
 3. the cache (``$CHARRNN_CACHE``, else ``$XDG_CACHE_HOME/charrnn``, else
    ``~/.cache/charrnn``);
-4. the catalogue: build the corpus or download it into the cache.
+4. the copy shipped inside the package (an entry's ``shipped`` gzip file, only
+   tinyshakespeare), unpacked into the cache once its sha256 matches;
+5. the catalogue: build the corpus or download it into the cache.
 
 Library code never prints: functions return a one-line description of where a
 corpus came from, and only tqdm writes (a progress bar, on stderr).
@@ -18,6 +20,7 @@ corpus came from, and only tqdm writes (a progress bar, on stderr).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import importlib.resources
@@ -40,6 +43,7 @@ __all__ = [
     "CorpusError",
     "build_python",
     "cache_dir",
+    "data_dir",
     "download",
     "ensure",
     "file_sha256",
@@ -49,6 +53,8 @@ __all__ = [
     "obtain",
     "offline_dir",
     "resolve",
+    "shipped_file",
+    "unpack_shipped",
 ]
 
 Entry = dict[str, Any]
@@ -72,8 +78,6 @@ _PY_EXCLUDED_DIRS = frozenset(
 )
 
 
-
-
 # --------------------------------------------------------------------------- catalogue
 
 
@@ -87,23 +91,33 @@ def load_catalog(source: str | os.PathLike[str] | Mapping[str, Any] | None = Non
     if source is None and os.environ.get(CATALOG_ENV):
         source = os.environ[CATALOG_ENV]
     if isinstance(source, Mapping):
-        return _check_catalog(source, "the given catalogue")
+        return _check_catalog(source, "the given catalogue", data_dir())
     if source is not None:
         path = Path(source).expanduser()
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise CorpusError(f"cannot read catalogue {path}: {err.strerror or err}") from None
-        return _check_catalog(_parse_json(text, str(path)), str(path))
-    tree = Path(__file__).resolve().parent.parent / "corpora" / "catalog.json"
-    if tree.is_file():
-        return _check_catalog(_parse_json(tree.read_text(encoding="utf-8"), str(tree)), str(tree))
+        return _check_catalog(_parse_json(text, str(path)), str(path), path.parent)
+    base = data_dir()
     try:
-        res = importlib.resources.files("charrnn.corpora") / "catalog.json"
-        text = res.read_text(encoding="utf-8")
-    except (ModuleNotFoundError, OSError) as err:
+        text = (base / "catalog.json").read_text(encoding="utf-8")
+    except OSError as err:
         raise CorpusError(f"the corpus catalogue is missing from this installation ({err})") from None
-    return _check_catalog(_parse_json(text, "charrnn.corpora/catalog.json"), "charrnn.corpora/catalog.json")
+    origin = str(base / "catalog.json")
+    return _check_catalog(_parse_json(text, origin), origin, base)
+
+
+def data_dir() -> Path:
+    """The folder of shipped data (catalogue, default corpus, zoo): ``corpora/`` in a source
+    tree, else the installed ``charrnn.corpora`` package."""
+    tree = Path(__file__).resolve().parent.parent / "corpora"
+    if (tree / "catalog.json").is_file():
+        return tree
+    try:
+        return Path(str(importlib.resources.files("charrnn.corpora")))
+    except ModuleNotFoundError as err:
+        raise CorpusError(f"the corpus catalogue is missing from this installation ({err})") from None
 
 
 def _parse_json(text: str, origin: str) -> Any:
@@ -113,7 +127,7 @@ def _parse_json(text: str, origin: str) -> Any:
         raise CorpusError(f"catalogue {origin} is not valid JSON: {err}") from None
 
 
-def _check_catalog(data: Any, origin: str) -> Catalog:
+def _check_catalog(data: Any, origin: str, base: Path) -> Catalog:
     entries = data.get("corpora") if isinstance(data, Mapping) else None
     if not isinstance(entries, list):
         raise CorpusError(f"catalogue {origin} has no 'corpora' list")
@@ -147,6 +161,11 @@ def _check_catalog(data: Any, origin: str) -> Catalog:
         names = entry.setdefault("filenames", [])
         if not isinstance(names, list) or not all(_is_bare(n) for n in names):
             raise CorpusError(f"{where}: 'filenames' must be a list of plain file names")
+        shipped = entry.get("shipped")
+        if shipped is not None:
+            if not (_is_bare(shipped) and shipped.endswith(".gz")) or entry.get("build") is not None:
+                raise CorpusError(f"{where}: 'shipped' names a .gz file beside the catalogue, for a downloadable entry")
+            entry["shipped_path"] = base / shipped  # absent in a stripped install: then it downloads
         out[name] = entry
     return out
 
@@ -283,8 +302,14 @@ def _find_cached(entry: Entry) -> Path | None:
     return path
 
 
+def shipped_file(entry: Entry) -> Path | None:
+    """The compressed copy of a corpus shipped inside the package, or None."""
+    path = entry.get("shipped_path")
+    return path if path is not None and path.is_file() else None
+
+
 def locate(entry: Entry) -> tuple[Path, str] | None:
-    """Where a catalogue corpus is present locally, as (path, "offline" or "cache"), or None.
+    """Where a catalogue corpus is present locally, as (path, "offline", "cache" or "shipped"), or None.
 
     Raises CorpusError when a local copy exists but fails verification.
     """
@@ -292,7 +317,46 @@ def locate(entry: Entry) -> tuple[Path, str] | None:
     if found is not None:
         return found[0], "offline"
     cached = _find_cached(entry)
-    return (cached, "cache") if cached is not None else None
+    if cached is not None:
+        return cached, "cache"
+    shipped = shipped_file(entry)
+    return (shipped, "shipped") if shipped is not None else None
+
+
+def unpack_shipped(entry: Entry, dest_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Decompress the shipped copy of a corpus into ``dest_dir`` (default: the cache).
+
+    As with a download, the text goes to ``NAME.txt.part`` and is renamed into
+    place only once its size and sha256 match the catalogue's.
+    """
+    source = shipped_file(entry)
+    if source is None:
+        raise CorpusError(f"corpus '{entry['name']}' is not shipped with this installation")
+    dest = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
+    target = dest / _filename(entry)
+    part = target.with_name(target.name + ".part")
+    hasher, size = hashlib.sha256(), 0
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with gzip.open(source, "rb") as src, open(part, "wb") as out:
+            while block := src.read(1 << 20):
+                hasher.update(block)
+                size += len(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if size != entry["bytes"] or hasher.hexdigest() != entry["sha256"]:
+            part.unlink()
+            raise CorpusError(
+                f"the shipped copy {source} unpacks to {size} bytes with sha256 {hasher.hexdigest()}, "
+                f"but corpus '{entry['name']}' is {entry['bytes']} bytes with sha256 {entry['sha256']}; "
+                "the installation is damaged"
+            )
+        os.replace(part, target)
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        part.unlink(missing_ok=True)
+        raise CorpusError(f"cannot unpack the shipped corpus '{entry['name']}' from {source} into {dest}: {err}") from None
+    return target
 
 
 # --------------------------------------------------------------------------- download
@@ -527,7 +591,8 @@ def obtain(entry: Entry, dest_dir: str | os.PathLike[str] | None = None, *, prog
 
 
 def ensure(entry: Entry, *, fetch: bool = True, force: bool = False, progress: bool = True) -> tuple[Path, str]:
-    """A local copy of a catalogue corpus: $CHARRNN_CORPORA, then the cache, then build or download.
+    """A local copy of a catalogue corpus: $CHARRNN_CORPORA, the cache, the shipped copy (unpacked
+    into the cache, even when ``fetch`` is False: nothing leaves the machine), then build or download.
 
     ``force`` skips the local copies and builds or downloads into the cache anew.
     A damaged cached copy is replaced when ``fetch`` allows; a damaged copy in
@@ -547,6 +612,9 @@ def ensure(entry: Entry, *, fetch: bool = True, force: bool = False, progress: b
             cached, note = None, f"; it replaces a damaged cached copy ({err})"
         if cached is not None:
             return cached, f"corpus '{name}' from the cache: {cached}"
+        if shipped_file(entry) is not None:
+            path = unpack_shipped(entry)
+            return path, f"corpus '{name}' from the copy shipped with charrnn (sha256 verified), unpacked into {path}{note}"
         if not fetch:
             off = offline_dir()
             looked = f"${OFFLINE_ENV}={off}" if off is not None else f"${OFFLINE_ENV} (unset)"
@@ -565,7 +633,7 @@ def resolve(
 
     Order: an existing path; ``$CHARRNN_CORPORA/NAME`` (or ``NAME.txt``, or an
     entry's alternative file names), verified for catalogue corpora; the cache;
-    the catalogue, built or downloaded unless ``fetch`` is False.  ``NAME.txt``
+    the shipped copy; the catalogue, built or downloaded unless ``fetch`` is False.  ``NAME.txt``
     names catalogue corpus ``NAME`` too.  ``-`` (stdin) is the caller's business.
     """
     if not spec:

@@ -6,8 +6,9 @@ library and NumPy alone, so loading a file from a stranger can never run code (n
     rest      raw little-endian tensor data, packed in header order
 
 Tensors: "param/<name>" for every weight (model.py's names), "optim/<name>" for optimizer
-moments (flat), "state" for the carried hidden state. Metadata (JSON strings): format and
-version, model config, vocabulary, optimizer, training progress, RNG state, metrics.
+moments (flat), "state" for the carried hidden state; a weights-only export has only the
+first. Metadata (JSON strings): format and version, model config, vocabulary, optimizer,
+training progress, RNG state, metrics, and for an export its provenance.
 Every field is validated on load; any problem is a CheckpointError with one sentence.
 Files are written to a temporary name in the same directory, fsynced, then renamed.
 """
@@ -49,6 +50,7 @@ class Checkpoint:
     rng: dict | None = None                          # numpy bit_generator.state
     train_args: dict = field(default_factory=dict)   # the training flags, for the record and resume
     metrics: dict = field(default_factory=dict)      # last validation numbers
+    provenance: dict = field(default_factory=dict)   # how an exported model was made (command, date, scores)
 
 
 # ---------------------------------------------------------------- writing
@@ -73,6 +75,8 @@ def save(path: str | os.PathLike, ck: Checkpoint) -> None:
         "train_args": json.dumps(ck.train_args),
         "metrics": json.dumps(ck.metrics),
     }
+    if ck.provenance:
+        meta["provenance"] = json.dumps(ck.provenance)
     header: dict = {"__metadata__": meta}
     off = 0
     for name, arr in tensors.items():
@@ -245,7 +249,22 @@ def load(path: str | os.PathLike) -> Checkpoint:
     _check_train_args(path, train_args)
     return Checkpoint(config=config, vocab=vocab, params=params, optimizer=optimizer,
                       optim_state=optim_state, state=state, progress=progress, rng=rng,
-                      train_args=train_args, metrics=_meta_json(meta, "metrics", dict))
+                      train_args=train_args, metrics=_meta_json(meta, "metrics", dict),
+                      provenance=_meta_json(meta, "provenance", dict) if "provenance" in meta else {})
+
+
+def weights_only(ck: Checkpoint, provenance: dict | None = None) -> Checkpoint:
+    """The checkpoint without what only resuming needs (optimizer moments, carried state, RNG):
+    enough to sample, evaluate and fine-tune (--init-from), at a third of the size."""
+    keep = ("step", "epoch", "chars_seen", "best_val", "elapsed", "n_codes")
+    args = dict(ck.train_args)
+    src = args.get("source") or {}
+    if src.get("corpus"):       # a catalogue text: its name finds it on any machine, a path may not
+        args["source"] = {k: v for k, v in src.items() if k != "path"}
+    return Checkpoint(config=ck.config, vocab=ck.vocab, params=ck.params,
+                      progress={k: ck.progress[k] for k in keep if k in ck.progress},
+                      train_args=args, metrics=dict(ck.metrics),
+                      provenance={**ck.provenance, **(provenance or {})})
 
 
 def _is_int(v) -> bool:

@@ -14,6 +14,7 @@ import click
 from charrnn import __version__
 from charrnn.cli_corpus import corpus
 from charrnn.cli_viz import report, viz
+from charrnn.cli_zoo import export, zoo_group
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -164,7 +165,8 @@ def cli() -> None:
 @click.option("--resume", type=click.Path(dir_okay=True), default=None,
               help="Continue a run exactly from its checkpoint.")
 @click.option("--init-from", type=click.Path(dir_okay=True), default=None,
-              help="Start from a checkpoint's weights (fine-tuning on a new text).")
+              help="Start from a checkpoint's weights, or a shipped model's (`charrnn zoo list`): "
+                   "fine-tuning on a new text.")
 @click.option("--dist", "dist_mode", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="auto: under mpiexec or srun, train data-parallel across the ranks; off: one process.")
 @click.option("--dist-timeout", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
@@ -196,17 +198,23 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
 
     if resume and init_from:
         raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
-    source = text
+    source, corpus_name = text, None
     if text != "-":
         from charrnn import catalog
         path, where = catalog.resolve(text)
         if not (Path(text).exists()):
             tell(where)
+            entry = catalog.lookup(text)
+            corpus_name = entry["name"] if entry else None
         source = str(path)
     check_source(source)
     resume_path = ckpt.resolve(resume) if resume else None
     base_resume = ckpt.load(resume_path) if resume_path else None
-    base_init = ckpt.load(ckpt.resolve(init_from)) if init_from else None
+    if init_from:
+        from charrnn import zoo
+        base_init = ckpt.load(zoo.resolve(init_from)[0])
+    else:
+        base_init = None
     base = base_resume or base_init
     stem = name or (Path(text).stem if text != "-" else None)
     out = kw["out"] or (f"checkpoints/{name}" if name else None) or \
@@ -231,8 +239,11 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
     run_dir = prepare_out_dir(out)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
                        spill_dir=run_dir)
-    trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm)
+    trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
+                      notify=_compile_notices(tell))
     trainer.source = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
+    if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
+        trainer.source["corpus"] = corpus_name
     try:
         result = trainer.run()
     except TrainingInterrupted as e:
@@ -278,7 +289,10 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
            stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, **kw) -> None:
-    """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints).
+    """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints,
+    else the shipped model).
+
+    CHECKPOINT is a .safetensors file, a run directory or a shipped model's name (`charrnn zoo list`).
 
     A byte model (trained with --bytes) writes raw bytes, so `sample > out.bin` keeps them exactly.
 
@@ -286,6 +300,7 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
     Example:
       charrnn sample --temp 0.8 --length 500
       charrnn sample checkpoints/shakespeare --prime "ROMEO:" --seed 7 | head -20
+      charrnn sample shakespeare -n 300           # the shipped model, always
       printf 'To be' | charrnn sample --prime - --top-p 0.9 -n 200
       charrnn sample -N 8 --stop $'\\n' --json --temp 0.7    # eight lines, one JSON object each
     """
@@ -300,7 +315,7 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
     if kw["length"] == 0 and not stop and (kw["as_json"] or kw["num_samples"] > 1):
         raise click.UsageError("--length 0 (endless) streams one plain sample; with --json or "
                                "--num-samples give --stop STRING or a --length")
-    ck = ckpt.load(ckpt.resolve(checkpoint))
+    ck = _load_checkpoint(checkpoint)
     vocab = ck.vocab
     from charrnn.corpus import CorpusError, describe_chars, read_input
     text: str | bytes = prime or ""
@@ -323,6 +338,17 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
                               separator=separator.encode("utf-8", "surrogateescape"), **kw)
     except KeyboardInterrupt:                 # the usual end of endless output: quiet, exit 130
         sys.exit(130)
+
+
+def _load_checkpoint(arg: str | None):
+    """A checkpoint for sample and eval: a path, a run directory, a shipped model's name, or
+    (none given) the newest under ./checkpoints, else the shipped model, said on stderr."""
+    from charrnn import checkpoint as ckpt
+    from charrnn import zoo
+    path, note = zoo.resolve(arg)
+    if note:
+        say(note)
+    return ckpt.load(path)
 
 
 class _quiet_pipe:
@@ -358,10 +384,11 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
     Example:
       charrnn eval --split test
       charrnn eval checkpoints/shakespeare held_out.txt --json
+      charrnn eval shakespeare play.txt            # the shipped model on any text
     """
     import json
 
-    from charrnn import checkpoint as ckpt
+    from charrnn import zoo
     from charrnn.backends import make_backend
     from charrnn.corpus import read_input, split
     from charrnn.evaluate import evaluate, summary
@@ -373,11 +400,11 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
         ck_arg, file_arg = args
     elif len(args) == 1:
         a = Path(args[0])
-        if a.is_dir() or a.suffix == ".safetensors":
+        if a.is_dir() or a.suffix == ".safetensors" or (not a.exists() and args[0] in zoo.names()):
             ck_arg = args[0]
         else:
             file_arg = args[0]
-    ck = ckpt.load(ckpt.resolve(ck_arg))
+    ck = _load_checkpoint(ck_arg)
     vocab = ck.vocab
     if file_arg is not None:
         text = read_input(file_arg, byte_mode=vocab.byte_mode)
@@ -385,6 +412,10 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
     else:
         src = ck.train_args.get("source") or {}
         path = src.get("path")
+        if (not path or not Path(path).is_file()) and src.get("corpus"):
+            from charrnn import catalog
+            entry = catalog.lookup(src["corpus"])
+            path = str(catalog.ensure(entry, fetch=False)[0]) if entry else None
         if not path or path == "-" or not Path(path).is_file():
             raise InputError("this checkpoint's training text is not at hand; name a FILE to evaluate on")
         text = read_input(path, byte_mode=vocab.byte_mode, encoding=src.get("encoding", "utf-8"))
@@ -415,6 +446,8 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
 
 
 cli.add_command(corpus)
+cli.add_command(zoo_group)
+cli.add_command(export)
 cli.add_command(report)
 cli.add_command(viz)
 

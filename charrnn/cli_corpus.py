@@ -44,7 +44,8 @@ def corpus() -> None:
     """Named corpora from the catalogue: list, fetch and locate them.
 
     A name works wherever a text file does, e.g. `charrnn train shakespeare`.
-    Offline, put the files into a directory and point CHARRNN_CORPORA at it.
+    shakespeare ships with charrnn; for others offline, put the files into a
+    directory and point CHARRNN_CORPORA at it.
 
     \b
     Examples:
@@ -58,7 +59,8 @@ def corpus() -> None:
 def list_() -> None:
     """List the corpora: size, licence, whether and where present.
 
-    One row per catalogue entry; WHERE is $CHARRNN_CORPORA or the cache.
+    One row per catalogue entry; WHERE is $CHARRNN_CORPORA, the cache or the
+    copy shipped with charrnn.
 
     \b
     Example:
@@ -77,14 +79,18 @@ def list_() -> None:
             rows.append((name, size, entry["licence"], "no", "-"))
         else:
             path, where = found
-            label = f"${cat.OFFLINE_ENV}" if where == "offline" else "cache"
-            rows.append((name, _size(path.stat().st_size), entry["licence"], "yes", f"{label}: {path}"))
+            label = {"offline": f"${cat.OFFLINE_ENV}", "shipped": "shipped (gzip)"}.get(where, where)
+            size = _size(entry["bytes"] if where == "shipped" else path.stat().st_size)
+            rows.append((name, size, entry["licence"], "yes", f"{label}: {path}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
     off = cat.offline_dir()
     click.echo(f"\ncache: {cat.cache_dir()}")
     click.echo(f"offline (${cat.OFFLINE_ENV}): {off if off is not None else 'unset'}")
+    from charrnn import zoo
+    if zoo.names():
+        click.echo(f"shipped models: {', '.join(zoo.names())} (`charrnn zoo list`)")
 
 
 @corpus.command("get")
@@ -96,7 +102,8 @@ def get(name: str, force: bool) -> None:
     Downloads are verified against the catalogue's sha256 and resumed if
     interrupted.
 
-    A verified copy already in CHARRNN_CORPORA or the cache is used as it is.
+    A verified copy already in CHARRNN_CORPORA or the cache is used as it is;
+    the copy shipped with charrnn is unpacked into the cache.
     The cache is CHARRNN_CACHE, else $XDG_CACHE_HOME/charrnn or ~/.cache/charrnn.
 
     \b
@@ -118,7 +125,8 @@ def path(name: str) -> None:
     """Print where corpus NAME lives (exit status 2 if absent).
 
     Nothing is downloaded or built; the resolution order is the one of
-    `charrnn train`: a path, CHARRNN_CORPORA, the cache.
+    `charrnn train`: a path, CHARRNN_CORPORA, the cache, the shipped copy
+    (unpacked into the cache).
 
     \b
     Example:

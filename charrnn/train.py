@@ -162,8 +162,9 @@ class Trainer:
     def __init__(self, opts: TrainOptions, text: str | bytes | Corpus, out_dir: Path,
                  log: Callable[[str], None] = lambda m: None, show_progress: bool = True,
                  resume: ckpt.Checkpoint | None = None, init_from: ckpt.Checkpoint | None = None,
-                 dist=None):
+                 dist=None, notify: Callable[[str], None] | None = None):
         self.o, self.log, self.out = opts, log, Path(out_dir)
+        self.notify = notify or log             # the backend's compile notices
         self.dist = dist
         self.root = dist is None or dist.is_root
         self.source: dict | None = None          # where the text came from, so `eval --split` can find it
@@ -222,7 +223,7 @@ class Trainer:
         if dist:
             for arr in self.opt.state.values():
                 dist.bcast_(arr)
-        self.be = make_backend(opts.device, self.cfg, params, notify=log)
+        self.be = make_backend(opts.device, self.cfg, params, notify=self.notify)
         self._bind_backend()
         if self.state is None:
             self.state = self.be.zero_state(self.batches.local_batch)
@@ -380,7 +381,7 @@ class Trainer:
         self.rng.bit_generator.state = sn.rng
         self.state = sn.state.copy()
         self.lr = lr
-        self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.log)
+        self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.notify)
         self._bind_backend()
         self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.step} and halved the "
                  f"learning rate to {lr:g} ({self.nan_retries} of {self.o.max_nan_retries})")

@@ -6,6 +6,7 @@ refuses connections to anything but the loopback address.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import json
@@ -300,6 +301,45 @@ def test_resolution_order(server, tmp_path, monkeypatch):
     assert "downloaded" in desc and len(server.log) == 1
 
 
+def test_shipped_copy_comes_after_the_cache_and_before_the_network(server, tmp_path, monkeypatch):
+    (tmp_path / "tiny.txt.gz").write_bytes(gzip.compress(BODY))
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/file.txt", shipped="tiny.txt.gz"))
+    cache(tmp_path).mkdir()
+    (cache(tmp_path) / "tiny.txt").write_bytes(BODY)
+    assert "from the cache" in cat.resolve("tiny")[1]
+    (cache(tmp_path) / "tiny.txt").unlink()
+    assert cat.locate(cat.lookup("tiny")) == (tmp_path / "tiny.txt.gz", "shipped")
+    path, desc = cat.resolve("tiny", fetch=False)  # unpacking is local: allowed without fetching
+    assert path == cache(tmp_path) / "tiny.txt" and path.read_bytes() == BODY
+    assert "shipped with charrnn (sha256 verified)" in desc and "\n" not in desc
+    assert server.log == [] and leftovers(tmp_path) == ["tiny.txt"]
+    assert "from the cache" in cat.resolve("tiny")[1]  # unpacked once
+
+
+def test_shipped_copy_that_does_not_match_is_refused(server, tmp_path, monkeypatch):
+    (tmp_path / "tiny.txt.gz").write_bytes(gzip.compress(BODY.upper()))
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/file.txt", shipped="tiny.txt.gz"))
+    with pytest.raises(cat.CorpusError, match="installation is damaged"):
+        cat.resolve("tiny")
+    (tmp_path / "tiny.txt.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(cat.CorpusError, match="cannot unpack the shipped corpus 'tiny'"):
+        cat.resolve("tiny")
+    assert leftovers(tmp_path) == [] and server.log == []
+
+
+def test_an_install_without_the_shipped_file_downloads(server, tmp_path, monkeypatch):
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/file.txt", shipped="tiny.txt.gz"))
+    path, desc = cat.resolve("tiny")
+    assert "downloaded" in desc and path.read_bytes() == BODY
+
+
+def test_shipped_must_name_a_gzip_file_beside_the_catalogue():
+    with pytest.raises(cat.CorpusError, match="'shipped' names a .gz file"):
+        cat.load_catalog({"corpora": [entry("http://x/", shipped="../elsewhere.gz")]})
+    with pytest.raises(cat.CorpusError, match="'shipped' names a .gz file"):
+        cat.load_catalog({"corpora": [entry("http://x/", shipped="tiny.txt")]})
+
+
 def test_damaged_cache_is_replaced_when_fetching(server, tmp_path, monkeypatch):
     use_catalog(tmp_path, monkeypatch, entry(server.base + "/file.txt"))
     cache(tmp_path).mkdir()
@@ -343,6 +383,13 @@ def test_shipped_catalogue():
     assert sh["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
     assert sh["url"].startswith("https://raw.githubusercontent.com/karpathy/char-rnn/")
     assert shipped["python"]["build"] == "python-stdlib" and shipped["python"]["url"] is None
+
+
+def test_shakespeare_ships_with_charrnn_and_verifies_offline():
+    path, desc = cat.resolve("shakespeare")  # no $CHARRNN_CORPORA, an empty cache, no network
+    assert "shipped with charrnn (sha256 verified)" in desc
+    assert cat.file_sha256(path) == cat.lookup("shakespeare")["sha256"]
+    assert cat.shipped_file(cat.lookup("shakespeare")).stat().st_size < 500_000
 
 
 @pytest.mark.skipif(not SHARED.is_file(), reason="no shared copy of tinyshakespeare")

@@ -556,7 +556,7 @@ class CpuBackend:
     # -- update ----------------------------------------------------------------------------
     def optimizer_step(self, opt: Optimizer, lr: float, clip: tuple[str, float]) -> float:
         n, run = self._lanes_for_update(), None
-        _warm_up(self, "optimizer_step", n)
+        _warm_up(self, "optimizer_step", n, opt)
         if n > 1:                   # the lanes split the buffer; the result is the same either way
             pool = lanes(n)
             run = lambda jobs: run_graph(pool, [(job, [], (0,)) for job in jobs])   # noqa: E731
@@ -590,12 +590,14 @@ def _chunk_bounds(T: int, n: int) -> list[tuple[int, int]]:
 _warmed: set = set()
 
 
-def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1) -> None:
+def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None = None) -> None:
     """Before a path's first real call in this process, run it once on a tiny model so its
     kernels compile (or load from the on-disk cache) up front, and say so on stderr if that
-    takes long instead of looking hung. Per path, so `charrnn sample` loads only what it uses;
-    n_lanes: the lanes the real call will use (the tiny model takes the same path)."""
-    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1)
+    takes long instead of looking hung. Per path, dtype, cell and (for an update) optimizer and
+    penalties, so a command compiles only what it uses: on a cold cache every kernel left out
+    is seconds saved. n_lanes: the lanes the real call will use (the tiny model takes the same path)."""
+    rule = (opt.name, bool(opt.weight_decay or opt.l1)) if opt is not None else None
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1, rule)
     if key in _warmed:
         return
     _warmed.add(key)                   # first, so the tiny model's own calls do not recurse
@@ -627,8 +629,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1) -> None:
         for _ in tb.generate(x[:, 0], 2, 1.0, 0, 1):
             pass
     else:
-        for name in ("adam", "rmsprop", "adagrad", "nesterov"):
-            tb.optimizer_step(Opt(name, tb.p.flat.size, be.dtype, weight_decay=1e-9), 0.0, ("norm", 1.0))
+        tb.optimizer_step(Opt(opt.name, tb.p.flat.size, be.dtype, weight_decay=1e-9 if rule[1] else 0.0),
+                          0.0, ("norm", 1.0))
     done.set()
     if notify and time.perf_counter() - t0 > 0.7:
         notify(f"kernels ready ({time.perf_counter() - t0:.0f} s; cached for next time)")

@@ -526,8 +526,14 @@ def draw_rows(logits, u, temp, top_k, codes, logp):
             for k in range(V):
                 z[k] = np.float64(logits[bi, k]) / temp
             if top_k > 0 and top_k < V:
-                srt[:] = z
-                srt.sort()
+                # the k-th largest by an insertion sort written out: np.sort would compile
+                # Numba's quicksort, seconds of a cold start, for at most a few hundred values
+                for k in range(V):
+                    val, i = z[k], k
+                    while i > 0 and srt[i - 1] > val:
+                        srt[i] = srt[i - 1]
+                        i -= 1
+                    srt[i] = val
                 kth = srt[V - top_k]
                 for k in range(V):
                     if z[k] < kth:
@@ -565,9 +571,13 @@ def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kin
     nxt = np.empty_like(state)
     for st in range(u.shape[0]):
         lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind)
-        state[:] = nxt
+        # element by element, like draw_rows' copies: slice assignment compiles shape-error formatting
+        s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
+        for i in range(s_flat.shape[0]):
+            s_flat[i] = n_flat[i]
         draw_rows(logits, u[st], temp, top_k, out_codes[st], out_logp[st])
-        codes[:] = out_codes[st]
+        for bi in range(codes.shape[0]):
+            codes[bi] = out_codes[st, bi]
 
 
 # ---------------------------------------------------------------- input and output sides
@@ -575,7 +585,9 @@ def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kin
 def gather_rows(W, codes, out):
     """out[n] = W[codes[n]]: a one-hot input product as a row gather."""
     for n in range(codes.shape[0]):
-        out[n] = W[codes[n]]
+        row = W[codes[n]]
+        for j in range(out.shape[1]):         # element by element: a row assignment would compile
+            out[n, j] = row[j]                # Numba's shape-error formatting, seconds on a cold cache
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")

@@ -1,0 +1,95 @@
+"""``charrnn zoo list`` (the models shipped with charrnn) and ``charrnn export`` (a checkpoint
+for sharing or shipping: weights only, with how it was made). Registered in the main CLI.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import click
+
+
+class InputError(click.ClickException):
+    """Bad input or a bad file: one line on stderr, exit 2."""
+    exit_code = 2
+
+
+@click.group("zoo")
+def zoo_group() -> None:
+    """Pretrained models shipped with charrnn.
+
+    A model's name works wherever a checkpoint does: `charrnn sample NAME`,
+    `charrnn eval NAME FILE`, `charrnn train FILE --init-from NAME`.
+
+    \b
+    Example:
+      charrnn zoo list
+    """
+
+
+@zoo_group.command("list")
+def list_() -> None:
+    """List the shipped models: name, shape, scores, size, how they were trained.
+
+    \b
+    Example:
+      charrnn zoo list
+    """
+    from charrnn import checkpoint as ckpt
+    from charrnn import zoo
+
+    rows = [("NAME", "MODEL", "SIZE", "TRAINED")]
+    for name in zoo.names():
+        path = zoo.path_of(name)
+        try:
+            ck = ckpt.load(path)
+        except ckpt.CheckpointError as err:
+            rows.append((name, f"damaged: {err}", "", ""))
+            continue
+        prov = ck.provenance
+        trained = " ".join(str(prov[k]) for k in ("date", "command") if prov.get(k))
+        rows.append((name, zoo.describe(ck), f"{path.stat().st_size / 1e6:.2f} MB", trained or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    click.echo(f"\nfolder: {zoo.zoo_dir()}")
+
+
+def _meta_value(text: str):
+    """KEY=VALUE's value: JSON when it parses (numbers, true, null), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@click.command("export")
+@click.argument("source", metavar="RUN_OR_CKPT")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="File to write.")
+@click.option("--weights-only", is_flag=True,
+              help="Leave out the optimizer moments, carried state and RNG (sample, eval and "
+                   "--init-from need none of them; --resume does).")
+@click.option("--meta", "metas", multiple=True, metavar="KEY=VALUE",
+              help="Add to the file's provenance record (e.g. command=..., commit=..., val_bpc=2.06).")
+def export(source: str, output: str, weights_only: bool, metas: tuple[str, ...]) -> None:
+    """Write a copy of a checkpoint (a run directory's best, or a file) to FILE, stamped with the
+    date and any --meta KEY=VALUE pairs, for sharing or shipping.
+
+    \b
+    Example:
+      charrnn export checkpoints/shakespeare --weights-only -o model.safetensors
+      charrnn export run/last.safetensors --weights-only -o m.safetensors --meta commit=abc123
+    """
+    from charrnn import checkpoint as ckpt
+
+    extra = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+    for item in metas:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise InputError(f"--meta takes KEY=VALUE, got {item!r}")
+        extra[key] = _meta_value(value)
+    ck = ckpt.load(ckpt.resolve(source))
+    out = ckpt.weights_only(ck, extra) if weights_only else ckpt.Checkpoint(
+        **{**ck.__dict__, "provenance": {**ck.provenance, **extra}})
+    ckpt.save(output, out)
+    click.echo(f"wrote {output}" + (" (weights only)" if weights_only else ""), err=True)

@@ -1,0 +1,66 @@
+"""The zoo: pretrained models shipped inside the package, and how a checkpoint argument finds them.
+
+A zoo model is a weights-only checkpoint (`charrnn export --weights-only`) in the shipped data
+folder (``corpora/``, installed as ``charrnn.corpora``), named by its file stem; its metadata
+holds how it was made (``provenance``: command, date, commit, validation and test bits/char).
+`sample`, `eval` and `train --init-from` accept a zoo name wherever a checkpoint goes, and fall
+back to the default model when no checkpoint is given and none is under ./checkpoints.
+Library code never prints: :func:`resolve` returns the note the command should show.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from charrnn import catalog
+from charrnn.checkpoint import CheckpointError, find_latest
+from charrnn.checkpoint import resolve as resolve_path
+
+DEFAULT = "shakespeare"
+SUFFIX = ".safetensors"
+
+
+def zoo_dir() -> Path:
+    """Where the shipped models live (the shipped data folder)."""
+    return catalog.data_dir()
+
+
+def names() -> list[str]:
+    """The shipped models' names, sorted."""
+    folder = zoo_dir()
+    return sorted(p.name[: -len(SUFFIX)] for p in folder.glob(f"*{SUFFIX}") if p.is_file())
+
+
+def path_of(name: str) -> Path | None:
+    """The file of zoo model ``name``, or None if no such model ships."""
+    return zoo_dir() / f"{name}{SUFFIX}" if name in names() else None
+
+
+def describe(ck) -> str:
+    """A short description of a checkpoint for notes and listings: shape, corpus, scores."""
+    c, prov = ck.config, ck.provenance
+    shape = f"{c.layers}x{c.hidden} {c.cell.upper()}"
+    scores = [f"{k} {prov[k + '_bpc']:.3f}" for k in ("val", "test") if isinstance(prov.get(k + "_bpc"), (int, float))]
+    return shape + (f", {' / '.join(scores)} bits/char" if scores else "")
+
+
+def resolve(arg: str | None, root: str = "checkpoints") -> tuple[Path, str | None]:
+    """A checkpoint argument to a file, as (path, note for stderr or None).
+
+    An existing file or run directory wins; then a zoo name; with no argument the newest
+    ``best`` under ``root``, else the default zoo model, with a one-line note saying so."""
+    if arg is None:
+        found = find_latest(root)
+        if found is not None:
+            return found, None
+        default = path_of(DEFAULT)
+        if default is None:
+            return resolve_path(None, root), None       # its error: nothing to fall back on
+        return default, (f"no checkpoint under ./{root}: using the shipped model '{DEFAULT}' "
+                         f"({default}); `charrnn train` makes your own")
+    if Path(arg).exists():
+        return resolve_path(arg), None
+    found = path_of(arg) if catalog._is_bare(arg) else None
+    if found is not None:
+        return found, None
+    shipped = ", ".join(names()) or "none"
+    raise CheckpointError(f"no such checkpoint, run directory or shipped model: {arg} (shipped models: {shipped})")

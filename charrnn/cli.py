@@ -116,15 +116,21 @@ def cli() -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=50, show_default=True, help="Parallel streams.")
 @click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option("--test-frac", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adam", "rmsprop", "adagrad", "nesterov"]), default="adam",
-              show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "adagrad", "adadelta", "sgd", "nesterov"]),
+              default="adam", show_default=True,
+              help="sgd is plain (heavy-ball with --momentum); adamw decays the weights apart from the gradient; "
+                   "adadelta's step is scaled by --lr, 1 as in Zeiler's paper.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True, help="Learning rate.")
-@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adam beta1 [0.9].")
-@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adam beta2 [0.999].")
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adam/AdamW beta1 [0.9].")
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adam/AdamW beta2 [0.999].")
 @click.option("--alpha", type=click.FloatRange(0, 1, max_open=True), default=None, help="RMSProp decay [0.95].")
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None, help="Nesterov momentum [0.9].")
-@click.option("--eps", type=click.FloatRange(0, min_open=True), default=None, help="Optimizer epsilon.")
-@click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True, help="L2 penalty.")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Nesterov momentum [0.9]; SGD momentum [0].")
+@click.option("--rho", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adadelta decay [0.9].")
+@click.option("--eps", type=click.FloatRange(0, min_open=True), default=None,
+              help="Optimizer epsilon [Adam 1e-8, Adagrad 1e-10, Adadelta 1e-6].")
+@click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="L2 penalty; with adamw, decoupled decay (weights shrink by lr * this each step).")
 @click.option("--l1", type=click.FloatRange(0), default=0.0, show_default=True, help="L1 penalty.")
 @click.option("--clip", default="norm:5", show_default=True,
               help="norm:X (global norm), value:X (element-wise, as char-rnn) or none.")

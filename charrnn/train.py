@@ -58,6 +58,7 @@ class TrainOptions:
     beta2: float | None = None
     alpha: float | None = None
     momentum: float | None = None
+    rho: float | None = None
     eps: float | None = None
     weight_decay: float = 0.0
     l1: float = 0.0
@@ -175,7 +176,7 @@ class Trainer:
                                    activation=opts.activation, forget_bias=opts.forget_bias, init=opts.init)
         self.rng = np.random.default_rng(opts.seed)
         params = base.params.astype(np.float32) if base else init_params(self.cfg, self.rng)
-        hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "eps")}
+        hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
         hyper = {k: v for k, v in hyper.items() if v is not None and k in _HYPER[opts.optimizer]}
         self.opt = Optimizer(opts.optimizer, params.flat.size, np.float32, opts.weight_decay, opts.l1, **hyper)
         self.clip = parse_clip(opts.clip)
@@ -468,8 +469,8 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
 
-_HYPER = {"adam": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"), "adagrad": ("eps",),
-          "nesterov": ("momentum",)}
+_HYPER = {"adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"),
+          "adagrad": ("eps",), "adadelta": ("rho", "eps"), "sgd": ("momentum",), "nesterov": ("momentum",)}
 
 
 def prepare_out_dir(out: str | os.PathLike) -> Path:

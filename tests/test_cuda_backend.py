@@ -153,7 +153,9 @@ def test_state_can_stay_on_the_device_between_windows():
 # ---------------------------------------------------------------- optimizers and clipping
 @needs_cuda
 @pytest.mark.parametrize("name,clip,decay", [("adam", ("norm", 0.5), (0.01, 0.001)), ("rmsprop", ("value", 0.05), (0, 0)),
-                                             ("adagrad", ("none", 0.0), (0.1, 0)), ("nesterov", ("value", 0.1), (0, 0.01))])
+                                             ("adagrad", ("none", 0.0), (0.1, 0)), ("nesterov", ("value", 0.1), (0, 0.01)),
+                                             ("adamw", ("norm", 0.5), (0.1, 0.001)), ("adadelta", ("value", 0.05), (0.01, 0)),
+                                             ("sgd", ("none", 0.0), (0.01, 0.01))])
 def test_optimizer_steps_match_optim(name, clip, decay):
     from charrnn.optim import Optimizer, clip_
     cfg = ModelConfig(vocab_size=4, hidden=2, layers=1)
@@ -329,6 +331,8 @@ def _kernel_signatures():
         (K.softmax_xent, (A2, I1, f64, i64, D1)), (K.sum_into, (D1, D1)), (K.penalties, (A1, A1, f64, f64)),
         (K.adam, (A1, A1, A1, A1) + (f64,) * 6), (K.rmsprop, (A1, A1, A1, f64, f64, f64)),
         (K.adagrad, (A1, A1, A1, f64, f64)), (K.nesterov, (A1, A1, A1, f64, f64)),
+        (K.adamw, (A1, A1, A1, A1) + (f64,) * 7), (K.adadelta, (A1, A1, A1, A1, f64, f64, f64)),
+        (K.sgd, (A1, A1, A1, f64, f64)),
         (K.sumsq_partial, (A1, D1)), (K.clip_by_norm, (A1, D1, f64)), (K.clip_by_value, (A1, f32)),
         (K.sample_layer, (A2, A1, A1, I1, A2, i64, A2, A2, i64, i64, A2, A2)),
         (K.sample_out, (A2, A1, A2, A2, D2, f64, i64, D2, i64, i64, I1, I2, D2)),

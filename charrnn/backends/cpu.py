@@ -28,7 +28,7 @@ from charrnn.backends import cpu_kernels as K
 from charrnn.backends.lanes import lanes, run_graph
 from charrnn.backends.cpu_kernels import SOFTSIGN, TANH
 from charrnn.model import ModelConfig, Params, param_shapes, zero_state
-from charrnn.optim import Optimizer, clip_
+from charrnn.optim import OPTIMIZERS, Optimizer, clip_
 
 __all__ = ["CpuBackend", "TANH", "SOFTSIGN"]
 
@@ -578,7 +578,6 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1) -> None:
     watcher.start()
     t0 = time.perf_counter()
     from charrnn.model import ModelConfig as MC, init_params
-    from charrnn.optim import Optimizer as Opt
     tiny = MC(vocab_size=3, hidden=2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
               dropout=0.5 if be.cfg.dropout else 0.0)
     tb = CpuBackend.__new__(CpuBackend)
@@ -595,8 +594,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1) -> None:
         for _ in tb.generate(x[:, 0], 2, 1.0, 0, 1):
             pass
     else:
-        for name in ("adam", "rmsprop", "adagrad", "nesterov"):
-            tb.optimizer_step(Opt(name, tb.p.flat.size, be.dtype, weight_decay=1e-9), 0.0, ("norm", 1.0))
+        for name in OPTIMIZERS:
+            tb.optimizer_step(Optimizer(name, tb.p.flat.size, be.dtype, weight_decay=1e-9), 0.0, ("norm", 1.0))
     done.set()
     if notify and time.perf_counter() - t0 > 0.7:
         notify(f"kernels ready ({time.perf_counter() - t0:.0f} s; cached for next time)")

@@ -168,17 +168,10 @@ class Trainer:
             raise CorpusError(f"the text is too short to train on: the training split has {len(self.train_codes)} "
                               f"characters and needs at least 2")
         self.batches = Batches(self.train_codes, opts.batch_size, opts.seq_len, warn=log)
-        if base:
-            self.cfg = base.config
-        else:
-            self.cfg = ModelConfig(vocab_size=self.vocab.size, hidden=opts.hidden, layers=opts.layers,
-                                   cell=opts.cell, embed=opts.embed, dropout=opts.dropout,
-                                   activation=opts.activation, forget_bias=opts.forget_bias, init=opts.init)
+        self.cfg = base.config if base else model_config(opts, self.vocab)
         self.rng = np.random.default_rng(opts.seed)
         params = base.params.astype(np.float32) if base else init_params(self.cfg, self.rng)
-        hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
-        hyper = {k: v for k, v in hyper.items() if v is not None and k in _HYPER[opts.optimizer]}
-        self.opt = Optimizer(opts.optimizer, params.flat.size, np.float32, opts.weight_decay, opts.l1, **hyper)
+        self.opt = new_optimizer(opts, params.flat.size)
         self.clip = parse_clip(opts.clip)
         self.step = self.epoch = self.cursor = 0
         self.lr = opts.lr
@@ -471,6 +464,20 @@ class Trainer:
 
 _HYPER = {"adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"),
           "adagrad": ("eps",), "adadelta": ("rho", "eps"), "sgd": ("momentum",), "nesterov": ("momentum",)}
+
+
+def model_config(opts: TrainOptions, vocab: Vocab) -> ModelConfig:
+    """The architecture the options ask for, for a fresh model on this vocabulary."""
+    return ModelConfig(vocab_size=vocab.size, hidden=opts.hidden, layers=opts.layers, cell=opts.cell,
+                       embed=opts.embed, dropout=opts.dropout, activation=opts.activation,
+                       forget_bias=opts.forget_bias, init=opts.init)
+
+
+def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:
+    """The update rule the options name, with the hyperparameters given for it, fresh state."""
+    hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
+    hyper = {k: v for k, v in hyper.items() if v is not None and k in _HYPER[opts.optimizer]}
+    return Optimizer(opts.optimizer, size, np.float32, opts.weight_decay, opts.l1, **hyper)
 
 
 def prepare_out_dir(out: str | os.PathLike) -> Path:

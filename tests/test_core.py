@@ -147,7 +147,7 @@ def test_eval_skips_and_reports_unknown_characters(trained):
     assert b"outside the vocabulary" in res.stderr and json.loads(res.stdout)["skipped_chars"] == 4
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["sample"], ["eval"], ["corpus"]])
+@pytest.mark.parametrize("cmd", [[], ["train"], ["sample"], ["eval"], ["corpus"], ["lr-find"]])
 def test_every_command_has_help_with_an_example(cmd):
     res = CliRunner().invoke(cli, [*cmd, "--help"])
     assert res.exit_code == 0 and "Example" in res.output

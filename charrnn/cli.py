@@ -169,6 +169,12 @@ OPTIMIZER_OPTIONS = [
 @click.option("--max-steps", type=click.IntRange(0), default=0, hidden=True)
 @click.option("--val-every", type=click.IntRange(0), default=0, show_default=True,
               help="Steps between validations (0: once per epoch).")
+@click.option("--diag/--no-diag", default=True, show_default=True,
+              help="Log Deeplearning4j-style diagnostics to metrics.jsonl at each validation: update:parameter "
+                   "ratios, weight and gradient norms per tensor, mean |h| and |c| and saturated gates per "
+                   "layer, weight histograms.")
+@click.option("--diag-every", type=click.IntRange(0), default=50, show_default=True,
+              help="Also log the diagnostics every this many steps (0: at validations only).")
 @click.option("--max-nan-retries", type=click.IntRange(0), default=3, show_default=True,
               help="On a NaN/Inf loss or gradient, roll back to the last good state with half the rate, "
                    "at most this many times.")

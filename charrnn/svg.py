@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from html import escape
 
 # Okabe-Ito: distinguishable for colour-blind readers, readable on white
-PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
+PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#999999")
 
 
 @dataclass
@@ -175,7 +175,7 @@ def line_chart(series: list[Series], title: str, xlabel: str, ylabel: str, width
     """Lines (with optional point markers) sharing one x axis; gaps where y is None; `marks`:
     labelled guide lines (a suggested rate, a rule-of-thumb level)."""
     xs = [x for s in series for x in s.xs]
-    ys = [y for s in series for y in s.ys]
+    ys = [y for s in series for y in s.ys] + [m.at for m in marks or [] if m.axis == "y"]   # guides stay in view
     f = _Frame(xs, ys, width, height, logy, ylim=ylim, logx=logx)
     body = f.axes(title, xlabel, ylabel)
     items = []
@@ -203,6 +203,26 @@ def line_chart(series: list[Series], title: str, xlabel: str, ylabel: str, width
     body += _marks(f, marks or [])
     body += f.legend(items)
     return _svg(width, height, "line", body)
+
+
+def histogram(lo: float, hi: float, counts: list[int], title: str, xlabel: str, width: int = 270,
+              height: int = 190) -> str:
+    """Bars of equal width over [lo, hi], one per count."""
+    n = max(len(counts), 1)
+    f = _Frame([lo, hi], [0.0, float(max(counts or [1]))], width, height, False)
+    f.left, f.bottom = 46, 34
+    body = f.axes(title, xlabel, "count")
+    step = (hi - lo) / n
+    base = f.py(0.0)
+    bars = []
+    for k, c in enumerate(counts):
+        x0, x1 = f.px(lo + k * step), f.px(lo + (k + 1) * step)
+        y = f.py(float(c))
+        bars.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
+                    f'height="{max(base - y, 0):.1f}"/>')
+    body.append(f'<g data-series="{escape(title)}" data-points="{len(counts)}" fill="{PALETTE[0]}">'
+                + "".join(bars) + "</g>")
+    return _svg(width, height, "histogram", body)
 
 
 def scatter(groups: list[tuple[str, list[float], list[float]]], title: str, xlabel: str, ylabel: str,

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from charrnn import checkpoint as ckpt
+from charrnn import diagnostics
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, codes_digest, describe_chars, split
@@ -75,6 +76,8 @@ class TrainOptions:
     max_steps: int = 0             # 0 = no step limit (tests and benchmarks); a pause: the schedule ignores it
     max_nan_retries: int = 3       # rollbacks (each halving the rate) on a non-finite loss before giving up
     val_every: int = 0             # steps between validations; 0 = once per epoch
+    diag: bool = True              # diagnostics (diagnostics.py) in metrics.jsonl at validations ...
+    diag_every: int = 50           # ... and every this many steps (0: at validations only)
     seed: int = 0
     device: str = "cpu"
     out: str = ""
@@ -184,6 +187,9 @@ class Trainer:
         self.nan_retries = 0
         self.lr_now, self.gnorm = self.lr, 0.0
         self.state = None
+        self._val_every = 0
+        self._diag: dict | None = None     # the tensor diagnostics of the last step that took them
+        self._probe = diagnostics.probe_codes(self.val_codes if len(self.val_codes) >= 2 else self.train_codes)
         if resume:
             self._restore(resume)
         self.be = make_backend(opts.device, self.cfg, params, notify=log)
@@ -270,6 +276,7 @@ class Trainer:
         self.rng.bit_generator.state = sn.rng
         self.state = sn.state.copy()
         self.lr = lr
+        self._diag = None
         self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.log)
         self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.step} and halved the "
                  f"learning rate to {lr:g} ({self.nan_retries} of {self.o.max_nan_retries})")
@@ -297,12 +304,20 @@ class Trainer:
             if not math.isfinite(loss):
                 return "the loss"
             lr_now = self.lr * self._anneal(max(self.step / horizon, self.elapsed / budget))
+            watch = self._diag_due(self.step + 1)
+            if watch:       # the raw gradient and the weights before the update, for the ratios
+                grad_norms = diagnostics.norms(self.be.grad_host())
+                before = self.be.params_host().flat.copy()
             try:
                 gnorm = self.be.optimizer_step(self.opt, lr_now, self.clip)
             except (ZeroDivisionError, FloatingPointError):
                 gnorm = math.nan
             if not math.isfinite(gnorm):
                 return "the gradient"
+            if watch:
+                after = self.be.params_host()
+                self._diag = {"step": self.step + 1, "update_ratio": diagnostics.update_ratios(before, after),
+                              "param_norm": diagnostics.norms(after), "grad_norm": grad_norms}
         chars = bt.batch * bt.seq_len
         self.state, self.lr_now, self.gnorm = state, lr_now, gnorm
         self.step += 1
@@ -312,6 +327,23 @@ class Trainer:
         self.ema = bpc if self.ema is None else 0.95 * self.ema + 0.05 * bpc
         self.elapsed = time.perf_counter() - t0
         return None
+
+    # -- diagnostics ------------------------------------------------------------------
+    def _diag_due(self, step: int) -> bool:
+        """Whether the step numbered `step` records the tensor diagnostics (its validation or
+        its --diag-every turn)."""
+        o = self.o
+        return o.diag and ((self._val_every and step % self._val_every == 0)
+                           or (o.diag_every and step % o.diag_every == 0))
+
+    def _diagnostics(self) -> dict | None:
+        """The last step's tensor diagnostics with the layer statistics of the weights now."""
+        if self._diag is None:
+            return None
+        d = dict(self._diag)
+        if self._probe is not None:
+            d["layers"] = diagnostics.layer_stats(self.cfg, self.be.params_host(), self._probe)
+        return d
 
     def _validate_and_save(self, scheduled: bool, sig: _Signals, bar) -> bool:
         """Validate, log, save `last` (and `best` when it is the best yet); True means stop early.
@@ -341,6 +373,9 @@ class Trainer:
                "lr": self.lr_now, "grad_norm": round(self.gnorm, 5)}
         if not scheduled:
             rec["scheduled"] = False
+        if o.diag and self._diag is not None:
+            rec["diag"] = self._diagnostics()
+            rec["hist"] = diagnostics.histograms(self.be.params_host())
         self._append_metrics(rec)
         self._record_sample(rec)
         if bar is not None:
@@ -359,7 +394,7 @@ class Trainer:
 
     def run(self) -> dict:
         o, bt = self.o, self.batches
-        val_every = o.val_every or bt.n_windows
+        val_every = self._val_every = o.val_every or bt.n_windows
         budget = o.minutes * 60.0 if o.minutes > 0 else math.inf
         # the schedule's length comes from the epochs alone: --max-steps only pauses the run,
         # so N steps, a resume and M more follow the same learning rates as N+M at once
@@ -399,6 +434,8 @@ class Trainer:
                         bar.set_postfix_str(f"epoch {self.epoch + self.cursor / bt.n_windows:.2f}  train "
                                             f"{self.ema:.3f} bpc  {self.chars_seen / max(self.elapsed, 1e-9):,.0f} "
                                             f"chars/s", refresh=False)
+                    if o.diag and o.diag_every and self.step % o.diag_every == 0 and self.step % val_every:
+                        self._append_metrics({"step": self.step, "diag": self._diagnostics()})
                     if self.step % val_every == 0:
                         validated_at, last_save = self.step, time.perf_counter()
                         if self._validate_and_save(True, sig, bar):

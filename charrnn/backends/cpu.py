@@ -535,6 +535,9 @@ class CpuBackend:
     def params_host(self) -> Params:
         return self.p
 
+    def grad_host(self) -> Params:
+        return self.grad
+
     def zero_state(self, batch: int) -> np.ndarray:
         return zero_state(self.cfg, batch, self.dtype)
 

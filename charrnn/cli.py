@@ -175,6 +175,9 @@ OPTIMIZER_OPTIONS = [
                    "layer, weight histograms.")
 @click.option("--diag-every", type=click.IntRange(0), default=50, show_default=True,
               help="Also log the diagnostics every this many steps (0: at validations only).")
+@click.option("--report", is_flag=True,
+              help="Keep report.html current in the run directory while training (rewritten at each "
+                   "validation); the page reloads itself until the run ends. See `charrnn report --serve`.")
 @click.option("--max-nan-retries", type=click.IntRange(0), default=3, show_default=True,
               help="On a NaN/Inf loss or gradient, roll back to the last good state with half the rate, "
                    "at most this many times.")

@@ -246,8 +246,21 @@ def samples_html(samples: list[dict], evals: list[dict]) -> str:
     return "".join(out)
 
 
-def build_report(run_dir: str | os.PathLike) -> str:
-    """The HTML text of the report for one run directory."""
+RELOAD_S = 10      # how often a live page reloads itself
+
+
+def run_ended(rows: list[dict]) -> bool:
+    """The trainer's last word on a run is a `stop` record; anything after it is a resumed run."""
+    return bool(rows) and rows[-1].get("event") == "stop"
+
+
+def _live_script(seconds: float) -> str:
+    return f"setTimeout(function () {{ location.reload(); }}, {int(seconds * 1000)});"
+
+
+def build_report(run_dir: str | os.PathLike, live: bool = False) -> str:
+    """The HTML text of the report for one run directory. `live`: the page of a run in progress,
+    which reloads itself every RELOAD_S seconds until the run's metrics say it has ended."""
     run = Path(run_dir)
     rows, bad = read_jsonl(run / "metrics.jsonl")
     evals = history([r for r in rows if "event" not in r and "chars" in r])
@@ -270,11 +283,17 @@ def build_report(run_dir: str | os.PathLike) -> str:
         src = (ck.train_args.get("source") or {}).get("path")
         if src:
             sub.append(f"trained on {src}")
-    sub += [str(e["reason"]) for e in events if e.get("event") == "stop" and e.get("reason")]
+    sub += [str(e["reason"]) for e in events if e.get("event") == "stop" and e.get("reason")][-1:]
     notes = []
     if bad or bad_s:
         notes.append(f"{bad + bad_s} unreadable log line(s) skipped (a run killed mid-write leaves one).")
-    body = [f"<h1>{escape(title)}</h1>",
+    reloading = live and not run_ended(rows)
+    if live:
+        state = (f"live: this page reloads every {RELOAD_S:g} s while the run goes on" if reloading else
+                 "the run has ended; this page no longer reloads")
+        notes.insert(0, state)
+    body = [f'<div id="live" data-live="{int(reloading)}" data-validations="{len(evals)}"></div>' if live else "",
+            f"<h1>{escape(title)}</h1>",
             f'<p class="sub">{escape(" · ".join(sub))}</p>' if sub else "",
             "".join(f'<p class="note">{escape(n)}</p>' for n in notes),
             '<h2 id="curves">Learning curves</h2>', curves(evals),
@@ -285,5 +304,6 @@ def build_report(run_dir: str | os.PathLike) -> str:
             f'<h2 id="samples">Samples at each validation ({len(samples)})</h2>', samples_html(samples, evals),
             '<h2 id="config">Configuration</h2>',
             (f'<p class="note">from {escape(ck_name)}</p>' if ck_name else ""), config_tables(ck)]
-    return page(title, "\n".join(body), css=".charts { display: flex; flex-wrap: wrap; }")
+    return page(title, "\n".join(body), css=".charts { display: flex; flex-wrap: wrap; }",
+                script=_live_script(RELOAD_S) if reloading else "")
 

@@ -78,6 +78,7 @@ class TrainOptions:
     val_every: int = 0             # steps between validations; 0 = once per epoch
     diag: bool = True              # diagnostics (diagnostics.py) in metrics.jsonl at validations ...
     diag_every: int = 50           # ... and every this many steps (0: at validations only)
+    report: bool = False           # keep report.html current in the run directory (live.py)
     seed: int = 0
     device: str = "cpu"
     out: str = ""
@@ -189,6 +190,10 @@ class Trainer:
         self.state = None
         self._val_every = 0
         self._diag: dict | None = None     # the tensor diagnostics of the last step that took them
+        self.live = None
+        if opts.report:
+            from charrnn.live import LiveReport
+            self.live = LiveReport(self.out)
         self._probe = diagnostics.probe_codes(self.val_codes if len(self.val_codes) >= 2 else self.train_codes)
         if resume:
             self._restore(resume)
@@ -390,6 +395,8 @@ class Trainer:
             self.save("best", rec)
         self.last_val_bpc = val_bpc
         self._snap = self._snapshot()
+        if self.live:
+            self.live.update(validation=True)
         return bool(o.patience and self.bad_evals >= o.patience)
 
     def run(self) -> dict:
@@ -436,6 +443,8 @@ class Trainer:
                                             f"chars/s", refresh=False)
                     if o.diag and o.diag_every and self.step % o.diag_every == 0 and self.step % val_every:
                         self._append_metrics({"step": self.step, "diag": self._diagnostics()})
+                        if self.live:
+                            self.live.update(validation=False)
                     if self.step % val_every == 0:
                         validated_at, last_save = self.step, time.perf_counter()
                         if self._validate_and_save(True, sig, bar):
@@ -448,17 +457,26 @@ class Trainer:
                         self._snap = self._snapshot()
                 if self.step != validated_at:            # the end of a run is validated too
                     self._validate_and_save(False, sig, bar)
-            except TrainingInterrupted:
+            except TrainingInterrupted as e:
                 self._save_interrupted()
+                self._finish(f"interrupted by signal {e.signum}")
+                raise
+            except TrainingDiverged:
+                self._finish("diverged")
                 raise
             finally:
                 if bar is not None:
                     bar.close()
-        if reason.startswith("early stop"):
-            self._append_metrics({"step": self.step, "event": "stop", "reason": reason})
+        self._finish(reason)
         return {"steps": self.step, "epochs": self.epoch + self.cursor / bt.n_windows,
                 "best_val_bpc": _finite_or_none(self.best_val), "last_val_bpc": self.last_val_bpc,
                 "reason": reason, "elapsed_s": self.elapsed, "out": str(self.out)}
+
+    def _finish(self, reason: str) -> None:
+        """The run's last metrics line, however it ends: a live page stops reloading on it."""
+        self._append_metrics({"step": self.step, "event": "stop", "reason": reason})
+        if self.live:
+            self.live.write()
 
     def _save_interrupted(self) -> None:
         """`last` on a signal: the state after the last whole step, if its weights are sound."""

@@ -102,6 +102,8 @@ def test_train_writes_best_last_and_metrics_and_keeps_stdout_empty(trained):
     run_dir = d / "checkpoints" / "words"
     assert (run_dir / "best.safetensors").is_file() and (run_dir / "last.safetensors").is_file()
     lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["event"] == "stop" and lines[-1]["reason"]
+    lines = [l for l in lines if "diag" not in l or "val_bpc" in l][:-1]
     assert lines and all("val_bpc" in l for l in lines)
     assert lines[-1]["val_bpc"] < 4.0                # log2(15) ~ 3.9 knows nothing; it learned something
     assert res.stdout == b""

@@ -24,7 +24,9 @@ def _train(out, cell="lstm", **kw):
     t = Trainer(TrainOptions(**{**base, **kw}), TEXT, prepare_out_dir(out), show_progress=False)
     t.sample_chars = 0
     t.run()
-    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["event"] == "stop"
+    return rows[:-1]
 
 
 def _finite(v) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 
 from charrnn import reference as ref
 from charrnn.model import ModelConfig, Params, zero_state
+from charrnn.optim import grad_norm
 
 SATURATED = (0.1, 0.9)
 PROBE_STREAMS, PROBE_STEPS = 4, 50
@@ -32,19 +33,17 @@ def _r(v: float, digits: int = 5) -> float | None:
 
 
 def norms(p: Params) -> dict[str, float | None]:
-    """The L2 norm of every named tensor."""
-    return {name: _r(math.sqrt(float(np.dot(v.ravel().astype(np.float64), v.ravel().astype(np.float64)))), 6)
-            for name, v in p.views.items()}
+    """The L2 norm of every named tensor (optim's float64 sum of squares: no BLAS call, which
+    on a busy machine costs more than the sum itself)."""
+    return {name: _r(grad_norm(v.reshape(-1)), 6) for name, v in p.views.items()}
 
 
 def update_ratios(before: np.ndarray, after: Params) -> dict[str, float | None]:
     """log10(||w_after - w_before|| / ||w_after||) per tensor; None where either norm is 0."""
+    delta = Params(after.cfg, after.flat - before)
     out: dict[str, float | None] = {}
-    old = Params(after.cfg, before.astype(np.float32, copy=False))
     for name, w in after.views.items():
-        w64 = w.ravel().astype(np.float64)
-        dw = w64 - old[name].ravel()
-        nw, nd = float(np.linalg.norm(w64)), float(np.linalg.norm(dw))
+        nw, nd = grad_norm(w.reshape(-1)), grad_norm(delta[name].reshape(-1))
         out[name] = _r(math.log10(nd / nw), 4) if nw > 0 and nd > 0 and math.isfinite(nd / nw) else None
     return out
 

@@ -93,6 +93,7 @@ def cli() -> None:
       charrnn train shakespeare          # checkpoints go to checkpoints/shakespeare/
       charrnn sample --temp 0.8 | head   # stream text from the newest best checkpoint
       charrnn eval --split test          # bits per character on the held-back test split
+      charrnn lr-find shakespeare        # suggest a learning rate
     """
 
 
@@ -197,11 +198,14 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
           init_from: str | None, **kw) -> None:
     """Train on FILE (a path, - for stdin, or a catalogue name such as shakespeare).
 
-    Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl go to the run directory.
+    Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl (learning curves and
+    diagnostics) go to the run directory, and with --report a live report.html. Pick --lr with
+    `charrnn lr-find` first.
 
     \b
     Example:
       charrnn train shakespeare --minutes 10
+      charrnn train shakespeare --report --lr 3e-3   # then: charrnn report --serve checkpoints/shakespeare
       charrnn train notes.txt --hidden 512 --layers 3 --dropout 0.2 --out runs/notes
       cat a.txt b.txt | charrnn train - --name ab
       charrnn train --bytes firmware.bin --out runs/bin

@@ -142,7 +142,7 @@ class Mark:
 
 def _marks(f: _Frame, marks: list[Mark]) -> list[str]:
     out = []
-    for m in marks:
+    for k, m in enumerate(marks):         # labels stepped down one line each, so close marks stay legible
         if not math.isfinite(m.at) or (m.axis == "x" and f.logx or m.axis == "y" and f.logy) and m.at <= 0:
             continue
         if m.axis == "x":
@@ -151,7 +151,7 @@ def _marks(f: _Frame, marks: list[Mark]) -> list[str]:
                 continue
             out.append(f'<g data-mark="{escape(m.label)}" data-at="{m.at:.6g}">'
                        f'<line x1="{x:.1f}" y1="{f.top}" x2="{x:.1f}" y2="{f.h - f.bottom}" stroke="{m.color}" '
-                       f'stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{f.top + 12}" class="tick">'
+                       f'stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{f.top + 12 + 13 * k}" class="tick">'
                        f'{escape(m.label)}</text></g>')
         else:
             y = f.py(m.at)

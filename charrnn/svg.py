@@ -142,24 +142,21 @@ class Mark:
 
 def _marks(f: _Frame, marks: list[Mark]) -> list[str]:
     out = []
-    for k, m in enumerate(marks):         # labels stepped down one line each, so close marks stay legible
+    for k, m in enumerate(marks):
         if not math.isfinite(m.at) or (m.axis == "x" and f.logx or m.axis == "y" and f.logy) and m.at <= 0:
             continue
         if m.axis == "x":
             x = f.px(m.at)
-            if not f.left <= x <= f.w - f.right:
-                continue
-            out.append(f'<g data-mark="{escape(m.label)}" data-at="{m.at:.6g}">'
-                       f'<line x1="{x:.1f}" y1="{f.top}" x2="{x:.1f}" y2="{f.h - f.bottom}" stroke="{m.color}" '
-                       f'stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{f.top + 12 + 13 * k}" class="tick">'
-                       f'{escape(m.label)}</text></g>')
+            ends, inside = (x, f.top, x, f.h - f.bottom), f.left <= x <= f.w - f.right
+            label = (x + 3, f.top + 12 + 13 * k)      # stepped down one line each: close marks stay legible
         else:
             y = f.py(m.at)
-            if not f.top <= y <= f.h - f.bottom:
-                continue
-            out.append(f'<g data-mark="{escape(m.label)}" data-at="{m.at:.6g}">'
-                       f'<line x1="{f.left}" y1="{y:.1f}" x2="{f.w - f.right}" y2="{y:.1f}" stroke="{m.color}" '
-                       f'stroke-dasharray="4 3"/><text x="{f.left + 4}" y="{y - 3:.1f}" class="tick">'
+            ends, inside = (f.left, y, f.w - f.right, y), f.top <= y <= f.h - f.bottom
+            label = (f.left + 4, y - 3)
+        if inside:
+            out.append(f'<g data-mark="{escape(m.label)}" data-at="{m.at:.6g}"><line x1="{ends[0]:.1f}" '
+                       f'y1="{ends[1]:.1f}" x2="{ends[2]:.1f}" y2="{ends[3]:.1f}" stroke="{m.color}" '
+                       f'stroke-dasharray="4 3"/><text x="{label[0]:.1f}" y="{label[1]:.1f}" class="tick">'
                        f'{escape(m.label)}</text></g>')
     return out
 

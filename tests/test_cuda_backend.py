@@ -266,6 +266,18 @@ def test_weights_round_trip_bit_for_bit_and_optimizer_moments_come_home():
 
 
 @needs_cuda
+@pytest.mark.gpu          # 13 steps take ~70 s in the simulator: kept out of its CI run, not out of a GPU's
+def test_lr_find_on_the_device_follows_the_cpu_curve(small_text):
+    from charrnn.lrfind import lr_find
+    from charrnn.train import TrainOptions
+    text = small_text.read_text()[:400]
+    curves = [lr_find(TrainOptions(hidden=3, layers=1, seq_len=4, batch_size=2, dropout=0.0, device=dev), text,
+                      steps=13, start=1e-3, end=1.0) for dev in ("cpu", "cuda")]
+    assert len(curves[0].lr) == len(curves[1].lr) == 13
+    np.testing.assert_allclose(curves[1].loss, curves[0].loss, rtol=1e-4)
+
+
+@needs_cuda
 def test_training_on_the_device_writes_a_checkpoint_the_cpu_loads(small_text, tmp_path):
     from charrnn import checkpoint as ckpt
     from charrnn.backends.cpu import CpuBackend

@@ -164,12 +164,17 @@ OPTIMIZER_OPTIONS = [
               help="Multiply the rate by this when validation does not improve.")
 @click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
               help="Stop after this many validations without improvement (0: never).")
-@click.option("--max-epochs", type=click.FloatRange(0, min_open=True), default=50, show_default=True)
+@click.option("--max-epochs", type=click.FloatRange(0, min_open=True), default=None,
+              help="End the run after this many epochs [50; none with --minutes].")
 @click.option("--minutes", type=click.FloatRange(0), default=0, show_default=True,
-              help="Wall-clock budget; 0 means none.")
+              help="Wall-clock budget; 0 means none. The run uses all of it unless --max-epochs "
+                   "is given, and the cosine schedule spans it.")
 @click.option("--max-steps", type=click.IntRange(0), default=0, hidden=True)
 @click.option("--val-every", type=click.IntRange(0), default=0, show_default=True,
               help="Steps between validations (0: once per epoch).")
+@click.option("--val-streams", type=click.IntRange(1), default=1, show_default=True,
+              help="Score validation as this many contiguous pieces side by side in one batch: faster "
+                   "where batch 1 is slow, a little higher than the one-stream figure of `charrnn eval`.")
 @click.option("--diag/--no-diag", default=True, show_default=True,
               help="Log Deeplearning4j-style diagnostics to metrics.jsonl at each validation: update:parameter "
                    "ratios, weight and gradient norms per tensor, mean |h| and |c| and saturated gates per "

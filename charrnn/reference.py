@@ -26,7 +26,8 @@ from charrnn.model import ModelConfig
 
 # ---------------------------------------------------------------- nonlinearities
 def sigmoid(a):
-    return 1.0 / (1.0 + np.exp(-a))
+    with np.errstate(over="ignore"):            # exp(-a) = inf for a < -709 gives exactly 0
+        return 1.0 / (1.0 + np.exp(-a))
 
 
 def act(a, kind: str):
@@ -36,27 +37,6 @@ def act(a, kind: str):
 def dact(y, kind: str):
     """Derivative of act expressed through its output y: tanh' = 1 - y^2, softsign' = (1 - |y|)^2."""
     return 1.0 - y * y if kind == "tanh" else (1.0 - np.abs(y)) ** 2
-
-
-# ---------------------------------------------------------------- dropout masks
-_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
-
-
-def hash_uniform(seed: int, index: np.ndarray) -> np.ndarray:
-    """Counter-based uniforms in [0, 1): splitmix64 of (seed, index). Every backend computes
-    the same function, so a dropout mask is reproducible from its seed on any device."""
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) * _GOLD + (index.astype(np.uint64) + np.uint64(1)) * _GOLD
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(40)).astype(np.float64) * (1.0 / (1 << 24))
-
-
-def dropout_masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float32) -> np.ndarray:
-    """Inverted-dropout masks of `shape` (L, T, B, H): 0 with probability p, else 1/(1-p)."""
-    u = hash_uniform(seed, np.arange(int(np.prod(shape)), dtype=np.uint64)).reshape(shape)
-    return np.where(u >= p, 1.0 / (1.0 - p), 0.0).astype(dtype)
 
 
 # ---------------------------------------------------------------- cells over a window

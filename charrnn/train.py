@@ -71,7 +71,7 @@ class TrainOptions:
     lr_plateau: float = 1.0        # multiply the rate by this when validation does not improve
     patience: int = 0              # stop after this many validations without improvement; 0 = never
     # run
-    max_epochs: float = 50.0
+    max_epochs: float | None = None   # None: DEFAULT_MAX_EPOCHS, or no cap when minutes is set (epoch_limit)
     minutes: float = 0.0           # wall-clock budget; 0 = none
     max_steps: int = 0             # 0 = no step limit (tests and benchmarks); a pause: the schedule ignores it
     max_nan_retries: int = 3       # rollbacks (each halving the rate) on a non-finite loss before giving up
@@ -79,9 +79,21 @@ class TrainOptions:
     diag: bool = True              # diagnostics (diagnostics.py) in metrics.jsonl at validations ...
     diag_every: int = 50           # ... and every this many steps (0: at validations only)
     report: bool = False           # keep report.html current in the run directory (live.py)
+    val_streams: int = 1           # >1: validation scores the split as this many contiguous streams in
+                                   # one batch (evaluate.py), a little higher than `charrnn eval`'s figure
     seed: int = 0
     device: str = "cpu"
     out: str = ""
+
+    def epoch_limit(self) -> float:
+        """Epochs after which the run ends: max_epochs when set; otherwise none (math.inf) under
+        a time budget, so a budget is spent whole on any machine, else DEFAULT_MAX_EPOCHS."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        return math.inf if self.minutes > 0 else DEFAULT_MAX_EPOCHS
+
+
+DEFAULT_MAX_EPOCHS = 50.0
 
 
 class TrainingInterrupted(Exception):
@@ -251,7 +263,7 @@ class Trainer:
     def validate(self, progress: Callable[[int], None] | None = None) -> float | None:
         if len(self.val_codes) < 2:
             return None
-        nats, n = evaluate(self.be, self.val_codes, progress=progress)
+        nats, n = evaluate(self.be, self.val_codes, progress=progress, streams=self.o.val_streams)
         return summary(nats, n)["bits_per_char"]
 
     # -- numerical faults -------------------------------------------------------------
@@ -403,14 +415,16 @@ class Trainer:
         o, bt = self.o, self.batches
         val_every = self._val_every = o.val_every or bt.n_windows
         budget = o.minutes * 60.0 if o.minutes > 0 else math.inf
-        # the schedule's length comes from the epochs alone: --max-steps only pauses the run,
-        # so N steps, a resume and M more follow the same learning rates as N+M at once
-        horizon = max(1, int(math.ceil(o.max_epochs * bt.n_windows)))
+        # the schedule's length comes from the epochs (none under a budget without --max-epochs)
+        # and the budget alone: --max-steps only pauses the run, so N steps, a resume and M more
+        # follow the same learning rates as N+M at once
+        epochs = o.epoch_limit()
+        horizon = max(1, int(math.ceil(epochs * bt.n_windows))) if math.isfinite(epochs) else math.inf
         stop_at = min(horizon, o.max_steps) if o.max_steps else horizon
         bar = None
         if self.show_progress:
             from tqdm import tqdm
-            bar = tqdm(total=stop_at, initial=min(self.step, stop_at), unit="step", file=sys.stderr,
+            bar = tqdm(total=stop_at if math.isfinite(stop_at) else None, initial=min(self.step, stop_at), unit="step", file=sys.stderr,
                        disable=None, dynamic_ncols=True, leave=True)
         t0 = time.perf_counter() - self.elapsed
         last_save = time.perf_counter()
@@ -613,6 +627,7 @@ def resume_options(train_args: dict, overrides: dict) -> TrainOptions:
     for k, v in overrides.items():
         setattr(opts, k, v)
     if opts.optimizer not in _HYPER or min(opts.seq_len, opts.batch_size) < 1 or not opts.lr > 0 \
-            or not 0 <= opts.val_frac < 1 or not 0 <= opts.test_frac < 1 or not opts.max_epochs > 0:
+            or not 0 <= opts.val_frac < 1 or not 0 <= opts.test_frac < 1 \
+            or (opts.max_epochs is not None and not opts.max_epochs > 0):
         raise ckpt.CheckpointError("the checkpoint's training options are out of range")
     return opts

@@ -9,6 +9,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from charrnn import checkpoint as ckpt
+from charrnn import reference as ref
 from charrnn.cli import cli
 from charrnn.corpus import Vocab
 from charrnn.model import ModelConfig, init_params
@@ -94,3 +95,23 @@ def count_calls(be, *names: str) -> dict:
             return _method(*a, **kw)
         setattr(be, name, counted)
     return calls
+
+
+class RefStep:
+    """reference.forward one step at a time, in float64: what sample.stream() must draw."""
+
+    def __init__(self, cfg, p):
+        self.cfg, self.p = cfg, p
+
+    def step(self, codes, state):
+        with np.errstate(over="ignore"):
+            logits, _, new_state = ref.forward(self.p, self.cfg, np.asarray(codes).reshape(1, -1), None, state)
+        return logits[0], new_state
+
+    def loss(self, x, y, state):           # the prime's windows (sample.prime_state)
+        with np.errstate(over="ignore"):
+            loss, _, new_state = ref.forward(self.p, self.cfg, x, y, state)
+        return loss, new_state
+
+    def zero_state(self, batch):
+        return np.zeros((self.cfg.layers, self.cfg.n_states, batch, self.cfg.hidden))

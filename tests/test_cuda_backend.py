@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from charrnn import reference as ref
+from charrnn.dropout import masks as dropout_masks
 from charrnn.model import ModelConfig, init_params, param_shapes
 from sampling_models import PerStep, count_calls
 from test_cpu_backend import _case as cpu_case
@@ -58,7 +59,7 @@ def _check(cfg, T, B, tol=1e-4, seed=0, **kw):
     p64, x, y, state = _case(cfg, T, B, seed)
     masks = None
     if cfg.dropout:
-        masks = ref.dropout_masks(seed + 11, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
+        masks = dropout_masks(seed + 11, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
     loss, cache, s_ref = ref.forward(p64, cfg, x, y, state, masks)
     g_ref = p64.like()
     ref.backward(p64, g_ref, cfg, cache, 1.0 / (T * B))
@@ -135,6 +136,114 @@ def test_gemm_every_transpose_with_accumulate_and_bias_over_partial_tiles(ta, tb
                                                             np.float32(0.5), cuda.to_device(bias), 1)
     want = 0.5 * C0 + (A.T if ta else A).astype(np.float64) @ (B.T if tb else B) + bias
     np.testing.assert_allclose(dC.copy_to_host(), want, rtol=1e-5, atol=1e-5)
+
+
+def _activations_kernel():
+    """A kernel writing _sig, tanh and softsign of each x (defined at module level: the
+    simulator swaps the module-global `cuda` while a kernel runs)."""
+    global cuda
+    from numba import cuda
+    from charrnn.backends import cuda_kernels as CK
+
+    @cuda.jit
+    def acts(x, sig, th, soft):
+        i = cuda.grid(1)
+        if i < x.shape[0]:
+            sig[i] = CK._sig(x[i])
+            th[i] = CK._act(x[i], CK.TANH)
+            soft[i] = CK._act(x[i], CK.SOFTSIGN)
+    return acts
+
+
+@needs_cuda
+def test_device_activations_hold_over_the_whole_float32_range():
+    """The gate kernels' sigmoid, tanh and softsign (cuda_kernels._sig, _act) on a sweep of the
+    float32 range, +-inf, subnormals and the old forms' breaking points (e^-x overflowing past
+    88.7): within 2 ulps on a GPU (libdevice, no fastmath); the simulator checks the forms."""
+    from numba import cuda
+    from charrnn.backends import cuda_kernels as CK
+    acts = _activations_kernel()
+    pos = np.concatenate([np.arange(0, 0x7F800000, 0x7F800000 // 700, dtype=np.uint32).view(np.float32),
+                          np.array([1e-45, 44.5, 88.0, 88.8, 89.5, 104.0, 120.0, 1e4, 3.4e38, np.inf], np.float32)])
+    x = np.concatenate([pos, -pos])
+    out = [cuda.device_array(x.size, np.float32) for _ in range(3)]
+    acts[CK.blocks(x.size), CK.THREADS](cuda.to_device(x), *out)
+    got = [o.copy_to_host() for o in out]
+    xl = x.astype(np.longdouble)
+    e = np.exp(-np.abs(xl))
+    m = np.minimum(np.abs(xl), np.longdouble(2.0) ** 80)
+    for g, want in zip(got, (np.where(xl >= 0, 1 / (1 + e), e / (1 + e)), np.tanh(xl), np.sign(xl) * m / (1 + m))):
+        spacing = np.spacing(np.abs(want.astype(np.float32))).astype(np.longdouble)
+        assert np.max(np.abs(g.astype(np.longdouble) - want) / spacing) <= 2.0
+
+
+@needs_cuda
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 1)])
+def test_gemm_large_tiles_over_several_k_slices(ta, tb):
+    """The production 64x64 tile with K = 40 (three 16-deep slices, the last one partial)."""
+    from numba import cuda
+    from charrnn.backends.cuda import TILES
+    from charrnn.backends.cuda_kernels import make_gemm
+    r = np.random.default_rng(7)
+    M, N, Kd = 9, 10, 40
+    A = r.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
+    B = r.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
+    kern, (TM, TN), threads = make_gemm(*TILES["large"])
+    assert Kd > TILES["large"][2] * 2
+    dC = cuda.to_device(np.zeros((M, N), np.float32))
+    kern[((N + TN - 1) // TN, (M + TM - 1) // TM), threads](cuda.to_device(A), cuda.to_device(B), dC, ta, tb,
+                                                            np.float32(0.0), cuda.to_device(np.zeros(N, np.float32)), 0)
+    want = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B)
+    np.testing.assert_allclose(dC.copy_to_host(), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_saturated_model_with_a_wide_vocabulary_matches_reference_and_optim(cell):
+    """Trained-like weights (pre-activations past +-50, carried |c| up to 1e4), V = 70 (more than
+    two reduction blocks of the simulator: the output kernels' strided loops) and a parameter
+    buffer far larger than the norm reduction's grid; then one clipped Adam step on the device
+    against optim.py's."""
+    from charrnn.backends import cuda_kernels as CK
+    from charrnn.optim import Optimizer, clip_
+    from test_cpu_regimes import _state, _trained_like
+    cfg = ModelConfig(vocab_size=70, hidden=4, layers=1, cell=cell)
+    p64 = _trained_like(cfg, 11, scale=60.0)
+    assert cfg.vocab_size > 2 * CK.RED and p64.flat.size > 4 * CK.NORM_BLOCKS * CK.RED
+    r = np.random.default_rng(11)
+    x, y = r.integers(0, 70, (6, 2)), r.integers(0, 70, (6, 2))
+    state = _state(cfg, 2, 11, 1e4)
+    with np.errstate(over="ignore"):
+        loss, cache, s_ref = ref.forward(p64, cfg, x, y, state)
+        g_ref = p64.like()
+        ref.backward(p64, g_ref, cfg, cache, 1.0 / 12)
+    be = _backend(cfg, p64.astype(np.float32))
+    got, s_got = be.train_step(x, y, state.astype(np.float32))
+    assert abs(got - loss) / loss < 1e-4 and _rel(s_got, s_ref) < 1e-4
+    grads = be.grad_host()
+    for name, _ in param_shapes(cfg):
+        assert _rel(grads[name], g_ref[name]) < 1e-4, name
+    w, g = be.params_host().flat.copy(), grads.flat.copy()
+    host = Optimizer("adam", w.size)
+    norm = clip_(g, "norm", 0.5)
+    host.step(w, g, 0.01)
+    assert abs(be.optimizer_step(Optimizer("adam", w.size), 0.01, ("norm", 0.5)) - norm) <= 1e-5 * norm
+    np.testing.assert_allclose(be.params_host().flat, w, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("seed", [3, (1 << 62) - 1])
+def test_dropout_kernel_applies_the_masks_of_charrnn_dropout(seed):
+    from numba import cuda
+    from charrnn.backends import cuda_kernels as K
+    L, T, B, H, p = 2, 3, 2, 5, 0.4
+    masks = dropout_masks(seed, (L, T, B, H), p)
+    src = np.random.default_rng(seed % 97).standard_normal(T * B * H).astype(np.float32)
+    for l in range(L):
+        dst = cuda.device_array_like(src)
+        K.dropout[K.blocks(src.size), K.THREADS](cuda.to_device(src), dst, np.uint64(seed), np.uint64(l * src.size),
+                                                 p, np.float32(1.0 / (1.0 - p)))
+        assert np.array_equal(dst.copy_to_host(), src * masks[l].reshape(-1))
 
 
 @needs_cuda

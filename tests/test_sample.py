@@ -15,7 +15,7 @@ from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.evaluate import evaluate
 from charrnn.sample import distribution, prime_codes, prime_state, stream
-from sampling_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, PerStep, chi_square, count_calls,
+from sampling_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, RefStep, chi_square, count_calls,
                              known_model, skewed_bytes, train, word_text)
 
 CHARS = "abcdef"
@@ -333,7 +333,7 @@ def _codes_and_logp(backend, prime, n, length, temp, top_k, seed=5):
 
 @pytest.mark.parametrize("cell,layers,embed", [("lstm", 2, 0), ("lstm", 1, 3), ("gru", 2, 0), ("rnn", 1, 0)])
 @pytest.mark.parametrize("n,temp,top_k", [(1, 1.0, 0), (3, 0.7, 3), (2, 0.0, 0)])
-def test_cpu_sampling_loop_draws_what_the_per_step_numpy_sampler_draws(cell, layers, embed, n, temp, top_k):
+def test_cpu_sampling_loop_draws_what_the_reference_stepped_in_numpy_draws(cell, layers, embed, n, temp, top_k):
     from charrnn.model import ModelConfig, init_params
     cfg = ModelConfig(vocab_size=7, hidden=6, layers=layers, cell=cell, embed=embed)
     p = init_params(cfg, np.random.default_rng(4), np.float64)
@@ -343,7 +343,7 @@ def test_cpu_sampling_loop_draws_what_the_per_step_numpy_sampler_draws(cell, lay
     prime = np.array([1, 4, 2, 0])
     # 40 steps cross chunk boundaries (8, 16, 16): the state and last code carry over
     fast_codes, fast_logp = _codes_and_logp(be, prime, n, 40, temp, top_k)
-    slow_codes, slow_logp = _codes_and_logp(PerStep(be), prime, n, 40, temp, top_k)
+    slow_codes, slow_logp = _codes_and_logp(RefStep(cfg, p), prime, n, 40, temp, top_k)
     assert calls["generate"] == 1
     assert fast_codes.shape == (40, n)
     np.testing.assert_array_equal(fast_codes, slow_codes)

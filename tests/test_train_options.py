@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from charrnn import checkpoint as ckpt
 from charrnn import reference as ref
+from charrnn.dropout import masks as dropout_masks
 from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.model import ModelConfig, init_params, param_shapes
@@ -137,6 +138,56 @@ def test_the_schedule_position_is_written_down_and_restored_on_resume(tmp_path, 
     assert (again.lr, again.bad_evals, again.best_val, again.step) == (pytest.approx(0.05), 1, 2.5, 3)
 
 
+# ---------------------------------------------------------------- time budgets
+class _Clock:
+    """Stands in for train.time: every reading is one second after the last, so a budget ends
+    after a known-ish number of steps whatever the machine's speed (no timing assertions)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture
+def ticking(monkeypatch):
+    """A fake clock, and a default epoch cap of one epoch (about 30 steps of _text())."""
+    import charrnn.train as train
+    monkeypatch.setattr(train, "time", _Clock())
+    monkeypatch.setattr(train, "DEFAULT_MAX_EPOCHS", 1.0)
+    return train
+
+
+def test_epoch_limit_is_the_given_one_else_none_under_a_budget_else_the_default(ticking):
+    assert TrainOptions().epoch_limit() == ticking.DEFAULT_MAX_EPOCHS
+    assert TrainOptions(minutes=10).epoch_limit() == math.inf
+    assert TrainOptions(minutes=10, max_epochs=3).epoch_limit() == 3
+
+
+def test_a_budget_is_spent_whole_and_the_cosine_spans_it_when_max_epochs_is_not_given(tmp_path, ticking):
+    t = _trainer(tmp_path, minutes=2.0, lr=0.1, lr_schedule="cosine", lr_floor=0.1)
+    res = t.run()
+    assert res["reason"] == "time budget of 2 minutes reached"
+    assert res["epochs"] > 1.5                             # ran on past the default cap of one epoch
+    lrs = [r["lr"] for r in _metrics(tmp_path) if "val_bpc" in r]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < 0.1   # annealed by the clock, not by the epochs
+    assert t.lr_now == pytest.approx(0.01, rel=0.05)      # the last step ran at the floor
+
+
+def test_an_explicit_max_epochs_still_ends_a_budgeted_run_first(tmp_path, ticking):
+    t = _trainer(tmp_path, minutes=2.0, max_epochs=1.0, lr=0.1, lr_schedule="cosine", lr_floor=0.1)
+    res = t.run()
+    assert res["reason"] == "finished the epochs" and res["epochs"] == 1.0
+    assert t.lr_now == pytest.approx(0.01, rel=0.05)      # the schedule spanned the epochs: they ended first
+
+
+def test_without_a_budget_the_default_epoch_cap_ends_the_run(tmp_path, ticking):
+    res = _trainer(tmp_path).run()
+    assert res["reason"] == "finished the epochs" and res["epochs"] == 1.0
+
+
 # ---------------------------------------------------------------- early stopping
 def test_patience_stops_logs_why_and_keeps_best_as_the_checkpoint_of_record(tmp_path, text_file, monkeypatch):
     _scripted(monkeypatch, [3.0, 2.5, 2.6, 2.7, 2.8, 2.9])
@@ -232,7 +283,7 @@ def test_cpu_backend_matches_reference_with_a_fixed_dropout_mask(cell, activatio
     r = np.random.default_rng(4)
     x, y = r.integers(0, 6, (T, B)), r.integers(0, 6, (T, B))
     state = r.normal(0, 0.5, (L, cfg.n_states, B, 5))
-    masks = ref.dropout_masks(seed, (L, T, B, 5), cfg.dropout, np.float64)
+    masks = dropout_masks(seed, (L, T, B, 5), cfg.dropout, np.float64)
     loss, cache, s_ref = ref.forward(p, cfg, x, y, state, masks)
     g = p.like()
     ref.backward(p, g, cfg, cache, 1.0 / (T * B))

@@ -23,7 +23,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from charrnn import reference
 from charrnn.backends import cpu_kernels as K
 from charrnn.backends.lanes import lanes, run_graph
 from charrnn.backends.cpu_kernels import SOFTSIGN, TANH
@@ -137,9 +136,9 @@ class CpuBackend:
         return self._lane_count()
 
     # -- forward over a window -------------------------------------------------------
-    def _forward(self, x, state, masks, keep):
+    def _forward(self, x, state, drop, keep):
         if self.cfg.cell != "lstm":
-            return self._forward_steps(x, state, masks, keep)
+            return self._forward_steps(x, state, drop, keep)
         cfg, p = self.cfg, self.p
         T, B = x.shape
         H = cfg.hidden
@@ -169,16 +168,13 @@ class CpuBackend:
             new_state[l, 1] = cs[T]
             if keep:
                 layers.append((inp, hs, (gates, cs, tcs, WhT)))
-            out = hs[1:].reshape(T * B, H)
-            if masks is not None:
-                out = out * masks[l].reshape(T * B, H)
-            inp = out
+            inp = self._dropped(drop, hs[1:].reshape(T * B, H), l, T, B)
         logits = buf["logits"]
         np.dot(inp, p["out.W"], out=logits)
         K.add_bias(logits, p["out.b"])
         return logits, new_state, layers, inp
 
-    def _forward_steps(self, x, state, masks, keep):
+    def _forward_steps(self, x, state, drop, keep):
         """GRU and RNN: a Python loop over steps, one BLAS product and one kernel per step."""
         cfg, p = self.cfg, self.p
         T, B = x.shape
@@ -219,16 +215,42 @@ class CpuBackend:
             new_state[l, 0] = hs[T]
             if keep:
                 layers.append((inp, hs, cc))
-            out = hs[1:].reshape(T * B, H)
-            if masks is not None:
-                out = out * masks[l].reshape(T * B, H)
-            inp = out
+            inp = self._dropped(drop, hs[1:].reshape(T * B, H), l, T, B)
         logits = np.dot(inp, p["out.W"])
         K.add_bias(logits, p["out.b"])
         return logits, new_state, layers, inp
 
+    def _dropped(self, drop, out, l, T, B):
+        """Layer l's output (T*B, H) with its dropout applied, in a buffer of its own (the
+        backward reads it again), or `out` itself without dropout."""
+        if drop is None:
+            return out
+        if self.cfg.cell == "lstm":          # the LSTM's window buffers are kept between calls
+            buf = self._buffers(T, B)
+            if "dropped" not in buf:
+                buf["dropped"] = [np.empty_like(out) for _ in range(self.cfg.layers)]
+            dst = buf["dropped"][l]
+        else:
+            dst = np.empty_like(out)
+        self._drop(drop, out, dst, l, 0, T, B)
+        return dst
+
+    def _drop(self, drop, src, dst, l, t0, T, B):
+        """dst = src * layer l's masks for steps t0.. of the window (src: whole steps' rows),
+        hashed here and recorded in drop's `kept` for the backward (_drop_grad)."""
+        seed, p, scale, kept = drop
+        r0 = t0 * B
+        K.dropout_to(src, dst, kept[l, r0:r0 + src.shape[0]], seed, np.uint64((l * T + t0) * B * self.cfg.hidden),
+                     p, scale)
+
+    @staticmethod
+    def _drop_grad(drop, d, l, t0, B):
+        """d *= the masks _drop applied to layer l's rows from step t0 on."""
+        r0 = t0 * B
+        K.dropout_kept(d, drop[3][l, r0:r0 + d.shape[0]], drop[2])
+
     # -- a stacked LSTM's window on several lanes -------------------------------------------
-    def _lanes_window(self, x, y, state, masks, train, n_lanes):
+    def _lanes_window(self, x, y, state, drop, train, n_lanes):
         """Forward (and with `train` the backward) of one window as a task graph on n_lanes
         lanes (charrnn/backends/lanes.py), the steps cut in chunks. Per chunk k and layer l:
           X(l)    Wh^T, contiguous, for transposed products and the backward
@@ -258,7 +280,7 @@ class CpuBackend:
             emb = np.empty((T * B, cfg.embed), dt)
             K.gather_rows(p["embed"], codes, emb)
         gates, hs, cs, tcs, logits = buf["gates"], buf["hs"], buf["cs"], buf["tcs"], buf["logits"]
-        masked = [np.empty((T * B, H), dt) for _ in range(L)] if masks is not None else None
+        masked = [np.empty((T * B, H), dt) for _ in range(L)] if drop is not None else None
         outs = masked or [h[1:].reshape(T * B, H) for h in hs]          # what each layer passes up
         ins = [emb] + outs[:-1]                                           # layer 0's is None when one-hot
         transposed = self._transposed(B)
@@ -296,8 +318,8 @@ class CpuBackend:
                     K.matmul(emb[r0:r1], p["l0.Wx"], g2, False, False, 0.0)
             K.lstm_forward(gates[l][t0:t1], p[f"l{l}.b"], p[f"l{l}.Wh"], WhT[l], hs[l][t0:t1 + 1],
                            cs[l][t0:t1 + 1], tcs[l][t0:t1], self.kind, transposed)
-            if masks is not None:
-                K.mul_to(hs[l][t0 + 1:t1 + 1].reshape(-1, H), masks[l][t0:t1].reshape(-1, H), masked[l][r0:r1])
+            if drop is not None:
+                self._drop(drop, hs[l][t0 + 1:t1 + 1].reshape(-1, H), masked[l][r0:r1], l, t0, T, B)
 
         def out(k):
             r0, r1 = rows[k]
@@ -313,8 +335,8 @@ class CpuBackend:
         def bwd(l, k):
             (t0, t1), (r0, r1) = bounds[k], rows[k]
             d = dinp[l][r0:r1]
-            if masks is not None:
-                K.mul_inplace(d, masks[l][t0:t1].reshape(-1, H))
+            if drop is not None:
+                self._drop_grad(drop, d, l, t0, B)
             K.lstm_backward(d.reshape(-1, B, H), p[f"l{l}.Wh"], WhT[l], cs[l][t0:t1], gates[l][t0:t1],
                             tcs[l][t0:t1], self.kind, da[l][t0:t1], transposed, dhc[l, 0], dhc[l, 1], t0 > 0)
             K.colsum_add(g[f"l{l}.b"], da[l][t0:t1].reshape(-1, G))    # while the chunk is in cache
@@ -394,14 +416,15 @@ class CpuBackend:
         n_lanes = self._lanes_for(T, B)
         _warm_up(self, "train_step", n_lanes)
         H, dt = cfg.hidden, self.dtype
-        masks = None
+        drop = None    # masks hashed where the forward applies them (charrnn/dropout.py), kept for the backward
         if cfg.dropout > 0:
-            masks = reference.dropout_masks(dropout_seed, (cfg.layers, T, B, H), cfg.dropout, dt)
+            drop = (np.uint64(dropout_seed), float(cfg.dropout), dt.type(1.0 / (1.0 - cfg.dropout)),
+                    np.empty((cfg.layers, T * B, H), np.bool_))
         state = np.ascontiguousarray(state, dtype=dt)
         if n_lanes > 1:
-            loss, new_state = self._lanes_window(x, y, state, masks, True, n_lanes)
+            loss, new_state = self._lanes_window(x, y, state, drop, True, n_lanes)
             return float(loss), new_state
-        logits, new_state, layers, top = self._forward(x, state, masks, keep=True)
+        logits, new_state, layers, top = self._forward(x, state, drop, keep=True)
         codes = np.ascontiguousarray(x.reshape(-1), dtype=np.int64)
         loss = K.softmax_xent(logits, np.ascontiguousarray(y.reshape(-1), dtype=np.int64), 1.0 / (T * B), True)
         dlogits = logits
@@ -418,8 +441,8 @@ class CpuBackend:
         for l in reversed(range(cfg.layers)):
             inp, hs, cc = layers[l]
             Wx, Wh = p[f"l{l}.Wx"], p[f"l{l}.Wh"]
-            if masks is not None:
-                K.mul_inplace(dinp, masks[l].reshape(T * B, H))
+            if drop is not None:
+                self._drop_grad(drop, dinp, l, 0, B)
             if cfg.cell == "lstm":
                 gates, cs, tcs, WhT = cc
                 dhc = np.zeros((2, B, H), dt)

@@ -5,10 +5,15 @@
   Python between steps. Without that library a plain loop stands in (slow, same results).
 - `vexp`/`vexpm1` are exp and exp-1 written as plain float arithmetic (range reduction by
   ln 2, a degree-7 Taylor polynomial, 2^n assembled in an int32 buffer viewed as float32), so
-  LLVM vectorises them; there is no SVML here. Float32 only: float64 (the tests' dtype) uses
-  math.exp/math.expm1, exact to rounding.
-- sigmoid(a) = 1 / (2 + expm1(-a)) and tanh(a) = e / (e + 2) with e = expm1(2a): one primitive
-  for both, accurate near zero.
+  LLVM vectorises them; there is no SVML here. Float32 only, exact to a few ulps over the whole
+  range, subnormal results and overflow to inf included (tests/test_cpu_kernels.py sweeps it);
+  float64 (the tests' dtype) uses math.exp/math.expm1, exact to rounding.
+- The activations only ever take exp of a non-positive argument, so nothing overflows and no
+  reciprocal of a huge number (which fast-math flushes to zero) is formed:
+  sigmoid(a) = (1 or e) / (1 + e) with e = exp(-|a|), tanh(a) = sign(a) * -t / (t + 2) with
+  t = expm1(-2|a|), softsign(a) = sign(a) * m / (1 + m) with m = min(|a|, 2^30). Denominators
+  lie in [1, 2]. Errors over the whole float32 range are stated and tested in
+  tests/test_cpu_kernels.py.
 Every kernel is serial (the calling thread), and those the lanes call (cpu.py) release the
 GIL. The cores belong either to BLAS, whose thread count `set_blas_threads` sets, or to the
 lanes, each calling BLAS on one thread. Serial loops keep every float reduction in a fixed order.
@@ -24,7 +29,12 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from charrnn import dropout
+
 TANH, SOFTSIGN = 0, 1
+# Fast-math without nnan/ninf (inputs may be +-inf, the tests sweep them) and without arcp
+# (a reciprocal of a huge number is subnormal, and the fast one flushes it to zero).
+_FM = {"nsz", "contract", "reassoc"}
 
 # ---------------------------------------------------------------- NumPy's OpenBLAS, from nopython code
 _BLAS = None
@@ -144,7 +154,7 @@ def _gemm_impl(a, b, c, ta, tb, beta):
 SMALL_M = 4   # products with at most this many rows run on the calling thread
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(inline="always", fastmath=_FM, error_model="numpy")
 def mm(a, b, c, beta):
     """c = a @ b + beta * c. A few rows (sampling, one-stream evaluation) are a memory-bound
     pass over b, done here on one thread: waking BLAS threads for it costs more than it saves
@@ -172,27 +182,37 @@ def mm(a, b, c, beta):
 
 # ---------------------------------------------------------------- vectorisable exp and expm1
 def _reduce(v, q, ib):
-    """v = n ln2 + r, |r| <= ln2/2: q = e^r - 1 by Taylor, ib = the bits of 2^n as float32."""
+    """v = n ln2 + r, |r| <= ln2/2: q = e^r - 1 by Taylor; ib = the bits of 2^n' as float32 and
+    v = s, with 2^n = 2^n' s and n' in the normal exponent range (s = 2^-64 where e^v is
+    subnormal, 2 at the top of the range, else 1)."""
     f = v.dtype.type
     for k in range(v.size):
-        x = min(max(v[k], f(-87.0)), f(88.0))
+        x = min(max(v[k], f(-104.0)), f(89.0))      # e^-104 rounds to 0, e^89 overflows
         n = np.floor(x * f(1.4426950408889634) + f(0.5))
         r = (x - n * f(0.693145751953125)) - n * f(1.428606765330187e-06)
         q[k] = r * (f(1.0) + r * (f(0.5) + r * (f(1 / 6) + r * (f(1 / 24) + r * (
             f(1 / 120) + r * (f(1 / 720) + r * f(1 / 5040)))))))
-        ib[k] = (np.int32(n) + np.int32(127)) << np.int32(23)
+        ni = np.int32(n)
+        lo, hi = ni < np.int32(-126), ni > np.int32(127)
+        ni = ni + np.int32(64) if lo else (ni - np.int32(1) if hi else ni)
+        ib[k] = (ni + np.int32(127)) << np.int32(23)
+        v[k] = f(2.0 ** -64) if lo else (f(2.0) if hi else f(1.0))
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(inline="always", fastmath=_FM, error_model="numpy")
 def _exp_fast(v, q, ib, m):
-    """v = e^v - m (m 0 or 1), as 2^n q + (2^n - m): no cancellation near zero for expm1."""
+    """v = e^v - m (m 0 or 1), as (2^n' q + (2^n' - m/s)) s: 2^n' - m is exact, so expm1 has
+    no cancellation near zero, and where e^v is subnormal the final product rounds once."""
     _reduce_jit(v, q, ib)
     s = ib[:v.size].view(np.float32)
+    f = np.float32
     for k in range(v.size):
-        v[k] = s[k] * q[k] + (s[k] - m)
+        sc = v[k]
+        inv = f(2.0 ** 64) if sc < f(1.0) else (f(0.5) if sc > f(1.0) else f(1.0))
+        v[k] = (s[k] * q[k] + (s[k] - m * inv)) * sc
 
 
-_reduce_jit = njit(inline="always", fastmath=True, error_model="numpy")(_reduce)
+_reduce_jit = njit(inline="always", fastmath=_FM, error_model="numpy")(_reduce)
 
 
 def vexp_m(v, q, ib, m):
@@ -222,60 +242,99 @@ def vexp(v, q, ib):
 
 
 # ---------------------------------------------------------------- LSTM
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(inline="always", error_model="numpy")
+def _sigmoid_of(x, e, one):
+    """sigmoid(x) from e = exp(-|x|): 1/(1+e) or e/(1+e), never a huge denominator. `one`
+    carries the float type (a plain 1 would promote float32 to float64)."""
+    return (one if x >= 0 else e) / (one + e)
+
+
+@njit(inline="always", error_model="numpy")
+def _tanh_of(x, t, one):
+    """tanh(x) from t = expm1(-2|x|) in [-1, 0]: sign(x) * -t / (t + 2)."""
+    y = -t / (t + (one + one))
+    return y if x >= 0 else -y
+
+
+@njit(inline="always", error_model="numpy")
+def _softsign(x, one):
+    """x / (1 + |x|); |x| capped at 2^60, past which the result rounds to +-1 in float32 and
+    float64, so that 1 + |x| stays finite and far from overflow (inf gives +-1, not NaN)."""
+    m = min(abs(x), one * 1152921504606846976.0)
+    y = m / (one + m)
+    return y if x >= 0 else -y
+
+
+@njit(inline="always", error_model="numpy")
+def sigmoid(x, one):
+    """Scalar sigmoid over the whole float range (the per-step GRU kernels)."""
+    return _sigmoid_of(x, math.exp(-abs(x)), one)
+
+
+@njit(inline="always", error_model="numpy")
+def act(x, kind, one):
+    """Scalar tanh or softsign over the whole float range (the per-step GRU and RNN kernels)."""
+    return math.tanh(x) if kind == TANH else _softsign(x, one)
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
 def _lstm_cells(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib):
     """The LSTM cell for B sequences: a (B,4H) holds the pre-activations without bias and
     becomes the activations i, f, g, o; writes c, act(c), h (B,H). v (B,4H), w (B,H)
-    and q, ib (B*4H) are work buffers. Whole-array indexing, no per-row views: a view costs reference
-    counting, and short loops over few arrays are what LLVM vectorises."""
+    and q, ib (B*4H) are work buffers: v's first 3BH floats take exp(-|x|) of the sigmoid gates
+    (i, f, o), the last BH expm1(-2|x|) of g. Whole-array indexing, no per-row views: a view
+    costs reference counting, and short loops over few arrays are what LLVM vectorises."""
     B, G = a.shape
     H = G // 4
     f = a.dtype.type
     one, two = f(1.0), f(2.0)
+    flat = v.reshape(B * G)
+    vs = flat[:3 * B * H].reshape(B, 3 * H)
+    vt = flat[3 * B * H:].reshape(B, H)
     for bi in range(B):
         for j in range(G):
-            x = a[bi, j] + bias[j]
-            a[bi, j] = x
-            v[bi, j] = -x
+            a[bi, j] += bias[j]
+        for j in range(2 * H):
+            vs[bi, j] = -abs(a[bi, j])
+        for j in range(H):
+            vs[bi, 2 * H + j] = -abs(a[bi, 3 * H + j])
         if kind == TANH:
-            for j in range(2 * H, 3 * H):
-                v[bi, j] = two * a[bi, j]
-    vexpm1(v.reshape(B * G), q, ib)
+            for j in range(H):
+                vt[bi, j] = -two * abs(a[bi, 2 * H + j])
+    vexp(vs.reshape(3 * B * H), q, ib)
+    if kind == TANH:
+        vexpm1(vt.reshape(B * H), q, ib)
     for bi in range(B):
         if kind == TANH:
-            for j in range(2 * H, 3 * H):
-                e = v[bi, j]
-                a[bi, j] = e / (e + two)
+            for j in range(H):
+                a[bi, 2 * H + j] = _tanh_of(a[bi, 2 * H + j], vt[bi, j], one)
         else:
-            for j in range(2 * H, 3 * H):
-                x = a[bi, j]
-                a[bi, j] = x / (one + abs(x))
+            for j in range(H):
+                a[bi, 2 * H + j] = _softsign(a[bi, 2 * H + j], one)
         for j in range(2 * H):
-            a[bi, j] = one / (two + v[bi, j])
-        for j in range(3 * H, G):
-            a[bi, j] = one / (two + v[bi, j])
+            a[bi, j] = _sigmoid_of(a[bi, j], vs[bi, j], one)
+        for j in range(H):
+            a[bi, 3 * H + j] = _sigmoid_of(a[bi, 3 * H + j], vs[bi, 2 * H + j], one)
         for j in range(H):
             c = a[bi, H + j] * c_prev[bi, j] + a[bi, j] * a[bi, 2 * H + j]
             c_out[bi, j] = c
-            w[bi, j] = two * c
+            w[bi, j] = -two * abs(c)
     if kind == TANH:
         vexpm1(w.reshape(B * H), q, ib)
         for bi in range(B):
             for j in range(H):
-                e = w[bi, j]
-                t = e / (e + two)
+                t = _tanh_of(c_out[bi, j], w[bi, j], one)
                 tc_out[bi, j] = t
                 h_out[bi, j] = a[bi, 3 * H + j] * t
     else:
         for bi in range(B):
             for j in range(H):
-                c = c_out[bi, j]
-                t = c / (one + abs(c))
+                t = _softsign(c_out[bi, j], one)
                 tc_out[bi, j] = t
                 h_out[bi, j] = a[bi, 3 * H + j] * t
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def lstm_forward(gates, bias, Wh, WhT, hs, cs, tcs, kind, transposed):
     """A window's time loop. gates (T,B,4H) holds the input projections without bias and
     becomes the activations; hs, cs (T+1,B,H) hold the carried state at [0]; fills the rest.
@@ -340,7 +399,7 @@ def _add_transposed(xT, out):
                 out[i, j] += xT[j, i]
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed, dh, dc, carry):
     """The backward time loop: dh_out (T,B,H) is the gradient on each step's output; writes
     da (T,B,4H), the gradient on the pre-activations. dh, dc (B,H) hold the gradients on the
@@ -400,7 +459,7 @@ def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed, dh, dc,
                 _transpose(dhT, dh)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_FM, error_model="numpy")
 def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind):
     """One step of the whole model for sampling, every layer in this one call.
     offs[l] = (Wx, Wh, b) offsets into flat; embed_off < 0 means one-hot input.
@@ -496,7 +555,7 @@ def draw_rows(logits, u, temp, top_k, codes, logp):
         logp[bi] = np.float64(logits[bi, c]) - m - math.log(s)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_FM, error_model="numpy")
 def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
                   out_codes, out_logp):
     """len(u) sampling steps of the whole model in one call: lstm_step, then draw_rows with
@@ -519,7 +578,7 @@ def gather_rows(W, codes, out):
         out[n] = W[codes[n]]
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_FM, error_model="numpy")
 def gather_bias(W, b, codes, out):
     for n in range(codes.shape[0]):
         row = W[codes[n]]
@@ -527,14 +586,14 @@ def gather_bias(W, b, codes, out):
             out[n, j] = row[j] + b[j]
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def add_bias(out, b):
     for n in range(out.shape[0]):
         for j in range(out.shape[1]):
             out[n, j] += b[j]
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def scatter_add_rows(G, codes, d):
     """G[codes[n]] += d[n], rows in order."""
     for n in range(codes.shape[0]):
@@ -543,7 +602,7 @@ def scatter_add_rows(G, codes, d):
             row[j] += d[n, j]
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def colsum_add(g, d):
     """g += d summed over rows, accumulated in float64 row by row (a fixed order)."""
     s = np.zeros(d.shape[1])
@@ -554,7 +613,7 @@ def colsum_add(g, d):
         g[j] += s[j]
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def softmax_xent(logits, y, scale, want_grad):
     """Summed -log softmax(logits)[y] over rows; with want_grad, logits become scale*(p - onehot(y))."""
     N, V = logits.shape
@@ -584,19 +643,32 @@ def softmax_xent(logits, y, scale, want_grad):
     return total
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def mul_inplace(a, m):
-    for n in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            a[n, j] *= m[n, j]
+# the mask hash of charrnn/dropout.py, compiled from its source (the CUDA kernels compile the same)
+_uniform = njit(inline="always")(dropout.uniform)
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def mul_to(a, m, out):
-    """out = a * m elementwise (2-D)."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def dropout_to(a, out, kept, seed, base, p, scale):
+    """out = a * mask for a block of rows of H units (in place when out is a): the mask of
+    element (n, j) is charrnn/dropout.py's for index base + n * H + j, scale (1 / (1 - p) in
+    a's float type) where kept, else 0. kept[n, j] records which, for the backward."""
+    H = a.shape[1]
+    zero = scale - scale
     for n in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            out[n, j] = a[n, j] * m[n, j]
+        row = base + np.uint64(n * H)
+        for j in range(H):
+            k = _uniform(seed, row + np.uint64(j)) >= p
+            kept[n, j] = k
+            out[n, j] = a[n, j] * (scale if k else zero)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def dropout_kept(d, kept, scale):
+    """d *= the mask dropout_to applied, from its record `kept` (the gradient's dropout)."""
+    zero = scale - scale
+    for n in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            d[n, j] *= scale if kept[n, j] else zero
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -607,18 +679,17 @@ def matmul(a, b, c, ta, tb, beta):
 
 
 # ---------------------------------------------------------------- GRU and RNN: per-step kernels
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_FM, error_model="numpy")
 def gru_fwd_step(xw, hw, bh, h_prev, kind, gates, hn, h):
     B, H = h.shape
     f = h.dtype.type
     one = f(1.0)
     for bi in range(B):
         for j in range(H):
-            r = one / (one + math.exp(-(xw[bi, j] + hw[bi, j])))
-            z = one / (one + math.exp(-(xw[bi, H + j] + hw[bi, H + j])))
+            r = sigmoid(xw[bi, j] + hw[bi, j], one)
+            z = sigmoid(xw[bi, H + j] + hw[bi, H + j], one)
             qq = hw[bi, 2 * H + j] + bh[j]
-            a = xw[bi, 2 * H + j] + r * qq
-            n = math.tanh(a) if kind == TANH else a / (one + abs(a))
+            n = act(xw[bi, 2 * H + j] + r * qq, kind, one)
             gates[bi, j] = r
             gates[bi, H + j] = z
             gates[bi, 2 * H + j] = n
@@ -637,7 +708,7 @@ def _dact(y, kind, one):
     return d * d
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_FM, error_model="numpy")
 def gru_bwd_step(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw, carry):
     """Writes dxw, dhw (B, 3H) and carry = dh * z, the direct path to h_prev."""
     B, H = h_prev.shape
@@ -662,17 +733,16 @@ def gru_bwd_step(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw, carry):
             carry[bi, j] = dh * z
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_FM, error_model="numpy")
 def rnn_fwd_step(xw, hw, kind, h):
     B, H = h.shape
     f = h.dtype.type
     for bi in range(B):
         for j in range(H):
-            a = xw[bi, j] + hw[bi, j]
-            h[bi, j] = math.tanh(a) if kind == TANH else a / (f(1.0) + abs(a))
+            h[bi, j] = act(xw[bi, j] + hw[bi, j], kind, f(1.0))
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_FM, error_model="numpy")
 def rnn_bwd_step(dh_out, dh_next, h, kind, da):
     B, H = h.shape
     one = h.dtype.type(1.0)

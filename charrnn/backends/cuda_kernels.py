@@ -3,7 +3,7 @@
 Groups: a tiled shared-memory matrix product (one factory, a few tile shapes); the one-hot row
 gather and row scatter-add; fused pointwise gate kernels per cell, forward and backward, one
 time step each (the recurrent product is a separate GEMM, as in the CPU backend); dropout from
-the splitmix64 hash of reference.hash_uniform; fused softmax with cross-entropy; column sums;
+the counter-based hash of charrnn/dropout.py; fused softmax with cross-entropy; column sums;
 the optimizer rules and the global-norm reduction on the flat buffer; and the sampling kernels
 (one fused matrix-vector-plus-gates kernel per layer, one output kernel that scores, filters
 and draws). Gate order and cell equations are reference.py's.
@@ -21,13 +21,14 @@ import numpy as np
 from numba import cuda, float32, float64, int64, uint64
 from numba.core import config
 
+from charrnn import dropout as masks
+
 TANH, SOFTSIGN = 0, 1
 LSTM, GRU, RNN = 0, 1, 2
 
 F0, F1 = np.float32(0.0), np.float32(1.0)
-_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
-_U1, _S30, _S27, _S31, _S40 = np.uint64(1), np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
-_INV24 = 1.0 / (1 << 24)
+# numba-cuda's float min() fails to type when compiled for a real device (the simulator hides it)
+_SOFT_CAP = np.float32(2.0 ** 60)
 
 # launch shapes; the simulator runs every thread as a Python thread, so it gets small blocks
 _SIM = bool(config.ENABLE_CUDASIM)
@@ -37,7 +38,7 @@ NW = RED // 32                     # warps in a reduction block
 CS_ROWS = 2 if _SIM else 8         # row lanes of the column-sum kernel
 NORM_BLOCKS = 4 if _SIM else 128   # blocks of the first pass of the squared-norm reduction
 if _SIM:   # the simulator runs the hash on NumPy scalars, which warn on the wrap-around it relies on
-    warnings.filterwarnings("ignore", r"overflow encountered in scalar", RuntimeWarning, __name__)
+    warnings.filterwarnings("ignore", r"overflow encountered in scalar", RuntimeWarning, masks.__name__)
 
 
 def blocks(n: int, threads: int = THREADS) -> int:
@@ -45,16 +46,24 @@ def blocks(n: int, threads: int = THREADS) -> int:
 
 
 # ---------------------------------------------------------------- scalar helpers
-@cuda.jit(device=True, inline=True, fastmath=True)
+# The kernels that evaluate these are compiled without fastmath: with it, math.tanh becomes
+# tanh.approx.f32 (about 5e-4 off on compute capability 7.5+), divisions approximate and
+# subnormals flush to zero. Without it they are libdevice's, within 2 ulps (CUDA's math API
+# bounds), and the forms below never overflow: the same whole-range forms as the CPU kernels.
+@cuda.jit(device=True, inline=True)
 def _sig(a):
-    return F1 / (F1 + math.exp(-a))
+    e = math.exp(-abs(a))
+    return (F1 if a >= F0 else e) / (F1 + e)
 
 
-@cuda.jit(device=True, inline=True, fastmath=True)
+@cuda.jit(device=True, inline=True)
 def _act(a, kind):
     if kind == TANH:
         return math.tanh(a)
-    return a / (F1 + abs(a))
+    m = abs(a)
+    m = m if m < _SOFT_CAP else _SOFT_CAP     # past 2^60 softsign rounds to +-1 (no min(): see below)
+    y = m / (F1 + m)
+    return y if a >= F0 else -y
 
 
 @cuda.jit(device=True, inline=True, fastmath=True)
@@ -65,14 +74,8 @@ def _dact(y, kind):
     return d * d
 
 
-@cuda.jit(device=True, inline=True)
-def hash_uniform(seed, index):
-    """reference.hash_uniform for one uint64 index: splitmix64, top 24 bits as a double."""
-    z = seed * _GOLD + (index + _U1) * _GOLD
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    z = z ^ (z >> _S31)
-    return float64(z >> _S40) * _INV24
+# the mask hash of charrnn/dropout.py, compiled from its source (the CPU kernels compile the same)
+hash_uniform = cuda.jit(device=True, inline=True)(masks.uniform)
 
 
 @cuda.jit(device=True, inline=True)
@@ -280,7 +283,7 @@ def dropout(src, dst, seed, base, p, scale):
 
 
 # ---------------------------------------------------------------- LSTM
-@cuda.jit(fastmath=True, cache=True)
+@cuda.jit(cache=True)
 def lstm_fwd(xw, hw, c_prev, kind, gates, c, tc, h):
     n = cuda.grid(1)
     B, H = c.shape[0], c.shape[1]
@@ -324,7 +327,7 @@ def lstm_bwd(dh_out, dh_next, dc_next, gates, c_prev, tc, kind, da):
 
 
 # ---------------------------------------------------------------- GRU
-@cuda.jit(fastmath=True, cache=True)
+@cuda.jit(cache=True)
 def gru_fwd(xw, hw, bh, h_prev, kind, gates, hn, h):
     n = cuda.grid(1)
     B, H = h.shape[0], h.shape[1]
@@ -368,7 +371,7 @@ def gru_bwd(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw):
 
 
 # ---------------------------------------------------------------- RNN
-@cuda.jit(fastmath=True, cache=True)
+@cuda.jit(cache=True)
 def rnn_fwd(xw, hw, kind, h):
     n = cuda.grid(1)
     B, H = h.shape[0], h.shape[1]
@@ -542,7 +545,7 @@ def clip_by_value(g, value):
 
 
 # ---------------------------------------------------------------- sampling
-@cuda.jit(fastmath=True, cache=True)
+@cuda.jit(cache=True)
 def sample_layer(WT, b, bh, codes, x, onehot, h_prev, c_prev, cell, kind, h_out, c_out):
     """One step of one layer for every row, fused: input and recurrent matrix-vector products
     and the gates. WT = [Wx; Wh].T (G*H, D+H), so each gate row is one contiguous dot product.
@@ -713,7 +716,7 @@ def sample_out(W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, hist,
              part, red, idx)
 
 
-@cuda.jit(fastmath=True)
+@cuda.jit()
 def sample_loop(cell, kind, L, steps, WT, wofs, win, w, bofs, bhofs, S, src0, W, bo, logits, probs, temp, top_k,
                 u, codes, hist, logp):
     """`steps` whole sampling steps in one cooperative launch: every layer, then the output and
@@ -841,7 +844,7 @@ def make_recurrence(TB: int, TJ: int, TK: int):
                 kk = r // TJ
                 wsh[g, kk, r - kk * TJ] = wreg[i]
 
-    @cuda.jit(fastmath=True)
+    @cuda.jit()
     def rec_fwd(cell, kind, T, xw, Wh, bh, hs, gates, cs, tcs, hn):
         """xw (T*B, G*H) input projections incl. bias; hs, cs (T+1, B, H) with hs[0], cs[0] set;
         writes gates (T, B, G*H) after their nonlinearities, cs, tcs = act(c), hn (GRU's hU_n + bh).

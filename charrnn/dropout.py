@@ -1,0 +1,45 @@
+"""Dropout masks from a counter-based hash, one definition for every backend.
+
+A window's masks are a function of (seed, index) alone, index the flat position in the
+(L, T, B, H) mask array: ((l * T + t) * B + b) * H + j. Nothing is stored or drawn in order,
+so the reference builds the whole array in NumPy, the CPU kernels and the CUDA kernels compute
+each element where they use it, and all three agree bit for bit: a resumed run, the CPU and the
+GPU see the same masks for the same seed.
+
+`uniform` is plain arithmetic on uint64 and float64, written to run unchanged as NumPy
+(arrays or scalars), inside @njit kernels (cpu_kernels compiles it with njit) and as a
+numba.cuda device function (cuda_kernels compiles it with cuda.jit(device=True)); an element
+is kept where uniform >= p. Callers pass the seed and the index as uint64: mixing int64 into
+the products would turn them to float under Numba's typing rules. Numba's on-disk cache keys a
+kernel on its own file only, so a change here would need the cache cleared; but the masks are
+part of what a checkpoint resumes, and do not change.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# splitmix64 (Steele, Lea and Flood's SplittableRandom finaliser): the golden-ratio increment
+# and the two mixing multipliers
+M1 = np.uint64(0xBF58476D1CE4E5B9)
+M2 = np.uint64(0x94D049BB133111EB)
+GOLD = np.uint64(0x9E3779B97F4A7C15)
+U1, S27, S30, S31, S40 = np.uint64(1), np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(40)
+INV24 = 1.0 / (1 << 24)
+
+
+def uniform(seed, index):
+    """Uniform in [0, 1) on a 2^-24 grid for element `index` (uint64) of the masks of `seed`
+    (uint64): splitmix64 of seed * GOLD + (index + 1) * GOLD, its top 24 bits."""
+    z = seed * GOLD + (index + U1) * GOLD
+    z = (z ^ (z >> S30)) * M1
+    z = (z ^ (z >> S27)) * M2
+    z = z ^ (z >> S31)
+    return (z >> S40) * INV24
+
+
+def masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float32) -> np.ndarray:
+    """Inverted-dropout masks of `shape` (L, T, B, H): 0 with probability p, else 1/(1-p)."""
+    index = np.arange(int(np.prod(shape)), dtype=np.uint64)
+    with np.errstate(over="ignore"):              # the hash relies on uint64 wrap-around
+        u = uniform(np.uint64(seed), index).reshape(shape)
+    return np.where(u >= p, 1.0 / (1.0 - p), 0.0).astype(dtype)

@@ -1,0 +1,271 @@
+"""The CPU backend held to reference.py in the regimes trained models reach, not only near zero:
+pre-activations of +-100, carried cell states of |c| up to 1e4, counter cells that grow without
+bound, windows of hundreds of steps, one stream and large batches, and every path at the real
+sizes that choose it (whole-window, transposed, lanes, one-stream evaluation, sampling).
+
+Loss, every gradient and the final state must agree with the float64 reference within 1e-9
+relative in float64 and 1e-4 in float32 (the largest difference over a tensor, relative to its
+largest value). No case is chaotic: the float32 reference stays within 1e-4 of the float64 one
+(`_oracle` asserts it), so the float32 fast path is held to the float64 reference throughout.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import charrnn.backends.cpu as cpu
+from charrnn import reference as ref
+from charrnn.dropout import masks as dropout_masks
+from charrnn.backends import cpu_kernels as K
+from charrnn.backends.cpu import CpuBackend
+from charrnn.model import ModelConfig, init_params, param_shapes
+from charrnn.sample import stream
+from sampling_models import RefStep
+
+TOL = {np.float64: 1e-9, np.float32: 1e-4}
+
+
+def _rel(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / max(float(np.max(np.abs(b))), 1e-30))
+
+
+def _trained_like(cfg: ModelConfig, seed: int, scale: float, gain: float = 0.8) -> np.ndarray:
+    """Weights in a trained model's regime: input weights and biases heavy-tailed (log-uniform
+    magnitudes over three decades, up to `scale`), so some pre-activations reach +-100 while
+    others stay near zero; recurrent weights of gain `gain` (below 1: the dynamics contract, as
+    a trained model's do, so the float64 fast path can be held to 1e-9 over hundreds of steps
+    instead of two chaotic trajectories being compared)."""
+    r = np.random.default_rng(seed)
+    p = init_params(cfg, r, dtype=np.float64)
+    for name, shape in param_shapes(cfg):
+        n = int(np.prod(shape))
+        if name.endswith(".Wh"):
+            p[name][...] = r.normal(0, gain / np.sqrt(cfg.hidden), shape)
+        elif name.startswith("out."):
+            p[name][...] = r.normal(0, 1.0, shape)
+        else:
+            p[name][...] = (r.choice([-1.0, 1.0], n) * scale * 10.0 ** r.uniform(-3, 0, n)).reshape(shape)
+    return p
+
+
+def _state(cfg: ModelConfig, B: int, seed: int, c_max: float) -> np.ndarray:
+    """A carried state: h in (-1, 1); LSTM cell states log-uniform up to c_max in size."""
+    r = np.random.default_rng(seed + 1)
+    s = np.empty((cfg.layers, cfg.n_states, B, cfg.hidden))
+    s[:, 0] = r.uniform(-1, 1, s[:, 0].shape)
+    if cfg.cell == "lstm":
+        s[:, 1] = r.choice([-1.0, 1.0], s[:, 1].shape) * c_max * 10.0 ** r.uniform(-4, 0, s[:, 1].shape)
+    return s
+
+
+def _reference(p64, cfg, x, y, state, dtype, masks=None):
+    """Loss, gradients (scaled by 1/(T B), as train_step's) and new state of the reference in dtype."""
+    T, B = x.shape
+    p = p64.astype(dtype)
+    with np.errstate(over="ignore"):
+        loss, cache, new_state = ref.forward(p, cfg, x, y, state.astype(dtype),
+                                             None if masks is None else masks.astype(dtype))
+        g = p.like()
+        ref.backward(p, g, cfg, cache, 1.0 / (T * B))
+    return float(loss), g, new_state
+
+
+def _oracle(p64, cfg, x, y, state, dtype, masks=None):
+    """The float64 reference. For a float32 comparison the case must not be chaotic: the float32
+    reference itself has to agree with the float64 one within the float32 tolerance (every case
+    here does, by the contracting recurrence of _trained_like), or the comparison would measure
+    the amplification of rounding, not the fast path."""
+    want = _reference(p64, cfg, x, y, state, np.float64, masks)
+    if dtype == np.float32:
+        assert _max_diff(_reference(p64, cfg, x, y, state, np.float32, masks), want, cfg) < TOL[np.float32]
+    return want
+
+
+def _max_diff(got, want, cfg) -> float:
+    loss, g, s = got
+    wl, wg, ws = want
+    diffs = [abs(loss - wl) / abs(wl), _rel(s, ws)]
+    diffs += [_rel(g[name], wg[name]) for name, _ in param_shapes(cfg)]
+    return max(diffs)
+
+
+def _train_step(be, x, y, state, dropout_seed=0):
+    loss, s = be.train_step(x, y, state.astype(be.dtype), dropout_seed=dropout_seed)
+    return loss, be.grad, s
+
+
+def _check_train(cfg, p64, x, y, state, dtype, be=None, masks_seed=None):
+    masks = None
+    if cfg.dropout:
+        T, B = x.shape
+        masks = dropout_masks(masks_seed, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
+    want = _oracle(p64, cfg, x, y, state, dtype, masks)
+    be = be or CpuBackend(cfg, p64.astype(dtype))
+    got = _train_step(be, x, y, state, 0 if masks_seed is None else masks_seed)
+    assert _max_diff(got, want, cfg) < TOL[dtype]
+    return be
+
+
+def _check_loss(be, cfg, p64, x, y, state, dtype):
+    wl, _, ws = _oracle(p64, cfg, x, y, state, dtype)
+    loss, s = be.loss(x, y, state.astype(dtype))
+    assert abs(loss - wl) / wl < TOL[dtype]
+    assert _rel(s, ws) < TOL[dtype]
+
+
+def _data(cfg, T, B, seed):
+    r = np.random.default_rng(seed + 2)
+    return r.integers(0, cfg.vocab_size, (T, B)), r.integers(0, cfg.vocab_size, (T, B))
+
+
+# ---------------------------------------------------------------- saturated gates, huge states
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_counter_cells_that_grow_without_bound_match_the_reference(dtype):
+    """The issue's single-cell case: i, f, g biases at +8 make c grow by ~1 a step; over 256
+    steps |c| passes 44 (where tanh(c) used to become 0) and reaches ~250."""
+    cfg = ModelConfig(vocab_size=5, hidden=4, layers=1)
+    p = init_params(cfg, np.random.default_rng(0), dtype=np.float64)
+    H = cfg.hidden
+    p["l0.b"][:3 * H] = 8.0
+    x, y = _data(cfg, 256, 1, 0)
+    state = np.zeros((1, 2, 1, H))
+    be = _check_train(cfg, p, x, y, state, dtype)
+    _check_loss(be, cfg, p, x, y, state, dtype)
+    _, _, s = _reference(p, cfg, x, y, state, np.float64)
+    assert np.max(np.abs(s[0, 1])) > 200 and np.min(np.abs(s[0, 0])) > 0.3   # h stays ~o, not 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("activation", ["tanh", "softsign"])
+def test_pre_activations_of_a_hundred_and_states_of_ten_thousand_match_the_reference(dtype, cell, activation):
+    cfg = ModelConfig(vocab_size=9, hidden=16, layers=2, cell=cell, activation=activation)
+    p = _trained_like(cfg, 1, scale=60.0)
+    x, y = _data(cfg, 64, 2, 1)
+    state = _state(cfg, 2, 1, c_max=1e4)
+    be = _check_train(cfg, p, x, y, state, dtype)
+    _check_loss(be, cfg, p, x, y, state, dtype)
+    with np.errstate(over="ignore"):
+        _, cache, _ = ref.forward(p, cfg, x, None, state)
+    pre = np.abs(cache["layers"][1][0] @ p["l1.Wx"])
+    assert pre.max() > 100 and np.median(pre) < 50            # the regime this test claims
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("B", [1, 2])
+def test_windows_of_512_steps_match_the_reference(dtype, B):
+    cfg = ModelConfig(vocab_size=11, hidden=24, layers=2)
+    p = _trained_like(cfg, 2, scale=12.0)
+    p["l1.b"][cfg.hidden:2 * cfg.hidden] = 20.0                  # layer 1 forgets nothing: c accumulates
+    x, y = _data(cfg, 512, B, 2)
+    state = _state(cfg, B, 2, c_max=100.0)
+    be = _check_train(cfg, p, x, y, state, dtype)
+    _check_loss(be, cfg, p, x, y, state, dtype)
+
+
+# ---------------------------------------------------------------- every path at the sizes that choose it
+@pytest.fixture
+def two_blas_threads(monkeypatch):
+    """The lanes' choice on a 2-core machine (this one and CI), whatever OpenBLAS reports."""
+    monkeypatch.setattr(K, "blas_threads", lambda: 2)
+
+
+def _spy_lanes(be: CpuBackend) -> list:
+    """The lane count of every window `be` runs on the lanes (its _lanes_window calls)."""
+    used = []
+    real = be._lanes_window
+    be._lanes_window = lambda *a: (used.append(a[-1]), real(*a))[1]
+    return used
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_default_model_training_and_evaluation_windows_interleaved_on_one_backend(dtype, two_blas_threads, monkeypatch):
+    """The default 2x128 model at its real shapes: training windows of 50x50 (lanes, 8 chunks;
+    per-step products above SMALL_STEP_MACS) interleaved with the evaluator's one-stream windows
+    of 256 steps (lanes, matrix-vector steps below SMALL_M) on one backend, whose work buffers
+    are kept between shapes, from trained-like weights and carried states."""
+    cfg = ModelConfig(vocab_size=65, hidden=128, layers=2, dropout=0.1)
+    p = _trained_like(cfg, 3, scale=6.0)
+    be = CpuBackend(cfg, p.astype(dtype))
+    assert be._lanes_for(50, 50) == 2 and be._lanes_for(256, 1) == 2
+    assert 50 * 4 * 128 * 128 >= cpu.SMALL_STEP_MACS and 1 <= K.SMALL_M
+    lanes_used = _spy_lanes(be)
+    eval_cfg = ModelConfig(**{**cfg.to_dict(), "dropout": 0.0})
+    for i in range(2):
+        x, y = _data(cfg, 50, 50, 10 + i)
+        _check_train(cfg, p, x, y, _state(cfg, 50, 10 + i, 50.0), dtype, be=be, masks_seed=i)
+        x, y = _data(cfg, 256, 1, 20 + i)
+        _check_loss(be, eval_cfg, p, x, y, _state(cfg, 1, 20 + i, 5e3), dtype)
+    assert lanes_used == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("n_lanes,layers", [(1, 2), (2, 2), (3, 3)])
+def test_lanes_at_one_to_three_lanes_match_the_reference_at_real_sizes(n_lanes, layers, monkeypatch):
+    """LANES forces the lane count; the chunking is the real one (LANE_CHUNKS of a 64-step window)."""
+    monkeypatch.setattr(cpu, "LANES", n_lanes)
+    cfg = ModelConfig(vocab_size=40, hidden=96, layers=layers, embed=16)
+    p = _trained_like(cfg, 4, scale=8.0)
+    x, y = _data(cfg, 64, 16, 4)
+    state = _state(cfg, 16, 4, 1e3)
+    for dtype in (np.float64, np.float32):
+        be = CpuBackend(cfg, p.astype(dtype))
+        used = _spy_lanes(be)
+        _check_train(cfg, p, x, y, state, dtype, be=be)
+        assert used == ([] if n_lanes == 1 else [n_lanes])
+
+
+@pytest.mark.parametrize("B,transposed", [(32, True), (64, True), (128, False)])
+def test_wide_layers_take_the_transposed_product_by_their_real_thresholds(B, transposed):
+    """H = 256 at B <= 64 runs the recurrent products transposed (TRANSPOSED_MIN_H/MAX_B); B = 128
+    the plain way. One layer, so the lanes stay out of it."""
+    cfg = ModelConfig(vocab_size=30, hidden=256, layers=1)
+    p = _trained_like(cfg, 5, scale=4.0)
+    be = CpuBackend(cfg, p.astype(np.float32))
+    assert be._transposed(B) == transposed
+    x, y = _data(cfg, 12, B, 5)
+    state = _state(cfg, B, 5, 1e4)
+    _check_train(cfg, p, x, y, state, np.float32, be=be)
+    _check_train(cfg, p, x, y, state, np.float64)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_gru_and_rnn_at_batch_50_and_one_stream_evaluation_match_the_reference(cell):
+    cfg = ModelConfig(vocab_size=30, hidden=64, layers=2, cell=cell)
+    p = _trained_like(cfg, 6, scale=20.0)
+    for T, B in ((50, 50), (256, 1)):
+        x, y = _data(cfg, T, B, 6)
+        state = _state(cfg, B, 6, 0.0)
+        for dtype in (np.float64, np.float32):
+            be = _check_train(cfg, p, x, y, state, dtype)
+            _check_loss(be, cfg, p, x, y, state, dtype)
+
+
+# ---------------------------------------------------------------- sampling
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("n,temp,top_k", [(1, 0.8, 0), (3, 1.0, 5)])
+def test_sampling_loop_draws_what_the_reference_draws_from_saturated_weights(cell, n, temp, top_k):
+    """generate (the compiled LSTM loop; the per-step loop for GRU) against the reference stepped
+    in NumPy: same codes, same log-probabilities, over 300 steps that drive |c| past 44."""
+    cfg = ModelConfig(vocab_size=12, hidden=8, layers=2, cell=cell)
+    p = _trained_like(cfg, 7, scale=10.0)
+    if cell == "lstm":
+        p["l1.b"][:3 * cfg.hidden] = 8.0                          # counter cells in the top layer
+    prime = np.array([1, 4, 2, 0])
+    fast = [(st.codes.copy(), st.logp.copy()) for st in
+            stream(CpuBackend(cfg, p.astype(np.float64)), prime, n=n, length=300, temp=temp, top_k=top_k, seed=3)]
+    slow = [(st.codes.copy(), st.logp.copy()) for st in
+            stream(RefStep(cfg, p), prime, n=n, length=300, temp=temp, top_k=top_k, seed=3)]
+    np.testing.assert_array_equal([c for c, _ in fast], [c for c, _ in slow])
+    np.testing.assert_allclose([lp for _, lp in fast], [lp for _, lp in slow], rtol=1e-9, atol=1e-9)
+    assert len(np.unique([c for c, _ in fast])) > 3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_sampling_step_from_a_state_of_ten_thousand_matches_the_reference(dtype):
+    cfg = ModelConfig(vocab_size=20, hidden=32, layers=3, embed=8)
+    p = _trained_like(cfg, 8, scale=30.0)
+    state = _state(cfg, 64, 8, 1e4)
+    codes = np.random.default_rng(8).integers(0, 20, 64)
+    logits, s = CpuBackend(cfg, p.astype(dtype)).step(codes, state.astype(dtype))
+    want_logits, want_s = RefStep(cfg, p).step(codes, state)
+    assert _rel(logits, want_logits) < TOL[dtype] and _rel(s, want_s) < TOL[dtype]

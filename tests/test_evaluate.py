@@ -1,0 +1,71 @@
+"""charrnn/evaluate.py: the one-stream score, and validation as several contiguous streams in
+one batch, each piece scored as a one-stream run of its own would score it."""
+import numpy as np
+import pytest
+
+from charrnn.backends.cpu import CpuBackend
+from charrnn.evaluate import evaluate, summary
+from charrnn.model import ModelConfig, init_params
+from charrnn.train import Trainer, TrainOptions
+
+
+def _backend(cell="lstm"):
+    cfg = ModelConfig(vocab_size=7, hidden=5, layers=2, cell=cell)
+    p = init_params(cfg, np.random.default_rng(1), dtype=np.float64)
+    p.flat[:] = np.random.default_rng(2).normal(0, 0.4, p.flat.size)
+    return CpuBackend(cfg, p)
+
+
+CODES = np.random.default_rng(3).integers(0, 7, 203)     # 202 predictions
+
+
+def _one_stream_from(be, codes, state, seq_len):
+    """The plain loop: windows of one stream from `state`; (summed loss, final state)."""
+    total = 0.0
+    for a in range(0, len(codes) - 1, seq_len):
+        b = min(len(codes) - 1, a + seq_len)
+        loss, state = be.loss(codes[a:b].reshape(-1, 1), codes[a + 1:b + 1].reshape(-1, 1), state)
+        total += loss
+    return total, state
+
+
+def test_one_stream_is_the_plain_loop_over_the_whole_text():
+    be = _backend()
+    got, n = evaluate(be, CODES, seq_len=16)
+    want, _ = _one_stream_from(be, CODES, be.zero_state(1), 16)
+    assert n == 202 and got == want
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("streams,seq_len", [(2, 16), (5, 7), (4, 300), (7, 5)])
+def test_streams_score_each_contiguous_piece_from_a_fresh_state_and_the_rest_after_the_last(cell, streams, seq_len):
+    be = _backend(cell)
+    got, n = evaluate(be, CODES, seq_len=seq_len, streams=streams)
+    m = 202 // streams
+    want, state = 0.0, None
+    for s in range(streams):
+        loss, state = _one_stream_from(be, CODES[s * m:(s + 1) * m + 1], be.zero_state(1), seq_len)
+        want += loss
+    if streams * m < 202:                      # 202 % 5 and 202 % 4: the remainder continues the last piece
+        want += _one_stream_from(be, CODES[streams * m:], state, seq_len)[0]
+    assert n == 202 and got == pytest.approx(want, rel=1e-12)
+
+
+def test_more_streams_than_predictions_and_progress_counts_every_prediction():
+    be = _backend()
+    seen = []
+    got, n = evaluate(be, CODES[:4], streams=16, progress=seen.append)
+    assert n == 3 and sum(seen) == 3
+    assert got == pytest.approx(sum(_one_stream_from(be, CODES[i:i + 2], be.zero_state(1), 1)[0] for i in range(3)))
+    seen.clear()
+    evaluate(be, CODES, seq_len=16, streams=5, progress=seen.append)
+    assert sum(seen) == 202
+
+
+def test_training_validates_with_its_streams_option(tmp_path):
+    text = "the cat sat on the mat. " * 40
+    t = Trainer(TrainOptions(hidden=4, layers=1, device="cpu", val_frac=0.2, val_streams=3), text, tmp_path,
+                show_progress=False)
+    assert t.validate() == summary(*evaluate(t.be, t.val_codes, streams=3))["bits_per_char"]
+    t.o.val_streams = 1
+    assert t.validate() == summary(*evaluate(t.be, t.val_codes))["bits_per_char"]

@@ -37,21 +37,51 @@ def _write(path: str, html: str) -> None:
 @click.command(context_settings=CONTEXT)
 @click.argument("run_dir", required=False)
 @click.option("-o", "--output", default="report.html", show_default=True, help="HTML file to write; - for stdout.")
-def report(run_dir: str | None, output: str) -> None:
-    """Write an HTML report of a training run: learning curves, samples, config, final metrics.
+@click.option("--serve", is_flag=True,
+              help="Instead, serve RUN_DIR read-only on 127.0.0.1 (for `train --report`'s live page; from a "
+                   "remote machine, through an SSH tunnel) until Ctrl-C.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port for --serve.")
+def report(run_dir: str | None, output: str, serve: bool, port: int) -> None:
+    """Write an HTML report of a training run: learning curves, diagnostics, samples, config,
+    final metrics.
 
     RUN_DIR is a directory `charrnn train` wrote (default: the newest under ./checkpoints).
 
     \b
     Example:
       charrnn report checkpoints/shakespeare -o report.html
+      charrnn train shakespeare --report &  charrnn report --serve checkpoints/shakespeare
+      ssh -L 8765:127.0.0.1:8765 gpu-box   # then open http://127.0.0.1:8765/ here
     """
     from charrnn.report import ReportError, build_report, find_run_dir
     try:
-        html = build_report(find_run_dir(run_dir))
+        run = find_run_dir(run_dir)
+        if serve:
+            _serve(run, port)
+            return
+        html = build_report(run)
     except ReportError as e:
         raise InputError(str(e)) from None
     _write(output, html)
+
+
+def _serve(run: Path, port: int) -> None:
+    from charrnn.live import REPORT, make_server
+    try:
+        server = make_server(run, port)
+    except OSError as e:
+        raise InputError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}") from None
+    host, real_port = server.server_address[:2]
+    click.echo(f"serving {run} at http://{host}:{real_port}/ (read-only; Ctrl-C stops)", err=True)
+    if not (run / REPORT).is_file():
+        click.echo(f"no {REPORT} there yet: train with --report, or write one with "
+                   f"charrnn report {run} -o {run / REPORT}", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @click.command(context_settings=CONTEXT)

@@ -1,5 +1,5 @@
-"""Update rules on one flat buffer: Adam, RMSProp, Adagrad, SGD with Nesterov momentum,
-plus L2/L1 penalties and clipping. Each rule is one fused loop over the buffer; its state
+"""Update rules on one flat buffer: Adam, AdamW, RMSProp, Adagrad, Adadelta, SGD (plain or with
+heavy-ball momentum) and SGD with Nesterov momentum, plus L2/L1 penalties and clipping. Each rule is one fused loop over the buffer; its state
 (moments) shares the parameter layout and travels in the checkpoint. The loops are serial
 and release the GIL: a caller with threads of its own (CpuBackend's lanes) passes `run`,
 and each thread updates a slice. Every rule is elementwise and the norm sums fixed chunks
@@ -13,16 +13,23 @@ from typing import Callable
 import numpy as np
 from numba import njit
 
-OPTIMIZERS = ("adam", "rmsprop", "adagrad", "nesterov")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad", "adadelta", "sgd", "nesterov")
 
-# the usual defaults of each rule (Kingma & Ba; Tieleman & Hinton as in char-rnn; Duchi et al.; Sutskever et al.)
+# the usual defaults of each rule (Kingma & Ba; Loshchilov & Hutter; Tieleman & Hinton as in
+# char-rnn; Duchi et al.; Zeiler; Polyak; Sutskever et al.)
 DEFAULTS = {
     "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "adamw": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
     "rmsprop": {"alpha": 0.95, "eps": 1e-8},
     "adagrad": {"eps": 1e-10},
+    "adadelta": {"rho": 0.9, "eps": 1e-6},
+    "sgd": {"momentum": 0.0},
     "nesterov": {"momentum": 0.9},
 }
-STATE_NAMES = {"adam": ("m", "v"), "rmsprop": ("sq",), "adagrad": ("sum",), "nesterov": ("vel",)}
+STATE_NAMES = {"adam": ("m", "v"), "adamw": ("m", "v"), "rmsprop": ("sq",), "adagrad": ("sum",),
+               "adadelta": ("sq", "delta"), "sgd": ("vel",), "nesterov": ("vel",)}
+# rules whose weight decay shrinks the weights directly instead of adding an L2 gradient
+DECOUPLED = ("adamw",)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -42,6 +49,19 @@ def _adam(w, g, m, v, lr, b1, b2, eps, t):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _adamw(w, g, m, v, lr, b1, b2, eps, t, wd):
+    # Loshchilov & Hutter, as PyTorch's AdamW: the decay scales the weight by (1 - lr wd) and
+    # never enters the moments
+    c1 = 1.0 - b1 ** t
+    c2 = 1.0 - b2 ** t
+    for k in range(w.size):
+        w[k] -= lr * wd * w[k]
+        m[k] = b1 * m[k] + (1.0 - b1) * g[k]
+        v[k] = b2 * v[k] + (1.0 - b2) * g[k] * g[k]
+        w[k] -= lr * (m[k] / c1) / (math.sqrt(v[k] / c2) + eps)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(w, g, sq, lr, alpha, eps):
     for k in range(w.size):
         sq[k] = alpha * sq[k] + (1.0 - alpha) * g[k] * g[k]
@@ -53,6 +73,25 @@ def _adagrad(w, g, s, lr, eps):
     for k in range(w.size):
         s[k] += g[k] * g[k]
         w[k] -= lr * g[k] / (math.sqrt(s[k]) + eps)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adadelta(w, g, sq, delta, lr, rho, eps):
+    # Zeiler 2012: the step is g scaled by RMS(past steps) / RMS(gradients); lr (1 in the paper)
+    # multiplies it, as in PyTorch
+    for k in range(w.size):
+        sq[k] = rho * sq[k] + (1.0 - rho) * g[k] * g[k]
+        d = math.sqrt(delta[k] + eps) / math.sqrt(sq[k] + eps) * g[k]
+        delta[k] = rho * delta[k] + (1.0 - rho) * d * d
+        w[k] -= lr * d
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sgd(w, g, vel, lr, mu):
+    # heavy-ball momentum in PyTorch's form: v = mu v + g;  w -= lr v (mu = 0: plain SGD, v = g)
+    for k in range(w.size):
+        vel[k] = mu * vel[k] + g[k]
+        w[k] -= lr * vel[k]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -172,17 +211,29 @@ class Optimizer:
 
     def _update(self, w: np.ndarray, g: np.ndarray, lr: float, a: int, b: int) -> None:
         w, g = w[a:b], g[a:b]
-        if self.weight_decay or self.l1:
-            _penalties(w, g, self.weight_decay, self.l1)
+        l2 = self.coupled_l2
+        if l2 or self.l1:
+            _penalties(w, g, l2, self.l1)
         h, s = self.hyper, {k: v[a:b] for k, v in self.state.items()}
         if self.name == "adam":
             _adam(w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], self.t)
+        elif self.name == "adamw":
+            _adamw(w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], self.t, self.weight_decay)
         elif self.name == "rmsprop":
             _rmsprop(w, g, s["sq"], lr, h["alpha"], h["eps"])
         elif self.name == "adagrad":
             _adagrad(w, g, s["sum"], lr, h["eps"])
+        elif self.name == "adadelta":
+            _adadelta(w, g, s["sq"], s["delta"], lr, h["rho"], h["eps"])
+        elif self.name == "sgd":
+            _sgd(w, g, s["vel"], lr, h["momentum"])
         else:
             _nesterov(w, g, s["vel"], lr, h["momentum"])
+
+    @property
+    def coupled_l2(self) -> float:
+        """The L2 coefficient added to the gradient (0 for a rule whose decay is decoupled)."""
+        return 0.0 if self.name in DECOUPLED else self.weight_decay
 
     def to_meta(self) -> dict:
         return {"name": self.name, "hyper": self.hyper, "weight_decay": self.weight_decay,

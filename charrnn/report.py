@@ -1,7 +1,7 @@
 """`charrnn report`: one self-contained HTML page about a training run.
 
-Reads a run directory as `train` leaves it: metrics.jsonl (one line per validation),
-samples.jsonl (a sample per validation, fixed seed and temperature) and the last/best
+Reads a run directory as `train` leaves it: metrics.jsonl (one line per validation, and the
+diagnostics lines between them), samples.jsonl (a sample per validation, fixed seed and temperature) and the last/best
 checkpoint (config, training flags, final metrics). Draws the learning curves with
 charrnn.svg; nothing is fetched when the page opens.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.htmlpage import page, table
-from charrnn.svg import Series, line_chart
+from charrnn.svg import Mark, Series, histogram, line_chart
 
 
 class ReportError(Exception):
@@ -124,6 +124,68 @@ def curves(evals: list[dict]) -> str:
     return '<div class="charts">' + "".join(charts) + "</div>"
 
 
+RATIO_GUIDE = -3.0     # Deeplearning4j's rule of thumb for log10(update / parameter)
+
+
+def _by_name(recs: list[dict], key: str, xs: list[float], mk: bool, logy: bool = False) -> list[Series]:
+    """One series per tensor name found under diag[key] of the records."""
+    names: list[str] = []
+    for r in recs:
+        for n in (r["diag"].get(key) or {}):
+            if n not in names:
+                names.append(n)
+    out = []
+    for n in names:
+        ys = [_num((r["diag"].get(key) or {}).get(n)) for r in recs]
+        out.append(Series(n, xs, [y if y is None or not logy or y > 0 else None for y in ys], markers=mk))
+    return out
+
+
+def diagnostics_html(rows: list[dict]) -> str:
+    """Charts of the diagnostics records (validations and --diag-every lines) and the weight
+    histograms of the latest validation; '' when the run logged none."""
+    recs = history([r for r in rows if isinstance(r.get("diag"), dict) and "event" not in r])
+    if not recs:
+        return ""
+    xs = [float(r["step"]) for r in recs]
+    mk = len(recs) <= 150
+    charts = [
+        line_chart(_by_name(recs, "update_ratio", xs, mk), "Update : parameter ratio (log10)", "step",
+                   "log10 ||dw|| / ||w||", marks=[Mark(f"{RATIO_GUIDE:g}", RATIO_GUIDE, axis="y")]),
+        line_chart(_by_name(recs, "param_norm", xs, mk, True), "Parameter norm per tensor", "step", "L2 norm",
+                   logy=True),
+        line_chart(_by_name(recs, "grad_norm", xs, mk, True), "Gradient norm per tensor (before clipping)",
+                   "step", "L2 norm", logy=True),
+    ]
+    layered = [r for r in recs if isinstance(r["diag"].get("layers"), list)]
+    if layered:
+        lx = [float(r["step"]) for r in layered]
+        n_layers = max(len(r["diag"]["layers"]) for r in layered)
+
+        def per_layer(key):
+            return [Series(f"layer {l}", lx, [_num(r["diag"]["layers"][l].get(key)) if l < len(r["diag"]["layers"])
+                                              else None for r in layered], markers=mk) for l in range(n_layers)]
+        charts.append(line_chart(per_layer("h"), "Mean |h| per layer", "step", "mean |h|"))
+        if any("c" in layer for r in layered for layer in r["diag"]["layers"]):
+            charts.append(line_chart(per_layer("c"), "Mean |c| per layer (LSTM cell state)", "step", "mean |c|"))
+        if any("sat" in layer for r in layered for layer in r["diag"]["layers"]):
+            charts.append(line_chart(per_layer("sat"), "Saturated gates per layer (below 0.1 or above 0.9)",
+                                     "step", "fraction"))
+    out = ['<div class="charts">' + "".join(charts) + "</div>",
+           f'<p class="note">Ratios near {RATIO_GUIDE:g} usually mean a healthy learning rate; far above, '
+           'updates are too large; far below, too small. Layer statistics come from a fixed probe of the '
+           'validation text read from a zero state.</p>']
+    hist = next((r for r in reversed(recs) if isinstance(r.get("hist"), dict) and r["hist"]), None)
+    if hist:
+        hs = [histogram(float(h["lo"]), float(h["hi"]), [int(c) for c in h["counts"]], name, "weight")
+              for name, h in hist["hist"].items()
+              if isinstance(h, dict) and _num(h.get("lo")) is not None and _num(h.get("hi")) is not None
+              and isinstance(h.get("counts"), list)]
+        out.append(f"<h3>Weight histograms at step {hist['step']}</h3>")
+        out.append('<div class="charts">' + "".join(hs) + "</div>")
+    return "".join(out)
+
+
 def final_table(evals: list[dict], ck_progress: dict, n_params: int | None) -> str:
     last = evals[-1] if evals else {}
     vals = [(r.get("val_bpc"), r.get("step")) for r in evals if _num(r.get("val_bpc")) is not None]
@@ -184,8 +246,21 @@ def samples_html(samples: list[dict], evals: list[dict]) -> str:
     return "".join(out)
 
 
-def build_report(run_dir: str | os.PathLike) -> str:
-    """The HTML text of the report for one run directory."""
+RELOAD_S = 10      # how often a live page reloads itself
+
+
+def run_ended(rows: list[dict]) -> bool:
+    """The trainer's last word on a run is a `stop` record; anything after it is a resumed run."""
+    return bool(rows) and rows[-1].get("event") == "stop"
+
+
+def _live_script(seconds: float) -> str:
+    return f"setTimeout(function () {{ location.reload(); }}, {int(seconds * 1000)});"
+
+
+def build_report(run_dir: str | os.PathLike, live: bool = False) -> str:
+    """The HTML text of the report for one run directory. `live`: the page of a run in progress,
+    which reloads itself every RELOAD_S seconds until the run's metrics say it has ended."""
     run = Path(run_dir)
     rows, bad = read_jsonl(run / "metrics.jsonl")
     evals = history([r for r in rows if "event" not in r and "chars" in r])
@@ -199,6 +274,7 @@ def build_report(run_dir: str | os.PathLike) -> str:
     if ck is not None:
         from charrnn.model import n_params as count
         n_params = count(ck.config)
+    diag = diagnostics_html(rows)
     title = f"charrnn run: {run.resolve().name}"
     sub = []
     if ck is not None:
@@ -207,19 +283,27 @@ def build_report(run_dir: str | os.PathLike) -> str:
         src = (ck.train_args.get("source") or {}).get("path")
         if src:
             sub.append(f"trained on {src}")
-    sub += [str(e["reason"]) for e in events if e.get("event") == "stop" and e.get("reason")]
+    sub += [str(e["reason"]) for e in events if e.get("event") == "stop" and e.get("reason")][-1:]
     notes = []
     if bad or bad_s:
         notes.append(f"{bad + bad_s} unreadable log line(s) skipped (a run killed mid-write leaves one).")
-    body = [f"<h1>{escape(title)}</h1>",
+    reloading = live and not run_ended(rows)
+    if live:
+        state = (f"live: this page reloads every {RELOAD_S:g} s while the run goes on" if reloading else
+                 "the run has ended; this page no longer reloads")
+        notes.insert(0, state)
+    body = [f'<div id="live" data-live="{int(reloading)}" data-validations="{len(evals)}"></div>' if live else "",
+            f"<h1>{escape(title)}</h1>",
             f'<p class="sub">{escape(" · ".join(sub))}</p>' if sub else "",
             "".join(f'<p class="note">{escape(n)}</p>' for n in notes),
             '<h2 id="curves">Learning curves</h2>', curves(evals),
+            *(['<h2 id="diagnostics">Diagnostics</h2>', diag] if diag else []),
             '<h2 id="final">Final metrics</h2>', final_table(evals, ck.progress if ck else {}, n_params),
             ("<h3>Events</h3><ul>" + "".join(f"<li>{escape(_event_text(e))}</li>" for e in events) + "</ul>"
              if events else ""),
             f'<h2 id="samples">Samples at each validation ({len(samples)})</h2>', samples_html(samples, evals),
             '<h2 id="config">Configuration</h2>',
             (f'<p class="note">from {escape(ck_name)}</p>' if ck_name else ""), config_tables(ck)]
-    return page(title, "\n".join(body), css=".charts { display: flex; flex-wrap: wrap; }")
+    return page(title, "\n".join(body), css=".charts { display: flex; flex-wrap: wrap; }",
+                script=_live_script(RELOAD_S) if reloading else "")
 

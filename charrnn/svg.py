@@ -1,4 +1,5 @@
-"""Hand-written inline SVG charts: line charts (learning curves) and scatter plots (gate saturation).
+"""Hand-written inline SVG charts: line charts (learning curves, log axes, guide lines), bar
+charts (histograms) and scatter plots (gate saturation).
 
 Plain strings, no dependency: the report and the viewer stay one self-contained HTML file
 that any browser opens offline. Each chart is an <svg> element with a viewBox, so it scales
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from html import escape
 
 # Okabe-Ito: distinguishable for colour-blind readers, readable on white
-PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
+PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#999999")
 
 
 @dataclass
@@ -60,11 +61,12 @@ class _Frame:
     """Maps data coordinates to the plot area and draws axes, grid and labels."""
 
     def __init__(self, xs: list[float], ys: list[float], width: int, height: int, logy: bool,
-                 xlim: tuple[float, float] | None = None, ylim: tuple[float, float] | None = None):
-        self.w, self.h, self.logy = width, height, logy
+                 xlim: tuple[float, float] | None = None, ylim: tuple[float, float] | None = None,
+                 logx: bool = False):
+        self.w, self.h, self.logy, self.logx = width, height, logy, logx
         self.left, self.right, self.top, self.bottom = 58, 16, 40, 40
         ys = [y for y in ys if y is not None and math.isfinite(y) and (y > 0 or not logy)]
-        xs = [x for x in xs if math.isfinite(x)]
+        xs = [math.log10(x) if logx else x for x in xs if math.isfinite(x) and (x > 0 or not logx)]
         self.x0, self.x1 = xlim or ((min(xs), max(xs)) if xs else (0.0, 1.0))
         if self.x1 <= self.x0:
             self.x1 = self.x0 + 1.0
@@ -82,7 +84,8 @@ class _Frame:
         self.y0, self.y1 = y0, y1
 
     def px(self, x: float) -> float:
-        return self.left + (x - self.x0) / (self.x1 - self.x0) * (self.w - self.left - self.right)
+        v = math.log10(x) if self.logx else x
+        return self.left + (v - self.x0) / (self.x1 - self.x0) * (self.w - self.left - self.right)
 
     def py(self, y: float) -> float:
         v = math.log10(y) if self.logy else y
@@ -92,13 +95,13 @@ class _Frame:
         out = [f'<text x="{self.left}" y="16" class="title">{escape(title)}</text>']
         pw_l, pw_r = self.left, self.w - self.right
         ph_t, ph_b = self.top, self.h - self.bottom
-        for t in nice_ticks(self.x0, self.x1):
+        xt = _decades(self.x0, self.x1) if self.logx else nice_ticks(self.x0, self.x1)
+        for t in xt:
             x = self.px(t)
             out.append(f'<line x1="{x:.1f}" y1="{ph_t}" x2="{x:.1f}" y2="{ph_b}" class="grid"/>'
                        f'<text x="{x:.1f}" y="{ph_b + 14}" class="tick" text-anchor="middle">{fmt(t)}</text>')
         if self.logy:
-            yt = [10.0 ** k for k in range(math.floor(self.y0), math.ceil(self.y1) + 1)
-                  if self.y0 - 1e-9 <= k <= self.y1 + 1e-9]
+            yt = _decades(self.y0, self.y1)
         else:
             yt = nice_ticks(self.y0, self.y1)
         for t in yt:
@@ -123,17 +126,54 @@ class _Frame:
         return out
 
 
+def _decades(lo: float, hi: float) -> list[float]:
+    """Ticks at the powers of ten between 10^lo and 10^hi (lo, hi: log10 of the axis ends)."""
+    return [10.0 ** k for k in range(math.floor(lo), math.ceil(hi) + 1) if lo - 1e-9 <= k <= hi + 1e-9]
+
+
+@dataclass
+class Mark:
+    """A labelled guide line across the plot: vertical at x (axis 'x') or horizontal at y ('y')."""
+    label: str
+    at: float
+    axis: str = "x"
+    color: str = "#888"
+
+
+def _marks(f: _Frame, marks: list[Mark]) -> list[str]:
+    out = []
+    for k, m in enumerate(marks):
+        if not math.isfinite(m.at) or (m.axis == "x" and f.logx or m.axis == "y" and f.logy) and m.at <= 0:
+            continue
+        if m.axis == "x":
+            x = f.px(m.at)
+            ends, inside = (x, f.top, x, f.h - f.bottom), f.left <= x <= f.w - f.right
+            label = (x + 3, f.top + 12 + 13 * k)      # stepped down one line each: close marks stay legible
+        else:
+            y = f.py(m.at)
+            ends, inside = (f.left, y, f.w - f.right, y), f.top <= y <= f.h - f.bottom
+            label = (f.left + 4, y - 3)
+        if inside:
+            out.append(f'<g data-mark="{escape(m.label)}" data-at="{m.at:.6g}"><line x1="{ends[0]:.1f}" '
+                       f'y1="{ends[1]:.1f}" x2="{ends[2]:.1f}" y2="{ends[3]:.1f}" stroke="{m.color}" '
+                       f'stroke-dasharray="4 3"/><text x="{label[0]:.1f}" y="{label[1]:.1f}" class="tick">'
+                       f'{escape(m.label)}</text></g>')
+    return out
+
+
 def _svg(width: int, height: int, kind: str, body: list[str]) -> str:
     return (f'<svg class="chart" data-chart="{kind}" viewBox="0 0 {width} {height}" '
             f'width="{width}" height="{height}" role="img">' + "".join(body) + "</svg>")
 
 
 def line_chart(series: list[Series], title: str, xlabel: str, ylabel: str, width: int = 560,
-               height: int = 300, logy: bool = False) -> str:
-    """Lines (with optional point markers) sharing one x axis; gaps where y is None."""
+               height: int = 300, logy: bool = False, logx: bool = False, marks: list[Mark] | None = None,
+               ylim: tuple[float, float] | None = None) -> str:
+    """Lines (with optional point markers) sharing one x axis; gaps where y is None; `marks`:
+    labelled guide lines (a suggested rate, a rule-of-thumb level)."""
     xs = [x for s in series for x in s.xs]
-    ys = [y for s in series for y in s.ys]
-    f = _Frame(xs, ys, width, height, logy)
+    ys = [y for s in series for y in s.ys] + [m.at for m in marks or [] if m.axis == "y"]   # guides stay in view
+    f = _Frame(xs, ys, width, height, logy, ylim=ylim, logx=logx)
     body = f.axes(title, xlabel, ylabel)
     items = []
     for k, s in enumerate(series):
@@ -141,7 +181,7 @@ def line_chart(series: list[Series], title: str, xlabel: str, ylabel: str, width
         items.append((s.name, color))
         runs, run = [], []
         for x, y in zip(s.xs, s.ys):
-            if y is None or not math.isfinite(y) or (logy and y <= 0):
+            if y is None or not math.isfinite(y) or (logy and y <= 0) or (logx and not x > 0):
                 if run:
                     runs.append(run)
                 run = []
@@ -157,8 +197,29 @@ def line_chart(series: list[Series], title: str, xlabel: str, ylabel: str, width
                 parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"/>' for x, y in r]
         parts.append("</g>")
         body += parts
+    body += _marks(f, marks or [])
     body += f.legend(items)
     return _svg(width, height, "line", body)
+
+
+def histogram(lo: float, hi: float, counts: list[int], title: str, xlabel: str, width: int = 270,
+              height: int = 190) -> str:
+    """Bars of equal width over [lo, hi], one per count."""
+    n = max(len(counts), 1)
+    f = _Frame([lo, hi], [0.0, float(max(counts or [1]))], width, height, False)
+    f.left, f.bottom = 46, 34
+    body = f.axes(title, xlabel, "count")
+    step = (hi - lo) / n
+    base = f.py(0.0)
+    bars = []
+    for k, c in enumerate(counts):
+        x0, x1 = f.px(lo + k * step), f.px(lo + (k + 1) * step)
+        y = f.py(float(c))
+        bars.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
+                    f'height="{max(base - y, 0):.1f}"/>')
+    body.append(f'<g data-series="{escape(title)}" data-points="{len(counts)}" fill="{PALETTE[0]}">'
+                + "".join(bars) + "</g>")
+    return _svg(width, height, "histogram", body)
 
 
 def scatter(groups: list[tuple[str, list[float], list[float]]], title: str, xlabel: str, ylabel: str,

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from charrnn import checkpoint as ckpt
+from charrnn import diagnostics
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, codes_digest, describe_chars, split
@@ -63,6 +64,7 @@ class TrainOptions:
     beta2: float | None = None
     alpha: float | None = None
     momentum: float | None = None
+    rho: float | None = None
     eps: float | None = None
     weight_decay: float = 0.0
     l1: float = 0.0
@@ -79,6 +81,9 @@ class TrainOptions:
     max_steps: int = 0             # 0 = no step limit (tests and benchmarks); a pause: the schedule ignores it
     max_nan_retries: int = 3       # rollbacks (each halving the rate) on a non-finite loss before giving up
     val_every: int = 0             # steps between validations; 0 = once per epoch
+    diag: bool = True              # diagnostics (diagnostics.py) in metrics.jsonl at validations ...
+    diag_every: int = 50           # ... and every this many steps (0: at validations only)
+    report: bool = False           # keep report.html current in the run directory (live.py)
     val_streams: int = 1           # >1: validation scores the split as this many contiguous streams in
                                    # one batch (evaluate.py), a little higher than `charrnn eval`'s figure
     seed: int = 0
@@ -192,19 +197,12 @@ class Trainer:
                                    share=(dist.rank, dist.size) if dist else (0, 1))
         except ValueError as e:
             raise CorpusError(str(e)) from None
-        if base:
-            self.cfg = base.config
-        else:
-            self.cfg = ModelConfig(vocab_size=self.vocab.size, hidden=opts.hidden, layers=opts.layers,
-                                   cell=opts.cell, embed=opts.embed, dropout=opts.dropout,
-                                   activation=opts.activation, forget_bias=opts.forget_bias, init=opts.init)
+        self.cfg = base.config if base else model_config(opts, self.vocab)
         self.rng = np.random.default_rng(opts.seed)
         params = base.params.astype(np.float32) if base else init_params(self.cfg, self.rng)
         if dist:
             dist.bcast_(params.flat)
-        hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "eps")}
-        hyper = {k: v for k, v in hyper.items() if v is not None and k in _HYPER[opts.optimizer]}
-        self.opt = Optimizer(opts.optimizer, params.flat.size, np.float32, opts.weight_decay, opts.l1, **hyper)
+        self.opt = new_optimizer(opts, params.flat.size)
         self.clip = parse_clip(opts.clip)
         self.step = self.epoch = self.cursor = 0
         self.lr = opts.lr
@@ -218,6 +216,13 @@ class Trainer:
         self.lr_now, self.gnorm = self.lr, 0.0
         self.state = None
         self._stop_signal = 0           # data parallel: the largest signal any rank caught, reduced
+        self._val_every = 0
+        self._diag: dict | None = None     # the tensor diagnostics of the last step that took them
+        self.live = None
+        if opts.report:
+            from charrnn.live import LiveReport
+            self.live = LiveReport(self.out)
+        self._probe = diagnostics.probe_codes(self.val_codes if len(self.val_codes) >= 2 else self.train_codes)
         if resume:
             self._restore(resume)
         if dist:
@@ -381,6 +386,7 @@ class Trainer:
         self.rng.bit_generator.state = sn.rng
         self.state = sn.state.copy()
         self.lr = lr
+        self._diag = None
         self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.notify)
         self._bind_backend()
         self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.step} and halved the "
@@ -412,12 +418,20 @@ class Trainer:
             if not math.isfinite(loss):
                 return "the loss"
             lr_now = self.lr * self._anneal(max(self.step / horizon, self.elapsed / budget))
+            watch = self._diag_due(self.step + 1)
+            if watch:       # the raw gradient and the weights before the update, for the ratios
+                grad_norms = diagnostics.norms(self.be.grad_host())
+                before = self.be.params_host().flat.copy()
             try:
                 gnorm = self.be.optimizer_step(self.opt, lr_now, self.clip)
             except (ZeroDivisionError, FloatingPointError):
                 gnorm = math.nan
             if not math.isfinite(gnorm):
                 return "the gradient"
+            if watch:
+                after = self.be.params_host()
+                self._diag = {"step": self.step + 1, "update_ratio": diagnostics.update_ratios(before, after),
+                              "param_norm": diagnostics.norms(after), "grad_norm": grad_norms}
         chars = bt.batch * bt.seq_len
         self.state, self.lr_now, self.gnorm = state, lr_now, gnorm
         self.step += 1
@@ -428,6 +442,23 @@ class Trainer:
         if not self.dist:
             self.elapsed = time.perf_counter() - t0
         return None
+
+    # -- diagnostics ------------------------------------------------------------------
+    def _diag_due(self, step: int) -> bool:
+        """Whether the step numbered `step` records the tensor diagnostics (its validation or
+        its --diag-every turn)."""
+        o = self.o
+        return o.diag and ((self._val_every and step % self._val_every == 0)
+                           or (o.diag_every and step % o.diag_every == 0))
+
+    def _diagnostics(self) -> dict | None:
+        """The last step's tensor diagnostics with the layer statistics of the weights now."""
+        if self._diag is None:
+            return None
+        d = dict(self._diag)
+        if self._probe is not None:
+            d["layers"] = diagnostics.layer_stats(self.cfg, self.be.params_host(), self._probe)
+        return d
 
     def _validate_and_save(self, scheduled: bool, sig: _Signals, bar) -> bool:
         """Validate, log, save `last` (and `best` when it is the best yet); True means stop early.
@@ -457,6 +488,9 @@ class Trainer:
                "lr": self.lr_now, "grad_norm": round(self.gnorm, 5)}
         if not scheduled:
             rec["scheduled"] = False
+        if o.diag and self._diag is not None:
+            rec["diag"] = self._diagnostics()
+            rec["hist"] = diagnostics.histograms(self.be.params_host())
         self._append_metrics(rec)
         if self.root:
             self._record_sample(rec)
@@ -472,11 +506,13 @@ class Trainer:
             self.save("best", rec)
         self.last_val_bpc = val_bpc
         self._snap = self._snapshot()
+        if self.live:
+            self.live.update(validation=True)
         return bool(o.patience and self.bad_evals >= o.patience)
 
     def run(self) -> dict:
         o, bt = self.o, self.batches
-        val_every = o.val_every or bt.n_windows
+        val_every = self._val_every = o.val_every or bt.n_windows
         budget = o.minutes * 60.0 if o.minutes > 0 else math.inf
         # the schedule's length comes from the epochs (none under a budget without --max-epochs)
         # and the budget alone: --max-steps only pauses the run, so N steps, a resume and M more
@@ -520,6 +556,10 @@ class Trainer:
                         bar.set_postfix_str(f"epoch {self.epoch + self.cursor / bt.n_windows:.2f}  train "
                                             f"{self.ema:.3f} bpc  {self.chars_seen / max(self.elapsed, 1e-9):,.0f} "
                                             f"chars/s", refresh=False)
+                    if o.diag and o.diag_every and self.step % o.diag_every == 0 and self.step % val_every:
+                        self._append_metrics({"step": self.step, "diag": self._diagnostics()})
+                        if self.live:
+                            self.live.update(validation=False)
                     if self.step % val_every == 0:
                         validated_at, saved_at = self.step, self.elapsed
                         if self._validate_and_save(True, sig, bar):
@@ -532,17 +572,26 @@ class Trainer:
                         self._snap = self._snapshot()
                 if self.step != validated_at:            # the end of a run is validated too
                     self._validate_and_save(False, sig, bar)
-            except TrainingInterrupted:
+            except TrainingInterrupted as e:
                 self._save_interrupted()
+                self._finish(f"interrupted by signal {e.signum}")
+                raise
+            except TrainingDiverged:
+                self._finish("diverged")
                 raise
             finally:
                 if bar is not None:
                     bar.close()
-        if reason.startswith("early stop"):
-            self._append_metrics({"step": self.step, "event": "stop", "reason": reason})
+        self._finish(reason)
         return {"steps": self.step, "epochs": self.epoch + self.cursor / bt.n_windows,
                 "best_val_bpc": _finite_or_none(self.best_val), "last_val_bpc": self.last_val_bpc,
                 "reason": reason, "elapsed_s": self.elapsed, "out": str(self.out)}
+
+    def _finish(self, reason: str) -> None:
+        """The run's last metrics line, however it ends: a live page stops reloading on it."""
+        self._append_metrics({"step": self.step, "event": "stop", "reason": reason})
+        if self.live:
+            self.live.write()
 
     def _save_interrupted(self) -> None:
         """`last` on a signal: the state after the last whole step, if its weights are sound."""
@@ -585,8 +634,22 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
 
-_HYPER = {"adam": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"), "adagrad": ("eps",),
-          "nesterov": ("momentum",)}
+_HYPER = {"adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"),
+          "adagrad": ("eps",), "adadelta": ("rho", "eps"), "sgd": ("momentum",), "nesterov": ("momentum",)}
+
+
+def model_config(opts: TrainOptions, vocab: Vocab) -> ModelConfig:
+    """The architecture the options ask for, for a fresh model on this vocabulary."""
+    return ModelConfig(vocab_size=vocab.size, hidden=opts.hidden, layers=opts.layers, cell=opts.cell,
+                       embed=opts.embed, dropout=opts.dropout, activation=opts.activation,
+                       forget_bias=opts.forget_bias, init=opts.init)
+
+
+def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:
+    """The update rule the options name, with the hyperparameters given for it, fresh state."""
+    hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
+    hyper = {k: v for k, v in hyper.items() if v is not None and k in _HYPER[opts.optimizer]}
+    return Optimizer(opts.optimizer, size, np.float32, opts.weight_decay, opts.l1, **hyper)
 
 
 def prepare_out_dir(out: str | os.PathLike) -> Path:

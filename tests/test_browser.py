@@ -103,3 +103,64 @@ def test_hovering_a_character_shows_its_value_and_top5_guesses(pages, tmp_path):
     assert lines[0].startswith("char 5: ") and "value " in lines[0]
     assert lines[1] == "next-character guesses:" and len(lines) == 2 + 5
     assert all(re.fullmatch(r'\s+".*"\s+\d+\.\d%', line) for line in lines[2:]), lines
+
+
+def test_live_page_shows_a_new_validation_after_the_run_writes_one(tmp_path, monkeypatch):
+    """A run with --report paused after its first validation; Chromium opens the page through
+    `report --serve`'s server; the run then validates again and ends. The reloaded page must
+    show the second validation and have stopped reloading, with no script error or console line."""
+    import threading
+
+    from charrnn import live, report
+    from charrnn.train import Trainer, TrainOptions, prepare_out_dir
+
+    monkeypatch.setattr(report, "RELOAD_S", 1)
+    run = prepare_out_dir(tmp_path / "run")
+    t = Trainer(TrainOptions(hidden=8, layers=1, seq_len=16, batch_size=4, max_steps=10, val_every=5,
+                             dropout=0.0, device="cpu", report=True), synthetic_text(200), run, show_progress=False)
+    go, done, first = threading.Event(), threading.Event(), []
+    real_step = t.be.train_step
+
+    def paused(*a):
+        if t.step == 5:
+            go.wait(60)                      # until the browser has the one-validation page
+        return real_step(*a)
+    t.be.train_step = paused
+
+    class Gated(live.RunDirHandler):
+        def send_head(self):
+            if self.path.startswith("/report.html"):
+                if not first:
+                    first.append((run / "report.html").read_text(encoding="utf-8"))
+                    go.set()
+                else:
+                    done.wait(60)           # later loads: once the run has written its end
+            return super().send_head()
+
+    from functools import partial
+    from http.server import ThreadingHTTPServer
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Gated, directory=str(run)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trainer = threading.Thread(target=lambda: (t.run(), done.set()), daemon=True)
+    trainer.start()
+    try:
+        for _ in range(600):
+            if (run / "report.html").exists():
+                break
+            threading.Event().wait(0.05)
+        url = f"http://127.0.0.1:{server.server_address[1]}/report.html"
+        res = chromium(tmp_path, url, "--dump-dom", "--virtual-time-budget=30000", "--enable-logging=stderr",
+                       "--v=0")
+    finally:
+        go.set()
+        trainer.join(60)
+        server.shutdown()
+        server.server_close()
+    assert first and 'data-live="1" data-validations="1"' in first[0]
+    dom = res.stdout
+    root = re.search(r"<html[^>]*>", dom).group(0)
+    assert 'data-ready="1"' in root and "data-errors" not in root, root
+    assert 'data-live="0" data-validations="2"' in dom, "the page did not reload to the ended run"
+    assert re.search(r'data-series="validation" data-points="2"', dom)
+    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, "\n".join(console)

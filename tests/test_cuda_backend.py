@@ -260,7 +260,8 @@ def test_dropout_kernel_applies_the_masks_of_charrnn_dropout(seed):
     for l in range(L):
         dst = cuda.device_array_like(src)
         K.dropout[K.blocks(src.size), K.THREADS](cuda.to_device(src), dst, np.uint64(seed), np.uint64(l * src.size),
-                                                 p, np.float32(1.0 / (1.0 - p)))
+                                                 p, np.float32(1.0 / (1.0 - p)), np.uint64(B * H), np.uint64(B * H),
+                                                 np.uint64(0))
         assert np.array_equal(dst.copy_to_host(), src * masks[l].reshape(-1))
 
 
@@ -280,7 +281,9 @@ def test_state_can_stay_on_the_device_between_windows():
 # ---------------------------------------------------------------- optimizers and clipping
 @needs_cuda
 @pytest.mark.parametrize("name,clip,decay", [("adam", ("norm", 0.5), (0.01, 0.001)), ("rmsprop", ("value", 0.05), (0, 0)),
-                                             ("adagrad", ("none", 0.0), (0.1, 0)), ("nesterov", ("value", 0.1), (0, 0.01))])
+                                             ("adagrad", ("none", 0.0), (0.1, 0)), ("nesterov", ("value", 0.1), (0, 0.01)),
+                                             ("adamw", ("norm", 0.5), (0.1, 0.001)), ("adadelta", ("value", 0.05), (0.01, 0)),
+                                             ("sgd", ("none", 0.0), (0.01, 0.01))])
 def test_optimizer_steps_match_optim(name, clip, decay):
     from charrnn.optim import Optimizer, clip_
     cfg = ModelConfig(vocab_size=4, hidden=2, layers=1)
@@ -391,6 +394,18 @@ def test_weights_round_trip_bit_for_bit_and_optimizer_moments_come_home():
 
 
 @needs_cuda
+@pytest.mark.gpu          # 13 steps take ~70 s in the simulator: kept out of its CI run, not out of a GPU's
+def test_lr_find_on_the_device_follows_the_cpu_curve(small_text):
+    from charrnn.lrfind import lr_find
+    from charrnn.train import TrainOptions
+    text = small_text.read_text()[:400]
+    curves = [lr_find(TrainOptions(hidden=3, layers=1, seq_len=4, batch_size=2, dropout=0.0, device=dev), text,
+                      steps=13, start=1e-3, end=1.0) for dev in ("cpu", "cuda")]
+    assert len(curves[0].lr) == len(curves[1].lr) == 13
+    np.testing.assert_allclose(curves[1].loss, curves[0].loss, rtol=1e-4)
+
+
+@needs_cuda
 def test_training_on_the_device_writes_a_checkpoint_the_cpu_loads(small_text, tmp_path):
     from charrnn import checkpoint as ckpt
     from charrnn.backends.cpu import CpuBackend
@@ -456,6 +471,8 @@ def _kernel_signatures():
         (K.softmax_xent, (A2, I1, f64, i64, D1)), (K.sum_into, (D1, D1)), (K.penalties, (A1, A1, f64, f64)),
         (K.adam, (A1, A1, A1, A1) + (f64,) * 6), (K.rmsprop, (A1, A1, A1, f64, f64, f64)),
         (K.adagrad, (A1, A1, A1, f64, f64)), (K.nesterov, (A1, A1, A1, f64, f64)),
+        (K.adamw, (A1, A1, A1, A1) + (f64,) * 7), (K.adadelta, (A1, A1, A1, A1, f64, f64, f64)),
+        (K.sgd, (A1, A1, A1, f64, f64)),
         (K.sumsq_partial, (A1, D1)), (K.clip_by_norm, (A1, D1, f64)), (K.clip_by_value, (A1, f32)),
         (K.sample_layer, (A2, A1, A1, I1, A2, i64, A2, A2, i64, i64, A2, A2)),
         (K.sample_out, (A2, A1, A2, A2, D2, f64, i64, D2, i64, i64, I1, I2, D2)),

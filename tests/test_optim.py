@@ -1,7 +1,8 @@
 """Each update rule, penalty and clip against a step worked out by hand on a tiny buffer.
 
 The expected numbers are written from the formulas optim.py documents (Adam with bias
-correction; RMSProp as char-rnn; Adagrad; SGD with Nesterov momentum in PyTorch's form),
+correction; AdamW's decoupled decay; RMSProp as char-rnn; Adagrad; Adadelta as Zeiler; SGD
+with heavy-ball or Nesterov momentum in PyTorch's form),
 one scalar at a time, so a change to any rule's arithmetic shows up here.
 """
 import math
@@ -9,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from charrnn.optim import Optimizer, clip_, grad_norm, parse_clip
+from charrnn.optim import OPTIMIZERS, Optimizer, clip_, grad_norm, parse_clip
 
 W0 = [0.5, -1.0, 0.0]
 G1 = [0.2, -0.4, 0.1]
@@ -96,6 +97,68 @@ def test_penalties_feed_the_adaptive_rules_too():
     assert w == pytest.approx([0.5 - 0.01, -1.0 + 0.01, 0.0], abs=1e-7)
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_adamw_decays_the_weight_outside_the_moments(dtype, tol):
+    b1, b2, eps, lr, wd = 0.8, 0.9, 1e-8, 0.01, 0.5
+    w, opt = _run("adamw", [G1, G2], lr, dtype, beta1=b1, beta2=b2, eps=eps, weight_decay=wd)
+    for k in range(3):
+        m = v = 0.0
+        x = W0[k]
+        for t, g in enumerate((G1[k], G2[k]), start=1):
+            x *= 1 - lr * wd                     # the decay never reaches m or v
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            x -= lr * (m / (1 - b1 ** t)) / (math.sqrt(v / (1 - b2 ** t)) + eps)
+        assert w[k] == pytest.approx(x, rel=tol, abs=tol)
+        assert opt.state["m"][k] == pytest.approx(m, rel=tol, abs=tol)
+        assert opt.state["v"][k] == pytest.approx(v, rel=tol, abs=tol)
+
+
+def test_adamw_without_decay_is_adam_and_adam_decay_stays_coupled():
+    a, _ = _run("adam", [G1, G2], 0.01)
+    aw, _ = _run("adamw", [G1, G2], 0.01)
+    assert np.array_equal(a, aw)
+    coupled, _ = _run("adam", [G1, G2], 0.01, weight_decay=0.5)
+    decoupled, _ = _run("adamw", [G1, G2], 0.01, weight_decay=0.5)
+    assert not np.allclose(coupled, decoupled)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_adadelta_scales_by_the_ratio_of_step_and_gradient_rms(dtype, tol):
+    rho, eps, lr = 0.7, 1e-3, 0.5
+    w, opt = _run("adadelta", [G1, G2], lr, dtype, rho=rho, eps=eps)
+    for k in range(3):
+        sq = delta = 0.0
+        x = W0[k]
+        for g in (G1[k], G2[k]):
+            sq = rho * sq + (1 - rho) * g * g
+            d = math.sqrt(delta + eps) / math.sqrt(sq + eps) * g
+            delta = rho * delta + (1 - rho) * d * d
+            x -= lr * d
+        assert w[k] == pytest.approx(x, rel=tol, abs=tol)
+        assert opt.state["sq"][k] == pytest.approx(sq, rel=tol, abs=tol)
+        assert opt.state["delta"][k] == pytest.approx(delta, rel=tol, abs=tol)
+
+
+def test_sgd_default_is_plain_gradient_descent():
+    w, opt = _run("sgd", [G1, G2], 0.1)
+    assert opt.hyper == {"momentum": 0.0}
+    want = [W0[k] - 0.1 * G1[k] - 0.1 * G2[k] for k in range(3)]
+    assert w == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_sgd_momentum_is_heavy_ball():
+    mu, lr = 0.9, 0.1
+    w, opt = _run("sgd", [G1, G2, G1], lr, momentum=mu)
+    for k in range(3):
+        v, x = 0.0, W0[k]
+        for g in (G1[k], G2[k], G1[k]):
+            v = mu * v + g
+            x -= lr * v
+        assert w[k] == pytest.approx(x, rel=1e-12, abs=1e-15)
+        assert opt.state["vel"][k] == pytest.approx(v, rel=1e-12, abs=1e-15)
+
+
 def test_clip_norm_rescales_to_the_threshold_and_reports_the_old_norm():
     g = np.array([3.0, -4.0], np.float32)
     assert clip_(g, "norm", 2.5) == pytest.approx(5.0)
@@ -135,7 +198,9 @@ def test_parse_clip_rejects_bad_specs(spec):
 
 def test_unknown_optimizer_or_hyperparameter_is_refused():
     with pytest.raises(ValueError):
-        Optimizer("sgd", 3)
+        Optimizer("lbfgs", 3)
+    with pytest.raises(ValueError):
+        Optimizer("adadelta", 3, beta1=0.9)
     with pytest.raises(ValueError):
         Optimizer("adam", 3, momentum=0.9)
 
@@ -147,7 +212,7 @@ def test_meta_round_trip_keeps_rule_hyperparameters_and_step():
         ("rmsprop", {"alpha": 0.7, "eps": 1e-6}, 0.01, 0.002, 1)
 
 
-@pytest.mark.parametrize("name", ["adam", "rmsprop", "adagrad", "nesterov"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("clip", [("norm", 0.3), ("value", 0.05)])
 def test_updates_split_in_slices_equal_the_whole_buffer_update(name, clip):
     """CpuBackend's lanes hand clip_ and step slices of the buffer: the result must not depend

@@ -59,17 +59,21 @@ def val_records(run: Path):
 
 
 # ---------------------------------------------------------------- exact resume
-@pytest.mark.parametrize("cell,optimizer", [("lstm", "adam"), ("gru", "rmsprop")])
-def test_n_steps_then_resume_then_m_steps_equals_n_plus_m_bit_for_bit(tmp_path, cell, optimizer):
+@pytest.mark.parametrize("cell,optimizer,extra", [("lstm", "adam", {}), ("gru", "rmsprop", {}),
+                                                  ("lstm", "adamw", {"weight_decay": 0.1}),
+                                                  ("rnn", "adadelta", {"lr": 1.0, "rho": 0.8}),
+                                                  ("gru", "sgd", {"lr": 0.3, "momentum": 0.5})])
+def test_n_steps_then_resume_then_m_steps_equals_n_plus_m_bit_for_bit(tmp_path, cell, optimizer, extra):
     n, total = 7, 37                      # crosses two epoch boundaries, six validations, a plateau or two
+    kw = dict(cell=cell, optimizer=optimizer, **extra)
     whole = tmp_path / "whole"
-    Trainer(opts(cell=cell, optimizer=optimizer, max_steps=total), TEXT, prepare_out_dir(whole),
-            show_progress=False).run()
+    Trainer(opts(max_steps=total, **kw), TEXT, prepare_out_dir(whole), show_progress=False).run()
     part = tmp_path / "part"
-    Trainer(opts(cell=cell, optimizer=optimizer, max_steps=n), TEXT, prepare_out_dir(part), show_progress=False).run()
+    Trainer(opts(max_steps=n, **kw), TEXT, prepare_out_dir(part), show_progress=False).run()
     ck = ckpt.load(part / "last.safetensors")
-    assert ck.progress["step"] == n
-    t = Trainer(opts(cell=cell, optimizer=optimizer, max_steps=total), TEXT, part, show_progress=False, resume=ck)
+    assert ck.progress["step"] == n and ck.optimizer["name"] == optimizer
+    assert ck.optim_state and all(v.any() for v in ck.optim_state.values())
+    t = Trainer(opts(max_steps=total, **kw), TEXT, part, show_progress=False, resume=ck)
     assert t.step == n and t.cursor == ck.progress["cursor"]
     t.run()
     assert_same(state_of(whole / "last.safetensors"), state_of(part / "last.safetensors"))

@@ -67,7 +67,8 @@ def test_report_has_curves_samples_config_and_final_metrics(run, tmp_path):
     res = invoke("report", run, "-o", out)
     assert res.exit_code == 0, res.output
     html = out.read_text(encoding="utf-8")
-    assert html.count('data-chart="line"') == 3
+    curves = html.split('id="curves"')[1].split('id="diagnostics"')[0]
+    assert curves.count('data-chart="line"') == 3
     for name in ("train (EMA)", "validation", "learning rate", "gradient norm"):
         assert re.search(rf'data-series="{re.escape(name)}" data-points="3"', html), name
     assert html.count('<pre class="sample">') == 3

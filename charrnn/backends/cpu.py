@@ -567,6 +567,9 @@ class CpuBackend:
     def params_host(self) -> Params:
         return self.p
 
+    def grad_host(self) -> Params:
+        return self.grad
+
     def zero_state(self, batch: int) -> np.ndarray:
         return zero_state(self.cfg, batch, self.dtype)
 
@@ -612,7 +615,6 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     watcher.start()
     t0 = time.perf_counter()
     from charrnn.model import ModelConfig as MC, init_params
-    from charrnn.optim import Optimizer as Opt
     tiny = MC(vocab_size=3, hidden=2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
               dropout=0.5 if be.cfg.dropout else 0.0)
     tb = CpuBackend.__new__(CpuBackend)
@@ -629,7 +631,7 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
         for _ in tb.generate(x[:, 0], 2, 1.0, 0, 1):
             pass
     else:
-        tb.optimizer_step(Opt(opt.name, tb.p.flat.size, be.dtype, weight_decay=1e-9 if rule[1] else 0.0),
+        tb.optimizer_step(Optimizer(opt.name, tb.p.flat.size, be.dtype, weight_decay=1e-9 if rule[1] else 0.0),
                           0.0, ("norm", 1.0))
     done.set()
     if notify and time.perf_counter() - t0 > 0.7:

@@ -31,7 +31,7 @@ from numba.core import config as _numba_config
 
 from charrnn.backends import cuda_kernels as K
 from charrnn.model import ModelConfig, Params, param_shapes, zero_state
-from charrnn.optim import Optimizer
+from charrnn.optim import OPTIMIZERS, Optimizer
 
 CELL_CODE = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
 # small launches (one step at batch 1) are the point here, not a mistake to warn the user about
@@ -387,17 +387,25 @@ class CudaBackend:
             self._opt_dev = {k: cuda.to_device(np.ascontiguousarray(v, dtype=np.float32))
                              for k, v in opt.state.items()}
         w, g, s, h = self.w, self.g, self._opt_dev, opt.hyper
-        if opt.weight_decay or opt.l1:
-            self._pointwise(K.penalties, n, w, g, float(opt.weight_decay), float(opt.l1))
+        if opt.coupled_l2 or opt.l1:
+            self._pointwise(K.penalties, n, w, g, float(opt.coupled_l2), float(opt.l1))
         opt.t += 1
         lr = float(lr)
         if opt.name == "adam":
             c1, c2 = 1.0 - h["beta1"] ** opt.t, 1.0 - h["beta2"] ** opt.t
             self._pointwise(K.adam, n, w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], c1, c2)
+        elif opt.name == "adamw":
+            c1, c2 = 1.0 - h["beta1"] ** opt.t, 1.0 - h["beta2"] ** opt.t
+            self._pointwise(K.adamw, n, w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], c1, c2,
+                            float(opt.weight_decay))
         elif opt.name == "rmsprop":
             self._pointwise(K.rmsprop, n, w, g, s["sq"], lr, h["alpha"], h["eps"])
         elif opt.name == "adagrad":
             self._pointwise(K.adagrad, n, w, g, s["sum"], lr, h["eps"])
+        elif opt.name == "adadelta":
+            self._pointwise(K.adadelta, n, w, g, s["sq"], s["delta"], lr, h["rho"], h["eps"])
+        elif opt.name == "sgd":
+            self._pointwise(K.sgd, n, w, g, s["vel"], lr, h["momentum"])
         else:
             self._pointwise(K.nesterov, n, w, g, s["vel"], lr, h["momentum"])
         self._sampler = None          # the weights moved: the sampler's transposed copies are stale
@@ -594,7 +602,7 @@ def _exercise(tiny: CudaBackend) -> None:
         pass
     for _ in tiny.generate(np.array([0]), 1, temp=0.0, seed=0, chunk=1):
         pass
-    for name in ("adam", "rmsprop", "adagrad", "nesterov"):
+    for name in OPTIMIZERS:
         for clip in (("norm", 1.0), ("value", 1.0)):
             tiny.optimizer_step(Optimizer(name, tiny.w.shape[0], weight_decay=1e-9, l1=1e-9), 0.0, clip)
     tiny.params_host()

@@ -461,6 +461,16 @@ def adam(w, g, m, v, lr, b1, b2, eps, c1, c2):
 
 
 @cuda.jit(cache=True)
+def adamw(w, g, m, v, lr, b1, b2, eps, c1, c2, wd):
+    k = cuda.grid(1)
+    if k < w.shape[0]:
+        w[k] -= lr * wd * w[k]
+        m[k] = b1 * m[k] + (1.0 - b1) * g[k]
+        v[k] = b2 * v[k] + (1.0 - b2) * g[k] * g[k]
+        w[k] -= lr * (m[k] / c1) / (math.sqrt(v[k] / c2) + eps)
+
+
+@cuda.jit(cache=True)
 def rmsprop(w, g, sq, lr, alpha, eps):
     k = cuda.grid(1)
     if k < w.shape[0]:
@@ -474,6 +484,24 @@ def adagrad(w, g, s, lr, eps):
     if k < w.shape[0]:
         s[k] += g[k] * g[k]
         w[k] -= lr * g[k] / (math.sqrt(s[k]) + eps)
+
+
+@cuda.jit(cache=True)
+def adadelta(w, g, sq, delta, lr, rho, eps):
+    k = cuda.grid(1)
+    if k < w.shape[0]:
+        sq[k] = rho * sq[k] + (1.0 - rho) * g[k] * g[k]
+        d = math.sqrt(delta[k] + eps) / math.sqrt(sq[k] + eps) * g[k]
+        delta[k] = rho * delta[k] + (1.0 - rho) * d * d
+        w[k] -= lr * d
+
+
+@cuda.jit(cache=True)
+def sgd(w, g, vel, lr, mu):
+    k = cuda.grid(1)
+    if k < w.shape[0]:
+        vel[k] = mu * vel[k] + g[k]
+        w[k] -= lr * vel[k]
 
 
 @cuda.jit(cache=True)

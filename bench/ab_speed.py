@@ -59,8 +59,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=7)
     ap.add_argument("--target", type=float, default=0.6, help="seconds per timed window")
     a = ap.parse_args()
-    print(f"| config | threads | metric | before chars/s | after chars/s | after/before |")
-    print(f"|---|---|---|---|---|---|")
+    print("| config | threads | metric | before chars/s | after chars/s | after/before |")
+    print("|---|---|---|---|---|---|")
     for threads in (int(t) for t in a.threads.split(",")):
         for name in a.configs.split(","):
             for metric, rates in compare(a.before.resolve(), name, threads, a.windows, a.target).items():

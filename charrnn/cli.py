@@ -409,7 +409,6 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
     """
     import secrets
 
-    from charrnn import checkpoint as ckpt
     from charrnn.backends import make_backend
     from charrnn import sample as smp
 

@@ -9,7 +9,16 @@ import os
 
 import click
 
-from . import catalog as cat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import catalog as cat
+
+
+def _cat():
+    """charrnn.catalog, imported on first use: it brings NumPy, which `--help` must not load."""
+    from . import catalog
+    return catalog
 
 
 class InputError(click.ClickException):
@@ -20,13 +29,13 @@ class InputError(click.ClickException):
 
 def _load() -> cat.Catalog:
     try:
-        return cat.load_catalog()
-    except cat.CorpusError as err:
+        return _cat().load_catalog()
+    except _cat().CorpusError as err:
         raise click.ClickException(str(err)) from None
 
 
 def _entry(name: str, catalog: cat.Catalog) -> cat.Entry:
-    entry = cat.lookup(name, catalog)
+    entry = _cat().lookup(name, catalog)
     if entry is None:
         raise InputError(f"no catalogue corpus {name!r} (known: {', '.join(catalog) or 'none'})")
     return entry
@@ -70,8 +79,8 @@ def list_() -> None:
     rows = [("NAME", "SIZE", "LICENCE", "LOCAL", "WHERE")]
     for name, entry in catalog.items():
         try:
-            found = cat.locate(entry)
-        except cat.CorpusError as err:
+            found = _cat().locate(entry)
+        except _cat().CorpusError as err:
             rows.append((name, "?", entry["licence"], "no", f"damaged: {err}"))
             continue
         if found is None:
@@ -79,15 +88,15 @@ def list_() -> None:
             rows.append((name, size, entry["licence"], "no", "-"))
         else:
             path, where = found
-            label = {"offline": f"${cat.OFFLINE_ENV}", "shipped": "shipped (gzip)"}.get(where, where)
+            label = {"offline": f"${_cat().OFFLINE_ENV}", "shipped": "shipped (gzip)"}.get(where, where)
             size = _size(entry["bytes"] if where == "shipped" else path.stat().st_size)
             rows.append((name, size, entry["licence"], "yes", f"{label}: {path}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
-    off = cat.offline_dir()
-    click.echo(f"\ncache: {cat.cache_dir()}")
-    click.echo(f"offline (${cat.OFFLINE_ENV}): {off if off is not None else 'unset'}")
+    off = _cat().offline_dir()
+    click.echo(f"\ncache: {_cat().cache_dir()}")
+    click.echo(f"offline (${_cat().OFFLINE_ENV}): {off if off is not None else 'unset'}")
     from charrnn import zoo
     if zoo.names():
         click.echo(f"shipped models: {', '.join(zoo.names())} (`charrnn zoo list`)")
@@ -112,8 +121,8 @@ def get(name: str, force: bool) -> None:
     """
     entry = _entry(name, _load())
     try:
-        path, desc = cat.ensure(entry, force=force)
-    except cat.CorpusError as err:
+        path, desc = _cat().ensure(entry, force=force)
+    except _cat().CorpusError as err:
         raise click.ClickException(str(err)) from None
     click.echo(desc, err=True)
     click.echo(os.path.abspath(path))
@@ -134,8 +143,8 @@ def path(name: str) -> None:
     """
     catalog = _load()
     try:
-        found, desc = cat.resolve(name, fetch=False, catalog=catalog)
-    except cat.CorpusError as err:
+        found, desc = _cat().resolve(name, fetch=False, catalog=catalog)
+    except _cat().CorpusError as err:
         raise InputError(str(err)) from None
     click.echo(desc, err=True)
     click.echo(os.path.abspath(found))

@@ -475,10 +475,3 @@ def test_cli_list_get_path(server, tmp_path, monkeypatch):
     failed = runner.invoke(corpus, ["get", "gone"])
     assert failed.exit_code == 1 and "HTTP 404" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
-
-
-def test_cli_help_has_examples():
-    runner = CliRunner()
-    for args in ([], ["list"], ["get"], ["path"]):
-        result = runner.invoke(corpus, [*args, "--help"])
-        assert result.exit_code == 0 and "Example" in result.stdout, args

@@ -1,6 +1,5 @@
 """The CPU backend's own kernels: the vectorised float32 exp/expm1, the activations over the whole
 float range, and the small-product path."""
-import math
 import os
 import platform
 import subprocess

@@ -220,12 +220,6 @@ def test_nice_ticks_are_few_increasing_and_inside_the_range(lo, width):
     assert lo - 1e-6 * span <= t[0] and t[-1] <= hi + 1e-6 * span
 
 
-@pytest.mark.parametrize("cmd", ["report", "viz"])
-def test_help(cmd):
-    res = invoke(cmd, "--help")
-    assert res.exit_code == 0 and "Example" in res.output
-
-
 def test_report_history_drops_records_a_rollback_superseded():
     from charrnn.report import history
     rows = [{"step": 10}, {"step": 20}, {"step": 30}, {"step": 20, "redo": 1}, {"step": 30, "redo": 1}]

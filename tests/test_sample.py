@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import json
 
-import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import __version__, checkpoint as ckpt
+from charrnn import checkpoint as ckpt
 from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.evaluate import evaluate
@@ -266,24 +265,6 @@ def test_byte_model_learns_which_bytes_occur(models):
 def test_bad_sample_options_are_usage_errors_exit_2(models, args):
     res = run("sample", models["known"], *args)
     assert res.exit_code == 2 and res.stdout == "" and res.stderr.strip()
-
-
-def _commands(group: click.Group, path=()):
-    for name, cmd in group.commands.items():
-        yield path + (name,)
-        if isinstance(cmd, click.Group):
-            yield from _commands(cmd, path + (name,))
-
-
-@pytest.mark.parametrize("path", [()] + list(_commands(cli)), ids=lambda p: " ".join(p) or "charrnn")
-def test_every_command_help_shows_an_example(path):
-    res = run(*path, "--help")
-    assert res.exit_code == 0 and "Example" in res.stdout
-
-
-def test_version_prints_the_version():
-    res = run("--version")
-    assert res.exit_code == 0 and __version__ in res.stdout
 
 
 def test_train_from_stdin_needs_an_out_or_a_name(tmp_path):

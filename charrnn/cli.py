@@ -12,33 +12,12 @@ from typing import Callable
 import click
 
 from charrnn import __version__
+from charrnn.cli_base import CONTEXT, Group, say
 from charrnn.cli_corpus import corpus
 from charrnn.cli_viz import report, viz
 from charrnn.cli_zoo import export, zoo_group
+from charrnn.errors import InputError, UserError
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class InputError(click.ClickException):
-    """Bad input or a bad file: one line on stderr, exit 2."""
-    exit_code = 2
-
-
-def say(msg: str) -> None:
-    """A line for the human, on stderr (never stdout), without breaking a progress bar."""
-    try:
-        from tqdm import tqdm
-        tqdm.write(msg, file=sys.stderr)
-    except Exception:
-        click.echo(msg, err=True)
-
-
-def _input_errors():
-    """The exception types that mean 'your input is wrong' rather than 'charrnn broke'."""
-    from charrnn.backends import DeviceError
-    from charrnn.checkpoint import CheckpointError
-    from charrnn.corpus import CorpusError
-    return (CorpusError, CheckpointError, DeviceError)
 
 
 def _device(name: str, announce: bool = True) -> str:
@@ -84,7 +63,7 @@ def _compile_notices(tell: Callable[[str], None]) -> Callable[[str], None]:
     return notify
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="charrnn")
 def cli() -> None:
     """Character-level RNN text generator: train on a text, sample new text, score held-out text.
@@ -419,15 +398,12 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
                                "--num-samples give --stop STRING or a --length")
     ck = _load_checkpoint(checkpoint)
     vocab = ck.vocab
-    from charrnn.corpus import CorpusError, describe_chars, read_input
+    from charrnn.corpus import describe_chars, read_input
     text: str | bytes = prime or ""
-    try:
-        if prime == "-" or prime_file is not None:
-            text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
-        codes, echoed, skipped = smp.prime_codes(vocab, text, unknown)
-        stop_at = smp.stop_codes(vocab, stop)
-    except (CorpusError, smp.SampleError) as e:
-        raise InputError(str(e)) from None
+    if prime == "-" or prime_file is not None:
+        text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
+    codes, echoed, skipped = smp.prime_codes(vocab, text, unknown)
+    stop_at = smp.stop_codes(vocab, stop)
     if skipped:
         say(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
     be = make_backend(_device(device, announce=False), ck.config, ck.params,
@@ -572,7 +548,6 @@ def main() -> None:
 
 
 def _main() -> None:
-    errors = _input_errors()
     from charrnn.dist import DistError
     try:
         # standalone_mode=False returns ctx.exit(code)'s code instead of exiting: pass it on
@@ -594,9 +569,9 @@ def _main() -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except errors as e:
+    except UserError as e:            # raised outside a command body (a parameter callback)
         click.echo(f"charrnn: error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except DistError as e:
         click.echo(f"charrnn: error: {e}", err=True)
         sys.exit(1)

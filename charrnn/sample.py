@@ -18,6 +18,8 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from charrnn.errors import SampleError
+
 PRIME_WINDOW = 128          # prime codes per forward call (a window, not one step at a time)
 
 
@@ -153,10 +155,6 @@ def generate(backend, prime_codes: np.ndarray, length: int, temp: float = 1.0, s
     steps; length 0 means endless. The prime must hold at least one code."""
     for st in stream(backend, prime_codes, batch, length, temp, top_k, top_p, 0 if seed is None else seed):
         yield st.codes, st.logp
-
-
-class SampleError(ValueError):
-    """A prime or stop string this model cannot take; the message is one sentence."""
 
 
 def _as_units(vocab, text: str | bytes) -> str | bytes:

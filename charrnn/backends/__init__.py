@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as _np
 
+from charrnn.errors import DeviceError
+
 # numba-cuda releases up to at least 0.2x register an overload for np.row_stack, which NumPy 2.4
 # removed; without the alias their first kernel compile fails with AttributeError. Harmless
 # elsewhere: it only names an existing function.
@@ -24,10 +26,6 @@ if not hasattr(_np, "row_stack"):
     _np.row_stack = _np.vstack
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class DeviceError(Exception):
-    """The requested device cannot be used here."""
 
 
 def cuda_available() -> bool:

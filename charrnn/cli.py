@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Callable
 
 import click
@@ -18,49 +17,6 @@ from charrnn.cli_viz import report, viz
 from charrnn.cli_zoo import export, zoo_group
 from charrnn.errors import InputError, UserError
 
-
-
-def _device(name: str, announce: bool = True) -> str:
-    """Resolve --device; `auto` says what it picked (sample and eval only when it is not the CPU,
-    so a plain `charrnn sample | head` keeps stderr empty)."""
-    from charrnn.backends import resolve_device
-    dev = resolve_device(name)
-    if name == "auto" and (announce or dev != "cpu"):
-        say(f"device: {dev}")
-    return dev
-
-
-def _compile_notices(tell: Callable[[str], None]) -> Callable[[str], None]:
-    """A backend `notify` that speaks only once Numba really compiles. The CPU backend's notices
-    are timed (0.7 s), and loading cached kernels on a busy machine can take that long, which must
-    not put "compiling" on the stderr of `charrnn sample | head`. A notice held back is said when
-    the first compilation starts; Numba raises no compile event for a cache hit."""
-    try:
-        from numba.core import event
-    except Exception:                          # no event API: say everything, as before
-        return tell
-    held: list[str] = []
-    compiling = []
-
-    class _Listener(event.Listener):
-        def on_start(self, ev):
-            if not compiling:
-                compiling.append(True)
-                for msg in held:
-                    tell(msg)
-                held.clear()
-
-        def on_end(self, ev):
-            pass
-
-    event.register("numba:compile", _Listener())
-
-    def notify(msg: str) -> None:
-        if compiling:
-            tell(msg)
-        elif not msg.startswith("kernels ready"):   # nothing compiled: the 'ready' notice is moot
-            held[:] = [msg]
-    return notify
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -204,76 +160,24 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
     from click.core import ParameterSource
 
     from charrnn import dist
-    comm = dist.start(dist_timeout) if dist_mode == "auto" else None
-    tell = say if comm is None or comm.is_root else (lambda m: None)
+    from charrnn.train import TrainingDiverged, TrainingInterrupted, prepare_run, summary_line
 
-    from charrnn import checkpoint as ckpt
-    from charrnn.corpus import check_source, load_corpus
-    from charrnn.train import (Trainer, TrainOptions, TrainingDiverged, TrainingInterrupted, prepare_out_dir,
-                               resume_options)
-
-    if resume and init_from:
-        raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
-    source, corpus_name = text, None
-    if text != "-":
-        from charrnn import catalog
-        path, where = catalog.resolve(text)
-        if not (Path(text).exists()):
-            tell(where)
-            entry = catalog.lookup(text)
-            corpus_name = entry["name"] if entry else None
-        source = str(path)
-    check_source(source)
-    resume_path = ckpt.resolve(resume) if resume else None
-    base_resume = ckpt.load(resume_path) if resume_path else None
-    if init_from:
-        from charrnn import zoo
-        base_init = ckpt.load(zoo.resolve(init_from)[0])
-    else:
-        base_init = None
-    base = base_resume or base_init
-    stem = name or (Path(text).stem if text != "-" else None)
-    out = kw["out"] or (f"checkpoints/{name}" if name else None) or \
-        (str(resume_path.parent) if resume_path else None) or (f"checkpoints/{stem}" if stem else None)
-    if out is None:
-        raise InputError("reading stdin: name the run with --out DIR or --name NAME")
-    if base_resume:   # the run's own options, except those given again on this command line
-        ctx = click.get_current_context()
-        given = {k: v for k, v in kw.items() if k != "out" and ctx.get_parameter_source(k)
-                 in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
-        opts = resume_options(base_resume.train_args, given)
-    else:
-        opts = TrainOptions(**{k: v for k, v in kw.items() if k != "out"})
-    opts.out = out
-    opts.device = _device(kw["device"], announce=comm is None or comm.is_root)
-    if comm is not None:
-        if text == "-":
-            raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
-        if opts.device == "cuda":
-            comm.pick_gpu()
-        tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
-    run_dir = prepare_out_dir(out)
-    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
-                       spill_dir=run_dir)
-    trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
-                      notify=_compile_notices(tell))
-    trainer.source = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
-    if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
-        trainer.source["corpus"] = corpus_name
+    ctx = click.get_current_context()
+    given = {k for k in kw if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
+                                                              ParameterSource.ENVIRONMENT)}
+    trainer = prepare_run(text, kw, given, name=name, encoding=encoding, byte_mode=byte_mode, resume=resume,
+                          init_from=init_from, dist_mode=dist_mode, dist_timeout=dist_timeout, log=say)
     try:
         result = trainer.run()
     except TrainingInterrupted as e:
         dist.agreed_exit()
-        tell(f"interrupted at step {trainer.step}: saved {run_dir / 'last.safetensors'}")
+        trainer.log(f"interrupted at step {trainer.step}: saved {trainer.out / 'last.safetensors'}")
         sys.exit(e.exit_code)
     except TrainingDiverged as e:
         dist.agreed_exit()
-        tell(f"charrnn: error: {e}")
+        trainer.log(f"charrnn: error: {e}")
         sys.exit(1)
-    best = result["best_val_bpc"]
-    tell(f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
-        f"{result['elapsed_s'] / 60:.1f} min; best validation "
-        f"{'n/a' if best is None else f'{best:.4f} bits/char'}; checkpoints in {run_dir}")
+    trainer.log(summary_line(result, trainer.out))
 
 
 # ---------------------------------------------------------------- lr-find
@@ -309,35 +213,22 @@ def lr_find(text: str, steps: int, start: float, end: float, as_json: bool, outp
     """
     import json
 
-    from charrnn.corpus import load_corpus
-    from charrnn.lrfind import build_page, lr_find as run_test, suggestion_line, summary_table
-    from charrnn.train import TrainOptions
+    from tqdm import tqdm
+
+    from charrnn import lrfind
 
     if not start < end:
         raise InputError("--start must be below --end")
-    source = text
-    if text != "-":
-        from charrnn import catalog
-        path, where = catalog.resolve(text)
-        if not Path(text).exists():
-            say(where)
-        source = str(path)
-    opts = TrainOptions(**kw)
-    opts.device = _device(kw["device"])
-    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
-    from tqdm import tqdm
+    opts, data = lrfind.prepare(text, kw, encoding=encoding, byte_mode=byte_mode, log=say)
     with tqdm(total=steps, unit="step", file=sys.stderr, disable=None, leave=False) as bar:
-        curve = run_test(opts, data, steps, start, end, log=say, progress=bar.update)
-    say(summary_table(curve))
+        curve = lrfind.lr_find(opts, data, steps, start, end, log=say, progress=bar.update)
+    say(lrfind.summary_table(curve))
     if curve.stopped:
         say(f"stopped after {len(curve.lr)} steps: {curve.stopped}")
-    say(suggestion_line(curve))
+    say(lrfind.suggestion_line(curve))
     if output:
         from charrnn.cli_viz import _write
-        name = "stdin" if text == "-" else text
-        _write(output, build_page(curve, f"charrnn lr-find: {Path(name).name}",
-                                  f"{opts.layers}x{opts.hidden} {opts.cell.upper()}, {opts.optimizer}, "
-                                  f"batch {opts.batch_size} x {opts.seq_len}, {len(curve.lr)} steps"))
+        _write(output, lrfind.page_for(curve, opts, text))
     if as_json:
         click.echo(json.dumps(curve.to_dict()))
 
@@ -386,9 +277,6 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
       printf 'To be' | charrnn sample --prime - --top-p 0.9 -n 200
       charrnn sample -N 8 --stop $'\\n' --json --temp 0.7    # eight lines, one JSON object each
     """
-    import secrets
-
-    from charrnn.backends import make_backend
     from charrnn import sample as smp
 
     if prime is not None and prime_file is not None:
@@ -396,37 +284,12 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
     if kw["length"] == 0 and not stop and (kw["as_json"] or kw["num_samples"] > 1):
         raise click.UsageError("--length 0 (endless) streams one plain sample; with --json or "
                                "--num-samples give --stop STRING or a --length")
-    ck = _load_checkpoint(checkpoint)
-    vocab = ck.vocab
-    from charrnn.corpus import describe_chars, read_input
-    text: str | bytes = prime or ""
-    if prime == "-" or prime_file is not None:
-        text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
-    codes, echoed, skipped = smp.prime_codes(vocab, text, unknown)
-    stop_at = smp.stop_codes(vocab, stop)
-    if skipped:
-        say(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
-    be = make_backend(_device(device, announce=False), ck.config, ck.params,
-                      notify=_compile_notices(say))
-    out = sys.stdout.buffer
     try:
         with _quiet_pipe():
-            smp.write_samples(be, vocab, out, codes, echoed if echo else b"", n=kw.pop("num_samples"),
-                              seed=secrets.randbits(31) if seed is None else seed, stop=stop_at,
-                              separator=separator.encode("utf-8", "surrogateescape"), **kw)
-    except KeyboardInterrupt:                 # the usual end of endless output: quiet, exit 130
+            smp.run(checkpoint, sys.stdout.buffer, prime=prime, prime_file=prime_file, separator=separator,
+                    stop=stop, unknown=unknown, echo=echo, seed=seed, device=device, log=say, **kw)
+    except smp.Interrupted:                 # the usual end of endless output: quiet, exit 130
         sys.exit(130)
-
-
-def _load_checkpoint(arg: str | None):
-    """A checkpoint for sample and eval: a path, a run directory, a shipped model's name, or
-    (none given) the newest under ./checkpoints, else the shipped model, said on stderr."""
-    from charrnn import checkpoint as ckpt
-    from charrnn import zoo
-    path, note = zoo.resolve(arg)
-    if note:
-        say(note)
-    return ckpt.load(path)
 
 
 class _quiet_pipe:
@@ -466,61 +329,17 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
     """
     import json
 
-    from charrnn import zoo
-    from charrnn.backends import make_backend
-    from charrnn.corpus import read_input, split
-    from charrnn.evaluate import evaluate, summary
+    from charrnn.evaluate import evaluate_checkpoint
 
     if len(args) > 2:
         raise click.UsageError("give at most a CHECKPOINT and a FILE")
-    ck_arg, file_arg = None, None
-    if len(args) == 2:
-        ck_arg, file_arg = args
-    elif len(args) == 1:
-        a = Path(args[0])
-        if a.is_dir() or a.suffix == ".safetensors" or (not a.exists() and args[0] in zoo.names()):
-            ck_arg = args[0]
-        else:
-            file_arg = args[0]
-    ck = _load_checkpoint(ck_arg)
-    vocab = ck.vocab
-    if file_arg is not None:
-        text = read_input(file_arg, byte_mode=vocab.byte_mode)
-        what = "stdin" if file_arg == "-" else file_arg
-    else:
-        src = ck.train_args.get("source") or {}
-        path = src.get("path")
-        if (not path or not Path(path).is_file()) and src.get("corpus"):
-            from charrnn import catalog
-            entry = catalog.lookup(src["corpus"])
-            path = str(catalog.ensure(entry, fetch=False)[0]) if entry else None
-        if not path or path == "-" or not Path(path).is_file():
-            raise InputError("this checkpoint's training text is not at hand; name a FILE to evaluate on")
-        text = read_input(path, byte_mode=vocab.byte_mode, encoding=src.get("encoding", "utf-8"))
-        what = f"{which} split of {path}"
-    unknown = vocab.unknown(text)
-    skipped = sum(text.count(c) for c in unknown)
-    if unknown:
-        from charrnn.corpus import describe_chars
-        say(f"skipping {skipped} occurrences of {len(unknown)} characters outside the vocabulary: "
-            f"{describe_chars(unknown)}")
-    codes = vocab.encode(text, skip_unknown=True)
-    if file_arg is None:
-        _, val, test = split(codes, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))
-        codes = val if which == "val" else test
-    if len(codes) < 2:
-        raise InputError(f"{what} has fewer than two characters to score")
-    be = make_backend(_device(device, announce=False), ck.config, ck.params,
-                      notify=_compile_notices(say))
-    nats, n = evaluate(be, codes)
-    res = summary(nats, n)
-    res.update({"text": what, "skipped_chars": skipped})
+    res = evaluate_checkpoint(args, which, device, log=say)
     with _quiet_pipe():
         if as_json:
             click.echo(json.dumps(res))
         else:
             click.echo(f"{res['bits_per_char']:.4f} bits/char  {res['nats_per_char']:.4f} nats/char  "
-                       f"perplexity {res['perplexity']:.3f}  over {n:,} characters of {what}")
+                       f"perplexity {res['perplexity']:.3f}  over {res['chars']:,} characters of {res['text']}")
 
 
 cli.add_command(corpus)

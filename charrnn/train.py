@@ -34,6 +34,7 @@ from charrnn import diagnostics
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, codes_digest, describe_chars, split
+from charrnn.errors import InputError
 from charrnn.evaluate import evaluate, summary
 from charrnn.model import ModelConfig, Params, init_params
 from charrnn.optim import Optimizer, parse_clip
@@ -167,12 +168,12 @@ class Trainer:
     def __init__(self, opts: TrainOptions, text: str | bytes | Corpus, out_dir: Path,
                  log: Callable[[str], None] = lambda m: None, show_progress: bool = True,
                  resume: ckpt.Checkpoint | None = None, init_from: ckpt.Checkpoint | None = None,
-                 dist=None, notify: Callable[[str], None] | None = None):
+                 dist=None, notify: Callable[[str], None] | None = None, source: dict | None = None):
         self.o, self.log, self.out = opts, log, Path(out_dir)
         self.notify = notify or log             # the backend's compile notices
         self.dist = dist
         self.root = dist is None or dist.is_root
-        self.source: dict | None = None          # where the text came from, so `eval --split` can find it
+        self.source = source                     # where the text came from, so `eval --split` can find it
         self.show_progress = show_progress
         base = resume or init_from
         if isinstance(text, Corpus):
@@ -734,3 +735,84 @@ def resume_options(train_args: dict, overrides: dict) -> TrainOptions:
             or (opts.max_epochs is not None and not opts.max_epochs > 0):
         raise ckpt.CheckpointError("the checkpoint's training options are out of range")
     return opts
+
+
+def resolve_text(text: str, log: Callable[[str], None]) -> tuple[str, str | None]:
+    """FILE as `train` and `lr-find` take it: "-", a path, or a catalogue name (resolved, fetched
+    or built, which `log` hears of). Returns the path to read and the catalogue name, if any."""
+    if text == "-":
+        return text, None
+    from charrnn import catalog
+    path, where = catalog.resolve(text)
+    corpus_name = None
+    if not Path(text).exists():
+        log(where)
+        entry = catalog.lookup(text)
+        corpus_name = entry["name"] if entry else None
+    return str(path), corpus_name
+
+
+def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = frozenset(), *,
+                name: str | None = None, encoding: str = "utf-8", byte_mode: bool = False,
+                resume: str | None = None, init_from: str | None = None, dist_mode: str = "off",
+                dist_timeout: float = 600.0, log: Callable[[str], None] = lambda m: None) -> Trainer:
+    """Everything `charrnn train` does before the first step, as one call; `run()` the result.
+
+    text: a path, "-" for stdin, or a catalogue name. options: TrainOptions' fields by name (and
+    `out`, the run directory or None). given: the names among them the user set explicitly;
+    on --resume only those override the checkpoint's own options. dist_mode "auto" joins the
+    data-parallel job this process was started in, if any. `log` hears the progress lines (the
+    root rank's only)."""
+    from charrnn import dist as distributed
+    from charrnn.backends import compile_notices, pick_device
+    from charrnn.corpus import check_source, load_corpus
+
+    comm = distributed.start(dist_timeout) if dist_mode == "auto" else None
+    tell = log if comm is None or comm.is_root else (lambda m: None)
+    if resume and init_from:
+        raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
+    source, corpus_name = resolve_text(text, tell)
+    check_source(source)
+    resume_path = ckpt.resolve(resume) if resume else None
+    base_resume = ckpt.load(resume_path) if resume_path else None
+    if init_from:
+        from charrnn import zoo
+        base_init = ckpt.load(zoo.resolve(init_from)[0])
+    else:
+        base_init = None
+    base = base_resume or base_init
+    stem = name or (Path(text).stem if text != "-" else None)
+    out = options.get("out") or (f"checkpoints/{name}" if name else None) or \
+        (str(resume_path.parent) if resume_path else None) or (f"checkpoints/{stem}" if stem else None)
+    if out is None:
+        raise InputError("reading stdin: name the run with --out DIR or --name NAME")
+    settings = {k: v for k, v in options.items() if k != "out"}
+    if base_resume:   # the run's own options, except those given again on this command line
+        opts = resume_options(base_resume.train_args, {k: v for k, v in settings.items() if k in given})
+    else:
+        opts = TrainOptions(**settings)
+    opts.out = out
+    # --device is resolved on this machine, even on resume: a run may move between CPU and GPU
+    opts.device = pick_device(settings.get("device", opts.device), log, announce=comm is None or comm.is_root)
+    if comm is not None:
+        if text == "-":
+            raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
+        if opts.device == "cuda":
+            comm.pick_gpu()
+        tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
+    run_dir = prepare_out_dir(out)
+    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
+                       spill_dir=run_dir)
+    where_from = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
+    if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
+        where_from["corpus"] = corpus_name
+    return Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
+                   notify=compile_notices(tell), source=where_from)
+
+
+def summary_line(result: dict, run_dir: Path) -> str:
+    """The last line of a finished run, for stderr."""
+    best = result["best_val_bpc"]
+    return (f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
+            f"{result['elapsed_s'] / 60:.1f} min; best validation "
+            f"{'n/a' if best is None else f'{best:.4f} bits/char'}; checkpoints in {run_dir}")

@@ -57,6 +57,48 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def pick_device(name: str, tell: Callable[[str], None], announce: bool = True) -> str:
+    """Resolve --device; `auto` says what it picked (with announce=False only when it is not the
+    CPU, so a plain `charrnn sample | head` keeps stderr empty)."""
+    dev = resolve_device(name)
+    if name == "auto" and (announce or dev != "cpu"):
+        tell(f"device: {dev}")
+    return dev
+
+
+def compile_notices(tell: Callable[[str], None]) -> Callable[[str], None]:
+    """A backend `notify` that speaks only once Numba really compiles. The CPU backend's notices
+    are timed (0.7 s), and loading cached kernels on a busy machine can take that long, which must
+    not put "compiling" on the stderr of `charrnn sample | head`. A notice held back is said when
+    the first compilation starts; Numba raises no compile event for a cache hit."""
+    try:
+        from numba.core import event
+    except Exception:                          # no event API: say everything, as before
+        return tell
+    held: list[str] = []
+    compiling = []
+
+    class _Listener(event.Listener):
+        def on_start(self, ev):
+            if not compiling:
+                compiling.append(True)
+                for msg in held:
+                    tell(msg)
+                held.clear()
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", _Listener())
+
+    def notify(msg: str) -> None:
+        if compiling:
+            tell(msg)
+        elif not msg.startswith("kernels ready"):   # nothing compiled: the 'ready' notice is moot
+            held[:] = [msg]
+    return notify
+
+
 def make_backend(device: str, cfg, params, notify: Callable[[str], None] | None = None):
     """Build the backend for an already-resolved device ('cpu' or 'cuda')."""
     if device == "cuda":

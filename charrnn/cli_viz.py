@@ -9,25 +9,8 @@ from pathlib import Path
 
 import click
 
-from charrnn.cli_base import CONTEXT
+from charrnn.cli_base import CONTEXT, write_page
 from charrnn.errors import InputError
-
-
-def _write(path: str, html: str) -> None:
-    """Write the page to PATH (atomically), or to stdout for '-'."""
-    import os
-    if path == "-":
-        click.echo(html, nl=False)
-        return
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
-    click.echo(f"wrote {out} ({out.stat().st_size / 1024:.0f} kB)", err=True)
 
 
 @click.command(context_settings=CONTEXT)
@@ -54,7 +37,7 @@ def report(run_dir: str | None, output: str, serve: bool, port: int) -> None:
     if serve:
         _serve(run, port)
         return
-    _write(output, build_report(run))
+    write_page(output, build_report(run))
 
 
 def _serve(run: Path, port: int) -> None:
@@ -117,4 +100,4 @@ def viz(args: tuple[str, ...], output: str, cells: tuple[str, ...], state: str |
     text = read_input(text_arg, byte_mode=ck.vocab.byte_mode)
     html, _ = build(ck, text, list(cells), state, gate, find or not cells, top, length, show,
                     source="stdin" if text_arg == "-" else text_arg)
-    _write(output, html)
+    write_page(output, html)

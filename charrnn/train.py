@@ -37,7 +37,7 @@ from charrnn.corpus import Corpus, CorpusError, Vocab, codes_digest, describe_ch
 from charrnn.errors import InputError
 from charrnn.evaluate import evaluate, summary
 from charrnn.model import ModelConfig, Params, init_params
-from charrnn.optim import Optimizer, parse_clip
+from charrnn.optim import Optimizer, Schedule, parse_clip
 
 LOG2 = math.log(2)
 
@@ -206,7 +206,8 @@ class Trainer:
         self.opt = new_optimizer(opts, params.flat.size)
         self.clip = parse_clip(opts.clip)
         self.step = self.epoch = self.cursor = 0
-        self.lr = opts.lr
+        self.sched = Schedule(opts.lr, opts.lr_schedule, opts.lr_floor, opts.lr_decay, opts.lr_decay_after,
+                              opts.lr_plateau)
         self.best_val = math.inf        # best validation ever seen: decides when `best` is written
         self.sched_best = math.inf      # best at scheduled validations only: drives plateau and patience
         self.bad_evals = 0
@@ -214,7 +215,7 @@ class Trainer:
         self.elapsed = 0.0
         self.ema: float | None = None   # smoothed training bits/char, for the bar and the log
         self.nan_retries = 0
-        self.lr_now, self.gnorm = self.lr, 0.0
+        self.lr_now, self.gnorm = self.sched.base, 0.0
         self.state = None
         self._stop_signal = 0           # data parallel: the largest signal any rank caught, reduced
         self._val_every = 0
@@ -237,6 +238,15 @@ class Trainer:
             self._warm_up_in_turn()
         n = self.be.params_host().flat.size
         check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state)) + (1 << 20))
+
+    @property
+    def lr(self) -> float:
+        """The base rate now (before annealing): the schedule's, saved as progress `lr`."""
+        return self.sched.base
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.sched.base = value
 
     def _restore(self, ck: ckpt.Checkpoint) -> None:
         pr = ck.progress
@@ -395,15 +405,14 @@ class Trainer:
         self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.step, "lr": lr})
 
     # -- the loop ---------------------------------------------------------------------
-    def _train_step(self, horizon: int, budget: float, t0: float) -> str | None:
+    def _train_step(self, t0: float) -> str | None:
         """One window: returns None, or what went non-finite (then nothing was counted)."""
         bt = self.batches
         if self.cursor >= bt.n_windows:              # new epoch: reset the carried state
             self.cursor = 0
             self.epoch += 1
             self.state = self.be.zero_state(bt.local_batch)
-            if self.o.lr_decay != 1.0 and self.epoch >= self.o.lr_decay_after:
-                self.lr *= self.o.lr_decay
+            self.sched.on_epoch(self.epoch)
         x, y = bt.window(self.cursor)
         seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout else 0
         share = {"streams": (bt.lo, bt.batch)} if self.dist else {}
@@ -418,7 +427,7 @@ class Trainer:
                 loss = self._reduce_step(loss, t0)
             if not math.isfinite(loss):
                 return "the loss"
-            lr_now = self.lr * self._anneal(max(self.step / horizon, self.elapsed / budget))
+            lr_now = self.sched.rate(self.step, self.elapsed)
             watch = self._diag_due(self.step + 1)
             if watch:       # the raw gradient and the weights before the update, for the ratios
                 grad_norms = diagnostics.norms(self.be.grad_host())
@@ -475,12 +484,12 @@ class Trainer:
         val_bpc = self.validate(progress=check)
         o, bt = self.o, self.batches
         if scheduled and val_bpc is not None:
-            if val_bpc < self.sched_best:
+            improved = val_bpc < self.sched_best
+            if improved:
                 self.sched_best, self.bad_evals = val_bpc, 0
             else:
                 self.bad_evals += 1
-                if o.lr_plateau != 1.0:
-                    self.lr *= o.lr_plateau
+            self.sched.on_validation(improved)
         ema = self.ema if self.ema is not None else math.nan
         rec = {"step": self.step, "epoch": round(self.epoch + self.cursor / bt.n_windows, 4),
                "chars": self.chars_seen, "elapsed_s": round(self.elapsed, 2),
@@ -521,6 +530,7 @@ class Trainer:
         epochs = o.epoch_limit()
         horizon = max(1, int(math.ceil(epochs * bt.n_windows))) if math.isfinite(epochs) else math.inf
         stop_at = min(horizon, o.max_steps) if o.max_steps else horizon
+        self.sched.horizon, self.sched.budget = horizon, budget
         bar = None
         if self.show_progress and self.root:
             from tqdm import tqdm
@@ -545,7 +555,7 @@ class Trainer:
                     if self.elapsed >= budget:
                         reason = f"time budget of {o.minutes:g} minutes reached"
                         break
-                    fault = self._train_step(horizon, budget, t0)
+                    fault = self._train_step(t0)
                     if fault:
                         self._rollback(fault)
                         if bar is not None:
@@ -619,14 +629,6 @@ class Trainer:
                 "seed": self.sample_seed, "text": text}
         with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-
-    def _anneal(self, progress: float) -> float:
-        """The schedule's factor on the base rate at `progress` in [0, 1] of the run: the run ends
-        when its steps or its time budget run out, so the rate reaches its floor either way."""
-        if self.o.lr_schedule == "constant":
-            return 1.0
-        p = min(max(progress, 0.0), 1.0)
-        return self.o.lr_floor + (1.0 - self.o.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
     def _append_metrics(self, rec: dict) -> None:
         if not self.root:

@@ -14,19 +14,11 @@ from typing import Callable
 import numpy as np
 from numba import njit
 
+from charrnn.options import OPTIMIZER_DEFAULTS
+
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad", "adadelta", "sgd", "nesterov")
 
-# the usual defaults of each rule (Kingma & Ba; Loshchilov & Hutter; Tieleman & Hinton as in
-# char-rnn; Duchi et al.; Zeiler; Polyak; Sutskever et al.)
-DEFAULTS = {
-    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "adamw": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "rmsprop": {"alpha": 0.95, "eps": 1e-8},
-    "adagrad": {"eps": 1e-10},
-    "adadelta": {"rho": 0.9, "eps": 1e-6},
-    "sgd": {"momentum": 0.0},
-    "nesterov": {"momentum": 0.9},
-}
+DEFAULTS = OPTIMIZER_DEFAULTS    # each rule's hyperparameters and their usual values (options.py)
 STATE_NAMES = {"adam": ("m", "v"), "adamw": ("m", "v"), "rmsprop": ("sq",), "adagrad": ("sum",),
                "adadelta": ("sq", "delta"), "sgd": ("vel",), "nesterov": ("vel",)}
 # rules whose weight decay shrinks the weights directly instead of adding an L2 gradient

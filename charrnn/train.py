@@ -38,68 +38,11 @@ from charrnn.errors import InputError
 from charrnn.evaluate import evaluate, summary
 from charrnn.model import ModelConfig, Params, init_params
 from charrnn.optim import Optimizer, Schedule, parse_clip
+from charrnn.options import DEFAULT_MAX_EPOCHS, OPTIMIZER_DEFAULTS, TrainOptions  # noqa: F401 (re-exported)
 
 LOG2 = math.log(2)
 
 
-@dataclass
-class TrainOptions:
-    # model
-    hidden: int = 128            # defaults: the best we found for ~10 minutes on 2 cores (README)
-    layers: int = 2
-    cell: str = "lstm"
-    embed: int = 0
-    dropout: float = 0.1
-    activation: str = "tanh"
-    forget_bias: float = 1.0
-    init: str = "xavier"         # Glorot: on tinyshakespeare it learns markedly faster than U(-0.08, 0.08)
-    # data
-    seq_len: int = 50
-    batch_size: int = 50
-    val_frac: float = 0.05
-    test_frac: float = 0.05
-    # optimisation
-    optimizer: str = "adam"
-    lr: float = 2e-3
-    beta1: float | None = None
-    beta2: float | None = None
-    alpha: float | None = None
-    momentum: float | None = None
-    rho: float | None = None
-    eps: float | None = None
-    weight_decay: float = 0.0
-    l1: float = 0.0
-    clip: str = "norm:5"
-    lr_schedule: str = "cosine"    # cosine: anneal to lr_floor * lr over the run (steps or --minutes); constant
-    lr_floor: float = 0.1
-    lr_decay: float = 1.0          # multiply the rate by this each epoch after lr_decay_after
-    lr_decay_after: int = 10
-    lr_plateau: float = 1.0        # multiply the rate by this when validation does not improve
-    patience: int = 0              # stop after this many validations without improvement; 0 = never
-    # run
-    max_epochs: float | None = None   # None: DEFAULT_MAX_EPOCHS, or no cap when minutes is set (epoch_limit)
-    minutes: float = 0.0           # wall-clock budget; 0 = none
-    max_steps: int = 0             # 0 = no step limit (tests and benchmarks); a pause: the schedule ignores it
-    max_nan_retries: int = 3       # rollbacks (each halving the rate) on a non-finite loss before giving up
-    val_every: int = 0             # steps between validations; 0 = once per epoch
-    diag: bool = True              # diagnostics (diagnostics.py) in metrics.jsonl at validations ...
-    diag_every: int = 50           # ... and every this many steps (0: at validations only)
-    report: bool = False           # keep report.html current in the run directory (live.py)
-    val_streams: int = 1           # >1: validation scores the split as this many contiguous streams in
-                                   # one batch (evaluate.py), a little higher than `charrnn eval`'s figure
-    seed: int = 0
-    device: str = "cpu"
-    out: str = ""
-
-    def epoch_limit(self) -> float:
-        """Epochs after which the run ends: max_epochs when set; otherwise none (math.inf) under
-        a time budget, so a budget is spent whole on any machine, else DEFAULT_MAX_EPOCHS."""
-        if self.max_epochs is not None:
-            return self.max_epochs
-        return math.inf if self.minutes > 0 else DEFAULT_MAX_EPOCHS
-
-
-DEFAULT_MAX_EPOCHS = 50.0
 
 
 class TrainingInterrupted(Exception):
@@ -637,21 +580,16 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
 
-_HYPER = {"adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"),
-          "adagrad": ("eps",), "adadelta": ("rho", "eps"), "sgd": ("momentum",), "nesterov": ("momentum",)}
-
-
 def model_config(opts: TrainOptions, vocab: Vocab) -> ModelConfig:
     """The architecture the options ask for, for a fresh model on this vocabulary."""
-    return ModelConfig(vocab_size=vocab.size, hidden=opts.hidden, layers=opts.layers, cell=opts.cell,
-                       embed=opts.embed, dropout=opts.dropout, activation=opts.activation,
-                       forget_bias=opts.forget_bias, init=opts.init)
+    arch = {f.name: getattr(opts, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
+    return ModelConfig(vocab_size=vocab.size, **arch)
 
 
 def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:
     """The update rule the options name, with the hyperparameters given for it, fresh state."""
     hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
-    hyper = {k: v for k, v in hyper.items() if v is not None and k in _HYPER[opts.optimizer]}
+    hyper = {k: v for k, v in hyper.items() if v is not None and k in OPTIMIZER_DEFAULTS[opts.optimizer]}
     return Optimizer(opts.optimizer, size, np.float32, opts.weight_decay, opts.l1, **hyper)
 
 
@@ -732,7 +670,7 @@ def resume_options(train_args: dict, overrides: dict) -> TrainOptions:
         setattr(opts, f.name, v)
     for k, v in overrides.items():
         setattr(opts, k, v)
-    if opts.optimizer not in _HYPER or min(opts.seq_len, opts.batch_size) < 1 or not opts.lr > 0 \
+    if opts.optimizer not in OPTIMIZER_DEFAULTS or min(opts.seq_len, opts.batch_size) < 1 or not opts.lr > 0 \
             or not 0 <= opts.val_frac < 1 or not 0 <= opts.test_frac < 1 \
             or (opts.max_epochs is not None and not opts.max_epochs > 0):
         raise ckpt.CheckpointError("the checkpoint's training options are out of range")

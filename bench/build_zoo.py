@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (a quick, temporary build)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--keep", type=Path, default=None, help="train into this run directory and keep it")
     args = ap.parse_args()
 
     train = ["train", "shakespeare", "--minutes", f"{args.minutes:g}", "--seed", "1"]
@@ -96,7 +97,7 @@ def main() -> None:
         train += ["--max-steps", str(args.max_steps)]
     temporary = bool(args.max_steps) or args.minutes != 10.0
     with tempfile.TemporaryDirectory(prefix="charrnn-zoo-") as tmp:
-        run = Path(tmp) / "run"
+        run = args.keep or Path(tmp) / "run"
         load_before = os.getloadavg()[0]           # other work on the cores means fewer steps: record it
         charrnn(*train, "--out", str(run))
         load = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"

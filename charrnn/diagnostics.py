@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 
-from charrnn import reference as ref
 from charrnn.model import ModelConfig, Params, zero_state
 from charrnn.optim import grad_norm
 
@@ -76,7 +75,10 @@ def probe_codes(codes: np.ndarray, streams: int = PROBE_STREAMS, steps: int = PR
 
 def layer_stats(cfg: ModelConfig, p: Params, x: np.ndarray) -> list[dict]:
     """Per layer mean |h|, mean |c| (LSTM) and saturated-gate fractions (overall and per gate)
-    over a forward pass (no dropout) of the probe x (T, B) from a zero state."""
+    over a forward pass (no dropout) of the probe x (T, B) from a zero state. The readable
+    NumPy forward (reference.py) runs it, imported here: the fast kernels keep no gate
+    activations for a probe, and training itself never loads the oracle."""
+    from charrnn import reference as ref
     state = zero_state(cfg, x.shape[1], np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         _, cache, _ = ref.forward(p, cfg, x, None, state)

@@ -266,7 +266,7 @@ class Trainer:
         if d.local_rank and warm:
             d.barrier(node_only=True)
         if warm:
-            warm(bt.seq_len, bt.local_batch)
+            warm(bt.seq_len, bt.local_batch, self.opt)
         if not d.local_rank and warm:
             d.barrier(node_only=True)
 

@@ -174,7 +174,7 @@ def _spy_lanes(be: CpuBackend) -> list:
     """The lane count of every window `be` runs on the lanes (its _lanes_window calls)."""
     used = []
     real = be._lanes_window
-    be._lanes_window = lambda *a: (used.append(a[-1]), real(*a))[1]
+    be._lanes_window = lambda *a: (used.append(a[5]), real(*a))[1]      # (x, y, state, drop, train, n_lanes, ...)
     return used
 
 

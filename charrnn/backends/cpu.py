@@ -493,10 +493,11 @@ class CpuBackend:
             dhw = dxw
         return dxw.reshape(T * B, GH), dhw.reshape(T * B, GH)
 
-    def warm_up(self, T: int, B: int) -> None:
-        """Compile (or load from the cache) now every path a training run of T x B windows takes."""
+    def warm_up(self, T: int, B: int, opt: Optimizer) -> None:
+        """Compile (or load from the cache) now every path a training run of T x B windows with
+        optimizer `opt` takes."""
         _warm_up(self, "train_step", self._lanes_for(T, B))
-        _warm_up(self, "optimizer_step", self._lanes_for_update())
+        _warm_up(self, "optimizer_step", self._lanes_for_update(), opt)
         _warm_up(self, "loss", self._lanes_for(256, 1))
         _warm_up(self, "generate")
 

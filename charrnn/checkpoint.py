@@ -26,16 +26,13 @@ import numpy as np
 from charrnn.corpus import Vocab
 from charrnn.model import ModelConfig, Params, param_shapes
 from charrnn.optim import DEFAULTS, STATE_NAMES
+from charrnn.errors import CheckpointError
 
 FORMAT = "charrnn"
 VERSION = 1
 MAX_HEADER = 16 << 20           # 16 MiB of JSON is far beyond any real header
 DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "I64": np.dtype("<i8"), "U8": np.dtype("u1")}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-
-class CheckpointError(Exception):
-    """The file is not a usable charrnn checkpoint; the message says why in one sentence."""
 
 
 @dataclass

@@ -6,85 +6,20 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Callable
 
 import click
 
 from charrnn import __version__
+from charrnn.cli_base import CONTEXT, Group, silence_stdout
 from charrnn.cli_corpus import corpus
+from charrnn.cli_sample import eval_, sample
+from charrnn.cli_train import lr_find, train
 from charrnn.cli_viz import report, viz
 from charrnn.cli_zoo import export, zoo_group
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class InputError(click.ClickException):
-    """Bad input or a bad file: one line on stderr, exit 2."""
-    exit_code = 2
+from charrnn.errors import UserError
 
 
-def say(msg: str) -> None:
-    """A line for the human, on stderr (never stdout), without breaking a progress bar."""
-    try:
-        from tqdm import tqdm
-        tqdm.write(msg, file=sys.stderr)
-    except Exception:
-        click.echo(msg, err=True)
-
-
-def _input_errors():
-    """The exception types that mean 'your input is wrong' rather than 'charrnn broke'."""
-    from charrnn.backends import DeviceError
-    from charrnn.checkpoint import CheckpointError
-    from charrnn.corpus import CorpusError
-    return (CorpusError, CheckpointError, DeviceError)
-
-
-def _device(name: str, announce: bool = True) -> str:
-    """Resolve --device; `auto` says what it picked (sample and eval only when it is not the CPU,
-    so a plain `charrnn sample | head` keeps stderr empty)."""
-    from charrnn.backends import resolve_device
-    dev = resolve_device(name)
-    if name == "auto" and (announce or dev != "cpu"):
-        say(f"device: {dev}")
-    return dev
-
-
-def _compile_notices(tell: Callable[[str], None]) -> Callable[[str], None]:
-    """A backend `notify` that speaks only once Numba really compiles. The CPU backend's notices
-    are timed (0.7 s), and loading cached kernels on a busy machine can take that long, which must
-    not put "compiling" on the stderr of `charrnn sample | head`. A notice held back is said when
-    the first compilation starts; Numba raises no compile event for a cache hit."""
-    try:
-        from numba.core import event
-    except Exception:                          # no event API: say everything, as before
-        return tell
-    held: list[str] = []
-    compiling = []
-
-    class _Listener(event.Listener):
-        def on_start(self, ev):
-            if not compiling:
-                compiling.append(True)
-                for msg in held:
-                    tell(msg)
-                held.clear()
-
-        def on_end(self, ev):
-            pass
-
-    event.register("numba:compile", _Listener())
-
-    def notify(msg: str) -> None:
-        if compiling:
-            tell(msg)
-        elif not msg.startswith("kernels ready"):   # nothing compiled: the 'ready' notice is moot
-            held[:] = [msg]
-    return notify
-
-
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="charrnn")
 def cli() -> None:
     """Character-level RNN text generator: train on a text, sample new text, score held-out text.
@@ -98,455 +33,10 @@ def cli() -> None:
     """
 
 
-# ---------------------------------------------------------------- train
-def _options(options: list) -> Callable:
-    """Apply a list of click options as one decorator (train and lr-find share them)."""
-    def apply(f):
-        for o in reversed(options):
-            f = o(f)
-        return f
-    return apply
-
-
-MODEL_OPTIONS = [
-    click.option("--hidden", type=click.IntRange(1), default=128, show_default=True, help="Units per layer."),
-    click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="Stacked layers."),
-    click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", show_default=True),
-    click.option("--embed", type=click.IntRange(0), default=0, show_default=True,
-                 help="Size of a learned embedding; 0 feeds one-hot characters."),
-    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-                 help="Inverted dropout between layers and before the output layer."),
-    click.option("--activation", type=click.Choice(["tanh", "softsign"]), default="tanh", show_default=True,
-                 help="The cell's squashing nonlinearity (gates stay sigmoid)."),
-    click.option("--init", "init", type=click.Choice(["uniform", "xavier"]), default="xavier", show_default=True,
-                 help="uniform is U(-0.08, 0.08) as in char-rnn; xavier is Glorot uniform."),
-    click.option("--forget-bias", type=float, default=1.0, show_default=True, help="LSTM forget-gate bias at init."),
-    click.option("--seq-len", type=click.IntRange(1), default=50, show_default=True,
-                 help="Steps per window (truncated BPTT length)."),
-    click.option("--batch-size", type=click.IntRange(1), default=50, show_default=True, help="Parallel streams."),
-    click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True),
-    click.option("--test-frac", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True),
-]
-
-OPTIMIZER_OPTIONS = [
-    click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "adagrad", "adadelta", "sgd",
-                                                   "nesterov"]), default="adam", show_default=True,
-                 help="sgd is plain (heavy-ball with --momentum); adamw decays the weights apart from the gradient; "
-                      "adadelta's step is scaled by --lr, 1 as in Zeiler's paper."),
-    click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adam/AdamW beta1 [0.9]."),
-    click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adam/AdamW beta2 [0.999]."),
-    click.option("--alpha", type=click.FloatRange(0, 1, max_open=True), default=None, help="RMSProp decay [0.95]."),
-    click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
-                 help="Nesterov momentum [0.9]; SGD momentum [0]."),
-    click.option("--rho", type=click.FloatRange(0, 1, max_open=True), default=None, help="Adadelta decay [0.9]."),
-    click.option("--eps", type=click.FloatRange(0, min_open=True), default=None,
-                 help="Optimizer epsilon [Adam 1e-8, Adagrad 1e-10, Adadelta 1e-6]."),
-    click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True,
-                 help="L2 penalty; with adamw, decoupled decay (weights shrink by lr * this each step)."),
-    click.option("--l1", type=click.FloatRange(0), default=0.0, show_default=True, help="L1 penalty."),
-    click.option("--clip", default="norm:5", show_default=True,
-                 help="norm:X (global norm), value:X (element-wise, as char-rnn) or none."),
-]
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("text", metavar="FILE")
-@_options(MODEL_OPTIONS)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True, help="Learning rate.")
-@_options(OPTIMIZER_OPTIONS)
-@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
-              help="cosine anneals the rate to --lr-floor times --lr by the end of the run "
-                   "(its epochs or its --minutes, whichever ends first).")
-@click.option("--lr-floor", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Multiply the rate by this each epoch from --lr-decay-after on.")
-@click.option("--lr-decay-after", type=click.IntRange(0), default=10, show_default=True)
-@click.option("--lr-plateau", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Multiply the rate by this when validation does not improve.")
-@click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
-              help="Stop after this many validations without improvement (0: never).")
-@click.option("--max-epochs", type=click.FloatRange(0, min_open=True), default=None,
-              help="End the run after this many epochs [50; none with --minutes].")
-@click.option("--minutes", type=click.FloatRange(0), default=0, show_default=True,
-              help="Wall-clock budget; 0 means none. The run uses all of it unless --max-epochs "
-                   "is given, and the cosine schedule spans it.")
-@click.option("--max-steps", type=click.IntRange(0), default=0, hidden=True)
-@click.option("--val-every", type=click.IntRange(0), default=0, show_default=True,
-              help="Steps between validations (0: once per epoch).")
-@click.option("--val-streams", type=click.IntRange(1), default=1, show_default=True,
-              help="Score validation as this many contiguous pieces side by side in one batch: faster "
-                   "where batch 1 is slow, a little higher than the one-stream figure of `charrnn eval`.")
-@click.option("--diag/--no-diag", default=True, show_default=True,
-              help="Log Deeplearning4j-style diagnostics to metrics.jsonl at each validation: update:parameter "
-                   "ratios, weight and gradient norms per tensor, mean |h| and |c| and saturated gates per "
-                   "layer, weight histograms.")
-@click.option("--diag-every", type=click.IntRange(0), default=50, show_default=True,
-              help="Also log the diagnostics every this many steps (0: at validations only).")
-@click.option("--report", is_flag=True,
-              help="Keep report.html current in the run directory while training (rewritten at each "
-                   "validation); the page reloads itself until the run ends. See `charrnn report --serve`.")
-@click.option("--max-nan-retries", type=click.IntRange(0), default=3, show_default=True,
-              help="On a NaN/Inf loss or gradient, roll back to the last good state with half the rate, "
-                   "at most this many times.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run directory [checkpoints/<file stem>].")
-@click.option("--name", default=None, help="Run name: the directory checkpoints/<name>.")
-@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
-@click.option("--bytes", "byte_mode", is_flag=True,
-              help="Train on raw bytes (256 symbols): any file works, binary or mixed encodings.")
-@click.option("--resume", type=click.Path(dir_okay=True), default=None,
-              help="Continue a run exactly from its checkpoint.")
-@click.option("--init-from", type=click.Path(dir_okay=True), default=None,
-              help="Start from a checkpoint's weights, or a shipped model's (`charrnn zoo list`): "
-                   "fine-tuning on a new text.")
-@click.option("--dist", "dist_mode", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="auto: under mpiexec or srun, train data-parallel across the ranks; off: one process.")
-@click.option("--dist-timeout", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
-              help="Seconds a rank waits for the others before ending the whole job.")
-def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: str | None,
-          init_from: str | None, dist_mode: str, dist_timeout: float, **kw) -> None:
-    """Train on FILE (a path, - for stdin, or a catalogue name such as shakespeare).
-
-    Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl (learning curves and
-    diagnostics) go to the run directory, and with --report a live report.html. Pick --lr with
-    `charrnn lr-find` first.
-
-    \b
-    Example:
-      charrnn train shakespeare --minutes 10
-      charrnn train shakespeare --report --lr 3e-3   # then: charrnn report --serve checkpoints/shakespeare
-      charrnn train notes.txt --hidden 512 --layers 3 --dropout 0.2 --out runs/notes
-      cat a.txt b.txt | charrnn train - --name ab
-      charrnn train --bytes firmware.bin --out runs/bin
-      mpiexec -n 4 charrnn train big.txt --batch-size 128   # data parallel, 4 processes
-    """
-    from click.core import ParameterSource
-
-    from charrnn import dist
-    comm = dist.start(dist_timeout) if dist_mode == "auto" else None
-    tell = say if comm is None or comm.is_root else (lambda m: None)
-
-    from charrnn import checkpoint as ckpt
-    from charrnn.corpus import check_source, load_corpus
-    from charrnn.train import (Trainer, TrainOptions, TrainingDiverged, TrainingInterrupted, prepare_out_dir,
-                               resume_options)
-
-    if resume and init_from:
-        raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
-    source, corpus_name = text, None
-    if text != "-":
-        from charrnn import catalog
-        path, where = catalog.resolve(text)
-        if not (Path(text).exists()):
-            tell(where)
-            entry = catalog.lookup(text)
-            corpus_name = entry["name"] if entry else None
-        source = str(path)
-    check_source(source)
-    resume_path = ckpt.resolve(resume) if resume else None
-    base_resume = ckpt.load(resume_path) if resume_path else None
-    if init_from:
-        from charrnn import zoo
-        base_init = ckpt.load(zoo.resolve(init_from)[0])
-    else:
-        base_init = None
-    base = base_resume or base_init
-    stem = name or (Path(text).stem if text != "-" else None)
-    out = kw["out"] or (f"checkpoints/{name}" if name else None) or \
-        (str(resume_path.parent) if resume_path else None) or (f"checkpoints/{stem}" if stem else None)
-    if out is None:
-        raise InputError("reading stdin: name the run with --out DIR or --name NAME")
-    if base_resume:   # the run's own options, except those given again on this command line
-        ctx = click.get_current_context()
-        given = {k: v for k, v in kw.items() if k != "out" and ctx.get_parameter_source(k)
-                 in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
-        opts = resume_options(base_resume.train_args, given)
-    else:
-        opts = TrainOptions(**{k: v for k, v in kw.items() if k != "out"})
-    opts.out = out
-    opts.device = _device(kw["device"], announce=comm is None or comm.is_root)
-    if comm is not None:
-        if text == "-":
-            raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
-        if opts.device == "cuda":
-            comm.pick_gpu()
-        tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
-    run_dir = prepare_out_dir(out)
-    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
-                       spill_dir=run_dir)
-    trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
-                      notify=_compile_notices(tell))
-    trainer.source = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
-    if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
-        trainer.source["corpus"] = corpus_name
-    try:
-        result = trainer.run()
-    except TrainingInterrupted as e:
-        dist.agreed_exit()
-        tell(f"interrupted at step {trainer.step}: saved {run_dir / 'last.safetensors'}")
-        sys.exit(e.exit_code)
-    except TrainingDiverged as e:
-        dist.agreed_exit()
-        tell(f"charrnn: error: {e}")
-        sys.exit(1)
-    best = result["best_val_bpc"]
-    tell(f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
-        f"{result['elapsed_s'] / 60:.1f} min; best validation "
-        f"{'n/a' if best is None else f'{best:.4f} bits/char'}; checkpoints in {run_dir}")
-
-
-# ---------------------------------------------------------------- lr-find
-@cli.command("lr-find", context_settings=CONTEXT)
-@click.argument("text", metavar="FILE")
-@_options(MODEL_OPTIONS)
-@_options(OPTIMIZER_OPTIONS)
-@click.option("--steps", type=click.IntRange(13), default=300, show_default=True,
-              help="Steps of the test (it may stop earlier, once the loss blows up).")
-@click.option("--start", type=click.FloatRange(0, min_open=True), default=1e-6, show_default=True,
-              help="The first learning rate.")
-@click.option("--end", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
-              help="The last learning rate; the rate grows exponentially in between.")
-@click.option("--json", "as_json", is_flag=True, help="Print the curve and the suggestion as JSON on stdout.")
-@click.option("-o", "--output", default=None, help="Also write an HTML page with the curve to this file.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
-@click.option("--bytes", "byte_mode", is_flag=True, help="Read FILE as raw bytes (256 symbols).")
-def lr_find(text: str, steps: int, start: float, end: float, as_json: bool, output: str | None, encoding: str,
-            byte_mode: bool, **kw) -> None:
-    """Find a learning rate: the range test (Smith, 2017) on a fresh model.
-
-    The rate rises exponentially from --start to --end over --steps training steps while the
-    loss is recorded; stderr gets a short table and a suggested --lr (where the smoothed loss
-    falls fastest, and a tenth of the rate at its minimum). Nothing is saved. Give the model,
-    batch and optimizer flags you mean to train with.
-
-    \b
-    Example:
-      charrnn lr-find shakespeare -o lr.html
-      charrnn lr-find notes.txt --hidden 512 --optimizer rmsprop --json > lr.json
-    """
-    import json
-
-    from charrnn.corpus import load_corpus
-    from charrnn.lrfind import build_page, lr_find as run_test, suggestion_line, summary_table
-    from charrnn.train import TrainOptions
-
-    if not start < end:
-        raise InputError("--start must be below --end")
-    source = text
-    if text != "-":
-        from charrnn import catalog
-        path, where = catalog.resolve(text)
-        if not Path(text).exists():
-            say(where)
-        source = str(path)
-    opts = TrainOptions(**kw)
-    opts.device = _device(kw["device"])
-    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
-    from tqdm import tqdm
-    with tqdm(total=steps, unit="step", file=sys.stderr, disable=None, leave=False) as bar:
-        curve = run_test(opts, data, steps, start, end, log=say, progress=bar.update)
-    say(summary_table(curve))
-    if curve.stopped:
-        say(f"stopped after {len(curve.lr)} steps: {curve.stopped}")
-    say(suggestion_line(curve))
-    if output:
-        from charrnn.cli_viz import _write
-        name = "stdin" if text == "-" else text
-        _write(output, build_page(curve, f"charrnn lr-find: {Path(name).name}",
-                                  f"{opts.layers}x{opts.hidden} {opts.cell.upper()}, {opts.optimizer}, "
-                                  f"batch {opts.batch_size} x {opts.seq_len}, {len(curve.lr)} steps"))
-    if as_json:
-        click.echo(json.dumps(curve.to_dict()))
-
-
-# ---------------------------------------------------------------- sample
-@cli.command(context_settings=CONTEXT)
-@click.argument("checkpoint", required=False)
-@click.option("--length", "-n", type=click.IntRange(0), default=2000, show_default=True,
-              help="Characters (bytes for a byte model) per sample, after the prime; 0 is endless.")
-@click.option("--temp", "-t", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Temperature: lower is safer, higher is wilder; 0 is greedy argmax.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k likeliest (0: all).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Nucleus: keep the smallest set with this much probability.")
-@click.option("--num-samples", "-N", type=click.IntRange(1), default=1, show_default=True,
-              help="Samples generated together in one batch; row 0 streams, the rest follow in order.")
-@click.option("--separator", default="",
-              help="Line written between plain samples (default: a blank line).")
-@click.option("--stop", metavar="STRING", default=None,
-              help="End a sample when its generated text ends with STRING (kept).")
-@click.option("--prime", "-p", default=None, help="Text to start from, or - to read it from stdin.")
-@click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              help="Read the prime from FILE (- for stdin).")
-@click.option("--echo/--no-echo", default=True, show_default=True, help="Write the prime before each sample.")
-@click.option("--unknown", type=click.Choice(["error", "skip"]), default="error", show_default=True,
-              help="Prime characters outside the vocabulary: stop with an error listing them, or drop them.")
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON line per sample: text, seed, log-probability and bits/char under the model.")
-@click.option("--seed", type=int, default=None,
-              help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
-           stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, **kw) -> None:
-    """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints,
-    else the shipped model).
-
-    CHECKPOINT is a .safetensors file, a run directory or a shipped model's name (`charrnn zoo list`).
-
-    A byte model (trained with --bytes) writes raw bytes, so `sample > out.bin` keeps them exactly.
-
-    \b
-    Example:
-      charrnn sample --temp 0.8 --length 500
-      charrnn sample checkpoints/shakespeare --prime "ROMEO:" --seed 7 | head -20
-      charrnn sample shakespeare -n 300           # the shipped model, always
-      printf 'To be' | charrnn sample --prime - --top-p 0.9 -n 200
-      charrnn sample -N 8 --stop $'\\n' --json --temp 0.7    # eight lines, one JSON object each
-    """
-    import secrets
-
-    from charrnn.backends import make_backend
-    from charrnn import sample as smp
-
-    if prime is not None and prime_file is not None:
-        raise click.UsageError("give --prime or --prime-file, not both")
-    if kw["length"] == 0 and not stop and (kw["as_json"] or kw["num_samples"] > 1):
-        raise click.UsageError("--length 0 (endless) streams one plain sample; with --json or "
-                               "--num-samples give --stop STRING or a --length")
-    ck = _load_checkpoint(checkpoint)
-    vocab = ck.vocab
-    from charrnn.corpus import CorpusError, describe_chars, read_input
-    text: str | bytes = prime or ""
-    try:
-        if prime == "-" or prime_file is not None:
-            text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
-        codes, echoed, skipped = smp.prime_codes(vocab, text, unknown)
-        stop_at = smp.stop_codes(vocab, stop)
-    except (CorpusError, smp.SampleError) as e:
-        raise InputError(str(e)) from None
-    if skipped:
-        say(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
-    be = make_backend(_device(device, announce=False), ck.config, ck.params,
-                      notify=_compile_notices(say))
-    out = sys.stdout.buffer
-    try:
-        with _quiet_pipe():
-            smp.write_samples(be, vocab, out, codes, echoed if echo else b"", n=kw.pop("num_samples"),
-                              seed=secrets.randbits(31) if seed is None else seed, stop=stop_at,
-                              separator=separator.encode("utf-8", "surrogateescape"), **kw)
-    except KeyboardInterrupt:                 # the usual end of endless output: quiet, exit 130
-        sys.exit(130)
-
-
-def _load_checkpoint(arg: str | None):
-    """A checkpoint for sample and eval: a path, a run directory, a shipped model's name, or
-    (none given) the newest under ./checkpoints, else the shipped model, said on stderr."""
-    from charrnn import checkpoint as ckpt
-    from charrnn import zoo
-    path, note = zoo.resolve(arg)
-    if note:
-        say(note)
-    return ckpt.load(path)
-
-
-class _quiet_pipe:
-    """A reader that goes away (`| head`) ends the command quietly with exit 0."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, exc, tb):
-        if typ is not None and issubclass(typ, BrokenPipeError):
-            _silence_stdout()
-            sys.exit(0)
-        return False
-
-
-def _silence_stdout() -> None:
-    # Python's documented recipe: point stdout at devnull so the exit-time flush cannot fail again
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-
-
-# ---------------------------------------------------------------- eval
-@cli.command("eval", context_settings=CONTEXT)
-@click.argument("args", nargs=-1, metavar="[CHECKPOINT] [FILE|-]")
-@click.option("--split", "which", type=click.Choice(["val", "test"]), default="test", show_default=True,
-              help="The held-back split of the training text, used when no FILE is given.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None:
-    """Bits per character of a checkpoint on FILE, or on its training text's held-back split.
-
-    \b
-    Example:
-      charrnn eval --split test
-      charrnn eval checkpoints/shakespeare held_out.txt --json
-      charrnn eval shakespeare play.txt            # the shipped model on any text
-    """
-    import json
-
-    from charrnn import zoo
-    from charrnn.backends import make_backend
-    from charrnn.corpus import read_input, split
-    from charrnn.evaluate import evaluate, summary
-
-    if len(args) > 2:
-        raise click.UsageError("give at most a CHECKPOINT and a FILE")
-    ck_arg, file_arg = None, None
-    if len(args) == 2:
-        ck_arg, file_arg = args
-    elif len(args) == 1:
-        a = Path(args[0])
-        if a.is_dir() or a.suffix == ".safetensors" or (not a.exists() and args[0] in zoo.names()):
-            ck_arg = args[0]
-        else:
-            file_arg = args[0]
-    ck = _load_checkpoint(ck_arg)
-    vocab = ck.vocab
-    if file_arg is not None:
-        text = read_input(file_arg, byte_mode=vocab.byte_mode)
-        what = "stdin" if file_arg == "-" else file_arg
-    else:
-        src = ck.train_args.get("source") or {}
-        path = src.get("path")
-        if (not path or not Path(path).is_file()) and src.get("corpus"):
-            from charrnn import catalog
-            entry = catalog.lookup(src["corpus"])
-            path = str(catalog.ensure(entry, fetch=False)[0]) if entry else None
-        if not path or path == "-" or not Path(path).is_file():
-            raise InputError("this checkpoint's training text is not at hand; name a FILE to evaluate on")
-        text = read_input(path, byte_mode=vocab.byte_mode, encoding=src.get("encoding", "utf-8"))
-        what = f"{which} split of {path}"
-    unknown = vocab.unknown(text)
-    skipped = sum(text.count(c) for c in unknown)
-    if unknown:
-        from charrnn.corpus import describe_chars
-        say(f"skipping {skipped} occurrences of {len(unknown)} characters outside the vocabulary: "
-            f"{describe_chars(unknown)}")
-    codes = vocab.encode(text, skip_unknown=True)
-    if file_arg is None:
-        _, val, test = split(codes, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))
-        codes = val if which == "val" else test
-    if len(codes) < 2:
-        raise InputError(f"{what} has fewer than two characters to score")
-    be = make_backend(_device(device, announce=False), ck.config, ck.params,
-                      notify=_compile_notices(say))
-    nats, n = evaluate(be, codes)
-    res = summary(nats, n)
-    res.update({"text": what, "skipped_chars": skipped})
-    with _quiet_pipe():
-        if as_json:
-            click.echo(json.dumps(res))
-        else:
-            click.echo(f"{res['bits_per_char']:.4f} bits/char  {res['nats_per_char']:.4f} nats/char  "
-                       f"perplexity {res['perplexity']:.3f}  over {n:,} characters of {what}")
-
-
+cli.add_command(train)
+cli.add_command(lr_find)
+cli.add_command(sample)
+cli.add_command(eval_)
 cli.add_command(corpus)
 cli.add_command(zoo_group)
 cli.add_command(export)
@@ -572,7 +62,6 @@ def main() -> None:
 
 
 def _main() -> None:
-    errors = _input_errors()
     from charrnn.dist import DistError
     try:
         # standalone_mode=False returns ctx.exit(code)'s code instead of exiting: pass it on
@@ -583,7 +72,7 @@ def _main() -> None:
         # Click answers EPIPE on stdout with exit 1 after wrapping stdout; a reader that went away
         # (`| head`) is not a failure
         if e.code == 1 and isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
-            _silence_stdout()
+            silence_stdout()
             sys.exit(0)
         raise
     except click.exceptions.Abort:
@@ -594,14 +83,14 @@ def _main() -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except errors as e:
+    except UserError as e:            # raised outside a command body (a parameter callback)
         click.echo(f"charrnn: error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except DistError as e:
         click.echo(f"charrnn: error: {e}", err=True)
         sys.exit(1)
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
         sys.exit(0)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

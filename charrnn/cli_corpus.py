@@ -9,6 +9,9 @@ import os
 
 import click
 
+from charrnn.cli_base import Group
+from charrnn.errors import InputError
+
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,12 +22,6 @@ def _cat():
     """charrnn.catalog, imported on first use: it brings NumPy, which `--help` must not load."""
     from . import catalog
     return catalog
-
-
-class InputError(click.ClickException):
-    """A problem with what the user asked for (unknown name, corpus not present): exit status 2."""
-
-    exit_code = 2
 
 
 def _load() -> cat.Catalog:
@@ -48,7 +45,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-@click.group("corpus")
+@click.group("corpus", cls=Group)
 def corpus() -> None:
     """Named corpora from the catalogue: list, fetch and locate them.
 
@@ -142,9 +139,6 @@ def path(name: str) -> None:
       charrnn corpus path shakespeare
     """
     catalog = _load()
-    try:
-        found, desc = _cat().resolve(name, fetch=False, catalog=catalog)
-    except _cat().CorpusError as err:
-        raise InputError(str(err)) from None
+    found, desc = _cat().resolve(name, fetch=False, catalog=catalog)
     click.echo(desc, err=True)
     click.echo(os.path.abspath(found))

@@ -9,29 +9,8 @@ from pathlib import Path
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class InputError(click.ClickException):
-    """Bad input or a bad file: one line on stderr, exit 2."""
-    exit_code = 2
-
-
-def _write(path: str, html: str) -> None:
-    """Write the page to PATH (atomically), or to stdout for '-'."""
-    import os
-    if path == "-":
-        click.echo(html, nl=False)
-        return
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
-    click.echo(f"wrote {out} ({out.stat().st_size / 1024:.0f} kB)", err=True)
+from charrnn.cli_base import CONTEXT, write_page
+from charrnn.errors import InputError
 
 
 @click.command(context_settings=CONTEXT)
@@ -53,16 +32,12 @@ def report(run_dir: str | None, output: str, serve: bool, port: int) -> None:
       charrnn train shakespeare --report &  charrnn report --serve checkpoints/shakespeare
       ssh -L 8765:127.0.0.1:8765 gpu-box   # then open http://127.0.0.1:8765/ here
     """
-    from charrnn.report import ReportError, build_report, find_run_dir
-    try:
-        run = find_run_dir(run_dir)
-        if serve:
-            _serve(run, port)
-            return
-        html = build_report(run)
-    except ReportError as e:
-        raise InputError(str(e)) from None
-    _write(output, html)
+    from charrnn.report import build_report, find_run_dir
+    run = find_run_dir(run_dir)
+    if serve:
+        _serve(run, port)
+        return
+    write_page(output, build_report(run))
 
 
 def _serve(run: Path, port: int) -> None:
@@ -116,16 +91,13 @@ def viz(args: tuple[str, ...], output: str, cells: tuple[str, ...], state: str |
     """
     from charrnn import checkpoint as ckpt
     from charrnn.corpus import read_input
-    from charrnn.viz import VizError, build
+    from charrnn.viz import build
 
     if not args or len(args) > 2:
         raise click.UsageError("give a TEXT_FILE, optionally after a CHECKPOINT")
     ck_arg, text_arg = (None, args[0]) if len(args) == 1 else args
     ck = ckpt.load(ckpt.resolve(ck_arg))
     text = read_input(text_arg, byte_mode=ck.vocab.byte_mode)
-    try:
-        html, _ = build(ck, text, list(cells), state, gate, find or not cells, top, length, show,
-                        source="stdin" if text_arg == "-" else text_arg)
-    except VizError as e:
-        raise InputError(str(e)) from None
-    _write(output, html)
+    html, _ = build(ck, text, list(cells), state, gate, find or not cells, top, length, show,
+                    source="stdin" if text_arg == "-" else text_arg)
+    write_page(output, html)

@@ -8,13 +8,11 @@ from datetime import datetime, timezone
 
 import click
 
-
-class InputError(click.ClickException):
-    """Bad input or a bad file: one line on stderr, exit 2."""
-    exit_code = 2
+from charrnn.cli_base import Group
+from charrnn.errors import InputError
 
 
-@click.group("zoo")
+@click.group("zoo", cls=Group)
 def zoo_group() -> None:
     """Pretrained models shipped with charrnn.
 

@@ -17,9 +17,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-
-class CorpusError(Exception):
-    """Bad input text: the message is one sentence for the user."""
+from charrnn.errors import CorpusError
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,12 @@ several contiguous streams side by side in one batch, the state carried within e
 from __future__ import annotations
 
 import math
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
+
+from charrnn.errors import InputError
 
 
 def evaluate(backend, codes: np.ndarray, seq_len: int = 256,
@@ -68,3 +71,57 @@ def summary(nats_sum: float, count: int) -> dict:
     nats = nats_sum / max(count, 1)
     return {"chars": count, "nats_per_char": nats, "bits_per_char": nats / math.log(2),
             "perplexity": math.exp(nats)}
+
+
+def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = "auto",
+                        log: Callable[[str], None] = lambda m: None) -> dict:
+    """`charrnn eval` as one call: args is [CHECKPOINT] [FILE|-] (one argument is taken for a
+    checkpoint when it is a directory, a .safetensors file or a shipped model's name). Without a
+    FILE the checkpoint's own training text is found again and its `which` split ("val" or
+    "test") scored. Characters outside the vocabulary are skipped, and `log` hears how many.
+    Returns summary()'s numbers plus `text` (what was scored) and `skipped_chars`."""
+    from charrnn import zoo
+    from charrnn.backends import compile_notices, make_backend, pick_device
+    from charrnn.corpus import describe_chars, read_input, split
+
+    ck_arg, file_arg = None, None
+    if len(args) == 2:
+        ck_arg, file_arg = args
+    elif len(args) == 1:
+        a = Path(args[0])
+        if a.is_dir() or a.suffix == ".safetensors" or (not a.exists() and args[0] in zoo.names()):
+            ck_arg = args[0]
+        else:
+            file_arg = args[0]
+    ck = zoo.load_checkpoint(ck_arg, log)
+    vocab = ck.vocab
+    if file_arg is not None:
+        text = read_input(file_arg, byte_mode=vocab.byte_mode)
+        what = "stdin" if file_arg == "-" else file_arg
+    else:
+        src = ck.train_args.get("source") or {}
+        path = src.get("path")
+        if (not path or not Path(path).is_file()) and src.get("corpus"):
+            from charrnn import catalog
+            entry = catalog.lookup(src["corpus"])
+            path = str(catalog.ensure(entry, fetch=False)[0]) if entry else None
+        if not path or path == "-" or not Path(path).is_file():
+            raise InputError("this checkpoint's training text is not at hand; name a FILE to evaluate on")
+        text = read_input(path, byte_mode=vocab.byte_mode, encoding=src.get("encoding", "utf-8"))
+        what = f"{which} split of {path}"
+    unknown = vocab.unknown(text)
+    skipped = sum(text.count(c) for c in unknown)
+    if unknown:
+        log(f"skipping {skipped} occurrences of {len(unknown)} characters outside the vocabulary: "
+            f"{describe_chars(unknown)}")
+    codes = vocab.encode(text, skip_unknown=True)
+    if file_arg is None:
+        _, val, test = split(codes, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))
+        codes = val if which == "val" else test
+    if len(codes) < 2:
+        raise InputError(f"{what} has fewer than two characters to score")
+    be = make_backend(pick_device(device, log, announce=False), ck.config, ck.params, notify=compile_notices(log))
+    nats, n = evaluate(be, codes)
+    res = summary(nats, n)
+    res.update({"text": what, "skipped_chars": skipped})
+    return res

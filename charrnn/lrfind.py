@@ -20,7 +20,7 @@ from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, split
 from charrnn.model import init_params
 from charrnn.optim import parse_clip
-from charrnn.train import LOG2, TrainOptions, model_config, new_optimizer
+from charrnn.train import LOG2, TrainOptions, model_config, new_optimizer, resolve_text
 
 SMOOTHING = 0.9        # weight of the past in the moving average of the loss
 DIVERGED = 4.0         # stop once the smoothed loss exceeds this multiple of its minimum
@@ -182,3 +182,24 @@ def build_page(curve: LrCurve, title: str, subtitle: str = "") -> str:
             'bias-corrected moving average. Train a little below where it falls fastest; the minimum itself '
             'is already too fast.</p>']
     return page(title, "\n".join(body))
+
+
+def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: bool = False,
+            log: Callable[[str], None] = lambda m: None) -> tuple[TrainOptions, Corpus]:
+    """The options and the encoded text `charrnn lr-find` tests with: FILE as `train` takes it
+    (a path, "-" or a catalogue name), options by TrainOptions' field names, --device resolved."""
+    from charrnn.backends import pick_device
+    from charrnn.corpus import load_corpus
+    source, _ = resolve_text(text, log)
+    opts = TrainOptions(**options)
+    opts.device = pick_device(opts.device, log)
+    return opts, load_corpus(source, encoding=encoding, byte_mode=byte_mode)
+
+
+def page_for(curve: LrCurve, opts: TrainOptions, text: str) -> str:
+    """build_page() titled with the text's name and the model, batch and optimizer tested."""
+    from pathlib import Path
+    name = "stdin" if text == "-" else text
+    return build_page(curve, f"charrnn lr-find: {Path(name).name}",
+                      f"{opts.layers}x{opts.hidden} {opts.cell.upper()}, {opts.optimizer}, "
+                      f"batch {opts.batch_size} x {opts.seq_len}, {len(curve.lr)} steps")

@@ -8,24 +8,17 @@ in a fixed order, so the result is the same however the buffer is split.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from numba import njit
 
+from charrnn.options import OPTIMIZER_DEFAULTS
+
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad", "adadelta", "sgd", "nesterov")
 
-# the usual defaults of each rule (Kingma & Ba; Loshchilov & Hutter; Tieleman & Hinton as in
-# char-rnn; Duchi et al.; Zeiler; Polyak; Sutskever et al.)
-DEFAULTS = {
-    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "adamw": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "rmsprop": {"alpha": 0.95, "eps": 1e-8},
-    "adagrad": {"eps": 1e-10},
-    "adadelta": {"rho": 0.9, "eps": 1e-6},
-    "sgd": {"momentum": 0.0},
-    "nesterov": {"momentum": 0.9},
-}
+DEFAULTS = OPTIMIZER_DEFAULTS    # each rule's hyperparameters and their usual values (options.py)
 STATE_NAMES = {"adam": ("m", "v"), "adamw": ("m", "v"), "rmsprop": ("sq",), "adagrad": ("sum",),
                "adadelta": ("sq", "delta"), "sgd": ("vel",), "nesterov": ("vel",)}
 # rules whose weight decay shrinks the weights directly instead of adding an L2 gradient
@@ -245,3 +238,41 @@ class Optimizer:
                   **meta.get("hyper", {}))
         opt.t = int(meta.get("t", 0))
         return opt
+
+
+@dataclass
+class Schedule:
+    """The learning rate of a run as plain data. `base` is the rate before annealing: epoch decay,
+    plateaus and rollbacks multiply it down, and it travels in the checkpoint's progress as `lr`.
+    `rate()` anneals it over the run's progress, the larger of steps / horizon and elapsed /
+    budget, so the rate reaches its floor whether the epochs or the minutes end the run."""
+    base: float
+    kind: str = "cosine"           # cosine: anneal to floor * base by the end of the run; constant
+    floor: float = 0.1
+    decay: float = 1.0             # multiply base by this at each epoch from decay_after on
+    decay_after: int = 10
+    plateau: float = 1.0           # multiply base by this after a validation that did not improve
+    horizon: float = math.inf      # steps in the run (inf: no epoch cap)
+    budget: float = math.inf       # seconds in the run (inf: no time budget)
+
+    def factor(self, progress: float) -> float:
+        """The annealing factor on the base rate at `progress` in [0, 1] of the run."""
+        if self.kind == "constant":
+            return 1.0
+        p = min(max(progress, 0.0), 1.0)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+    def rate(self, step: int, elapsed: float) -> float:
+        """The rate of the step after `step` steps and `elapsed` seconds; changes nothing."""
+        return self.base * self.factor(max(step / self.horizon, elapsed / self.budget))
+
+    def on_epoch(self, epoch: int) -> None:
+        """Epoch `epoch` (counted from 0) begins."""
+        if self.decay != 1.0 and epoch >= self.decay_after:
+            self.base *= self.decay
+
+    def on_validation(self, improved: bool) -> None:
+        """A scheduled validation ended, better than every earlier one or not."""
+        if not improved and self.plateau != 1.0:
+            self.base *= self.plateau
+

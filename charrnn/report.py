@@ -17,10 +17,7 @@ import numpy as np
 
 from charrnn.htmlpage import page, table
 from charrnn.svg import Mark, Series, histogram, line_chart
-
-
-class ReportError(Exception):
-    """The run directory cannot be reported on; the message is one sentence."""
+from charrnn.errors import ReportError
 
 
 def find_run_dir(arg: str | None, root: str = "checkpoints") -> Path:

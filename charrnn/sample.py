@@ -14,9 +14,11 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
+
+from charrnn.errors import SampleError
 
 PRIME_WINDOW = 128          # prime codes per forward call (a window, not one step at a time)
 
@@ -153,10 +155,6 @@ def generate(backend, prime_codes: np.ndarray, length: int, temp: float = 1.0, s
     steps; length 0 means endless. The prime must hold at least one code."""
     for st in stream(backend, prime_codes, batch, length, temp, top_k, top_p, 0 if seed is None else seed):
         yield st.codes, st.logp
-
-
-class SampleError(ValueError):
-    """A prime or stop string this model cannot take; the message is one sentence."""
 
 
 def _as_units(vocab, text: str | bytes) -> str | bytes:
@@ -329,3 +327,39 @@ class JsonWriter:
 
     def close(self) -> None:
         pass
+
+
+class Interrupted(Exception):
+    """Ctrl-C while samples were being written (the line being shown was ended first)."""
+
+
+def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prime_file: str | None = None,
+        unknown: str = "error", echo: bool = True, seed: int | None = None, device: str = "auto",
+        num_samples: int = 1, length: int = 2000, temp: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+        stop: str | None = None, as_json: bool = False, separator: str = "",
+        log: Callable[[str], None] = lambda m: None) -> None:
+    """`charrnn sample` as one call: load CHECKPOINT (see zoo.load_checkpoint), read the prime
+    (`prime`, or "-" / `prime_file` for a file or stdin), and write the samples to `out`. A
+    random seed is drawn when none is given. Ctrl-C while writing raises Interrupted."""
+    import secrets
+
+    from charrnn import zoo
+    from charrnn.backends import compile_notices, make_backend, pick_device
+    from charrnn.corpus import describe_chars, read_input
+
+    ck = zoo.load_checkpoint(checkpoint, log)
+    vocab = ck.vocab
+    text: str | bytes = prime or ""
+    if prime == "-" or prime_file is not None:
+        text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
+    codes, echoed, skipped = prime_codes(vocab, text, unknown)
+    stop_at = stop_codes(vocab, stop)
+    if skipped:
+        log(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
+    be = make_backend(pick_device(device, log, announce=False), ck.config, ck.params, notify=compile_notices(log))
+    try:
+        write_samples(be, vocab, out, codes, echoed if echo else b"", n=num_samples, length=length, temp=temp,
+                      top_k=top_k, top_p=top_p, seed=secrets.randbits(31) if seed is None else seed,
+                      stop=stop_at, as_json=as_json, separator=separator.encode("utf-8", "surrogateescape"))
+    except KeyboardInterrupt:
+        raise Interrupted() from None

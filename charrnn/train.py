@@ -34,71 +34,15 @@ from charrnn import diagnostics
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, codes_digest, describe_chars, split
+from charrnn.errors import InputError
 from charrnn.evaluate import evaluate, summary
 from charrnn.model import ModelConfig, Params, init_params
-from charrnn.optim import Optimizer, parse_clip
+from charrnn.optim import Optimizer, Schedule, parse_clip
+from charrnn.options import DEFAULT_MAX_EPOCHS, OPTIMIZER_DEFAULTS, TrainOptions  # noqa: F401 (re-exported)
 
 LOG2 = math.log(2)
 
 
-@dataclass
-class TrainOptions:
-    # model
-    hidden: int = 128            # defaults: the best we found for ~10 minutes on 2 cores (README)
-    layers: int = 2
-    cell: str = "lstm"
-    embed: int = 0
-    dropout: float = 0.1
-    activation: str = "tanh"
-    forget_bias: float = 1.0
-    init: str = "xavier"         # Glorot: on tinyshakespeare it learns markedly faster than U(-0.08, 0.08)
-    # data
-    seq_len: int = 50
-    batch_size: int = 50
-    val_frac: float = 0.05
-    test_frac: float = 0.05
-    # optimisation
-    optimizer: str = "adam"
-    lr: float = 2e-3
-    beta1: float | None = None
-    beta2: float | None = None
-    alpha: float | None = None
-    momentum: float | None = None
-    rho: float | None = None
-    eps: float | None = None
-    weight_decay: float = 0.0
-    l1: float = 0.0
-    clip: str = "norm:5"
-    lr_schedule: str = "cosine"    # cosine: anneal to lr_floor * lr over the run (steps or --minutes); constant
-    lr_floor: float = 0.1
-    lr_decay: float = 1.0          # multiply the rate by this each epoch after lr_decay_after
-    lr_decay_after: int = 10
-    lr_plateau: float = 1.0        # multiply the rate by this when validation does not improve
-    patience: int = 0              # stop after this many validations without improvement; 0 = never
-    # run
-    max_epochs: float | None = None   # None: DEFAULT_MAX_EPOCHS, or no cap when minutes is set (epoch_limit)
-    minutes: float = 0.0           # wall-clock budget; 0 = none
-    max_steps: int = 0             # 0 = no step limit (tests and benchmarks); a pause: the schedule ignores it
-    max_nan_retries: int = 3       # rollbacks (each halving the rate) on a non-finite loss before giving up
-    val_every: int = 0             # steps between validations; 0 = once per epoch
-    diag: bool = True              # diagnostics (diagnostics.py) in metrics.jsonl at validations ...
-    diag_every: int = 50           # ... and every this many steps (0: at validations only)
-    report: bool = False           # keep report.html current in the run directory (live.py)
-    val_streams: int = 1           # >1: validation scores the split as this many contiguous streams in
-                                   # one batch (evaluate.py), a little higher than `charrnn eval`'s figure
-    seed: int = 0
-    device: str = "cpu"
-    out: str = ""
-
-    def epoch_limit(self) -> float:
-        """Epochs after which the run ends: max_epochs when set; otherwise none (math.inf) under
-        a time budget, so a budget is spent whole on any machine, else DEFAULT_MAX_EPOCHS."""
-        if self.max_epochs is not None:
-            return self.max_epochs
-        return math.inf if self.minutes > 0 else DEFAULT_MAX_EPOCHS
-
-
-DEFAULT_MAX_EPOCHS = 50.0
 
 
 class TrainingInterrupted(Exception):
@@ -167,12 +111,12 @@ class Trainer:
     def __init__(self, opts: TrainOptions, text: str | bytes | Corpus, out_dir: Path,
                  log: Callable[[str], None] = lambda m: None, show_progress: bool = True,
                  resume: ckpt.Checkpoint | None = None, init_from: ckpt.Checkpoint | None = None,
-                 dist=None, notify: Callable[[str], None] | None = None):
+                 dist=None, notify: Callable[[str], None] | None = None, source: dict | None = None):
         self.o, self.log, self.out = opts, log, Path(out_dir)
         self.notify = notify or log             # the backend's compile notices
         self.dist = dist
         self.root = dist is None or dist.is_root
-        self.source: dict | None = None          # where the text came from, so `eval --split` can find it
+        self.source = source                     # where the text came from, so `eval --split` can find it
         self.show_progress = show_progress
         base = resume or init_from
         if isinstance(text, Corpus):
@@ -205,7 +149,8 @@ class Trainer:
         self.opt = new_optimizer(opts, params.flat.size)
         self.clip = parse_clip(opts.clip)
         self.step = self.epoch = self.cursor = 0
-        self.lr = opts.lr
+        self.sched = Schedule(opts.lr, opts.lr_schedule, opts.lr_floor, opts.lr_decay, opts.lr_decay_after,
+                              opts.lr_plateau)
         self.best_val = math.inf        # best validation ever seen: decides when `best` is written
         self.sched_best = math.inf      # best at scheduled validations only: drives plateau and patience
         self.bad_evals = 0
@@ -213,7 +158,7 @@ class Trainer:
         self.elapsed = 0.0
         self.ema: float | None = None   # smoothed training bits/char, for the bar and the log
         self.nan_retries = 0
-        self.lr_now, self.gnorm = self.lr, 0.0
+        self.lr_now, self.gnorm = self.sched.base, 0.0
         self.state = None
         self._stop_signal = 0           # data parallel: the largest signal any rank caught, reduced
         self._val_every = 0
@@ -236,6 +181,15 @@ class Trainer:
             self._warm_up_in_turn()
         n = self.be.params_host().flat.size
         check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state)) + (1 << 20))
+
+    @property
+    def lr(self) -> float:
+        """The base rate now (before annealing): the schedule's, saved as progress `lr`."""
+        return self.sched.base
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.sched.base = value
 
     def _restore(self, ck: ckpt.Checkpoint) -> None:
         pr = ck.progress
@@ -394,15 +348,14 @@ class Trainer:
         self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.step, "lr": lr})
 
     # -- the loop ---------------------------------------------------------------------
-    def _train_step(self, horizon: int, budget: float, t0: float) -> str | None:
+    def _train_step(self, t0: float) -> str | None:
         """One window: returns None, or what went non-finite (then nothing was counted)."""
         bt = self.batches
         if self.cursor >= bt.n_windows:              # new epoch: reset the carried state
             self.cursor = 0
             self.epoch += 1
             self.state = self.be.zero_state(bt.local_batch)
-            if self.o.lr_decay != 1.0 and self.epoch >= self.o.lr_decay_after:
-                self.lr *= self.o.lr_decay
+            self.sched.on_epoch(self.epoch)
         x, y = bt.window(self.cursor)
         seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout else 0
         share = {"streams": (bt.lo, bt.batch)} if self.dist else {}
@@ -417,7 +370,7 @@ class Trainer:
                 loss = self._reduce_step(loss, t0)
             if not math.isfinite(loss):
                 return "the loss"
-            lr_now = self.lr * self._anneal(max(self.step / horizon, self.elapsed / budget))
+            lr_now = self.sched.rate(self.step, self.elapsed)
             watch = self._diag_due(self.step + 1)
             if watch:       # the raw gradient and the weights before the update, for the ratios
                 grad_norms = diagnostics.norms(self.be.grad_host())
@@ -474,12 +427,12 @@ class Trainer:
         val_bpc = self.validate(progress=check)
         o, bt = self.o, self.batches
         if scheduled and val_bpc is not None:
-            if val_bpc < self.sched_best:
+            improved = val_bpc < self.sched_best
+            if improved:
                 self.sched_best, self.bad_evals = val_bpc, 0
             else:
                 self.bad_evals += 1
-                if o.lr_plateau != 1.0:
-                    self.lr *= o.lr_plateau
+            self.sched.on_validation(improved)
         ema = self.ema if self.ema is not None else math.nan
         rec = {"step": self.step, "epoch": round(self.epoch + self.cursor / bt.n_windows, 4),
                "chars": self.chars_seen, "elapsed_s": round(self.elapsed, 2),
@@ -520,6 +473,7 @@ class Trainer:
         epochs = o.epoch_limit()
         horizon = max(1, int(math.ceil(epochs * bt.n_windows))) if math.isfinite(epochs) else math.inf
         stop_at = min(horizon, o.max_steps) if o.max_steps else horizon
+        self.sched.horizon, self.sched.budget = horizon, budget
         bar = None
         if self.show_progress and self.root:
             from tqdm import tqdm
@@ -544,7 +498,7 @@ class Trainer:
                     if self.elapsed >= budget:
                         reason = f"time budget of {o.minutes:g} minutes reached"
                         break
-                    fault = self._train_step(horizon, budget, t0)
+                    fault = self._train_step(t0)
                     if fault:
                         self._rollback(fault)
                         if bar is not None:
@@ -619,14 +573,6 @@ class Trainer:
         with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 
-    def _anneal(self, progress: float) -> float:
-        """The schedule's factor on the base rate at `progress` in [0, 1] of the run: the run ends
-        when its steps or its time budget run out, so the rate reaches its floor either way."""
-        if self.o.lr_schedule == "constant":
-            return 1.0
-        p = min(max(progress, 0.0), 1.0)
-        return self.o.lr_floor + (1.0 - self.o.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * p))
-
     def _append_metrics(self, rec: dict) -> None:
         if not self.root:
             return
@@ -634,21 +580,16 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
 
-_HYPER = {"adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"),
-          "adagrad": ("eps",), "adadelta": ("rho", "eps"), "sgd": ("momentum",), "nesterov": ("momentum",)}
-
-
 def model_config(opts: TrainOptions, vocab: Vocab) -> ModelConfig:
     """The architecture the options ask for, for a fresh model on this vocabulary."""
-    return ModelConfig(vocab_size=vocab.size, hidden=opts.hidden, layers=opts.layers, cell=opts.cell,
-                       embed=opts.embed, dropout=opts.dropout, activation=opts.activation,
-                       forget_bias=opts.forget_bias, init=opts.init)
+    arch = {f.name: getattr(opts, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
+    return ModelConfig(vocab_size=vocab.size, **arch)
 
 
 def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:
     """The update rule the options name, with the hyperparameters given for it, fresh state."""
     hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
-    hyper = {k: v for k, v in hyper.items() if v is not None and k in _HYPER[opts.optimizer]}
+    hyper = {k: v for k, v in hyper.items() if v is not None and k in OPTIMIZER_DEFAULTS[opts.optimizer]}
     return Optimizer(opts.optimizer, size, np.float32, opts.weight_decay, opts.l1, **hyper)
 
 
@@ -729,8 +670,89 @@ def resume_options(train_args: dict, overrides: dict) -> TrainOptions:
         setattr(opts, f.name, v)
     for k, v in overrides.items():
         setattr(opts, k, v)
-    if opts.optimizer not in _HYPER or min(opts.seq_len, opts.batch_size) < 1 or not opts.lr > 0 \
+    if opts.optimizer not in OPTIMIZER_DEFAULTS or min(opts.seq_len, opts.batch_size) < 1 or not opts.lr > 0 \
             or not 0 <= opts.val_frac < 1 or not 0 <= opts.test_frac < 1 \
             or (opts.max_epochs is not None and not opts.max_epochs > 0):
         raise ckpt.CheckpointError("the checkpoint's training options are out of range")
     return opts
+
+
+def resolve_text(text: str, log: Callable[[str], None]) -> tuple[str, str | None]:
+    """FILE as `train` and `lr-find` take it: "-", a path, or a catalogue name (resolved, fetched
+    or built, which `log` hears of). Returns the path to read and the catalogue name, if any."""
+    if text == "-":
+        return text, None
+    from charrnn import catalog
+    path, where = catalog.resolve(text)
+    corpus_name = None
+    if not Path(text).exists():
+        log(where)
+        entry = catalog.lookup(text)
+        corpus_name = entry["name"] if entry else None
+    return str(path), corpus_name
+
+
+def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = frozenset(), *,
+                name: str | None = None, encoding: str = "utf-8", byte_mode: bool = False,
+                resume: str | None = None, init_from: str | None = None, dist_mode: str = "off",
+                dist_timeout: float = 600.0, log: Callable[[str], None] = lambda m: None) -> Trainer:
+    """Everything `charrnn train` does before the first step, as one call; `run()` the result.
+
+    text: a path, "-" for stdin, or a catalogue name. options: TrainOptions' fields by name (and
+    `out`, the run directory or None). given: the names among them the user set explicitly;
+    on --resume only those override the checkpoint's own options. dist_mode "auto" joins the
+    data-parallel job this process was started in, if any. `log` hears the progress lines (the
+    root rank's only)."""
+    from charrnn import dist as distributed
+    from charrnn.backends import compile_notices, pick_device
+    from charrnn.corpus import check_source, load_corpus
+
+    comm = distributed.start(dist_timeout) if dist_mode == "auto" else None
+    tell = log if comm is None or comm.is_root else (lambda m: None)
+    if resume and init_from:
+        raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
+    source, corpus_name = resolve_text(text, tell)
+    check_source(source)
+    resume_path = ckpt.resolve(resume) if resume else None
+    base_resume = ckpt.load(resume_path) if resume_path else None
+    if init_from:
+        from charrnn import zoo
+        base_init = ckpt.load(zoo.resolve(init_from)[0])
+    else:
+        base_init = None
+    base = base_resume or base_init
+    stem = name or (Path(text).stem if text != "-" else None)
+    out = options.get("out") or (f"checkpoints/{name}" if name else None) or \
+        (str(resume_path.parent) if resume_path else None) or (f"checkpoints/{stem}" if stem else None)
+    if out is None:
+        raise InputError("reading stdin: name the run with --out DIR or --name NAME")
+    settings = {k: v for k, v in options.items() if k != "out"}
+    if base_resume:   # the run's own options, except those given again on this command line
+        opts = resume_options(base_resume.train_args, {k: v for k, v in settings.items() if k in given})
+    else:
+        opts = TrainOptions(**settings)
+    opts.out = out
+    # --device is resolved on this machine, even on resume: a run may move between CPU and GPU
+    opts.device = pick_device(settings.get("device", opts.device), log, announce=comm is None or comm.is_root)
+    if comm is not None:
+        if text == "-":
+            raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
+        if opts.device == "cuda":
+            comm.pick_gpu()
+        tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
+    run_dir = prepare_out_dir(out)
+    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
+                       spill_dir=run_dir)
+    where_from = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
+    if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
+        where_from["corpus"] = corpus_name
+    return Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
+                   notify=compile_notices(tell), source=where_from)
+
+
+def summary_line(result: dict, run_dir: Path) -> str:
+    """The last line of a finished run, for stderr."""
+    best = result["best_val_bpc"]
+    return (f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
+            f"{result['elapsed_s'] / 60:.1f} min; best validation "
+            f"{'n/a' if best is None else f'{best:.4f} bits/char'}; checkpoints in {run_dir}")

@@ -19,6 +19,7 @@ from charrnn import reference
 from charrnn.htmlpage import page, table
 from charrnn.model import ModelConfig, zero_state
 from charrnn.svg import scatter
+from charrnn.errors import VizError
 
 # Gates by user-facing name -> block index in the gate layout of model.py (LSTM i,f,g,o; GRU r,z,n).
 # The LSTM candidate g and the GRU candidate n are squashed inputs, not gates.
@@ -30,10 +31,6 @@ _CONSTANT = {"column": "the text has no line structure", "word": "the text has n
              "quotes": "the text has no double quotes", "brackets": "the text has no brackets or parentheses"}
 TOP_K = 5          # predictions shown on hover
 SAT_LO, SAT_HI = 0.1, 0.9
-
-
-class VizError(Exception):
-    """A request the model cannot answer (a gate the cell lacks, a cell out of range)."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ Library code never prints: :func:`resolve` returns the note the command should s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from charrnn import catalog
 from charrnn.checkpoint import CheckpointError, find_latest
@@ -64,3 +65,13 @@ def resolve(arg: str | None, root: str = "checkpoints") -> tuple[Path, str | Non
         return found, None
     shipped = ", ".join(names()) or "none"
     raise CheckpointError(f"no such checkpoint, run directory or shipped model: {arg} (shipped models: {shipped})")
+
+
+def load_checkpoint(arg: str | None, log: Callable[[str], None] = lambda m: None):
+    """The checkpoint `sample` and `eval` use: a path, a run directory, a shipped model's name, or
+    (none given) the newest under ./checkpoints, else the shipped model, which `log` hears of."""
+    from charrnn.checkpoint import load
+    path, note = resolve(arg)
+    if note:
+        log(note)
+    return load(path)

@@ -238,3 +238,35 @@ def test_updates_split_in_slices_equal_the_whole_buffer_update(name, clip):
         out.append((norms, w))
     for norms, w in out[1:]:
         assert norms == out[0][0] and np.array_equal(w, out[0][1])
+
+
+# ---------------------------------------------------------------- the learning-rate schedule
+def test_schedule_cosine_anneals_from_base_to_floor_over_steps_or_time_whichever_is_further():
+    from charrnn.optim import Schedule
+    s = Schedule(0.01, floor=0.1, horizon=100, budget=60.0)
+    assert s.rate(0, 0.0) == pytest.approx(0.01)
+    assert s.rate(50, 0.0) == pytest.approx(0.01 * (0.1 + 0.9 * 0.5))          # half-way: the cosine's middle
+    assert s.rate(10, 30.0) == pytest.approx(0.01 * 0.55)                      # time is further along
+    assert s.rate(100, 0.0) == s.rate(500, 0.0) == pytest.approx(0.001)       # the floor, and no further
+    assert s.base == 0.01                                                       # rate() changes nothing
+
+
+def test_schedule_without_horizon_or_budget_and_constant_schedule_keep_the_base_rate():
+    from charrnn.optim import Schedule
+    assert Schedule(0.02).rate(10 ** 6, 1e6) == 0.02
+    assert Schedule(0.02, kind="constant", horizon=10).rate(9, 0.0) == 0.02
+
+
+def test_schedule_decays_per_epoch_from_decay_after_and_on_plateaus_only():
+    from charrnn.optim import Schedule
+    s = Schedule(1.0, kind="constant", decay=0.5, decay_after=2, plateau=0.1)
+    s.on_epoch(1)
+    assert s.base == 1.0
+    s.on_epoch(2)
+    s.on_epoch(3)
+    assert s.base == 0.25
+    s.on_validation(improved=True)
+    assert s.base == 0.25
+    s.on_validation(improved=False)
+    assert s.base == pytest.approx(0.025)
+    assert s.rate(0, 0.0) == pytest.approx(0.025)

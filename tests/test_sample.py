@@ -288,7 +288,7 @@ def test_shell_completion_completes_sample_options():
 def test_compile_notices_wait_for_a_real_compilation():
     from numba import njit
 
-    from charrnn.cli import _compile_notices
+    from charrnn.backends import compile_notices as _compile_notices
     said = []
     notify = _compile_notices(said.append)
     notify("compiling kernels, first run only...")      # the backend's timer: slow, but a cache load

@@ -154,10 +154,11 @@ class _Clock:
 @pytest.fixture
 def ticking(monkeypatch):
     """A fake clock, and a default epoch cap of one epoch (about 30 steps of _text())."""
+    import charrnn.options as options
     import charrnn.train as train
     monkeypatch.setattr(train, "time", _Clock())
-    monkeypatch.setattr(train, "DEFAULT_MAX_EPOCHS", 1.0)
-    return train
+    monkeypatch.setattr(options, "DEFAULT_MAX_EPOCHS", 1.0)
+    return options
 
 
 def test_epoch_limit_is_the_given_one_else_none_under_a_budget_else_the_default(ticking):
@@ -293,3 +294,18 @@ def test_cpu_backend_matches_reference_with_a_fixed_dropout_mask(cell, activatio
     np.testing.assert_allclose(s_got, s_ref, rtol=1e-9, atol=1e-12)
     for name, _ in param_shapes(cfg):
         np.testing.assert_allclose(be.grad[name], g[name], rtol=1e-7, atol=1e-11, err_msg=name)
+
+
+def test_train_options_hold_every_model_field_and_the_cli_takes_their_defaults():
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from charrnn.cli import cli
+    from charrnn.model import ModelConfig
+    arch = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+    assert arch <= {f.name for f in dataclasses.fields(TrainOptions)}
+    params = {p.name: p.default for p in cli.commands["train"].params}
+    for f in dataclasses.fields(TrainOptions):
+        if f.name in params and f.name not in ("device", "out"):   # auto, and a directory from the text
+            assert params[f.name] == f.default, f.name

@@ -1,21 +1,14 @@
-"""Backends: the same contract on different hardware, chosen once per run.
-
-A backend owns the parameter buffer it computes with and offers:
-    train_step(x, y, state, dropout_seed) -> (loss_sum, new_state)   gradients of the mean loss into .grad
-    loss(x, y, state) -> (loss_sum, new_state)                        no gradients, dropout off
-    step(codes, state) -> (logits (B, V), new_state)                  one step, for sampling
-    optimizer_step(opt, lr, clip) -> grad_norm                        clip and update, in place
-    params_host() -> Params                                           weights as host float32, for checkpoints
-and may offer its own sampling loop, which sample.stream() runs when the options allow (no top-p,
-no stop string):
-    generate(prime_codes, length, temp, seed, top_k, batch=, state=) -> per step (codes (B,), log-probs (B,))
-The training loop, sampler and evaluator only ever call these.
+"""Backends: the same contract on different hardware, chosen once per run. `Backend` states the
+contract; CpuBackend (backends/cpu.py) and CudaBackend (backends/cuda.py) implement it, and the
+training loop, sampler and evaluator only ever call what it names.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as _np
+
+from charrnn.errors import DeviceError
 
 # numba-cuda releases up to at least 0.2x register an overload for np.row_stack, which NumPy 2.4
 # removed; without the alias their first kernel compile fails with AttributeError. Harmless
@@ -26,8 +19,52 @@ if not hasattr(_np, "row_stack"):
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(Exception):
-    """The requested device cannot be used here."""
+@runtime_checkable
+class Backend(Protocol):
+    """A model's weights on one device and the computations on them. x, y: int codes (T, B);
+    state: the carried hidden state (L, S, B, H) as the backend keeps it (a host array on the CPU,
+    device memory on the GPU), made by zero_state and returned by every call that runs the model.
+    The gradient of the last train_step lives with the backend (the CPU's is `grad`, a Params
+    view written in place; the GPU's stays on the device); grad_host() copies it out."""
+
+    def train_step(self, x: Any, y: Any, state: Any, dropout_seed: int = 0,
+                   streams: tuple[int, int] | None = None) -> tuple[float, Any]:
+        """Summed loss and new state; the gradient of the mean loss (over `streams`' total
+        (offset, batch) when data parallel) replaces the previous one. dropout_seed seeds the
+        masks (charrnn/dropout.py); 0 with dropout off."""
+        ...
+
+    def loss(self, x: Any, y: Any, state: Any) -> tuple[float, Any]:
+        """Summed loss and new state, no gradient, dropout off."""
+        ...
+
+    def step(self, codes: Any, state: Any) -> tuple[Any, Any]:
+        """One step for sampling: logits (B, V) on the host and the new state."""
+        ...
+
+    def generate(self, prime_codes: Any, length: int, temp: float = 1.0, seed: int | None = None,
+                 top_k: int = 0, batch: int = 1, state: Any = None) -> Iterator[tuple[Any, Any]]:
+        """The compiled sampling loop (temperature, top-k; sample.stream runs it when there is no
+        top-p and no stop string): per step (codes (batch,), log-probabilities (batch,)), row i
+        drawing from PCG64 seeded seed + i, from `state` after the prime."""
+        ...
+
+    def optimizer_step(self, opt: Any, lr: float, clip: tuple[str, float]) -> float:
+        """Clip the gradient and update the weights in place with `opt` (optim.Optimizer) at
+        rate lr; returns the gradient's global norm before clipping."""
+        ...
+
+    def params_host(self) -> Any:
+        """The weights as host float32 Params (for checkpoints, snapshots and diagnostics)."""
+        ...
+
+    def grad_host(self) -> Any:
+        """The last gradient as host Params."""
+        ...
+
+    def zero_state(self, batch: int) -> Any:
+        """The all-zero carried state for `batch` streams."""
+        ...
 
 
 def cuda_available() -> bool:
@@ -57,6 +94,48 @@ def resolve_device(device: str) -> str:
             return "cpu"
         return "cuda"
     return "cpu"
+
+
+def pick_device(name: str, tell: Callable[[str], None], announce: bool = True) -> str:
+    """Resolve --device; `auto` says what it picked (with announce=False only when it is not the
+    CPU, so a plain `charrnn sample | head` keeps stderr empty)."""
+    dev = resolve_device(name)
+    if name == "auto" and (announce or dev != "cpu"):
+        tell(f"device: {dev}")
+    return dev
+
+
+def compile_notices(tell: Callable[[str], None]) -> Callable[[str], None]:
+    """A backend `notify` that speaks only once Numba really compiles. The CPU backend's notices
+    are timed (0.7 s), and loading cached kernels on a busy machine can take that long, which must
+    not put "compiling" on the stderr of `charrnn sample | head`. A notice held back is said when
+    the first compilation starts; Numba raises no compile event for a cache hit."""
+    try:
+        from numba.core import event
+    except Exception:                          # no event API: say everything, as before
+        return tell
+    held: list[str] = []
+    compiling = []
+
+    class _Listener(event.Listener):
+        def on_start(self, ev):
+            if not compiling:
+                compiling.append(True)
+                for msg in held:
+                    tell(msg)
+                held.clear()
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", _Listener())
+
+    def notify(msg: str) -> None:
+        if compiling:
+            tell(msg)
+        elif not msg.startswith("kernels ready"):   # nothing compiled: the 'ready' notice is moot
+            held[:] = [msg]
+    return notify
 
 
 def make_backend(device: str, cfg, params, notify: Callable[[str], None] | None = None):

@@ -1,0 +1,100 @@
+"""``charrnn sample`` and ``charrnn eval``: parsed here, done by charrnn.sample.run and
+charrnn.evaluate.evaluate_checkpoint. Registered in the main CLI.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from charrnn.cli_base import CONTEXT, quiet_pipe, say
+
+
+# ---------------------------------------------------------------- sample
+@click.command(context_settings=CONTEXT)
+@click.argument("checkpoint", required=False)
+@click.option("--length", "-n", type=click.IntRange(0), default=2000, show_default=True,
+              help="Characters (bytes for a byte model) per sample, after the prime; 0 is endless.")
+@click.option("--temp", "-t", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Temperature: lower is safer, higher is wilder; 0 is greedy argmax.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k likeliest (0: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus: keep the smallest set with this much probability.")
+@click.option("--num-samples", "-N", type=click.IntRange(1), default=1, show_default=True,
+              help="Samples generated together in one batch; row 0 streams, the rest follow in order.")
+@click.option("--separator", default="",
+              help="Line written between plain samples (default: a blank line).")
+@click.option("--stop", metavar="STRING", default=None,
+              help="End a sample when its generated text ends with STRING (kept).")
+@click.option("--prime", "-p", default=None, help="Text to start from, or - to read it from stdin.")
+@click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Read the prime from FILE (- for stdin).")
+@click.option("--echo/--no-echo", default=True, show_default=True, help="Write the prime before each sample.")
+@click.option("--unknown", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="Prime characters outside the vocabulary: stop with an error listing them, or drop them.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON line per sample: text, seed, log-probability and bits/char under the model.")
+@click.option("--seed", type=int, default=None,
+              help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
+           stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, **kw) -> None:
+    """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints,
+    else the shipped model).
+
+    CHECKPOINT is a .safetensors file, a run directory or a shipped model's name (`charrnn zoo list`).
+
+    A byte model (trained with --bytes) writes raw bytes, so `sample > out.bin` keeps them exactly.
+
+    \b
+    Example:
+      charrnn sample --temp 0.8 --length 500
+      charrnn sample checkpoints/shakespeare --prime "ROMEO:" --seed 7 | head -20
+      charrnn sample shakespeare -n 300           # the shipped model, always
+      printf 'To be' | charrnn sample --prime - --top-p 0.9 -n 200
+      charrnn sample -N 8 --stop $'\\n' --json --temp 0.7    # eight lines, one JSON object each
+    """
+    from charrnn import sample as smp
+
+    if prime is not None and prime_file is not None:
+        raise click.UsageError("give --prime or --prime-file, not both")
+    if kw["length"] == 0 and not stop and (kw["as_json"] or kw["num_samples"] > 1):
+        raise click.UsageError("--length 0 (endless) streams one plain sample; with --json or "
+                               "--num-samples give --stop STRING or a --length")
+    try:
+        with quiet_pipe():
+            smp.run(checkpoint, sys.stdout.buffer, prime=prime, prime_file=prime_file, separator=separator,
+                    stop=stop, unknown=unknown, echo=echo, seed=seed, device=device, log=say, **kw)
+    except smp.Interrupted:                 # the usual end of endless output: quiet, exit 130
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------- eval
+@click.command("eval", context_settings=CONTEXT)
+@click.argument("args", nargs=-1, metavar="[CHECKPOINT] [FILE|-]")
+@click.option("--split", "which", type=click.Choice(["val", "test"]), default="test", show_default=True,
+              help="The held-back split of the training text, used when no FILE is given.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None:
+    """Bits per character of a checkpoint on FILE, or on its training text's held-back split.
+
+    \b
+    Example:
+      charrnn eval --split test
+      charrnn eval checkpoints/shakespeare held_out.txt --json
+      charrnn eval shakespeare play.txt            # the shipped model on any text
+    """
+    import json
+
+    from charrnn.evaluate import evaluate_checkpoint
+
+    if len(args) > 2:
+        raise click.UsageError("give at most a CHECKPOINT and a FILE")
+    res = evaluate_checkpoint(args, which, device, log=say)
+    with quiet_pipe():
+        if as_json:
+            click.echo(json.dumps(res))
+        else:
+            click.echo(f"{res['bits_per_char']:.4f} bits/char  {res['nats_per_char']:.4f} nats/char  "
+                       f"perplexity {res['perplexity']:.3f}  over {res['chars']:,} characters of {res['text']}")

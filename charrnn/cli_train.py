@@ -1,0 +1,220 @@
+"""``charrnn train`` and ``charrnn lr-find``: the options that describe a model, its optimizer
+and its run, parsed and handed whole to charrnn.train and charrnn.lrfind. Registered in the
+main CLI.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import click
+
+from charrnn.cli_base import CONTEXT, say, write_page
+from charrnn.errors import InputError
+from charrnn.options import DEFAULT_MAX_EPOCHS, OPTIMIZER_DEFAULTS as _OPT, TrainOptions
+
+_D = TrainOptions()      # every default below is read from here, written once in options.py
+
+
+def _e(x: float) -> str:
+    """1e-08 as 1e-8, for help text."""
+    return f"{x:g}".replace("e-0", "e-")
+
+
+# ---------------------------------------------------------------- train
+def _options(options: list) -> Callable:
+    """Apply a list of click options as one decorator (train and lr-find share them)."""
+    def apply(f):
+        for o in reversed(options):
+            f = o(f)
+        return f
+    return apply
+
+
+MODEL_OPTIONS = [
+    click.option("--hidden", type=click.IntRange(1), default=_D.hidden, show_default=True, help="Units per layer."),
+    click.option("--layers", type=click.IntRange(1), default=_D.layers, show_default=True, help="Stacked layers."),
+    click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default=_D.cell, show_default=True),
+    click.option("--embed", type=click.IntRange(0), default=_D.embed, show_default=True,
+                 help="Size of a learned embedding; 0 feeds one-hot characters."),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=_D.dropout, show_default=True,
+                 help="Inverted dropout between layers and before the output layer."),
+    click.option("--activation", type=click.Choice(["tanh", "softsign"]), default=_D.activation, show_default=True,
+                 help="The cell's squashing nonlinearity (gates stay sigmoid)."),
+    click.option("--init", "init", type=click.Choice(["uniform", "xavier"]), default=_D.init, show_default=True,
+                 help="uniform is U(-0.08, 0.08) as in char-rnn; xavier is Glorot uniform."),
+    click.option("--forget-bias", type=float, default=_D.forget_bias, show_default=True, help="LSTM forget-gate bias at init."),
+    click.option("--seq-len", type=click.IntRange(1), default=_D.seq_len, show_default=True,
+                 help="Steps per window (truncated BPTT length)."),
+    click.option("--batch-size", type=click.IntRange(1), default=_D.batch_size, show_default=True, help="Parallel streams."),
+    click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=_D.val_frac, show_default=True),
+    click.option("--test-frac", type=click.FloatRange(0, 1, max_open=True), default=_D.test_frac, show_default=True),
+]
+
+OPTIMIZER_OPTIONS = [
+    click.option("--optimizer", type=click.Choice(list(_OPT)), default=_D.optimizer, show_default=True,
+                 help="sgd is plain (heavy-ball with --momentum); adamw decays the weights apart from the gradient; "
+                      "adadelta's step is scaled by --lr, 1 as in Zeiler's paper."),
+    click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"Adam/AdamW beta1 [{_OPT['adam']['beta1']:g}]."),
+    click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"Adam/AdamW beta2 [{_OPT['adam']['beta2']:g}]."),
+    click.option("--alpha", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"RMSProp decay [{_OPT['rmsprop']['alpha']:g}]."),
+    click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
+                 help=f"Nesterov momentum [{_OPT['nesterov']['momentum']:g}]; SGD momentum [{_OPT['sgd']['momentum']:g}]."),
+    click.option("--rho", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"Adadelta decay [{_OPT['adadelta']['rho']:g}]."),
+    click.option("--eps", type=click.FloatRange(0, min_open=True), default=None,
+                 help=f"Optimizer epsilon [Adam {_e(_OPT['adam']['eps'])}, Adagrad {_e(_OPT['adagrad']['eps'])}, "
+                      f"Adadelta {_e(_OPT['adadelta']['eps'])}]."),
+    click.option("--weight-decay", type=click.FloatRange(0), default=_D.weight_decay, show_default=True,
+                 help="L2 penalty; with adamw, decoupled decay (weights shrink by lr * this each step)."),
+    click.option("--l1", type=click.FloatRange(0), default=_D.l1, show_default=True, help="L1 penalty."),
+    click.option("--clip", default=_D.clip, show_default=True,
+                 help="norm:X (global norm), value:X (element-wise, as char-rnn) or none."),
+]
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("text", metavar="FILE")
+@_options(MODEL_OPTIONS)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_D.lr, show_default=True, help="Learning rate.")
+@_options(OPTIMIZER_OPTIONS)
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=_D.lr_schedule, show_default=True,
+              help="cosine anneals the rate to --lr-floor times --lr by the end of the run "
+                   "(its epochs or its --minutes, whichever ends first).")
+@click.option("--lr-floor", type=click.FloatRange(0, 1), default=_D.lr_floor, show_default=True)
+@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=_D.lr_decay, show_default=True,
+              help="Multiply the rate by this each epoch from --lr-decay-after on.")
+@click.option("--lr-decay-after", type=click.IntRange(0), default=_D.lr_decay_after, show_default=True)
+@click.option("--lr-plateau", type=click.FloatRange(0, 1, min_open=True), default=_D.lr_plateau, show_default=True,
+              help="Multiply the rate by this when validation does not improve.")
+@click.option("--patience", type=click.IntRange(0), default=_D.patience, show_default=True,
+              help="Stop after this many validations without improvement (0: never).")
+@click.option("--max-epochs", type=click.FloatRange(0, min_open=True), default=None,
+              help=f"End the run after this many epochs [{DEFAULT_MAX_EPOCHS:g}; none with --minutes].")
+@click.option("--minutes", type=click.FloatRange(0), default=_D.minutes, show_default=True,
+              help="Wall-clock budget; 0 means none. The run uses all of it unless --max-epochs "
+                   "is given, and the cosine schedule spans it.")
+@click.option("--max-steps", type=click.IntRange(0), default=_D.max_steps, hidden=True)
+@click.option("--val-every", type=click.IntRange(0), default=_D.val_every, show_default=True,
+              help="Steps between validations (0: once per epoch).")
+@click.option("--val-streams", type=click.IntRange(1), default=_D.val_streams, show_default=True,
+              help="Score validation as this many contiguous pieces side by side in one batch: faster "
+                   "where batch 1 is slow, a little higher than the one-stream figure of `charrnn eval`.")
+@click.option("--diag/--no-diag", default=_D.diag, show_default=True,
+              help="Log Deeplearning4j-style diagnostics to metrics.jsonl at each validation: update:parameter "
+                   "ratios, weight and gradient norms per tensor, mean |h| and |c| and saturated gates per "
+                   "layer, weight histograms.")
+@click.option("--diag-every", type=click.IntRange(0), default=_D.diag_every, show_default=True,
+              help="Also log the diagnostics every this many steps (0: at validations only).")
+@click.option("--report", is_flag=True, default=_D.report,
+              help="Keep report.html current in the run directory while training (rewritten at each "
+                   "validation); the page reloads itself until the run ends. See `charrnn report --serve`.")
+@click.option("--max-nan-retries", type=click.IntRange(0), default=_D.max_nan_retries, show_default=True,
+              help="On a NaN/Inf loss or gradient, roll back to the last good state with half the rate, "
+                   "at most this many times.")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory [checkpoints/<file stem>].")
+@click.option("--name", default=None, help="Run name: the directory checkpoints/<name>.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@click.option("--bytes", "byte_mode", is_flag=True,
+              help="Train on raw bytes (256 symbols): any file works, binary or mixed encodings.")
+@click.option("--resume", type=click.Path(dir_okay=True), default=None,
+              help="Continue a run exactly from its checkpoint.")
+@click.option("--init-from", type=click.Path(dir_okay=True), default=None,
+              help="Start from a checkpoint's weights, or a shipped model's (`charrnn zoo list`): "
+                   "fine-tuning on a new text.")
+@click.option("--dist", "dist_mode", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: under mpiexec or srun, train data-parallel across the ranks; off: one process.")
+@click.option("--dist-timeout", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
+              help="Seconds a rank waits for the others before ending the whole job.")
+def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: str | None,
+          init_from: str | None, dist_mode: str, dist_timeout: float, **kw) -> None:
+    """Train on FILE (a path, - for stdin, or a catalogue name such as shakespeare).
+
+    Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl (learning curves and
+    diagnostics) go to the run directory, and with --report a live report.html. Pick --lr with
+    `charrnn lr-find` first.
+
+    \b
+    Example:
+      charrnn train shakespeare --minutes 10
+      charrnn train shakespeare --report --lr 3e-3   # then: charrnn report --serve checkpoints/shakespeare
+      charrnn train notes.txt --hidden 512 --layers 3 --dropout 0.2 --out runs/notes
+      cat a.txt b.txt | charrnn train - --name ab
+      charrnn train --bytes firmware.bin --out runs/bin
+      mpiexec -n 4 charrnn train big.txt --batch-size 128   # data parallel, 4 processes
+    """
+    from click.core import ParameterSource
+
+    from charrnn import dist
+    from charrnn.train import TrainingDiverged, TrainingInterrupted, prepare_run, summary_line
+
+    ctx = click.get_current_context()
+    given = {k for k in kw if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
+                                                              ParameterSource.ENVIRONMENT)}
+    trainer = prepare_run(text, kw, given, name=name, encoding=encoding, byte_mode=byte_mode, resume=resume,
+                          init_from=init_from, dist_mode=dist_mode, dist_timeout=dist_timeout, log=say)
+    try:
+        result = trainer.run()
+    except TrainingInterrupted as e:
+        dist.agreed_exit()
+        trainer.log(f"interrupted at step {trainer.step}: saved {trainer.out / 'last.safetensors'}")
+        sys.exit(e.exit_code)
+    except TrainingDiverged as e:
+        dist.agreed_exit()
+        trainer.log(f"charrnn: error: {e}")
+        sys.exit(1)
+    trainer.log(summary_line(result, trainer.out))
+
+
+# ---------------------------------------------------------------- lr-find
+@click.command("lr-find", context_settings=CONTEXT)
+@click.argument("text", metavar="FILE")
+@_options(MODEL_OPTIONS)
+@_options(OPTIMIZER_OPTIONS)
+@click.option("--steps", type=click.IntRange(13), default=300, show_default=True,
+              help="Steps of the test (it may stop earlier, once the loss blows up).")
+@click.option("--start", type=click.FloatRange(0, min_open=True), default=1e-6, show_default=True,
+              help="The first learning rate.")
+@click.option("--end", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="The last learning rate; the rate grows exponentially in between.")
+@click.option("--json", "as_json", is_flag=True, help="Print the curve and the suggestion as JSON on stdout.")
+@click.option("-o", "--output", default=None, help="Also write an HTML page with the curve to this file.")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@click.option("--bytes", "byte_mode", is_flag=True, help="Read FILE as raw bytes (256 symbols).")
+def lr_find(text: str, steps: int, start: float, end: float, as_json: bool, output: str | None, encoding: str,
+            byte_mode: bool, **kw) -> None:
+    """Find a learning rate: the range test (Smith, 2017) on a fresh model.
+
+    The rate rises exponentially from --start to --end over --steps training steps while the
+    loss is recorded; stderr gets a short table and a suggested --lr (where the smoothed loss
+    falls fastest, and a tenth of the rate at its minimum). Nothing is saved. Give the model,
+    batch and optimizer flags you mean to train with.
+
+    \b
+    Example:
+      charrnn lr-find shakespeare -o lr.html
+      charrnn lr-find notes.txt --hidden 512 --optimizer rmsprop --json > lr.json
+    """
+    import json
+
+    from tqdm import tqdm
+
+    from charrnn import lrfind
+
+    if not start < end:
+        raise InputError("--start must be below --end")
+    opts, data = lrfind.prepare(text, kw, encoding=encoding, byte_mode=byte_mode, log=say)
+    with tqdm(total=steps, unit="step", file=sys.stderr, disable=None, leave=False) as bar:
+        curve = lrfind.lr_find(opts, data, steps, start, end, log=say, progress=bar.update)
+    say(lrfind.summary_table(curve))
+    if curve.stopped:
+        say(f"stopped after {len(curve.lr)} steps: {curve.stopped}")
+    say(lrfind.suggestion_line(curve))
+    if output:
+        write_page(output, lrfind.page_for(curve, opts, text))
+    if as_json:
+        click.echo(json.dumps(curve.to_dict()))

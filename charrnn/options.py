@@ -1,0 +1,82 @@
+"""The options of a training run as plain data, with their defaults written once: the trainer
+reads them, the checkpoint stores them (`train_args`), and the command line takes its defaults
+from here. Imports nothing heavy, so `--help` can read it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# the usual defaults of each rule (Kingma & Ba; Loshchilov & Hutter; Tieleman & Hinton as in
+# char-rnn; Duchi et al.; Zeiler; Polyak; Sutskever et al.)
+OPTIMIZER_DEFAULTS = {
+    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "adamw": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "rmsprop": {"alpha": 0.95, "eps": 1e-8},
+    "adagrad": {"eps": 1e-10},
+    "adadelta": {"rho": 0.9, "eps": 1e-6},
+    "sgd": {"momentum": 0.0},
+    "nesterov": {"momentum": 0.9},
+}
+
+
+@dataclass
+class TrainOptions:
+    """Everything `charrnn train` takes besides the text: the model (ModelConfig's fields, its
+    vocabulary aside), the data split, the optimizer and schedule, and the run's limits."""
+    # model
+    hidden: int = 128            # defaults: the best we found for ~10 minutes on 2 cores (README)
+    layers: int = 2
+    cell: str = "lstm"
+    embed: int = 0
+    dropout: float = 0.1
+    activation: str = "tanh"
+    forget_bias: float = 1.0
+    init: str = "xavier"         # Glorot: on tinyshakespeare it learns markedly faster than U(-0.08, 0.08)
+    # data
+    seq_len: int = 50
+    batch_size: int = 50
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    beta1: float | None = None
+    beta2: float | None = None
+    alpha: float | None = None
+    momentum: float | None = None
+    rho: float | None = None
+    eps: float | None = None
+    weight_decay: float = 0.0
+    l1: float = 0.0
+    clip: str = "norm:5"
+    lr_schedule: str = "cosine"    # cosine: anneal to lr_floor * lr over the run (steps or --minutes); constant
+    lr_floor: float = 0.1
+    lr_decay: float = 1.0          # multiply the rate by this each epoch after lr_decay_after
+    lr_decay_after: int = 10
+    lr_plateau: float = 1.0        # multiply the rate by this when validation does not improve
+    patience: int = 0              # stop after this many validations without improvement; 0 = never
+    # run
+    max_epochs: float | None = None   # None: DEFAULT_MAX_EPOCHS, or no cap when minutes is set (epoch_limit)
+    minutes: float = 0.0           # wall-clock budget; 0 = none
+    max_steps: int = 0             # 0 = no step limit (tests and benchmarks); a pause: the schedule ignores it
+    max_nan_retries: int = 3       # rollbacks (each halving the rate) on a non-finite loss before giving up
+    val_every: int = 0             # steps between validations; 0 = once per epoch
+    diag: bool = True              # diagnostics (diagnostics.py) in metrics.jsonl at validations ...
+    diag_every: int = 50           # ... and every this many steps (0: at validations only)
+    report: bool = False           # keep report.html current in the run directory (live.py)
+    val_streams: int = 1           # >1: validation scores the split as this many contiguous streams in
+                                   # one batch (evaluate.py), a little higher than `charrnn eval`'s figure
+    seed: int = 0
+    device: str = "cpu"
+    out: str = ""
+
+    def epoch_limit(self) -> float:
+        """Epochs after which the run ends: max_epochs when set; otherwise none (math.inf) under
+        a time budget, so a budget is spent whole on any machine, else DEFAULT_MAX_EPOCHS."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        return math.inf if self.minutes > 0 else DEFAULT_MAX_EPOCHS
+
+
+DEFAULT_MAX_EPOCHS = 50.0

@@ -44,7 +44,7 @@ def charrnn_train(V, H, L, T, B, steps, repeats, persistent=None):
     from charrnn.backends.cuda import CudaBackend
     from charrnn.model import ModelConfig, init_params
     from charrnn.optim import Optimizer
-    cfg = ModelConfig(vocab_size=V, hidden=H, layers=L)
+    cfg = ModelConfig(vocab_size=V, hidden=H, layers=L, dropout=0.0)
     be = CudaBackend(cfg, init_params(cfg, np.random.default_rng(0)))
     if persistent is not None and hasattr(be, "persistent"):
         be.persistent = persistent and be.persistent
@@ -76,7 +76,7 @@ def charrnn_train(V, H, L, T, B, steps, repeats, persistent=None):
 def charrnn_sample(V, H, L, B, n, repeats):
     from charrnn.backends.cuda import CudaBackend
     from charrnn.model import ModelConfig, init_params
-    cfg = ModelConfig(vocab_size=V, hidden=H, layers=L)
+    cfg = ModelConfig(vocab_size=V, hidden=H, layers=L, dropout=0.0)
     be = CudaBackend(cfg, init_params(cfg, np.random.default_rng(0)))
     prime = np.array([0, 1, 2])
 
@@ -95,7 +95,7 @@ def charrnn_sample_path(V, H, L, n, repeats):
     from charrnn.backends.cuda import CudaBackend
     from charrnn.model import ModelConfig, init_params
     from charrnn.sample import generate
-    cfg = ModelConfig(vocab_size=V, hidden=H, layers=L)
+    cfg = ModelConfig(vocab_size=V, hidden=H, layers=L, dropout=0.0)
     be = CudaBackend(cfg, init_params(cfg, np.random.default_rng(0)))
 
     def run(k):

@@ -35,7 +35,7 @@ def main() -> None:
     a = ap.parse_args()
     chars = "".join(chr(32 + i) for i in range(a.vocab - 1)) + "\n"
     vocab = Vocab(chars="".join(sorted(chars)))
-    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers)
+    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, dropout=0.0)
     be = CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))
     one = chars_per_second(be, vocab, 1, 50)                      # warm caches, size the runs
     many = chars_per_second(be, vocab, a.batch, 10)

@@ -73,7 +73,7 @@ class CharrnnSide:
         from charrnn.model import ModelConfig, init_params
         from charrnn.optim import Optimizer
         self.np = np
-        self.cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers)
+        self.cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers, dropout=0.0)
         self.be = CpuBackend(self.cfg, init_params(self.cfg, np.random.default_rng(seed)))
         self.opt = Optimizer("adam", self.be.p.flat.size, np.float32)
         self.T, self.B = T, B
@@ -335,7 +335,7 @@ def compile_time(threads: int) -> dict:
             "from charrnn.backends.cpu import CpuBackend\n"
             "from charrnn.model import ModelConfig, init_params\n"
             "from charrnn.optim import Optimizer\n"
-            "cfg=ModelConfig(vocab_size=65, hidden=128, layers=2)\n"
+            "cfg=ModelConfig(vocab_size=65, hidden=128, layers=2, dropout=0.0)\n"
             "be=CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))\n"
             "x=np.zeros((50,50),np.int64); s=be.zero_state(50)\n"
             "be.train_step(x,x,s); be.optimizer_step(Optimizer('adam', be.p.flat.size), 1e-3, ('norm',5.0))\n"
@@ -374,7 +374,7 @@ def sample_wall(threads: int, runs: int) -> list[float]:
     from charrnn.corpus import Vocab
     from charrnn.model import ModelConfig, init_params
     layers, hidden, _, _ = CONFIGS["b"]
-    cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers)
+    cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers, dropout=0.0)
     chars = "\n" + "".join(chr(c) for c in range(32, 32 + VOCAB - 1))
     exe = shutil.which("charrnn", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "charrnn"]

@@ -10,6 +10,7 @@ from typing import Callable
 import click
 
 from charrnn.cli_base import CONTEXT, say, write_page
+from charrnn.config import ACTIVATIONS, CELLS, INITS
 from charrnn.errors import InputError
 from charrnn.options import DEFAULT_MAX_EPOCHS, OPTIMIZER_DEFAULTS as _OPT, TrainOptions
 
@@ -34,14 +35,14 @@ def _options(options: list) -> Callable:
 MODEL_OPTIONS = [
     click.option("--hidden", type=click.IntRange(1), default=_D.hidden, show_default=True, help="Units per layer."),
     click.option("--layers", type=click.IntRange(1), default=_D.layers, show_default=True, help="Stacked layers."),
-    click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default=_D.cell, show_default=True),
+    click.option("--cell", type=click.Choice(CELLS), default=_D.cell, show_default=True),
     click.option("--embed", type=click.IntRange(0), default=_D.embed, show_default=True,
                  help="Size of a learned embedding; 0 feeds one-hot characters."),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=_D.dropout, show_default=True,
                  help="Inverted dropout between layers and before the output layer."),
-    click.option("--activation", type=click.Choice(["tanh", "softsign"]), default=_D.activation, show_default=True,
+    click.option("--activation", type=click.Choice(ACTIVATIONS), default=_D.activation, show_default=True,
                  help="The cell's squashing nonlinearity (gates stay sigmoid)."),
-    click.option("--init", "init", type=click.Choice(["uniform", "xavier"]), default=_D.init, show_default=True,
+    click.option("--init", "init", type=click.Choice(INITS), default=_D.init, show_default=True,
                  help="uniform is U(-0.08, 0.08) as in char-rnn; xavier is Glorot uniform."),
     click.option("--forget-bias", type=float, default=_D.forget_bias, show_default=True, help="LSTM forget-gate bias at init."),
     click.option("--seq-len", type=click.IntRange(1), default=_D.seq_len, show_default=True,

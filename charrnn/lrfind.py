@@ -20,7 +20,7 @@ from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, split
 from charrnn.model import init_params
 from charrnn.optim import parse_clip
-from charrnn.train import LOG2, TrainOptions, model_config, new_optimizer, resolve_text
+from charrnn.train import LOG2, TrainOptions, new_optimizer, resolve_text
 
 SMOOTHING = 0.9        # weight of the past in the moving average of the loss
 DIVERGED = 4.0         # stop once the smoothed loss exceeds this multiple of its minimum
@@ -90,7 +90,7 @@ def lr_find(opts: TrainOptions, text: str | bytes | Corpus, steps: int = 300, st
     if len(train_codes) < 2:
         raise CorpusError("the text is too short for a range test")
     batches = Batches(train_codes, opts.batch_size, opts.seq_len, warn=log)
-    cfg = model_config(opts, vocab)
+    cfg = opts.model_config(vocab.size)
     rng = np.random.default_rng(opts.seed)
     params = init_params(cfg, rng)
     opt = new_optimizer(opts, params.flat.size)

@@ -1,4 +1,5 @@
-"""The model's shape: `ModelConfig`, and `Params`, one flat float buffer with named views.
+"""The model's shape: `ModelConfig` (plain data, written in config.py and re-exported here) and
+`Params`, one flat float buffer with named views.
 
 Layout (llm.c style): a sizes table gives every tensor a name, shape and offset in one
 contiguous buffer; gradients and optimizer moments reuse the same layout, so an optimizer,
@@ -18,71 +19,9 @@ Gate order, written once here: LSTM i, f, g, o; GRU r, z, n (as PyTorch and cuDN
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import numpy as np
 
-CELLS = ("lstm", "gru", "rnn")
-ACTIVATIONS = ("tanh", "softsign")
-INITS = ("uniform", "xavier")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-STATES = {"lstm": 2, "gru": 1, "rnn": 1}  # h (and c for the LSTM)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int          # 65 for tinyshakespeare, 256 in byte mode
-    hidden: int = 256        # H, units per layer
-    layers: int = 2          # L, stacked cells
-    cell: str = "lstm"       # lstm | gru | rnn
-    embed: int = 0           # D of a learned embedding; 0 = one-hot input
-    dropout: float = 0.0     # inverted dropout between layers and before the output layer
-    activation: str = "tanh" # squashing nonlinearity of the cell (gates stay sigmoid)
-    forget_bias: float = 1.0 # LSTM forget-gate bias at init
-    init: str = "uniform"    # uniform: U(-0.08, 0.08) as char-rnn; xavier: Glorot uniform
-
-    def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r} (choose from {', '.join(CELLS)})")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}")
-        for name in ("vocab_size", "hidden", "layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.embed < 0:
-            raise ValueError("embed must be 0 (one-hot) or positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
-
-    @property
-    def gates(self) -> int:
-        return GATES[self.cell]
-
-    @property
-    def n_states(self) -> int:
-        return STATES[self.cell]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = set(d) - set(fields)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        kw = {}
-        for k, v in d.items():
-            want = {"int": int, "float": float, "str": str}[fields[k]]
-            if want is float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if not isinstance(v, want) or isinstance(v, bool):
-                raise ValueError(f"model config {k} must be {fields[k]}, got {type(v).__name__}")
-            kw[k] = v
-        return cls(**kw)
+from charrnn.config import ModelConfig  # noqa: F401 (re-exported: `from charrnn.model import ModelConfig`)
 
 
 def param_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:

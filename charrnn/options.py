@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from charrnn.config import MODEL_DEFAULTS, ModelConfig
+
 # the usual defaults of each rule (Kingma & Ba; Loshchilov & Hutter; Tieleman & Hinton as in
 # char-rnn; Duchi et al.; Zeiler; Polyak; Sutskever et al.)
 OPTIMIZER_DEFAULTS = {
@@ -24,15 +26,15 @@ OPTIMIZER_DEFAULTS = {
 class TrainOptions:
     """Everything `charrnn train` takes besides the text: the model (ModelConfig's fields, its
     vocabulary aside), the data split, the optimizer and schedule, and the run's limits."""
-    # model
-    hidden: int = 128            # defaults: the best we found for ~10 minutes on 2 cores (README)
-    layers: int = 2
-    cell: str = "lstm"
-    embed: int = 0
-    dropout: float = 0.1
-    activation: str = "tanh"
-    forget_bias: float = 1.0
-    init: str = "xavier"         # Glorot: on tinyshakespeare it learns markedly faster than U(-0.08, 0.08)
+    # model: ModelConfig's fields and defaults, its vocabulary aside (config.py)
+    hidden: int = MODEL_DEFAULTS["hidden"]
+    layers: int = MODEL_DEFAULTS["layers"]
+    cell: str = MODEL_DEFAULTS["cell"]
+    embed: int = MODEL_DEFAULTS["embed"]
+    dropout: float = MODEL_DEFAULTS["dropout"]
+    activation: str = MODEL_DEFAULTS["activation"]
+    forget_bias: float = MODEL_DEFAULTS["forget_bias"]
+    init: str = MODEL_DEFAULTS["init"]
     # data
     seq_len: int = 50
     batch_size: int = 50
@@ -77,6 +79,10 @@ class TrainOptions:
         if self.max_epochs is not None:
             return self.max_epochs
         return math.inf if self.minutes > 0 else DEFAULT_MAX_EPOCHS
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The architecture these options ask for, for a fresh model on a vocabulary this size."""
+        return ModelConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_DEFAULTS})
 
 
 DEFAULT_MAX_EPOCHS = 50.0

@@ -36,7 +36,7 @@ from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, codes_digest, describe_chars, split
 from charrnn.errors import InputError
 from charrnn.evaluate import evaluate, summary
-from charrnn.model import ModelConfig, Params, init_params
+from charrnn.model import Params, init_params
 from charrnn.optim import Optimizer, Schedule, parse_clip
 from charrnn.options import DEFAULT_MAX_EPOCHS, OPTIMIZER_DEFAULTS, TrainOptions  # noqa: F401 (re-exported)
 
@@ -141,7 +141,7 @@ class Trainer:
                                    share=(dist.rank, dist.size) if dist else (0, 1))
         except ValueError as e:
             raise CorpusError(str(e)) from None
-        self.cfg = base.config if base else model_config(opts, self.vocab)
+        self.cfg = base.config if base else opts.model_config(self.vocab.size)
         self.rng = np.random.default_rng(opts.seed)
         params = base.params.astype(np.float32) if base else init_params(self.cfg, self.rng)
         if dist:
@@ -578,12 +578,6 @@ class Trainer:
             return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
-
-
-def model_config(opts: TrainOptions, vocab: Vocab) -> ModelConfig:
-    """The architecture the options ask for, for a fresh model on this vocabulary."""
-    arch = {f.name: getattr(opts, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
-    return ModelConfig(vocab_size=vocab.size, **arch)
 
 
 def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:

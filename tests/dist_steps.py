@@ -14,8 +14,9 @@ import numpy as np
 from charrnn import dist
 from charrnn.backends.cpu import CpuBackend
 from charrnn.batches import Batches
-from charrnn.model import ModelConfig, Params, init_params
+from charrnn.model import Params, init_params
 from charrnn.optim import Optimizer
+from tiny_models import tiny_config
 
 CELLS = ("lstm", "gru")
 CLIP = 0.05         # below every norm these steps reach: clipping acts on each step
@@ -24,7 +25,7 @@ CLIP = 0.05         # below every norm these steps reach: clipping acts on each 
 def train(cell: str, comm=None, dtype=np.float64, steps: int = 20, B: int = 6, T: int = 12):
     """Weights after `steps` Adam steps and the gradient norm of each step."""
     codes = np.random.default_rng(5).integers(0, 11, 4000)
-    cfg = ModelConfig(vocab_size=11, hidden=12, layers=2, cell=cell, embed=5, dropout=0.3)
+    cfg = tiny_config(vocab_size=11, hidden=12, layers=2, cell=cell, embed=5, dropout=0.3)
     be = CpuBackend(cfg, init_params(cfg, np.random.default_rng(1), dtype))
     bt = Batches(codes, B, T, share=(comm.rank, comm.size) if comm else (0, 1))
     n = be.p.flat.size

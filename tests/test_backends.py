@@ -5,14 +5,15 @@ import numpy as np
 
 from charrnn.backends import Backend
 from charrnn.backends.cpu import CpuBackend
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import init_params
+from tiny_models import tiny_config
 
 MEMBERS = ["train_step", "loss", "step", "generate", "optimizer_step", "params_host", "grad_host", "zero_state"]
 
 
 def test_the_protocol_names_the_contract_and_the_cpu_backend_meets_it():
     assert all(hasattr(Backend, m) for m in MEMBERS)
-    cfg = ModelConfig(vocab_size=5, hidden=3, layers=1)
+    cfg = tiny_config(vocab_size=5, hidden=3, layers=1)
     assert isinstance(CpuBackend(cfg, init_params(cfg, np.random.default_rng(0))), Backend)
 
 

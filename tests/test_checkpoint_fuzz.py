@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from charrnn import checkpoint as ckpt
 from charrnn.corpus import Vocab
-from charrnn.model import ModelConfig, init_params, param_shapes
+from charrnn.model import init_params, param_shapes
 from charrnn.optim import Optimizer
+from tiny_models import tiny_config
 
 EXAMPLES = int(os.environ.get("CHARRNN_FUZZ_EXAMPLES", "150"))   # per test; 4 tests -> 600 in CI
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -24,7 +25,7 @@ WORK = Path(tempfile.mkdtemp(prefix="charrnn-fuzz-"))
 
 
 def _valid_bytes() -> bytes:
-    cfg = ModelConfig(vocab_size=3, hidden=2, layers=1, cell="lstm")
+    cfg = tiny_config(vocab_size=3, hidden=2, layers=1, cell="lstm")
     p = init_params(cfg, np.random.default_rng(0))
     opt = Optimizer("adam", p.flat.size)
     opt.state["m"][:] = 0.5

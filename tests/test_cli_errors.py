@@ -15,7 +15,8 @@ import pytest
 from charrnn import checkpoint as ckpt
 from charrnn.cli import main
 from charrnn.corpus import Vocab
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import init_params
+from tiny_models import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -45,7 +46,7 @@ def one_line_error(code: int, err: str, want: int = 2) -> None:
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("good")
-    cfg = ModelConfig(vocab_size=4, hidden=4, layers=1)
+    cfg = tiny_config(vocab_size=4, hidden=4, layers=1)
     c = ckpt.Checkpoint(config=cfg, vocab=Vocab("\nabc"), params=init_params(cfg, np.random.default_rng(0)),
                         train_args={"val_frac": 0.05, "test_frac": 0.05})
     ckpt.save(d / "good.safetensors", c)

@@ -11,7 +11,8 @@ import pytest
 from charrnn import checkpoint as ckpt
 from charrnn.batches import Batches
 from charrnn.corpus import CorpusError, Vocab, read_input, split
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import init_params
+from tiny_models import tiny_config
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -68,7 +69,7 @@ def test_short_split_shrinks_batch_then_length_with_a_warning():
 
 # ---------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trips_every_field(tmp_path):
-    cfg = ModelConfig(vocab_size=4, hidden=3, layers=2, cell="gru")
+    cfg = tiny_config(vocab_size=4, hidden=3, layers=2, cell="gru")
     p = init_params(cfg, np.random.default_rng(0))
     rng = np.random.default_rng(5)
     c = ckpt.Checkpoint(config=cfg, vocab=Vocab("abcd"), params=p, optimizer={"name": "adam", "t": 3},

@@ -5,7 +5,8 @@ import pytest
 from charrnn import reference as ref
 from charrnn.dropout import masks as dropout_masks
 from charrnn.backends.cpu import CpuBackend
-from charrnn.model import ModelConfig, Params, init_params, param_shapes
+from charrnn.model import init_params, param_shapes
+from tiny_models import tiny_config
 
 
 def _case(cfg, T, B, dtype, seed=0):
@@ -52,7 +53,7 @@ def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None):
 @pytest.mark.parametrize("B", [1, 5])
 @pytest.mark.parametrize("T,H", [(1, 3), (4, 8), (9, 5)])
 def test_lstm_matches_reference(dtype, tol, L, B, T, H):
-    _check(ModelConfig(vocab_size=7, hidden=H, layers=L), T, B, dtype, tol)
+    _check(tiny_config(vocab_size=7, hidden=H, layers=L), T, B, dtype, tol)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-9), (np.float32, 1e-4)])
@@ -60,13 +61,13 @@ def test_lstm_matches_reference(dtype, tol, L, B, T, H):
 @pytest.mark.parametrize("activation", ["tanh", "softsign"])
 @pytest.mark.parametrize("L,B", [(1, 1), (2, 3)])
 def test_every_cell_and_activation_matches_reference(dtype, tol, cell, activation, L, B):
-    _check(ModelConfig(vocab_size=6, hidden=5, layers=L, cell=cell, activation=activation), 6, B, dtype, tol)
+    _check(tiny_config(vocab_size=6, hidden=5, layers=L, cell=cell, activation=activation), 6, B, dtype, tol)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-9), (np.float32, 1e-4)])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_embedding_and_dropout_match_reference(dtype, tol, cell):
-    cfg = ModelConfig(vocab_size=6, hidden=5, layers=2, cell=cell, embed=4, dropout=0.25)
+    cfg = tiny_config(vocab_size=6, hidden=5, layers=2, cell=cell, embed=4, dropout=0.25)
     _check(cfg, 5, 3, dtype, tol, seed=3)
 
 
@@ -79,7 +80,7 @@ def test_lstm_recurrence_plain_and_transposed_both_match_reference(monkeypatch, 
     import charrnn.backends.cpu as cpu
     monkeypatch.setattr(cpu, "TRANSPOSED_MIN_H", 1 if transposed else 1 << 30)
     monkeypatch.setattr(cpu, "TRANSPOSED_MAX_B", 1 << 30)
-    cfg = ModelConfig(vocab_size=7, hidden=H, layers=2, activation=activation)
+    cfg = tiny_config(vocab_size=7, hidden=H, layers=2, activation=activation)
     assert CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))._transposed(B) == transposed
     for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
         _check(cfg, 6, B, dtype, tol)
@@ -90,7 +91,7 @@ import hashlib, sys
 import numpy as np
 from charrnn.backends.cpu import CpuBackend
 from charrnn.model import ModelConfig, init_params
-cfg = ModelConfig(vocab_size=65, hidden=128, layers=2, dropout=0.1)
+cfg = ModelConfig(vocab_size=65, hidden=128, layers=2, dropout=0.1, init="uniform")
 r = np.random.default_rng(0)
 be = CpuBackend(cfg, init_params(cfg, r))
 x, y = r.integers(0, 65, (50, 50)), r.integers(0, 65, (50, 50))
@@ -136,10 +137,10 @@ def lanes_forced(monkeypatch):
 
 @pytest.mark.parametrize("n_lanes", [1, 2, 3])
 @pytest.mark.parametrize("cfg", [
-    ModelConfig(vocab_size=7, hidden=5, layers=2),
-    ModelConfig(vocab_size=7, hidden=6, layers=3, activation="softsign"),
-    ModelConfig(vocab_size=6, hidden=5, layers=2, embed=4, dropout=0.25),
-    ModelConfig(vocab_size=6, hidden=4, layers=3, embed=4, dropout=0.1),
+    tiny_config(vocab_size=7, hidden=5, layers=2),
+    tiny_config(vocab_size=7, hidden=6, layers=3, activation="softsign"),
+    tiny_config(vocab_size=6, hidden=5, layers=2, embed=4, dropout=0.25),
+    tiny_config(vocab_size=6, hidden=4, layers=3, embed=4, dropout=0.1),
 ], ids=["2x5", "3x6-softsign", "2x5-embed-dropout", "3x4-embed-dropout"])
 def test_stacked_lstm_on_lanes_and_on_one_thread_both_match_reference(lanes_forced, n_lanes, cfg):
     """A stacked LSTM's window runs as a task graph on several lanes (chunks of steps, layers
@@ -163,7 +164,7 @@ def test_masks_computed_in_the_kernels_are_the_references_for_any_window_seed(la
     masked differently from charrnn.dropout.masks would move the loss or a gradient by far more
     than 1e-9. Seeds up to the trainer's 2^62 and chunk boundaries inside the window."""
     graphs = lanes_forced(n_lanes)
-    cfg = ModelConfig(vocab_size=6, hidden=5, layers=3, cell=cell, dropout=0.5)
+    cfg = tiny_config(vocab_size=6, hidden=5, layers=3, cell=cell, dropout=0.5)
     for drop_seed in (0, 977, (1 << 62) - 1):
         _check(cfg, 7, 3, np.float64, 1e-9, seed=1, drop_seed=drop_seed)
     assert bool(graphs) == (n_lanes > 1 and cell == "lstm")
@@ -173,7 +174,7 @@ def test_optimizer_step_on_lanes_equals_the_serial_update(lanes_forced):
     """The lanes split clipping and the update rule over slices of the buffer; given the same
     gradient, the norm and the new weights are bit for bit those of the one-thread path."""
     from charrnn.optim import Optimizer
-    cfg = ModelConfig(vocab_size=9, hidden=8, layers=2)
+    cfg = tiny_config(vocab_size=9, hidden=8, layers=2)
     p = init_params(cfg, np.random.default_rng(0))
     grads = np.random.default_rng(1).normal(size=(3, p.flat.size)).astype(np.float32)
     results = []
@@ -200,7 +201,7 @@ def test_lanes_are_chosen_only_for_stacked_lstms_with_chunks_big_enough_to_pay_f
     monkeypatch.setattr(K, "blas_threads", lambda: 2)
 
     def be(**kw):
-        cfg = ModelConfig(vocab_size=65, **kw)
+        cfg = tiny_config(vocab_size=65, **kw)
         return CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))
     assert be(hidden=128, layers=2)._lanes_for(50, 50) == 2
     assert be(hidden=128, layers=2)._lanes_for(256, 1) == 2           # evaluation, one stream
@@ -221,7 +222,7 @@ def test_lanes_are_chosen_only_for_stacked_lstms_with_chunks_big_enough_to_pay_f
 def test_shares_of_the_streams_sum_to_the_whole_batch_step(cell):
     """A data-parallel rank's train_step(streams=(lo, B)): the shares' losses and gradients add
     up to one step over all B streams (same dropout masks, the same 1/(T*B) scale)."""
-    cfg = ModelConfig(vocab_size=7, hidden=4, layers=2, cell=cell, embed=3, dropout=0.4)
+    cfg = tiny_config(vocab_size=7, hidden=4, layers=2, cell=cell, embed=3, dropout=0.4)
     p64, x, y, state = _case(cfg, 5, 5, np.float64)
     whole = CpuBackend(cfg, p64)
     loss, s_whole = whole.train_step(x, y, state, 99)

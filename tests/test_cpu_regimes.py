@@ -20,7 +20,7 @@ from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu import CpuBackend
 from charrnn.model import ModelConfig, init_params, param_shapes
 from charrnn.sample import stream
-from sampling_models import RefStep
+from tiny_models import tiny_config, RefStep
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 
@@ -123,7 +123,7 @@ def _data(cfg, T, B, seed):
 def test_counter_cells_that_grow_without_bound_match_the_reference(dtype):
     """The issue's single-cell case: i, f, g biases at +8 make c grow by ~1 a step; over 256
     steps |c| passes 44 (where tanh(c) used to become 0) and reaches ~250."""
-    cfg = ModelConfig(vocab_size=5, hidden=4, layers=1)
+    cfg = tiny_config(vocab_size=5, hidden=4, layers=1)
     p = init_params(cfg, np.random.default_rng(0), dtype=np.float64)
     H = cfg.hidden
     p["l0.b"][:3 * H] = 8.0
@@ -139,7 +139,7 @@ def test_counter_cells_that_grow_without_bound_match_the_reference(dtype):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("activation", ["tanh", "softsign"])
 def test_pre_activations_of_a_hundred_and_states_of_ten_thousand_match_the_reference(dtype, cell, activation):
-    cfg = ModelConfig(vocab_size=9, hidden=16, layers=2, cell=cell, activation=activation)
+    cfg = tiny_config(vocab_size=9, hidden=16, layers=2, cell=cell, activation=activation)
     p = _trained_like(cfg, 1, scale=60.0)
     x, y = _data(cfg, 64, 2, 1)
     state = _state(cfg, 2, 1, c_max=1e4)
@@ -154,7 +154,7 @@ def test_pre_activations_of_a_hundred_and_states_of_ten_thousand_match_the_refer
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("B", [1, 2])
 def test_windows_of_512_steps_match_the_reference(dtype, B):
-    cfg = ModelConfig(vocab_size=11, hidden=24, layers=2)
+    cfg = tiny_config(vocab_size=11, hidden=24, layers=2)
     p = _trained_like(cfg, 2, scale=12.0)
     p["l1.b"][cfg.hidden:2 * cfg.hidden] = 20.0                  # layer 1 forgets nothing: c accumulates
     x, y = _data(cfg, 512, B, 2)
@@ -184,7 +184,7 @@ def test_default_model_training_and_evaluation_windows_interleaved_on_one_backen
     per-step products above SMALL_STEP_MACS) interleaved with the evaluator's one-stream windows
     of 256 steps (lanes, matrix-vector steps below SMALL_M) on one backend, whose work buffers
     are kept between shapes, from trained-like weights and carried states."""
-    cfg = ModelConfig(vocab_size=65, hidden=128, layers=2, dropout=0.1)
+    cfg = tiny_config(vocab_size=65, hidden=128, layers=2, dropout=0.1)
     p = _trained_like(cfg, 3, scale=6.0)
     be = CpuBackend(cfg, p.astype(dtype))
     assert be._lanes_for(50, 50) == 2 and be._lanes_for(256, 1) == 2
@@ -203,7 +203,7 @@ def test_default_model_training_and_evaluation_windows_interleaved_on_one_backen
 def test_lanes_at_one_to_three_lanes_match_the_reference_at_real_sizes(n_lanes, layers, monkeypatch):
     """LANES forces the lane count; the chunking is the real one (LANE_CHUNKS of a 64-step window)."""
     monkeypatch.setattr(cpu, "LANES", n_lanes)
-    cfg = ModelConfig(vocab_size=40, hidden=96, layers=layers, embed=16)
+    cfg = tiny_config(vocab_size=40, hidden=96, layers=layers, embed=16)
     p = _trained_like(cfg, 4, scale=8.0)
     x, y = _data(cfg, 64, 16, 4)
     state = _state(cfg, 16, 4, 1e3)
@@ -218,7 +218,7 @@ def test_lanes_at_one_to_three_lanes_match_the_reference_at_real_sizes(n_lanes, 
 def test_wide_layers_take_the_transposed_product_by_their_real_thresholds(B, transposed):
     """H = 256 at B <= 64 runs the recurrent products transposed (TRANSPOSED_MIN_H/MAX_B); B = 128
     the plain way. One layer, so the lanes stay out of it."""
-    cfg = ModelConfig(vocab_size=30, hidden=256, layers=1)
+    cfg = tiny_config(vocab_size=30, hidden=256, layers=1)
     p = _trained_like(cfg, 5, scale=4.0)
     be = CpuBackend(cfg, p.astype(np.float32))
     assert be._transposed(B) == transposed
@@ -230,7 +230,7 @@ def test_wide_layers_take_the_transposed_product_by_their_real_thresholds(B, tra
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_gru_and_rnn_at_batch_50_and_one_stream_evaluation_match_the_reference(cell):
-    cfg = ModelConfig(vocab_size=30, hidden=64, layers=2, cell=cell)
+    cfg = tiny_config(vocab_size=30, hidden=64, layers=2, cell=cell)
     p = _trained_like(cfg, 6, scale=20.0)
     for T, B in ((50, 50), (256, 1)):
         x, y = _data(cfg, T, B, 6)
@@ -246,7 +246,7 @@ def test_gru_and_rnn_at_batch_50_and_one_stream_evaluation_match_the_reference(c
 def test_sampling_loop_draws_what_the_reference_draws_from_saturated_weights(cell, n, temp, top_k):
     """generate (the compiled LSTM loop; the per-step loop for GRU) against the reference stepped
     in NumPy: same codes, same log-probabilities, over 300 steps that drive |c| past 44."""
-    cfg = ModelConfig(vocab_size=12, hidden=8, layers=2, cell=cell)
+    cfg = tiny_config(vocab_size=12, hidden=8, layers=2, cell=cell)
     p = _trained_like(cfg, 7, scale=10.0)
     if cell == "lstm":
         p["l1.b"][:3 * cfg.hidden] = 8.0                          # counter cells in the top layer
@@ -262,7 +262,7 @@ def test_sampling_loop_draws_what_the_reference_draws_from_saturated_weights(cel
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_one_sampling_step_from_a_state_of_ten_thousand_matches_the_reference(dtype):
-    cfg = ModelConfig(vocab_size=20, hidden=32, layers=3, embed=8)
+    cfg = tiny_config(vocab_size=20, hidden=32, layers=3, embed=8)
     p = _trained_like(cfg, 8, scale=30.0)
     state = _state(cfg, 64, 8, 1e4)
     codes = np.random.default_rng(8).integers(0, 20, 64)

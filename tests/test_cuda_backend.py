@@ -21,8 +21,8 @@ import pytest
 
 from charrnn import reference as ref
 from charrnn.dropout import masks as dropout_masks
-from charrnn.model import ModelConfig, init_params, param_shapes
-from sampling_models import PerStep, count_calls
+from charrnn.model import init_params, param_shapes
+from tiny_models import tiny_config, PerStep, count_calls
 from test_cpu_backend import _case as cpu_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def _check(cfg, T, B, tol=1e-4, seed=0, **kw):
 @needs_cuda
 def test_shares_of_the_streams_sum_to_the_whole_batch_step():
     """A data-parallel rank's share (streams=(lo, B)): global dropout masks, 1/(T*B) scale."""
-    cfg = ModelConfig(vocab_size=5, hidden=3, layers=2, cell="lstm", embed=2, dropout=0.4)
+    cfg = tiny_config(vocab_size=5, hidden=3, layers=2, cell="lstm", embed=2, dropout=0.4)
     p64, x, y, state = _case(cfg, 3, 3)
     whole = _backend(cfg, p64.astype(np.float32))
     s32 = state.astype(np.float32)
@@ -103,37 +103,37 @@ def test_shares_of_the_streams_sum_to_the_whole_batch_step():
 @needs_cuda
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_one_layer_matches_reference(cell):
-    _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2)
+    _check(tiny_config(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2)
 
 
 @needs_cuda
 @pytest.mark.parametrize("cell,activation", [("lstm", "softsign"), ("gru", "tanh"), ("rnn", "softsign")])
 def test_two_layers_with_embedding_and_dropout_match_reference(cell, activation):
-    cfg = ModelConfig(vocab_size=6, hidden=3, layers=2, cell=cell, embed=4, dropout=0.3, activation=activation)
+    cfg = tiny_config(vocab_size=6, hidden=3, layers=2, cell=cell, embed=4, dropout=0.3, activation=activation)
     _check(cfg, 3, 2, seed=2)
 
 
 @needs_cuda
 def test_two_one_hot_layers_without_dropout_match_reference():
-    _check(ModelConfig(vocab_size=5, hidden=3, layers=2, cell="gru", activation="softsign"), 2, 2, seed=5)
+    _check(tiny_config(vocab_size=5, hidden=3, layers=2, cell="gru", activation="softsign"), 2, 2, seed=5)
 
 
 @needs_cuda
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_one_launch_per_step_matches_reference(cell):
     # the stand-in where cooperative launches (the persistent time loop) are not available
-    _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2, persistent=False)
+    _check(tiny_config(vocab_size=5, hidden=3, layers=1, cell=cell), 3, 2, persistent=False)
 
 
 @needs_cuda
 def test_persistent_loop_handles_partial_tiles():
-    _check(ModelConfig(vocab_size=5, hidden=3, layers=1, cell="gru"), 2, 3, seed=8)   # 2x2 tiles in the simulator
+    _check(tiny_config(vocab_size=5, hidden=3, layers=1, cell="gru"), 2, 3, seed=8)   # 2x2 tiles in the simulator
 
 
 @needs_cuda
 def test_production_tile_shapes_match_reference_on_a_small_model():
     # the simulator normally uses 8x8 tiles; this holds the real tile code to the reference
-    _check(ModelConfig(vocab_size=5, hidden=3, layers=1), 2, 1, tiles=("large", "small"))
+    _check(tiny_config(vocab_size=5, hidden=3, layers=1), 2, 1, tiles=("large", "small"))
 
 
 @needs_cuda
@@ -225,7 +225,7 @@ def test_saturated_model_with_a_wide_vocabulary_matches_reference_and_optim(cell
     from charrnn.backends import cuda_kernels as CK
     from charrnn.optim import Optimizer, clip_
     from test_cpu_regimes import _state, _trained_like
-    cfg = ModelConfig(vocab_size=70, hidden=4, layers=1, cell=cell)
+    cfg = tiny_config(vocab_size=70, hidden=4, layers=1, cell=cell)
     p64 = _trained_like(cfg, 11, scale=60.0)
     assert cfg.vocab_size > 2 * CK.RED and p64.flat.size > 4 * CK.NORM_BLOCKS * CK.RED
     r = np.random.default_rng(11)
@@ -267,7 +267,7 @@ def test_dropout_kernel_applies_the_masks_of_charrnn_dropout(seed):
 
 @needs_cuda
 def test_state_can_stay_on_the_device_between_windows():
-    cfg = ModelConfig(vocab_size=5, hidden=3, layers=1)
+    cfg = tiny_config(vocab_size=5, hidden=3, layers=1)
     p, x, y, state = _case(cfg, 2, 2)
     be = _backend(cfg, p.astype(np.float32))
     _, s1 = be.train_step(x, y, state.astype(np.float32))
@@ -286,7 +286,7 @@ def test_state_can_stay_on_the_device_between_windows():
                                              ("sgd", ("none", 0.0), (0.01, 0.01))])
 def test_optimizer_steps_match_optim(name, clip, decay):
     from charrnn.optim import Optimizer, clip_
-    cfg = ModelConfig(vocab_size=4, hidden=2, layers=1)
+    cfg = tiny_config(vocab_size=4, hidden=2, layers=1)
     r = np.random.default_rng(3)
     w0 = init_params(cfg, r)
     be = _backend(cfg, w0)
@@ -314,7 +314,7 @@ def test_optimizer_steps_match_optim(name, clip, decay):
 def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, temp, top_k, persistent):
     from charrnn.backends.cpu import CpuBackend
     from charrnn.sample import generate
-    cfg = ModelConfig(vocab_size=6, hidden=2, layers=layers, cell=cell, embed=embed)
+    cfg = tiny_config(vocab_size=6, hidden=2, layers=layers, cell=cell, embed=embed)
     p, *_ = _case(cfg, 1, 1, seed=4)
     p = p.astype(np.float32)
     host = list(generate(PerStep(CpuBackend(cfg, p)), np.array([1, 2]), 3, temp, 9, top_k, 1.0, batch=2))
@@ -352,7 +352,7 @@ def _same_samples(dev: bytes, host: bytes, as_json: bool) -> None:
 def test_write_samples_runs_the_device_loop_and_writes_what_the_cpu_per_step_path_writes(
         cell, layers, n, temp, top_k, as_json):
     from charrnn.backends.cpu import CpuBackend
-    cfg = ModelConfig(vocab_size=6, hidden=4, layers=layers, cell=cell)
+    cfg = tiny_config(vocab_size=6, hidden=4, layers=layers, cell=cell)
     p = _case(cfg, 1, 1, seed=6)[0].astype(np.float32)
     be = _backend(cfg, p)
     calls = count_calls(be, "generate", "step")
@@ -365,7 +365,7 @@ def test_write_samples_runs_the_device_loop_and_writes_what_the_cpu_per_step_pat
 @pytest.mark.parametrize("top_p,stop", [(0.8, None), (1.0, "a")])
 def test_top_p_or_a_stop_string_falls_back_to_per_step_sampling(top_p, stop):
     from charrnn.backends.cpu import CpuBackend
-    cfg = ModelConfig(vocab_size=6, hidden=4, layers=1)
+    cfg = tiny_config(vocab_size=6, hidden=4, layers=1)
     p = _case(cfg, 1, 1, seed=6)[0].astype(np.float32)
     be = _backend(cfg, p)
     calls = count_calls(be, "generate", "step")
@@ -379,7 +379,7 @@ def test_top_p_or_a_stop_string_falls_back_to_per_step_sampling(top_p, stop):
 @needs_cuda
 def test_weights_round_trip_bit_for_bit_and_optimizer_moments_come_home():
     from charrnn.optim import Optimizer
-    cfg = ModelConfig(vocab_size=5, hidden=3, layers=1)
+    cfg = tiny_config(vocab_size=5, hidden=3, layers=1)
     p, x, y, state = _case(cfg, 2, 2)
     p32 = p.astype(np.float32)
     be = _backend(cfg, p32)
@@ -432,7 +432,7 @@ def test_training_on_the_device_writes_a_checkpoint_the_cpu_loads(small_text, tm
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("embed,dropout", [(0, 0.0), (24, 0.25)])
 def test_gpu_matches_reference_across_tile_edges(cell, embed, dropout):
-    cfg = ModelConfig(vocab_size=70, hidden=40, layers=2, cell=cell, embed=embed, dropout=dropout)
+    cfg = tiny_config(vocab_size=70, hidden=40, layers=2, cell=cell, embed=embed, dropout=dropout)
     _check(cfg, 5, 33, tol=2e-4, seed=1)
 
 
@@ -440,7 +440,7 @@ def test_gpu_matches_reference_across_tile_edges(cell, embed, dropout):
 @pytest.mark.gpu
 @pytest.mark.parametrize("persistent", [True, False])
 def test_gpu_large_tiles_match_reference(persistent):
-    cfg = ModelConfig(vocab_size=65, hidden=96, layers=2)
+    cfg = tiny_config(vocab_size=65, hidden=96, layers=2)
     _check(cfg, 4, 70, tol=2e-4, seed=6, persistent=persistent)
 
 
@@ -448,7 +448,7 @@ def test_gpu_large_tiles_match_reference(persistent):
 @pytest.mark.gpu
 def test_gpu_persistent_loop_is_in_use():
     from charrnn.backends.cuda import CudaBackend
-    cfg = ModelConfig(vocab_size=5, hidden=8, layers=1)
+    cfg = tiny_config(vocab_size=5, hidden=8, layers=1)
     assert CudaBackend(cfg, init_params(cfg, np.random.default_rng(0))).persistent
 
 

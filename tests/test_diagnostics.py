@@ -10,9 +10,10 @@ import pytest
 
 from charrnn import checkpoint as ckpt
 from charrnn.diagnostics import histograms, layer_stats, norms, probe_codes, update_ratios
-from charrnn.model import ModelConfig, Params, init_params, param_shapes
+from charrnn.model import Params, init_params, param_shapes
 from charrnn.report import build_report
 from charrnn.train import Trainer, TrainOptions, prepare_out_dir
+from tiny_models import tiny_config
 from vizrun import synthetic_text
 
 TEXT = synthetic_text(300)
@@ -79,7 +80,7 @@ def test_diagnostics_leave_training_unchanged_and_can_be_switched_off(tmp_path):
 
 
 def test_update_ratio_is_log10_of_the_step_over_the_weight_norm():
-    cfg = ModelConfig(vocab_size=3, hidden=2, layers=1, cell="rnn")
+    cfg = tiny_config(vocab_size=3, hidden=2, layers=1, cell="rnn")
     after = init_params(cfg, np.random.default_rng(0))
     before = after.flat.copy()
     after["l0.Wh"] *= 1.01                          # a 1% step: ratio = 0.01 / 1.01
@@ -92,7 +93,7 @@ def test_update_ratio_is_log10_of_the_step_over_the_weight_norm():
 
 
 def test_saturation_counts_gates_pushed_past_0_1_and_0_9():
-    cfg = ModelConfig(vocab_size=4, hidden=3, layers=1, cell="lstm")
+    cfg = tiny_config(vocab_size=4, hidden=3, layers=1, cell="lstm")
     p = Params(cfg)                                   # all weights zero: every gate is s(bias)
     H = cfg.hidden
     p["l0.b"][H:2 * H] = 10.0                          # forget gate always ~1
@@ -112,7 +113,7 @@ def test_probe_is_a_fixed_window_of_consecutive_pieces():
 
 
 def test_histograms_cover_each_weight_matrix_only():
-    cfg = ModelConfig(vocab_size=5, hidden=4, layers=1, cell="gru", embed=3)
+    cfg = tiny_config(vocab_size=5, hidden=4, layers=1, cell="gru", embed=3)
     h = histograms(init_params(cfg, np.random.default_rng(1)), bins=7)
     assert set(h) == {"embed", "l0.Wx", "l0.Wh", "out.W"}
     assert all(len(v["counts"]) == 7 for v in h.values())

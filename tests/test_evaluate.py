@@ -5,12 +5,13 @@ import pytest
 
 from charrnn.backends.cpu import CpuBackend
 from charrnn.evaluate import evaluate, summary
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import init_params
 from charrnn.train import Trainer, TrainOptions
+from tiny_models import tiny_config
 
 
 def _backend(cell="lstm"):
-    cfg = ModelConfig(vocab_size=7, hidden=5, layers=2, cell=cell)
+    cfg = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell)
     p = init_params(cfg, np.random.default_rng(1), dtype=np.float64)
     p.flat[:] = np.random.default_rng(2).normal(0, 0.4, p.flat.size)
     return CpuBackend(cfg, p)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn.cli import cli
-from sampling_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, chi_square, known_model,
+from tiny_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, chi_square, known_model,
                              skewed_bytes, total_variation, train, word_text)
 
 CHARRNN = f"{shlex.quote(sys.executable)} -m charrnn"

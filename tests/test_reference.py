@@ -4,7 +4,8 @@ import pytest
 
 from charrnn import reference as ref
 from charrnn.dropout import masks as dropout_masks
-from charrnn.model import ModelConfig, Params, init_params, param_shapes, zero_state
+from charrnn.model import Params, init_params, param_shapes, zero_state
+from tiny_models import tiny_config
 
 
 def _setup(cfg, T, B, seed=0):
@@ -37,7 +38,7 @@ CASES = [
 
 @pytest.mark.parametrize("kw", CASES, ids=lambda k: "-".join(str(v) for v in k.values()))
 def test_gradients_match_central_differences(kw):
-    cfg = ModelConfig(vocab_size=5, hidden=4, **kw)
+    cfg = tiny_config(vocab_size=5, hidden=4, **kw)
     T, B = 3, 2
     p, x, y, state, masks = _setup(cfg, T, B)
     scale = 1.0 / (T * B)
@@ -66,7 +67,7 @@ def test_gradients_match_central_differences(kw):
 
 
 def test_state_carried_across_windows_equals_one_long_window():
-    cfg = ModelConfig(vocab_size=6, hidden=5, layers=2)
+    cfg = tiny_config(vocab_size=6, hidden=5, layers=2)
     p, x, y, state, _ = _setup(cfg, 8, 3)
     whole, _, s_whole = ref.forward(p, cfg, x, y, state)
     a, _, s_mid = ref.forward(p, cfg, x[:5], y[:5], state)
@@ -76,7 +77,7 @@ def test_state_carried_across_windows_equals_one_long_window():
 
 
 def test_lstm_forget_bias_and_uniform_init():
-    cfg = ModelConfig(vocab_size=7, hidden=3, forget_bias=2.5)
+    cfg = tiny_config(vocab_size=7, hidden=3, forget_bias=2.5)
     p = init_params(cfg, np.random.default_rng(0))
     assert np.all(p["l0.b"][3:6] == 2.5) and np.all(p["l0.b"][:3] == 0)
     assert np.abs(p["l1.Wh"]).max() <= 0.08

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from charrnn import checkpoint as ckpt
 from charrnn.cli import cli
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import init_params
 from charrnn.report import build_report, read_jsonl
 from charrnn.svg import nice_ticks
 from charrnn.viz import build, correlations, features, trace
+from tiny_models import tiny_config
 from vizrun import synthetic_text, train_tiny
 
 
@@ -141,7 +142,7 @@ def gru_ckpt(tmp_path_factory, text):
     """An untrained GRU checkpoint: enough for checking what the viewer accepts."""
     from charrnn.corpus import Vocab
     vocab = Vocab.from_text(text)
-    cfg = ModelConfig(vocab_size=vocab.size, hidden=6, layers=1, cell="gru")
+    cfg = tiny_config(vocab_size=vocab.size, hidden=6, layers=1, cell="gru")
     path = tmp_path_factory.mktemp("gru") / "best.safetensors"
     ckpt.save(path, ckpt.Checkpoint(config=cfg, vocab=vocab, params=init_params(cfg, np.random.default_rng(0))))
     return path

@@ -14,7 +14,7 @@ from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.evaluate import evaluate
 from charrnn.sample import distribution, prime_codes, prime_state, stream
-from sampling_models import (BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, RefStep, chi_square, count_calls,
+from tiny_models import (tiny_config, BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, RefStep, chi_square, count_calls,
                              known_model, skewed_bytes, train, word_text)
 
 CHARS = "abcdef"
@@ -315,8 +315,8 @@ def _codes_and_logp(backend, prime, n, length, temp, top_k, seed=5):
 @pytest.mark.parametrize("cell,layers,embed", [("lstm", 2, 0), ("lstm", 1, 3), ("gru", 2, 0), ("rnn", 1, 0)])
 @pytest.mark.parametrize("n,temp,top_k", [(1, 1.0, 0), (3, 0.7, 3), (2, 0.0, 0)])
 def test_cpu_sampling_loop_draws_what_the_reference_stepped_in_numpy_draws(cell, layers, embed, n, temp, top_k):
-    from charrnn.model import ModelConfig, init_params
-    cfg = ModelConfig(vocab_size=7, hidden=6, layers=layers, cell=cell, embed=embed)
+    from charrnn.model import init_params
+    cfg = tiny_config(vocab_size=7, hidden=6, layers=layers, cell=cell, embed=embed)
     p = init_params(cfg, np.random.default_rng(4), np.float64)
     p.flat *= 3                                      # peaked distributions, yet varied draws
     be = CpuBackend(cfg, p)
@@ -335,9 +335,9 @@ def test_cpu_sampling_loop_draws_what_the_reference_stepped_in_numpy_draws(cell,
 
 def test_cpu_sampling_loop_without_end_streams_what_a_capped_run_gives():
     from itertools import islice
-    from charrnn.model import ModelConfig, init_params
+    from charrnn.model import init_params
     from charrnn.sample import generate
-    cfg = ModelConfig(vocab_size=5, hidden=4, layers=1)
+    cfg = tiny_config(vocab_size=5, hidden=4, layers=1)
     be = CpuBackend(cfg, init_params(cfg, np.random.default_rng(2)))
     endless = [c.copy() for c, _ in islice(generate(be, np.array([0]), 0, seed=9), 30)]
     capped = [c.copy() for c, _ in generate(be, np.array([0]), 30, seed=9)]

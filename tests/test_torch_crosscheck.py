@@ -12,7 +12,8 @@ import pytest
 
 from charrnn import checkpoint as ckpt
 from charrnn.corpus import Vocab
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import init_params
+from tiny_models import tiny_config
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")]
@@ -28,7 +29,7 @@ def test_pytorch_scores_a_checkpoint_as_charrnn_eval_does(tmp_path, cell, embed,
     regime where the fast kernels' tanh once returned 0."""
     from torch_crosscheck import crosscheck
     vocab = Vocab.from_text(TEXT)
-    cfg = ModelConfig(vocab_size=vocab.size, hidden=32, layers=2, cell=cell, embed=embed)
+    cfg = tiny_config(vocab_size=vocab.size, hidden=32, layers=2, cell=cell, embed=embed)
     params = init_params(cfg, np.random.default_rng(1))
     params.flat *= scale
     path = tmp_path / "m.safetensors"

@@ -19,6 +19,7 @@ from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.model import ModelConfig, init_params, param_shapes
 from charrnn.train import Trainer, TrainOptions
+from tiny_models import tiny_config
 
 WORDS = ["the ", "cat ", "sat ", "on ", "a ", "mat.\n", "dog ", "ran ", "far, ", "so "]
 
@@ -246,8 +247,8 @@ def _host_params(cfg, seed=0):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_dropout_is_off_in_eval_and_sampling_steps(cell):
-    on = ModelConfig(vocab_size=7, hidden=5, layers=2, cell=cell, dropout=0.5)
-    off = ModelConfig(vocab_size=7, hidden=5, layers=2, cell=cell, dropout=0.0)
+    on = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell, dropout=0.5)
+    off = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell, dropout=0.0)
     p = _host_params(on)
     r = np.random.default_rng(2)
     x, y = r.integers(0, 7, (6, 3)), r.integers(0, 7, (6, 3))
@@ -278,7 +279,7 @@ def test_dropout_training_is_reproducible_under_a_seed(tmp_path):
 @pytest.mark.parametrize("L,B", [(1, 1), (1, 3), (2, 1), (2, 3)])
 def test_cpu_backend_matches_reference_with_a_fixed_dropout_mask(cell, activation, L, B):
     # test_cpu_backend.py covers every cell x activation without dropout and dropout at L=2, B=3 with tanh
-    cfg = ModelConfig(vocab_size=6, hidden=5, layers=L, cell=cell, activation=activation, dropout=0.3)
+    cfg = tiny_config(vocab_size=6, hidden=5, layers=L, cell=cell, activation=activation, dropout=0.3)
     T, seed = 5, 9
     p = _host_params(cfg)
     r = np.random.default_rng(4)
@@ -299,12 +300,11 @@ def test_cpu_backend_matches_reference_with_a_fixed_dropout_mask(cell, activatio
 def test_train_options_hold_every_model_field_and_the_cli_takes_their_defaults():
     import dataclasses
 
-    from click.testing import CliRunner
-
     from charrnn.cli import cli
-    from charrnn.model import ModelConfig
     arch = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
     assert arch <= {f.name for f in dataclasses.fields(TrainOptions)}
+    # one set of defaults: fresh options build ModelConfig's default model
+    assert TrainOptions().model_config(7) == ModelConfig(vocab_size=7)
     params = {p.name: p.default for p in cli.commands["train"].params}
     for f in dataclasses.fields(TrainOptions):
         if f.name in params and f.name not in ("device", "out"):   # auto, and a directory from the text

@@ -12,7 +12,8 @@ import pytest
 from charrnn import checkpoint as ckpt
 from charrnn import zoo
 from charrnn.corpus import Vocab
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import init_params
+from tiny_models import tiny_config
 from test_cli_errors import charrnn as charrnn_inproc   # main() in-process: (exit code, stdout, stderr)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "corpora" / "shakespeare.safetensors"
@@ -28,7 +29,7 @@ def charrnn(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
 
 def full_checkpoint() -> ckpt.Checkpoint:
     """A small checkpoint with everything a resumable one has: moments, carried state, RNG."""
-    cfg = ModelConfig(vocab_size=4, hidden=4, layers=1)
+    cfg = tiny_config(vocab_size=4, hidden=4, layers=1)
     params = init_params(cfg, np.random.default_rng(0))
     n = params.flat.size
     return ckpt.Checkpoint(

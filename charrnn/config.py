@@ -1,0 +1,75 @@
+"""The model's architecture as plain data: `ModelConfig`, whose defaults are the product's
+(`charrnn train` and `TrainOptions` read them from here), and the names of the choices it
+takes. Imports nothing heavy, so `--help` can read it; `charrnn.model` builds on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+CELLS = ("lstm", "gru", "rnn")
+ACTIVATIONS = ("tanh", "softsign")
+INITS = ("uniform", "xavier")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+STATES = {"lstm": 2, "gru": 1, "rnn": 1}  # h (and c for the LSTM)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Defaults: the best we found for ~10 minutes on 2 cores (README)."""
+    vocab_size: int          # 65 for tinyshakespeare, 256 in byte mode
+    hidden: int = 128        # H, units per layer
+    layers: int = 2          # L, stacked cells
+    cell: str = "lstm"       # lstm | gru | rnn
+    embed: int = 0           # D of a learned embedding; 0 = one-hot input
+    dropout: float = 0.1     # inverted dropout between layers and before the output layer
+    activation: str = "tanh" # squashing nonlinearity of the cell (gates stay sigmoid)
+    forget_bias: float = 1.0 # LSTM forget-gate bias at init
+    init: str = "xavier"     # xavier: Glorot uniform, on tinyshakespeare it learns markedly faster
+                             # than uniform: U(-0.08, 0.08) as char-rnn
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r} (choose from {', '.join(CELLS)})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}")
+        for name in ("vocab_size", "hidden", "layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.embed < 0:
+            raise ValueError("embed must be 0 (one-hot) or positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    @property
+    def n_states(self) -> int:
+        return STATES[self.cell]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        kw = {}
+        for k, v in d.items():
+            want = {"int": int, "float": float, "str": str}[fields[k]]
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise ValueError(f"model config {k} must be {fields[k]}, got {type(v).__name__}")
+            kw[k] = v
+        return cls(**kw)
+
+
+# the architecture's defaults by field name (vocab_size aside: it comes from the text)
+MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}

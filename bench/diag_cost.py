@@ -33,7 +33,7 @@ def one_run(text: str, steps: int, diag: bool, every: int) -> tuple[float, Train
                 show_progress=False)
     t.sample_chars = 0
     r = t.run()
-    return t.chars_seen / r["elapsed_s"], t
+    return t.progress.chars_seen / r["elapsed_s"], t
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from charrnn.corpus import Vocab
 from charrnn.model import ModelConfig, Params, param_shapes
+from charrnn.progress import Progress
 from charrnn.optim import DEFAULTS, STATE_NAMES
 from charrnn.errors import CheckpointError
 
@@ -43,7 +44,7 @@ class Checkpoint:
     optimizer: dict | None = None                    # Optimizer.to_meta()
     optim_state: dict[str, np.ndarray] = field(default_factory=dict)
     state: np.ndarray | None = None                  # carried hidden state (L, S, B, H)
-    progress: dict = field(default_factory=dict)     # step, epoch, cursor, lr, best_val, ...
+    progress: dict = field(default_factory=dict)     # progress.Progress.to_dict(): step, epoch, cursor, ...
     rng: dict | None = None                          # numpy bit_generator.state
     train_args: dict = field(default_factory=dict)   # the training flags, for the record and resume
     metrics: dict = field(default_factory=dict)      # last validation numbers
@@ -284,18 +285,11 @@ def _check_optimizer(path, opt: dict | None) -> None:
         raise CheckpointError(f"{path}: the optimizer settings are malformed")
 
 
-_PROGRESS_INTS = ("step", "epoch", "cursor", "bad_evals", "chars_seen", "nan_retries", "n_codes")
-_PROGRESS_NUMS = ("best_val", "sched_best", "ema")          # these may also be null
-
-
 def _check_progress(path, pr: dict) -> None:
-    ok = all(_is_int(pr[k]) and pr[k] >= 0 for k in _PROGRESS_INTS if k in pr) \
-        and all(pr[k] is None or _is_num(pr[k]) for k in _PROGRESS_NUMS if k in pr) \
-        and ("lr" not in pr or (_is_num(pr["lr"]) and pr["lr"] > 0)) \
-        and ("elapsed" not in pr or (_is_num(pr["elapsed"]) and pr["elapsed"] >= 0)) \
-        and isinstance(pr.get("digest", ""), str)
-    if not ok:
-        raise CheckpointError(f"{path}: the training progress record is malformed")
+    try:
+        Progress.from_dict(pr)
+    except ValueError:
+        raise CheckpointError(f"{path}: the training progress record is malformed") from None
 
 
 def _check_train_args(path, args: dict) -> None:

@@ -160,7 +160,7 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
         result = trainer.run()
     except TrainingInterrupted as e:
         dist.agreed_exit()
-        trainer.log(f"interrupted at step {trainer.step}: saved {trainer.out / 'last.safetensors'}")
+        trainer.log(f"interrupted at step {trainer.progress.step}: saved {trainer.out / 'last.safetensors'}")
         sys.exit(e.exit_code)
     except TrainingDiverged as e:
         dist.agreed_exit()

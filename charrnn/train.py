@@ -38,6 +38,7 @@ from charrnn.errors import InputError
 from charrnn.evaluate import evaluate, summary
 from charrnn.model import Params, init_params
 from charrnn.optim import Optimizer, Schedule, parse_clip
+from charrnn.progress import Progress
 from charrnn.options import DEFAULT_MAX_EPOCHS, OPTIMIZER_DEFAULTS, TrainOptions  # noqa: F401 (re-exported)
 
 LOG2 = math.log(2)
@@ -65,12 +66,7 @@ SNAPSHOT_EVERY = 100   # steps between in-memory copies of the last good state, 
 @dataclass
 class _Snapshot:
     """Host copies of everything a training step changes, taken when the state was known good."""
-    step: int
-    epoch: int
-    cursor: int
-    lr: float
-    chars_seen: int
-    ema: float | None
+    progress: Progress
     flat: np.ndarray
     opt_state: dict
     opt_t: int
@@ -148,16 +144,10 @@ class Trainer:
             dist.bcast_(params.flat)
         self.opt = new_optimizer(opts, params.flat.size)
         self.clip = parse_clip(opts.clip)
-        self.step = self.epoch = self.cursor = 0
+        # the counters of the run; its `lr` is the schedule's base, filled in when saved or snapshotted
+        self.progress = Progress(digest=self.digest, n_codes=self.n_codes, world_size=dist.size if dist else 1)
         self.sched = Schedule(opts.lr, opts.lr_schedule, opts.lr_floor, opts.lr_decay, opts.lr_decay_after,
                               opts.lr_plateau)
-        self.best_val = math.inf        # best validation ever seen: decides when `best` is written
-        self.sched_best = math.inf      # best at scheduled validations only: drives plateau and patience
-        self.bad_evals = 0
-        self.chars_seen = 0
-        self.elapsed = 0.0
-        self.ema: float | None = None   # smoothed training bits/char, for the bar and the log
-        self.nan_retries = 0
         self.lr_now, self.gnorm = self.sched.base, 0.0
         self.state = None
         self._stop_signal = 0           # data parallel: the largest signal any rank caught, reduced
@@ -192,20 +182,15 @@ class Trainer:
         self.sched.base = value
 
     def _restore(self, ck: ckpt.Checkpoint) -> None:
-        pr = ck.progress
-        if pr.get("digest") not in (None, self.digest):
+        pr = Progress.from_dict(ck.progress)      # checkpoint.load has vetted it
+        if pr.digest not in (None, self.digest):
             raise CorpusError("this is not the text the checkpoint was trained on (its codes differ); "
                               "use --init-from to fine-tune on a new text")
-        self.step, self.epoch, self.cursor = int(pr.get("step", 0)), int(pr.get("epoch", 0)), int(pr.get("cursor", 0))
-        self.cursor = min(self.cursor, self.batches.n_windows)   # other batch flags: start the next epoch
-        self.lr = float(pr.get("lr", self.o.lr))
-        self.best_val = _num(pr.get("best_val"))
-        self.sched_best = _num(pr.get("sched_best", pr.get("best_val")))
-        self.bad_evals = int(pr.get("bad_evals", 0))
-        self.chars_seen = int(pr.get("chars_seen", 0))
-        self.elapsed = float(pr.get("elapsed", 0.0))
-        self.ema = pr.get("ema")
-        self.nan_retries = int(pr.get("nan_retries", 0))
+        ranks = pr.world_size
+        self.progress = dataclasses.replace(pr, digest=self.digest, n_codes=self.n_codes,
+                                            world_size=self.dist.size if self.dist else 1,
+                                            cursor=min(pr.cursor, self.batches.n_windows))  # other batch flags: next epoch
+        self.lr = pr.lr if pr.lr is not None else self.o.lr
         if ck.optimizer and ck.optimizer.get("name") == self.opt.name:
             self.opt = Optimizer.from_meta(ck.optimizer, ck.params.flat.size)
             for k, arr in ck.optim_state.items():
@@ -216,7 +201,7 @@ class Trainer:
         bt = self.batches
         if ck.state is not None and ck.state.shape[2] == bt.batch:
             self.state = ck.state[:, :, bt.lo:bt.hi].copy()
-        ranks, now = int(pr.get("world_size", 1)), self.dist.size if self.dist else 1
+        now = self.progress.world_size
         if ranks != now and self.root:
             self.log(f"resuming a run of {ranks} process(es) on {now}: the streams are re-sliced, so it "
                      f"continues the run only approximately (another summation order), not bit for bit")
@@ -254,7 +239,7 @@ class Trainer:
         d.allreduce_(g)
         if self._stage is not None:
             self._stage.copy_to_device(g[:g.size - tail.size])
-        self.elapsed = max(self.elapsed, float(tail[1:1 + n].max()))
+        self.progress.elapsed = max(self.progress.elapsed, float(tail[1:1 + n].max()))
         self._stop_signal = int(tail[1 + n:].max())
         return float(tail[0])
 
@@ -272,11 +257,7 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------
     def _checkpoint(self, metrics: dict, state: np.ndarray) -> ckpt.Checkpoint:
-        progress = {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "lr": self.lr,
-                    "best_val": _finite_or_none(self.best_val), "sched_best": _finite_or_none(self.sched_best),
-                    "bad_evals": self.bad_evals, "chars_seen": self.chars_seen, "elapsed": self.elapsed,
-                    "ema": self.ema, "nan_retries": self.nan_retries, "digest": self.digest,
-                    "n_codes": self.n_codes, "world_size": self.dist.size if self.dist else 1}
+        progress = dataclasses.replace(self.progress, lr=self.lr).to_dict()
         return ckpt.Checkpoint(config=self.cfg, vocab=self.vocab, params=self.be.params_host(),
                                optimizer=self.opt.to_meta(), optim_state=self.opt.state,
                                state=state, progress=progress,
@@ -315,7 +296,7 @@ class Trainer:
 
     # -- numerical faults -------------------------------------------------------------
     def _snapshot(self) -> _Snapshot:
-        return _Snapshot(self.step, self.epoch, self.cursor, self.lr, self.chars_seen, self.ema,
+        return _Snapshot(dataclasses.replace(self.progress, lr=self.lr),
                          self.be.params_host().flat.copy(), {k: v.copy() for k, v in self.opt.state.items()},
                          self.opt.t, self.rng.bit_generator.state, np.array(self.state, copy=True))
 
@@ -324,16 +305,19 @@ class Trainer:
 
     def _rollback(self, what: str) -> None:
         """Back to the last good snapshot with half the learning rate, or give up after K times."""
-        bad_step = self.step + 1
-        self.nan_retries += 1
-        if self.nan_retries > self.o.max_nan_retries:
+        bad_step = self.progress.step + 1
+        self.progress.nan_retries += 1
+        if self.progress.nan_retries > self.o.max_nan_retries:
             last = self.out / "last.safetensors"
             raise TrainingDiverged(f"training diverged: {what} is not finite at step {bad_step} after "
                                    f"{self.o.max_nan_retries} rollbacks with the learning rate halved each time; "
                                    + (f"the last good checkpoint is {last}" if last.exists() else
                                       "no checkpoint was written") + "; try a lower --lr or a tighter --clip")
         sn, lr = self._snap, self.lr * 0.5
-        self.step, self.epoch, self.cursor, self.chars_seen, self.ema = sn.step, sn.epoch, sn.cursor, sn.chars_seen, sn.ema
+        now = self.progress           # the rollbacks, the time and the validation record go on
+        self.progress = dataclasses.replace(sn.progress, elapsed=now.elapsed, nan_retries=now.nan_retries,
+                                            best_val=now.best_val, sched_best=now.sched_best,
+                                            bad_evals=now.bad_evals)
         for k, v in sn.opt_state.items():
             self.opt.state[k][:] = v
         self.opt.t = sn.opt_t
@@ -343,20 +327,20 @@ class Trainer:
         self._diag = None
         self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.notify)
         self._bind_backend()
-        self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.step} and halved the "
-                 f"learning rate to {lr:g} ({self.nan_retries} of {self.o.max_nan_retries})")
-        self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.step, "lr": lr})
+        self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.progress.step} and halved the "
+                 f"learning rate to {lr:g} ({self.progress.nan_retries} of {self.o.max_nan_retries})")
+        self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.progress.step, "lr": lr})
 
     # -- the loop ---------------------------------------------------------------------
     def _train_step(self, t0: float) -> str | None:
         """One window: returns None, or what went non-finite (then nothing was counted)."""
         bt = self.batches
-        if self.cursor >= bt.n_windows:              # new epoch: reset the carried state
-            self.cursor = 0
-            self.epoch += 1
+        if self.progress.cursor >= bt.n_windows:              # new epoch: reset the carried state
+            self.progress.cursor = 0
+            self.progress.epoch += 1
             self.state = self.be.zero_state(bt.local_batch)
-            self.sched.on_epoch(self.epoch)
-        x, y = bt.window(self.cursor)
+            self.sched.on_epoch(self.progress.epoch)
+        x, y = bt.window(self.progress.cursor)
         seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout else 0
         share = {"streams": (bt.lo, bt.batch)} if self.dist else {}
         # overflow is judged below, by the finiteness of the results, not by NumPy warnings;
@@ -370,8 +354,8 @@ class Trainer:
                 loss = self._reduce_step(loss, t0)
             if not math.isfinite(loss):
                 return "the loss"
-            lr_now = self.sched.rate(self.step, self.elapsed)
-            watch = self._diag_due(self.step + 1)
+            lr_now = self.sched.rate(self.progress.step, self.progress.elapsed)
+            watch = self._diag_due(self.progress.step + 1)
             if watch:       # the raw gradient and the weights before the update, for the ratios
                 grad_norms = diagnostics.norms(self.be.grad_host())
                 before = self.be.params_host().flat.copy()
@@ -383,17 +367,17 @@ class Trainer:
                 return "the gradient"
             if watch:
                 after = self.be.params_host()
-                self._diag = {"step": self.step + 1, "update_ratio": diagnostics.update_ratios(before, after),
+                self._diag = {"step": self.progress.step + 1, "update_ratio": diagnostics.update_ratios(before, after),
                               "param_norm": diagnostics.norms(after), "grad_norm": grad_norms}
         chars = bt.batch * bt.seq_len
         self.state, self.lr_now, self.gnorm = state, lr_now, gnorm
-        self.step += 1
-        self.cursor += 1
-        self.chars_seen += chars
+        self.progress.step += 1
+        self.progress.cursor += 1
+        self.progress.chars_seen += chars
         bpc = loss / chars / LOG2
-        self.ema = bpc if self.ema is None else 0.95 * self.ema + 0.05 * bpc
+        self.progress.ema = bpc if self.progress.ema is None else 0.95 * self.progress.ema + 0.05 * bpc
         if not self.dist:
-            self.elapsed = time.perf_counter() - t0
+            self.progress.elapsed = time.perf_counter() - t0
         return None
 
     # -- diagnostics ------------------------------------------------------------------
@@ -427,16 +411,16 @@ class Trainer:
         val_bpc = self.validate(progress=check)
         o, bt = self.o, self.batches
         if scheduled and val_bpc is not None:
-            improved = val_bpc < self.sched_best
+            improved = val_bpc < self.progress.sched_best
             if improved:
-                self.sched_best, self.bad_evals = val_bpc, 0
+                self.progress.sched_best, self.progress.bad_evals = val_bpc, 0
             else:
-                self.bad_evals += 1
+                self.progress.bad_evals += 1
             self.sched.on_validation(improved)
-        ema = self.ema if self.ema is not None else math.nan
-        rec = {"step": self.step, "epoch": round(self.epoch + self.cursor / bt.n_windows, 4),
-               "chars": self.chars_seen, "elapsed_s": round(self.elapsed, 2),
-               "train_bpc": None if self.ema is None else round(self.ema, 5),
+        ema = self.progress.ema if self.progress.ema is not None else math.nan
+        rec = {"step": self.progress.step, "epoch": round(self.progress.epoch + self.progress.cursor / bt.n_windows, 4),
+               "chars": self.progress.chars_seen, "elapsed_s": round(self.progress.elapsed, 2),
+               "train_bpc": None if self.progress.ema is None else round(self.progress.ema, 5),
                "val_bpc": None if val_bpc is None else round(val_bpc, 5),
                "lr": self.lr_now, "grad_norm": round(self.gnorm, 5)}
         if not scheduled:
@@ -448,12 +432,12 @@ class Trainer:
         if self.root:
             self._record_sample(rec)
         if bar is not None:
-            bar.write(f"step {self.step}  epoch {rec['epoch']:.2f}  train {ema:.4f}  "
+            bar.write(f"step {self.progress.step}  epoch {rec['epoch']:.2f}  train {ema:.4f}  "
                       f"val {'n/a' if val_bpc is None else f'{val_bpc:.4f}'} bpc", file=sys.stderr)
-        best = (val_bpc is not None and val_bpc < self.best_val) or \
+        best = (val_bpc is not None and val_bpc < self.progress.best_val) or \
             (val_bpc is None and not (self.out / "best.safetensors").exists())
         if best and val_bpc is not None:
-            self.best_val = val_bpc
+            self.progress.best_val = val_bpc
         self.save("last", rec)
         if best:
             self.save("best", rec)
@@ -461,7 +445,7 @@ class Trainer:
         self._snap = self._snapshot()
         if self.live:
             self.live.update(validation=True)
-        return bool(o.patience and self.bad_evals >= o.patience)
+        return bool(o.patience and self.progress.bad_evals >= o.patience)
 
     def run(self) -> dict:
         o, bt = self.o, self.batches
@@ -477,11 +461,11 @@ class Trainer:
         bar = None
         if self.show_progress and self.root:
             from tqdm import tqdm
-            bar = tqdm(total=stop_at if math.isfinite(stop_at) else None, initial=min(self.step, stop_at), unit="step", file=sys.stderr,
+            bar = tqdm(total=stop_at if math.isfinite(stop_at) else None, initial=min(self.progress.step, stop_at), unit="step", file=sys.stderr,
                        disable=None, dynamic_ncols=True, leave=True)
-        t0 = time.perf_counter() - self.elapsed
-        saved_at = self.elapsed        # `last` is refreshed by (reduced) elapsed time, the same on every rank
-        validated_at = self.step if self.step else -1   # a resumed checkpoint was saved at its step
+        t0 = time.perf_counter() - self.progress.elapsed
+        saved_at = self.progress.elapsed        # `last` is refreshed by (reduced) elapsed time, the same on every rank
+        validated_at = self.progress.step if self.progress.step else -1   # a resumed checkpoint was saved at its step
         self.last_val_bpc = None
         self._snap = self._snapshot()
         reason = ""
@@ -492,39 +476,39 @@ class Trainer:
                     stop = self._stop_signal if self.dist else sig.signum
                     if stop:
                         raise TrainingInterrupted(stop)
-                    if self.step >= stop_at:
+                    if self.progress.step >= stop_at:
                         reason = "finished the epochs" if stop_at == horizon else f"reached --max-steps {o.max_steps}"
                         break
-                    if self.elapsed >= budget:
+                    if self.progress.elapsed >= budget:
                         reason = f"time budget of {o.minutes:g} minutes reached"
                         break
                     fault = self._train_step(t0)
                     if fault:
                         self._rollback(fault)
                         if bar is not None:
-                            bar.n = self.step
+                            bar.n = self.progress.step
                             bar.refresh()
                         continue
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix_str(f"epoch {self.epoch + self.cursor / bt.n_windows:.2f}  train "
-                                            f"{self.ema:.3f} bpc  {self.chars_seen / max(self.elapsed, 1e-9):,.0f} "
+                        bar.set_postfix_str(f"epoch {self.progress.epoch + self.progress.cursor / bt.n_windows:.2f}  train "
+                                            f"{self.progress.ema:.3f} bpc  {self.progress.chars_seen / max(self.progress.elapsed, 1e-9):,.0f} "
                                             f"chars/s", refresh=False)
-                    if o.diag and o.diag_every and self.step % o.diag_every == 0 and self.step % val_every:
-                        self._append_metrics({"step": self.step, "diag": self._diagnostics()})
+                    if o.diag and o.diag_every and self.progress.step % o.diag_every == 0 and self.progress.step % val_every:
+                        self._append_metrics({"step": self.progress.step, "diag": self._diagnostics()})
                         if self.live:
                             self.live.update(validation=False)
-                    if self.step % val_every == 0:
-                        validated_at, saved_at = self.step, self.elapsed
+                    if self.progress.step % val_every == 0:
+                        validated_at, saved_at = self.progress.step, self.progress.elapsed
                         if self._validate_and_save(True, sig, bar):
                             reason = f"early stop: no improvement in {o.patience} validations"
                             break
-                    elif self.elapsed - saved_at > SAVE_EVERY_S and self._weights_finite():
-                        self.save("last", {"step": self.step})
-                        saved_at = self.elapsed
-                    if self.step % SNAPSHOT_EVERY == 0 and self._weights_finite():
+                    elif self.progress.elapsed - saved_at > SAVE_EVERY_S and self._weights_finite():
+                        self.save("last", {"step": self.progress.step})
+                        saved_at = self.progress.elapsed
+                    if self.progress.step % SNAPSHOT_EVERY == 0 and self._weights_finite():
                         self._snap = self._snapshot()
-                if self.step != validated_at:            # the end of a run is validated too
+                if self.progress.step != validated_at:            # the end of a run is validated too
                     self._validate_and_save(False, sig, bar)
             except TrainingInterrupted as e:
                 self._save_interrupted()
@@ -537,20 +521,20 @@ class Trainer:
                 if bar is not None:
                     bar.close()
         self._finish(reason)
-        return {"steps": self.step, "epochs": self.epoch + self.cursor / bt.n_windows,
-                "best_val_bpc": _finite_or_none(self.best_val), "last_val_bpc": self.last_val_bpc,
-                "reason": reason, "elapsed_s": self.elapsed, "out": str(self.out)}
+        return {"steps": self.progress.step, "epochs": self.progress.epoch + self.progress.cursor / bt.n_windows,
+                "best_val_bpc": _finite_or_none(self.progress.best_val), "last_val_bpc": self.last_val_bpc,
+                "reason": reason, "elapsed_s": self.progress.elapsed, "out": str(self.out)}
 
     def _finish(self, reason: str) -> None:
         """The run's last metrics line, however it ends: a live page stops reloading on it."""
-        self._append_metrics({"step": self.step, "event": "stop", "reason": reason})
+        self._append_metrics({"step": self.progress.step, "event": "stop", "reason": reason})
         if self.live:
             self.live.write()
 
     def _save_interrupted(self) -> None:
         """`last` on a signal: the state after the last whole step, if its weights are sound."""
         if self._weights_finite():
-            self.save("last", {"step": self.step, "interrupted": True})
+            self.save("last", {"step": self.progress.step, "interrupted": True})
 
     # the report's per-validation samples: fixed seed and temperature, so they compare across steps
     sample_chars, sample_temp, sample_seed = 300, 0.8, 1234
@@ -637,10 +621,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _num(v) -> float:
-    return math.inf if v is None else float(v)
 
 
 def _finite_or_none(v: float) -> float | None:

@@ -29,7 +29,7 @@ if int(rank_s) == me:
     step_fn = train.Trainer._train_step
 
     def faulty(self, *a, **k):
-        if self.step == int(step_s) and what != "corpus":
+        if self.progress.step == int(step_s) and what != "corpus":
             mark()
             if what == "raise":
                 raise RuntimeError("injected fault")

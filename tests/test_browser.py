@@ -122,7 +122,7 @@ def test_live_page_shows_a_new_validation_after_the_run_writes_one(tmp_path, mon
     real_step = t.be.train_step
 
     def paused(*a):
-        if t.step == 5:
+        if t.progress.step == 5:
             go.wait(60)                      # until the browser has the one-validation page
         return real_step(*a)
     t.be.train_step = paused

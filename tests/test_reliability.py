@@ -74,7 +74,7 @@ def test_n_steps_then_resume_then_m_steps_equals_n_plus_m_bit_for_bit(tmp_path, 
     assert ck.progress["step"] == n and ck.optimizer["name"] == optimizer
     assert ck.optim_state and all(v.any() for v in ck.optim_state.values())
     t = Trainer(opts(max_steps=total, **kw), TEXT, part, show_progress=False, resume=ck)
-    assert t.step == n and t.cursor == ck.progress["cursor"]
+    assert t.progress.step == n and t.progress.cursor == ck.progress["cursor"]
     t.run()
     assert_same(state_of(whole / "last.safetensors"), state_of(part / "last.safetensors"))
     assert ckpt.load(whole / "last.safetensors").progress["epoch"] == 2
@@ -90,7 +90,7 @@ def test_a_signal_mid_run_saves_last_and_resuming_from_it_is_exact(tmp_path, mon
 
     def step_then_signal(*a):
         out = real(*a)
-        if t.step == 11:                  # the 12th step is under way when SIGTERM arrives
+        if t.progress.step == 11:                  # the 12th step is under way when SIGTERM arrives
             os.kill(os.getpid(), signal.SIGTERM)
         return out
     monkeypatch.setattr(t.be, "train_step", step_then_signal)
@@ -187,7 +187,7 @@ def test_a_nan_loss_rolls_back_halves_the_rate_and_goes_on(tmp_path, monkeypatch
         return (float("nan") if calls["n"] == 13 else loss), state
     monkeypatch.setattr(t.be, "train_step", sometimes_nan)    # the rollback's new backend is clean
     res = t.run()
-    assert res["steps"] == 20 and t.nan_retries == 1 and t.lr == pytest.approx(opts().lr / 2)
+    assert res["steps"] == 20 and t.progress.nan_retries == 1 and t.lr == pytest.approx(opts().lr / 2)
     events = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rb = [e for e in events if e.get("event") == "rollback"]
     assert len(rb) == 1 and rb[0]["step"] == 13 and rb[0]["to_step"] == 10      # the last validation
@@ -203,7 +203,7 @@ def test_a_nan_gradient_every_time_stops_after_k_rollbacks_naming_the_step(tmp_p
         real = be.optimizer_step
 
         def step(opt, lr, clip):
-            if t.step >= 6:
+            if t.progress.step >= 6:
                 be.grad.flat[0] = np.inf
             return real(opt, lr, clip)
         monkeypatch.setattr(be, "optimizer_step", step)

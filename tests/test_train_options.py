@@ -136,7 +136,8 @@ def test_the_schedule_position_is_written_down_and_restored_on_resume(tmp_path, 
     assert last.progress["lr"] == pytest.approx(0.05)
     assert (last.progress["bad_evals"], last.progress["best_val"], last.progress["step"]) == (1, 2.5, 3)
     again = Trainer(_opts(tmp_path, lr=0.1, lr_plateau=0.5), _text(), tmp_path, show_progress=False, resume=last)
-    assert (again.lr, again.bad_evals, again.best_val, again.step) == (pytest.approx(0.05), 1, 2.5, 3)
+    pr = again.progress
+    assert (again.lr, pr.bad_evals, pr.best_val, pr.step) == (pytest.approx(0.05), 1, 2.5, 3)
 
 
 # ---------------------------------------------------------------- time budgets

@@ -76,12 +76,13 @@ def charrnn_train(V, H, L, T, B, steps, repeats, persistent=None):
 def charrnn_sample(V, H, L, B, n, repeats):
     from charrnn.backends.cuda import CudaBackend
     from charrnn.model import ModelConfig, init_params
+    from charrnn.sample import Decoding
     cfg = ModelConfig(vocab_size=V, hidden=H, layers=L, dropout=0.0)
     be = CudaBackend(cfg, init_params(cfg, np.random.default_rng(0)))
     prime = np.array([0, 1, 2])
 
     def run(k):
-        for _ in be.generate(prime, k, temp=1.0, seed=0, batch=B, chunk=256):
+        for _ in be.generate(prime, Decoding(length=k, batch=B), chunk=256):
             pass
     run(min(8, n))
     med, times = _median_rate(lambda: run(n), repeats)
@@ -94,12 +95,12 @@ def charrnn_sample_path(V, H, L, n, repeats):
     step() plus a host-side draw (908 chars/s on the H200)."""
     from charrnn.backends.cuda import CudaBackend
     from charrnn.model import ModelConfig, init_params
-    from charrnn.sample import generate
+    from charrnn.sample import Decoding, generate
     cfg = ModelConfig(vocab_size=V, hidden=H, layers=L, dropout=0.0)
     be = CudaBackend(cfg, init_params(cfg, np.random.default_rng(0)))
 
     def run(k):
-        for _ in generate(be, np.array([0, 1]), k, 1.0, 0):
+        for _ in generate(be, np.array([0, 1]), Decoding(length=k)):
             pass
     run(2)
     med, times = _median_rate(lambda: run(n), repeats)

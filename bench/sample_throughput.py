@@ -14,13 +14,13 @@ import numpy as np
 from charrnn.backends.cpu import CpuBackend
 from charrnn.corpus import Vocab
 from charrnn.model import ModelConfig, init_params
-from charrnn.sample import write_samples
+from charrnn.sample import Decoding, write_samples
 
 
 def chars_per_second(be, vocab, n: int, length: int) -> float:
     prime = vocab.encode("\n").astype(np.int64)
     t0 = time.perf_counter()
-    write_samples(be, vocab, io.BytesIO(), prime, n=n, length=length, temp=0.8, seed=1)
+    write_samples(be, vocab, io.BytesIO(), prime, Decoding(length=length, temperature=0.8, seed=1, batch=n))
     return n * length / (time.perf_counter() - t0)
 
 

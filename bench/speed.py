@@ -96,9 +96,9 @@ class CharrnnSide:
         return chars
 
     def sample(self, batch, steps):
-        from charrnn.sample import generate
+        from charrnn.sample import Decoding, generate
         np = self.np
-        for _ in generate(self.be, np.array([1]), steps, 1.0, 0, batch=batch):
+        for _ in generate(self.be, np.array([1]), Decoding(length=steps, batch=batch)):
             pass
         return batch * steps
 

@@ -1,8 +1,10 @@
 """Drawing text from a trained model: priming, temperature, top-k, top-p (nucleus), argmax,
 stop strings, many samples in one batch, and writing them as a byte stream or JSON lines.
 
-`stream()` runs the model: N rows in one batch, each row with its own generator seeded
-`seed + row`, so `--seed S --num-samples 1` regenerates row i of a batch run with seed S - i.
+`Decoding` holds how to draw, passed whole to `stream()`, `generate()`, `write_samples()` and a
+backend's own sampling loop. `stream()` runs the model: `batch` rows together, each row with its
+own generator seeded `seed + row`, so `--seed S --num-samples 1` regenerates row i of a batch
+run with seed S - i.
 The writers turn its steps into output: `PlainWriter` streams row 0 live and holds the
 others until their turn; `JsonWriter` emits one JSON line per finished sample.
 Log-probabilities are always under the model itself (temperature 1, no filtering).
@@ -13,6 +15,7 @@ import base64
 import json
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Sequence
 
@@ -21,6 +24,27 @@ import numpy as np
 from charrnn.errors import SampleError
 
 PRIME_WINDOW = 128          # prime codes per forward call (a window, not one step at a time)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How samples are drawn (the sampling flags of `charrnn sample`)."""
+    length: int = 2000          # codes per sample; 0: endless
+    temperature: float = 1.0    # 0: argmax
+    top_k: int = 0              # keep the k most likely codes; 0: all
+    top_p: float = 1.0          # keep the smallest set holding this much probability; 1: all
+    seed: int = 0               # row i draws from PCG64 seeded seed + i
+    batch: int = 1              # samples drawn together
+    stop: tuple[int, ...] = ()  # codes: a row ends right after its generated codes end with them
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(int(c) for c in self.stop))
+
+    @property
+    def own_loop_ok(self) -> bool:
+        """Whether a backend's own sampling loop (temperature and top-k, every row to `length`)
+        draws these samples: no top-p and no stop string."""
+        return self.top_p >= 1.0 and not self.stop
 
 
 def distribution(logits: np.ndarray, temp: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
@@ -94,18 +118,22 @@ class Step:
     done: np.ndarray
 
 
-def stream(backend, prime_codes: np.ndarray, n: int = 1, length: int = 2000, temp: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-           stop: np.ndarray | None = None) -> Iterator[Step]:
-    """Generate n samples together. A row ends after `length` codes (0: never) or right after
-    its generated codes end with `stop` (kept). Rows that end leave the batch. A backend with
-    its own sampling loop (`generate`) runs it when it can: no top-p and no stop string."""
-    stop = None if stop is None or len(stop) == 0 else np.asarray(stop, dtype=np.int64)
-    loop = getattr(backend, "generate", None)
-    if loop is not None and top_p >= 1.0 and stop is None:
-        yield from _backend_loop(backend, loop, prime_codes, n, length, temp, top_k, seed)
-        return
-    rngs = [np.random.default_rng(seed + i) for i in range(n)]
+def stream(backend, prime_codes: np.ndarray, dec: Decoding = Decoding()) -> Iterator[Step]:
+    """Generate dec.batch samples together. A row ends after `length` codes (0: never) or right
+    after its generated codes end with `stop` (kept). Rows that end leave the batch. The
+    backend's own sampling loop (`generate`) runs when it can (Decoding.own_loop_ok), else
+    `step_loop`; both draw the same samples."""
+    if dec.own_loop_ok:
+        return _backend_loop(backend, prime_codes, dec)
+    return step_loop(backend, prime_codes, dec)
+
+
+def step_loop(backend, prime_codes: np.ndarray, dec: Decoding) -> Iterator[Step]:
+    """stream() one backend step at a time, drawing on the host: every setting, and only
+    `step` and `loss` of the backend (the path its own loop must agree with)."""
+    n, length, temp, top_k, top_p = dec.batch, dec.length, dec.temperature, dec.top_k, dec.top_p
+    stop = np.asarray(dec.stop, dtype=np.int64) if dec.stop else None
+    rngs = [np.random.default_rng(dec.seed + i) for i in range(n)]
     state, codes = prime_state(backend, prime_codes, n)
     rows = np.arange(n)
     tail = np.full((n, len(stop)), -1, dtype=np.int64) if stop is not None else None
@@ -138,22 +166,21 @@ def stream(backend, prime_codes: np.ndarray, n: int = 1, length: int = 2000, tem
                 return
 
 
-def _backend_loop(backend, loop, prime_codes: np.ndarray, n: int, length: int, temp: float, top_k: int,
-                  seed: int) -> Iterator[Step]:
+def _backend_loop(backend, prime_codes: np.ndarray, dec: Decoding) -> Iterator[Step]:
     """stream() by the backend's own loop, which draws from the same generators (seed + row)
     without a host round trip per step. With no stop string every row runs to `length`."""
+    n, length = dec.batch, dec.length
     state, _ = prime_state(backend, prime_codes, n)
     rows, count = np.arange(n), 0
-    for codes, logp in loop(prime_codes, length, temp, seed, top_k, batch=n, state=state):
+    for codes, logp in backend.generate(prime_codes, dec, state=state):
         count += 1
         yield Step(rows, np.asarray(codes), np.asarray(logp), np.full(n, bool(length) and count >= length))
 
 
-def generate(backend, prime_codes: np.ndarray, length: int, temp: float = 1.0, seed: int | None = None,
-             top_k: int = 0, top_p: float = 1.0, batch: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (codes (batch,), log-probabilities of those codes under the model) for `length`
+def generate(backend, prime_codes: np.ndarray, dec: Decoding = Decoding()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (codes (batch,), log-probabilities of those codes under the model) for dec.length
     steps; length 0 means endless. The prime must hold at least one code."""
-    for st in stream(backend, prime_codes, batch, length, temp, top_k, top_p, 0 if seed is None else seed):
+    for st in stream(backend, prime_codes, dec):
         yield st.codes, st.logp
 
 
@@ -185,30 +212,29 @@ def prime_codes(vocab, prime: str | bytes, unknown: str = "error") -> tuple[np.n
     return vocab.encode(prime).astype(np.int64), echo, missing
 
 
-def stop_codes(vocab, stop: str | bytes | None) -> np.ndarray | None:
+def stop_codes(vocab, stop: str | bytes | None) -> tuple[int, ...]:
     """The stop string as codes; one the model cannot write is an error, not a silent never."""
     if not stop:
-        return None
+        return ()
     from charrnn.corpus import describe_chars
     stop = _as_units(vocab, stop)
     missing = vocab.unknown(stop)
     if missing:
         raise SampleError(f"--stop has characters outside the model's vocabulary, so it could never appear: "
                           f"{describe_chars(missing)}")
-    return vocab.encode(stop).astype(np.int64)
+    return tuple(vocab.encode(stop).tolist())
 
 
-def write_samples(backend, vocab, out: BinaryIO, codes: np.ndarray, echo: bytes = b"", n: int = 1,
-                  length: int = 2000, temp: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                  stop: np.ndarray | None = None, as_json: bool = False, separator: bytes = b"") -> None:
-    """Generate and write n samples to the binary stream `out`, as plain bytes or JSON lines.
-    A closed pipe or Ctrl-C propagates; Ctrl-C first ends the line being shown."""
+def write_samples(backend, vocab, out: BinaryIO, codes: np.ndarray, dec: Decoding, echo: bytes = b"",
+                  as_json: bool = False, separator: bytes = b"") -> None:
+    """Generate and write dec.batch samples to the binary stream `out`, as plain bytes or JSON
+    lines. A closed pipe or Ctrl-C propagates; Ctrl-C first ends the line being shown."""
     if as_json:
-        writer = JsonWriter(out, vocab, n, seed, echo, stop)
+        writer = JsonWriter(out, vocab, dec, echo)
     else:
-        writer = PlainWriter(out, vocab, n, echo, separator)
+        writer = PlainWriter(out, vocab, dec.batch, echo, separator)
     try:
-        for st in stream(backend, codes, n, length, temp, top_k, top_p, seed, stop):
+        for st in stream(backend, codes, dec):
             writer.step(st)
     except KeyboardInterrupt:
         writer.close()
@@ -290,11 +316,12 @@ class JsonWriter:
     the model), bits_per_char, stopped. Byte models add `bytes_b64`, the exact bytes, because
     `text` must be valid Unicode (undecodable bytes become U+FFFD)."""
 
-    def __init__(self, out: BinaryIO, vocab, n: int, seed: int, prime: bytes, stop: np.ndarray | None):
-        self.out, self.n, self.seed, self.prime = out, n, seed, prime
+    def __init__(self, out: BinaryIO, vocab, dec: Decoding, prime: bytes):
+        n = dec.batch
+        self.out, self.n, self.seed, self.prime = out, n, dec.seed, prime
         self.table = code_bytes(vocab)
         self.byte_mode = vocab.byte_mode
-        self.stop = stop
+        self.stop = list(dec.stop)
         self.codes: list[list[int]] = [[] for _ in range(n)]
         self.logp = np.zeros(n)
         self.finished: set[int] = set()
@@ -319,8 +346,7 @@ class JsonWriter:
                "text": raw.decode("utf-8", "replace"), "chars": n,
                "logprob": float(self.logp[i]),
                "bits_per_char": float(-self.logp[i] / math.log(2) / n) if n else None,
-               "stopped": bool(self.stop is not None and len(codes) >= len(self.stop)
-                               and codes[-len(self.stop):] == self.stop.tolist())}
+               "stopped": bool(self.stop and codes[-len(self.stop):] == self.stop)}
         if self.byte_mode:
             rec["bytes_b64"] = base64.b64encode(raw).decode("ascii")
         return json.dumps(rec, ensure_ascii=False)
@@ -358,8 +384,9 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         log(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
     be = make_backend(pick_device(device, log, announce=False), ck.config, ck.params, notify=compile_notices(log))
     try:
-        write_samples(be, vocab, out, codes, echoed if echo else b"", n=num_samples, length=length, temp=temp,
-                      top_k=top_k, top_p=top_p, seed=secrets.randbits(31) if seed is None else seed,
-                      stop=stop_at, as_json=as_json, separator=separator.encode("utf-8", "surrogateescape"))
+        dec = Decoding(length=length, temperature=temp, top_k=top_k, top_p=top_p, batch=num_samples, stop=stop_at,
+                       seed=secrets.randbits(31) if seed is None else seed)
+        write_samples(be, vocab, out, codes, dec, echoed if echo else b"", as_json=as_json,
+                      separator=separator.encode("utf-8", "surrogateescape"))
     except KeyboardInterrupt:
         raise Interrupted() from None

@@ -544,11 +544,11 @@ class Trainer:
         batch-1 state on the backend, so the training state and RNG are untouched."""
         if self.sample_chars <= 0:
             return
-        from charrnn.sample import generate
+        from charrnn.sample import Decoding, generate
         v = self.vocab
         start = v.encode(b"\n") if v.byte_mode else v.encode("\n" if "\n" in v.chars else v.chars[0])
-        codes = [int(c[0]) for c, _ in generate(self.be, start, self.sample_chars, self.sample_temp,
-                                                 self.sample_seed)]
+        codes = [int(c[0]) for c, _ in generate(self.be, start, Decoding(
+            length=self.sample_chars, temperature=self.sample_temp, seed=self.sample_seed))]
         text = v.decode(codes)
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")

@@ -19,7 +19,7 @@ from charrnn.dropout import masks as dropout_masks
 from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu import CpuBackend
 from charrnn.model import ModelConfig, init_params, param_shapes
-from charrnn.sample import stream
+from charrnn.sample import Decoding, stream
 from tiny_models import tiny_config, RefStep
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
@@ -251,10 +251,10 @@ def test_sampling_loop_draws_what_the_reference_draws_from_saturated_weights(cel
     if cell == "lstm":
         p["l1.b"][:3 * cfg.hidden] = 8.0                          # counter cells in the top layer
     prime = np.array([1, 4, 2, 0])
+    dec = Decoding(batch=n, length=300, temperature=temp, top_k=top_k, seed=3)
     fast = [(st.codes.copy(), st.logp.copy()) for st in
-            stream(CpuBackend(cfg, p.astype(np.float64)), prime, n=n, length=300, temp=temp, top_k=top_k, seed=3)]
-    slow = [(st.codes.copy(), st.logp.copy()) for st in
-            stream(RefStep(cfg, p), prime, n=n, length=300, temp=temp, top_k=top_k, seed=3)]
+            stream(CpuBackend(cfg, p.astype(np.float64)), prime, dec)]
+    slow = [(st.codes.copy(), st.logp.copy()) for st in stream(RefStep(cfg, p), prime, dec)]
     np.testing.assert_array_equal([c for c, _ in fast], [c for c, _ in slow])
     np.testing.assert_allclose([lp for _, lp in fast], [lp for _, lp in slow], rtol=1e-9, atol=1e-9)
     assert len(np.unique([c for c, _ in fast])) > 3

@@ -313,13 +313,13 @@ def test_optimizer_steps_match_optim(name, clip, decay):
     ("lstm", 1, 0, 0.7, 2, False)])
 def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, temp, top_k, persistent):
     from charrnn.backends.cpu import CpuBackend
-    from charrnn.sample import generate
+    from charrnn.sample import Decoding, generate
     cfg = tiny_config(vocab_size=6, hidden=2, layers=layers, cell=cell, embed=embed)
     p, *_ = _case(cfg, 1, 1, seed=4)
     p = p.astype(np.float32)
-    host = list(generate(PerStep(CpuBackend(cfg, p)), np.array([1, 2]), 3, temp, 9, top_k, 1.0, batch=2))
-    dev = list(_backend(cfg, p, persistent=persistent).generate(np.array([1, 2]), 3, temp, 9, top_k, batch=2,
-                                                                chunk=2))
+    dec = Decoding(length=3, temperature=temp, seed=9, top_k=top_k, batch=2)
+    host = list(generate(PerStep(CpuBackend(cfg, p)), np.array([1, 2]), dec))
+    dev = list(_backend(cfg, p, persistent=persistent).generate(np.array([1, 2]), dec, chunk=2))
     assert [c.tolist() for c, _ in dev] == [c.tolist() for c, _ in host]
     np.testing.assert_allclose(np.array([lp for _, lp in dev]), np.array([lp for _, lp in host]), atol=1e-4)
 
@@ -327,12 +327,12 @@ def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, 
 def _write(be, n, length, temp, top_k, top_p=1.0, stop=None, as_json=False, seed=3):
     import io
     from charrnn.corpus import Vocab
-    from charrnn.sample import write_samples
+    from charrnn.sample import Decoding, write_samples
     vocab = Vocab(chars="abcdef")
     out = io.BytesIO()
-    write_samples(be, vocab, out, vocab.encode("cab").astype(np.int64), b"cab", n=n, length=length, temp=temp,
-                  top_k=top_k, top_p=top_p, seed=seed,
-                  stop=None if stop is None else vocab.encode(stop).astype(np.int64), as_json=as_json)
+    dec = Decoding(batch=n, length=length, temperature=temp, top_k=top_k, top_p=top_p, seed=seed,
+                   stop=() if stop is None else vocab.encode(stop).tolist())
+    write_samples(be, vocab, out, vocab.encode("cab").astype(np.int64), dec, b"cab", as_json=as_json)
     return out.getvalue()
 
 

@@ -13,7 +13,7 @@ from charrnn import checkpoint as ckpt
 from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.evaluate import evaluate
-from charrnn.sample import distribution, prime_codes, prime_state, stream
+from charrnn.sample import Decoding, distribution, prime_codes, prime_state, stream
 from tiny_models import (tiny_config, BYTE_VALUES, CHI2_999, UNICODE_PRIME, WORDS, RefStep, chi_square, count_calls,
                              known_model, skewed_bytes, train, word_text)
 
@@ -82,7 +82,7 @@ def _model_distribution(path, prime):
 def test_top_p_one_samples_the_full_distribution(models):
     be, codes, p = _model_distribution(models["known"], "ab")
     n = 4000
-    drawn = np.concatenate([st.codes for st in stream(be, codes, n=n, length=1, top_p=1.0, seed=5)])
+    drawn = np.concatenate([st.codes for st in stream(be, codes, Decoding(batch=n, length=1, top_p=1.0, seed=5))])
     counts = np.bincount(drawn, minlength=len(CHARS))
     assert (counts > 0).all()                                   # the 4% tail is drawn too
     assert chi_square(counts, p) < CHI2_999[len(CHARS) - 1]
@@ -92,7 +92,7 @@ def test_top_p_below_one_never_draws_outside_the_nucleus(models):
     be, codes, p = _model_distribution(models["known"], "ab")
     order = np.argsort(-p)
     nucleus = set(order[:np.searchsorted(np.cumsum(p[order]), 0.5) + 1].tolist())
-    drawn = np.concatenate([st.codes for st in stream(be, codes, n=2000, length=1, top_p=0.5, seed=5)])
+    drawn = np.concatenate([st.codes for st in stream(be, codes, Decoding(batch=2000, length=1, top_p=0.5, seed=5))])
     assert set(drawn.tolist()) == nucleus
 
 
@@ -182,7 +182,7 @@ def test_stop_with_an_unsliceable_state_gives_the_same_samples(models):
 
     def texts(backend):
         got = {i: [] for i in range(5)}
-        for st in stream(backend, codes, n=5, length=80, seed=3, stop=stop):
+        for st in stream(backend, codes, Decoding(batch=5, length=80, seed=3, stop=stop)):
             for r, c in zip(st.rows.tolist(), st.codes.tolist()):
                 got[r].append(c)
         return [ck.vocab.decode(v) for v in got.values()]
@@ -307,8 +307,8 @@ def test_compile_notices_wait_for_a_real_compilation():
 
 # ---------------------------------------------------------------- the compiled sampling loop
 def _codes_and_logp(backend, prime, n, length, temp, top_k, seed=5):
-    got = [(st.codes.copy(), st.logp.copy()) for st in stream(backend, prime, n=n, length=length, temp=temp,
-                                                                  top_k=top_k, seed=seed)]
+    dec = Decoding(batch=n, length=length, temperature=temp, top_k=top_k, seed=seed)
+    got = [(st.codes.copy(), st.logp.copy()) for st in stream(backend, prime, dec)]
     return np.array([c for c, _ in got]), np.array([lp for _, lp in got])
 
 
@@ -339,6 +339,6 @@ def test_cpu_sampling_loop_without_end_streams_what_a_capped_run_gives():
     from charrnn.sample import generate
     cfg = tiny_config(vocab_size=5, hidden=4, layers=1)
     be = CpuBackend(cfg, init_params(cfg, np.random.default_rng(2)))
-    endless = [c.copy() for c, _ in islice(generate(be, np.array([0]), 0, seed=9), 30)]
-    capped = [c.copy() for c, _ in generate(be, np.array([0]), 30, seed=9)]
+    endless = [c.copy() for c, _ in islice(generate(be, np.array([0]), Decoding(length=0, seed=9)), 30)]
+    capped = [c.copy() for c, _ in generate(be, np.array([0]), Decoding(length=30, seed=9))]
     np.testing.assert_array_equal(endless, capped)

@@ -14,6 +14,7 @@ from charrnn import reference as ref
 from charrnn.cli import cli
 from charrnn.corpus import Vocab
 from charrnn.model import ModelConfig, init_params
+from charrnn.sample import step_loop
 
 # Words whose characters the Unicode model knows; "Ça va — naïve café" is made of them.
 WORDS = ["To ", "be, ", "or ", "not ", "to ", "be. ", "Ça ", "va ", "— ", "naïve ", "café!\n", "the ", "cat "]
@@ -79,15 +80,21 @@ def log2(x: float) -> float:
     return math.log(x, 2)
 
 
-class PerStep:
-    """A backend without its own sampling loop: sample.stream() steps it and draws in NumPy,
-    the path a backend's generate() must agree with."""
+class HostLoop:
+    """A stand-in backend's own sampling loop: sample.step_loop, which steps the backend and
+    draws in NumPy, the path a compiled generate() must agree with."""
+
+    def generate(self, prime_codes, dec, state=None):
+        for st in step_loop(self, prime_codes, dec):
+            yield st.codes, st.logp
+
+
+class PerStep(HostLoop):
+    """A backend whose sampling loop is the host's step_loop (its own generate() is never run)."""
     def __init__(self, be):
         self.be = be
 
     def __getattr__(self, name):
-        if name == "generate":
-            raise AttributeError(name)
         return getattr(self.be, name)
 
 
@@ -104,7 +111,7 @@ def count_calls(be, *names: str) -> dict:
     return calls
 
 
-class RefStep:
+class RefStep(HostLoop):
     """reference.forward one step at a time, in float64: what sample.stream() must draw."""
 
     def __init__(self, cfg, p):

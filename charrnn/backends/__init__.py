@@ -42,11 +42,11 @@ class Backend(Protocol):
         """One step for sampling: logits (B, V) on the host and the new state."""
         ...
 
-    def generate(self, prime_codes: Any, length: int, temp: float = 1.0, seed: int | None = None,
-                 top_k: int = 0, batch: int = 1, state: Any = None) -> Iterator[tuple[Any, Any]]:
-        """The compiled sampling loop (temperature, top-k; sample.stream runs it when there is no
-        top-p and no stop string): per step (codes (batch,), log-probabilities (batch,)), row i
-        drawing from PCG64 seeded seed + i, from `state` after the prime."""
+    def generate(self, prime_codes: Any, dec: Any, state: Any = None) -> Iterator[tuple[Any, Any]]:
+        """The compiled sampling loop for a sample.Decoding with no top-p and no stop string
+        (Decoding.own_loop_ok; sample.stream runs it then): per step (codes (batch,),
+        log-probabilities (batch,)) for dec.length steps (0: endless), row i drawing from PCG64
+        seeded dec.seed + i, from `state` after prime_codes[:-1] (None: the prime is fed here)."""
         ...
 
     def optimizer_step(self, opt: Any, lr: float, clip: tuple[str, float]) -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from functools import partial
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from charrnn.backends.lanes import lanes, run_graph
 from charrnn.backends.cpu_kernels import SOFTSIGN, TANH
 from charrnn.model import ModelConfig, Params, param_shapes, zero_state
 from charrnn.optim import Optimizer, clip_
+
+if TYPE_CHECKING:
+    from charrnn.sample import Decoding
 
 __all__ = ["CpuBackend", "TANH", "SOFTSIGN"]
 
@@ -515,16 +518,18 @@ class CpuBackend:
                     codes, state, new_state, logits, self.kind)
         return logits, new_state
 
-    def generate(self, prime_codes: np.ndarray, length: int, temp: float = 1.0, seed: int | None = None,
-                 top_k: int = 0, batch: int = 1, state: np.ndarray | None = None,
+    def generate(self, prime_codes: np.ndarray, dec: Decoding, state: np.ndarray | None = None,
                  chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """sample.stream's loop (temperature and top-k) in compiled chunks: yields (codes (batch,),
         log-probabilities) per step. Row i draws its uniforms from PCG64 seeded seed + i, as
         sample.stream does. `state` is the state after prime_codes[:-1] (zeros when None and the
         prime is one code; otherwise the prime is fed here). Chunks start short, so the first
         characters of a slow model show at once, and grow to `chunk`."""
+        if not dec.own_loop_ok:
+            raise ValueError("top-p and stop strings are drawn by sample.step_loop")
         _warm_up(self, "generate")
-        rngs = [np.random.default_rng((0 if seed is None else seed) + i) for i in range(batch)]
+        length, batch = dec.length, dec.batch
+        rngs = [np.random.default_rng(dec.seed + i) for i in range(batch)]
         prime = np.asarray(prime_codes, dtype=np.int64).reshape(-1)
         if state is None:
             state = self.zero_state(batch)
@@ -533,7 +538,7 @@ class CpuBackend:
         state = np.array(state, dtype=self.dtype, order="C")       # a copy: the loop writes it
         codes = np.full(batch, prime[-1], np.int64)
         logits = np.empty((batch, self.cfg.vocab_size), self.dtype)
-        temp, top_k = float(temp), int(top_k)
+        temp, top_k = float(dec.temperature), int(dec.top_k)
         n, size = 0, 8
         while length == 0 or n < length:
             steps = size if length == 0 else min(size, length - n)
@@ -629,7 +634,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     elif path == "step":
         tb.step(x[0], tb.zero_state(1))
     elif path == "generate":
-        for _ in tb.generate(x[:, 0], 2, 1.0, 0, 1):
+        from charrnn.sample import Decoding
+        for _ in tb.generate(x[:, 0], Decoding(length=2, top_k=1)):
             pass
     else:
         tb.optimizer_step(Optimizer(opt.name, tb.p.flat.size, be.dtype, weight_decay=1e-9 if rule[1] else 0.0),

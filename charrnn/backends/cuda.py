@@ -23,7 +23,7 @@ import math
 import threading
 import time
 import warnings
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from numba import cuda
@@ -32,6 +32,9 @@ from numba.core import config as _numba_config
 from charrnn.backends import cuda_kernels as K
 from charrnn.model import ModelConfig, Params, param_shapes, zero_state
 from charrnn.optim import OPTIMIZERS, Optimizer
+
+if TYPE_CHECKING:
+    from charrnn.sample import Decoding
 
 CELL_CODE = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
 # small launches (one step at batch 1) are the point here, not a mistake to warn the user about
@@ -490,17 +493,18 @@ class CudaBackend:
                                1.0, 0, ob["u"], 0, 0, ob["codes"], ob["hist"], ob["logp"])
         return ob["logits"].copy_to_host(), DeviceState(out)
 
-    def generate(self, prime_codes: np.ndarray, length: int, temp: float = 1.0, seed: int | None = None,
-                 top_k: int = 0, batch: int = 1, chunk: int = 256,
-                 state=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def generate(self, prime_codes: np.ndarray, dec: Decoding, state=None,
+                 chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """sample.generate on the device (temperature and top-k; no top-p): yields (codes (batch,),
         log-probabilities) per step. Row i draws its uniforms from PCG64 seeded seed + i, as
         sample.stream does, so the same seed gives the same text as the host sampler (up to float
         rounding at a CDF boundary). Codes come home `chunk` steps at a time; the device never
         waits for the host in between. `state` (L, S, batch, H), when given, is the state after
         prime_codes[:-1] (sample.prime_state's, primed in windows): only the last code is fed."""
-        seed = 0 if seed is None else seed
-        rngs = [np.random.default_rng(seed + i) for i in range(batch)]
+        if not dec.own_loop_ok:
+            raise ValueError("top-p and stop strings are drawn by sample.step_loop")
+        length, batch = dec.length, dec.batch
+        rngs = [np.random.default_rng(dec.seed + i) for i in range(batch)]
         cfg = self.cfg
         sw = self._sample_weights()
         prime = np.asarray(prime_codes, dtype=np.int64)
@@ -518,7 +522,8 @@ class CudaBackend:
                 src = 1 - src
         ob = self._out_buffers(batch, chunk)
         ob["codes"].copy_to_device(np.full(batch, prime[-1], np.int64))
-        Wo, bo, codes_d, temp, top_k = self.P["out.W"], self.P["out.b"], ob["codes"], float(temp), int(top_k)
+        Wo, bo, codes_d = self.P["out.W"], self.P["out.b"], ob["codes"]
+        temp, top_k = float(dec.temperature), int(dec.top_k)
         n = 0
         while length == 0 or n < length:
             steps = chunk if length == 0 else min(chunk, length - n)
@@ -598,9 +603,10 @@ def _exercise(tiny: CudaBackend) -> None:
     tiny.train_step(x, x, tiny.zero_state(1), 1)
     tiny.loss(x, x, tiny.zero_state(1))
     tiny.step(x[0], tiny.zero_state(1))
-    for _ in tiny.generate(np.array([0, 1]), 2, temp=1.0, seed=0, top_k=2, chunk=2):
+    from charrnn.sample import Decoding
+    for _ in tiny.generate(np.array([0, 1]), Decoding(length=2, temperature=1.0, top_k=2), chunk=2):
         pass
-    for _ in tiny.generate(np.array([0]), 1, temp=0.0, seed=0, chunk=1):
+    for _ in tiny.generate(np.array([0]), Decoding(length=1, temperature=0.0), chunk=1):
         pass
     for name in OPTIMIZERS:
         for clip in (("norm", 1.0), ("value", 1.0)):

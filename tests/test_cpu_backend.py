@@ -4,7 +4,7 @@ import pytest
 
 from charrnn import reference as ref
 from charrnn.dropout import masks as dropout_masks
-from charrnn.backends.cpu import CpuBackend
+from charrnn.backends.cpu import CpuBackend, CpuTuning
 from charrnn.model import init_params, param_shapes
 from tiny_models import tiny_config
 
@@ -23,7 +23,7 @@ def _rel(a, b):
     return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
 
 
-def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None):
+def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None, tuning=CpuTuning()):
     p64, x, y, state = _case(cfg, T, B, np.float64, seed)
     drop_seed = seed if drop_seed is None else drop_seed
     masks = None
@@ -33,7 +33,7 @@ def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None):
     g_ref = p64.like()
     ref.backward(p64, g_ref, cfg, cache, 1.0 / (T * B))
 
-    be = CpuBackend(cfg, p64.astype(dtype))
+    be = CpuBackend(cfg, p64.astype(dtype), tuning=tuning)
     got, s_got = be.train_step(x, y, state.astype(dtype), dropout_seed=drop_seed)
     assert abs(got - loss) / loss < tol
     assert _rel(s_got, s_ref) < tol
@@ -74,16 +74,14 @@ def test_embedding_and_dropout_match_reference(dtype, tol, cell):
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("activation", ["tanh", "softsign"])
 @pytest.mark.parametrize("B,H", [(5, 3), (20, 21)])
-def test_lstm_recurrence_plain_and_transposed_both_match_reference(monkeypatch, transposed, activation, B, H):
+def test_lstm_recurrence_plain_and_transposed_both_match_reference(transposed, activation, B, H):
     """Wide layers at narrow batches run the recurrent products transposed; here both ways are
     forced on small shapes (21 and 84 are not multiples of the 16-wide transpose tiles)."""
-    import charrnn.backends.cpu as cpu
-    monkeypatch.setattr(cpu, "TRANSPOSED_MIN_H", 1 if transposed else 1 << 30)
-    monkeypatch.setattr(cpu, "TRANSPOSED_MAX_B", 1 << 30)
+    tuning = CpuTuning(transposed_min_h=1 if transposed else 1 << 30, transposed_max_b=1 << 30)
     cfg = tiny_config(vocab_size=7, hidden=H, layers=2, activation=activation)
-    assert CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))._transposed(B) == transposed
+    assert CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)), tuning=tuning)._transposed(B) == transposed
     for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
-        _check(cfg, 6, B, dtype, tol)
+        _check(cfg, 6, B, dtype, tol, tuning=tuning)
 
 
 _DETERMINISM = """
@@ -120,18 +118,16 @@ def test_training_steps_are_bit_identical_across_processes():
 
 @pytest.fixture
 def lanes_forced(monkeypatch):
-    """Force the lanes (or the single-lane path) and short chunks whatever this machine's core
-    count; count the task graphs run, so a test knows which path it checked."""
+    """force(n): a tuning with n lanes (or the single-lane path) and short chunks whatever this
+    machine's core count, and the list of task graphs run, so a test knows which path it checked."""
     import charrnn.backends.cpu as cpu
     graphs = []
     real = cpu.run_graph
     monkeypatch.setattr(cpu, "run_graph", lambda pool, tasks: (graphs.append(pool.n), real(pool, tasks)))
-    monkeypatch.setattr(cpu, "LANE_CHUNKS", 3)
 
     def force(n):
-        monkeypatch.setattr(cpu, "LANES", n)
         graphs.clear()
-        return graphs
+        return graphs, CpuTuning(lanes=n, lane_chunks=3)
     return force
 
 
@@ -146,11 +142,11 @@ def test_stacked_lstm_on_lanes_and_on_one_thread_both_match_reference(lanes_forc
     """A stacked LSTM's window runs as a task graph on several lanes (chunks of steps, layers
     side by side) or, on one lane, as one call per layer; both must give the reference's loss,
     gradients and state. T=8 in chunks of 2-3 steps puts chunk boundaries inside the window."""
-    graphs = lanes_forced(n_lanes)
+    graphs, tuning = lanes_forced(n_lanes)
     for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
-        _check(cfg, 8, 3, dtype, tol, seed=5)
+        _check(cfg, 8, 3, dtype, tol, seed=5, tuning=tuning)
     for T, B in ((1, 1), (2, 5), (9, 1)):      # one chunk; one step per chunk; one stream
-        _check(cfg, T, B, np.float64, 1e-9, seed=T)
+        _check(cfg, T, B, np.float64, 1e-9, seed=T, tuning=tuning)
     if n_lanes > 1:
         assert graphs and set(graphs) == {n_lanes}
     else:
@@ -163,10 +159,10 @@ def test_masks_computed_in_the_kernels_are_the_references_for_any_window_seed(la
     """The kernels hash each element's mask where they apply it; in float64 a single element
     masked differently from charrnn.dropout.masks would move the loss or a gradient by far more
     than 1e-9. Seeds up to the trainer's 2^62 and chunk boundaries inside the window."""
-    graphs = lanes_forced(n_lanes)
+    graphs, tuning = lanes_forced(n_lanes)
     cfg = tiny_config(vocab_size=6, hidden=5, layers=3, cell=cell, dropout=0.5)
     for drop_seed in (0, 977, (1 << 62) - 1):
-        _check(cfg, 7, 3, np.float64, 1e-9, seed=1, drop_seed=drop_seed)
+        _check(cfg, 7, 3, np.float64, 1e-9, seed=1, drop_seed=drop_seed, tuning=tuning)
     assert bool(graphs) == (n_lanes > 1 and cell == "lstm")
 
 
@@ -179,8 +175,8 @@ def test_optimizer_step_on_lanes_equals_the_serial_update(lanes_forced):
     grads = np.random.default_rng(1).normal(size=(3, p.flat.size)).astype(np.float32)
     results = []
     for n in (1, 2):
-        graphs = lanes_forced(n)
-        be = CpuBackend(cfg, p.astype(np.float32))
+        graphs, tuning = lanes_forced(n)
+        be = CpuBackend(cfg, p.astype(np.float32), tuning=tuning)
         opt = Optimizer("adam", be.p.flat.size, weight_decay=1e-3)
         norms = []
         for g in grads:
@@ -196,13 +192,12 @@ def test_optimizer_step_on_lanes_equals_the_serial_update(lanes_forced):
 def test_lanes_are_chosen_only_for_stacked_lstms_with_chunks_big_enough_to_pay_for_them(monkeypatch):
     """2 threads: lanes for a stacked LSTM whose chunk tasks are large; BLAS threading for one
     layer, for GRU/RNN, for more threads than layers, and for tiny chunks (measured slower)."""
-    import charrnn.backends.cpu as cpu
     from charrnn.backends import cpu_kernels as K
     monkeypatch.setattr(K, "blas_threads", lambda: 2)
 
-    def be(**kw):
+    def be(tuning=CpuTuning(), **kw):
         cfg = tiny_config(vocab_size=65, **kw)
-        return CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)))
+        return CpuBackend(cfg, init_params(cfg, np.random.default_rng(0)), tuning=tuning)
     assert be(hidden=128, layers=2)._lanes_for(50, 50) == 2
     assert be(hidden=128, layers=2)._lanes_for(256, 1) == 2           # evaluation, one stream
     assert be(hidden=128, layers=2)._lanes_for(8, 1) == 1             # chunks of one step of a matrix-vector product
@@ -214,8 +209,7 @@ def test_lanes_are_chosen_only_for_stacked_lstms_with_chunks_big_enough_to_pay_f
     assert be(hidden=32, layers=2)._lanes_for_update() == 1
     monkeypatch.setattr(K, "blas_threads", lambda: 3)
     assert be(hidden=512, layers=2)._lanes_for(100, 64) == 1
-    monkeypatch.setattr(cpu, "LANES_MIN_CHUNK_MACS", 0)
-    assert be(hidden=512, layers=3)._lanes_for(100, 64) == 3
+    assert be(CpuTuning(lanes_min_chunk_macs=0), hidden=512, layers=3)._lanes_for(100, 64) == 3
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import charrnn.backends.cpu as cpu
 from charrnn import reference as ref
 from charrnn.dropout import masks as dropout_masks
 from charrnn.backends import cpu_kernels as K
-from charrnn.backends.cpu import CpuBackend
+from charrnn.backends.cpu import CpuBackend, CpuTuning
 from charrnn.model import ModelConfig, init_params, param_shapes
 from charrnn.sample import Decoding, stream
 from tiny_models import tiny_config, RefStep
@@ -181,14 +180,14 @@ def _spy_lanes(be: CpuBackend) -> list:
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_default_model_training_and_evaluation_windows_interleaved_on_one_backend(dtype, two_blas_threads, monkeypatch):
     """The default 2x128 model at its real shapes: training windows of 50x50 (lanes, 8 chunks;
-    per-step products above SMALL_STEP_MACS) interleaved with the evaluator's one-stream windows
+    per-step products above small_step_macs) interleaved with the evaluator's one-stream windows
     of 256 steps (lanes, matrix-vector steps below SMALL_M) on one backend, whose work buffers
     are kept between shapes, from trained-like weights and carried states."""
     cfg = tiny_config(vocab_size=65, hidden=128, layers=2, dropout=0.1)
     p = _trained_like(cfg, 3, scale=6.0)
     be = CpuBackend(cfg, p.astype(dtype))
     assert be._lanes_for(50, 50) == 2 and be._lanes_for(256, 1) == 2
-    assert 50 * 4 * 128 * 128 >= cpu.SMALL_STEP_MACS and 1 <= K.SMALL_M
+    assert 50 * 4 * 128 * 128 >= be.tuning.small_step_macs and 1 <= K.SMALL_M
     lanes_used = _spy_lanes(be)
     eval_cfg = ModelConfig(**{**cfg.to_dict(), "dropout": 0.0})
     for i in range(2):
@@ -200,15 +199,16 @@ def test_default_model_training_and_evaluation_windows_interleaved_on_one_backen
 
 
 @pytest.mark.parametrize("n_lanes,layers", [(1, 2), (2, 2), (3, 3)])
-def test_lanes_at_one_to_three_lanes_match_the_reference_at_real_sizes(n_lanes, layers, monkeypatch):
-    """LANES forces the lane count; the chunking is the real one (LANE_CHUNKS of a 64-step window)."""
-    monkeypatch.setattr(cpu, "LANES", n_lanes)
+def test_lanes_at_one_to_three_lanes_match_the_reference_at_real_sizes(n_lanes, layers):
+    """CpuTuning.lanes forces the lane count; the chunking is the real one (lane_chunks of a
+    64-step window)."""
+    tuning = CpuTuning(lanes=n_lanes)
     cfg = tiny_config(vocab_size=40, hidden=96, layers=layers, embed=16)
     p = _trained_like(cfg, 4, scale=8.0)
     x, y = _data(cfg, 64, 16, 4)
     state = _state(cfg, 16, 4, 1e3)
     for dtype in (np.float64, np.float32):
-        be = CpuBackend(cfg, p.astype(dtype))
+        be = CpuBackend(cfg, p.astype(dtype), tuning=tuning)
         used = _spy_lanes(be)
         _check_train(cfg, p, x, y, state, dtype, be=be)
         assert used == ([] if n_lanes == 1 else [n_lanes])
@@ -216,7 +216,7 @@ def test_lanes_at_one_to_three_lanes_match_the_reference_at_real_sizes(n_lanes, 
 
 @pytest.mark.parametrize("B,transposed", [(32, True), (64, True), (128, False)])
 def test_wide_layers_take_the_transposed_product_by_their_real_thresholds(B, transposed):
-    """H = 256 at B <= 64 runs the recurrent products transposed (TRANSPOSED_MIN_H/MAX_B); B = 128
+    """H = 256 at B <= 64 runs the recurrent products transposed (CpuTuning.transposed_min_h/max_b); B = 128
     the plain way. One layer, so the lanes stay out of it."""
     cfg = tiny_config(vocab_size=30, hidden=256, layers=1)
     p = _trained_like(cfg, 5, scale=4.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -32,35 +33,36 @@ from charrnn.optim import Optimizer, clip_
 if TYPE_CHECKING:
     from charrnn.sample import Decoding
 
-__all__ = ["CpuBackend", "TANH", "SOFTSIGN"]
+__all__ = ["CpuBackend", "CpuTuning", "TANH", "SOFTSIGN"]
 
-# The recurrent products run transposed (cpu_kernels.lstm_forward) for narrow batches of wide
-# layers. Training chars/s on this 2-core AVX-512 EPYC, plain -> transposed: 3x512 B32 8.4k ->
-# 9.5k, 2x512 B64 15.1k -> 16.0k, 2x256 B32 38.8k -> 41.2k; but 1x256 B128 149k -> 116k and
-# 2x128 B50 161k -> 127k, where the plain product is already efficient and the transposes cost.
-TRANSPOSED_MIN_H, TRANSPOSED_MAX_B = 256, 64
-SMALL_STEP_MACS = 1_000_000   # per-step recurrent products below this run on one BLAS thread
-LANES: int | None = None       # lanes for stacked LSTMs: None chooses (CpuBackend._lane_count); tests force it
-LANE_CHUNKS = 8                # a window splits into this many chunks of steps for the lanes,
-LANE_END_CHUNK = 0.5           # the first and last this much shorter than the others
-# Below these sizes the lanes' hand-offs (tens of microseconds a task) cost more than they save.
-# Training chars/s, BLAS threading -> lanes, 2 threads: 2x32 B16 (0.46M multiply-adds per chunk
-# task) 901k -> 400k, 2x48 B16 (1.0M) 726k -> 596k, 2x64 B16 (1.8M) 523k -> 524k, 2x32 B64
-# (1.8M) 1347k -> 1604k, 2x96 B16 (4.1M) 293k -> 334k.
-LANES_MIN_CHUNK_MACS = 2_000_000   # recurrent multiply-adds of one layer over one chunk
-LANES_MIN_PARAMS = 500_000         # the optimizer splits its buffer over the lanes from this size
+
+@dataclass(frozen=True)
+class CpuTuning:
+    """Sizes at which the backend switches between paths that compute the same thing, chosen by
+    speed on a 2-core AVX-512 EPYC (measurements in bench/RESULTS.md, "CPU path thresholds").
+    A backend holds one; tests pass their own to force a path on small shapes."""
+    # the recurrent products run transposed (cpu_kernels.lstm_forward) for narrow batches of wide
+    # layers; where the plain product is already efficient the transposes cost more than they save
+    transposed_min_h: int = 256
+    transposed_max_b: int = 64
+    small_step_macs: int = 1_000_000     # per-step recurrent products below this run on one BLAS thread
+    lanes: int | None = None             # lanes for stacked LSTMs: None chooses (CpuBackend._lane_count)
+    lane_chunks: int = 8                 # a window splits into this many chunks of steps for the lanes,
+    lane_end_chunk: float = 0.5          # the first and last this much shorter than the others
+    # below these sizes the lanes' hand-offs (tens of microseconds a task) cost more than they save
+    lanes_min_chunk_macs: int = 2_000_000    # recurrent multiply-adds of one layer over one chunk
+    lanes_min_params: int = 500_000          # the optimizer splits its buffer over the lanes from this size
 
 
 class CpuBackend:
     """The backend contract on the CPU (see charrnn/backends/__init__.py)."""
 
     name = "cpu"
+    grad_on_host = True
 
-    def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None):
-        self._setup(cfg, params)
-        self._notify = notify
-
-    def _setup(self, cfg: ModelConfig, params: Params) -> None:
+    def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
+                 tuning: CpuTuning = CpuTuning()):
+        self.tuning = tuning
         self.cfg = cfg
         self.p = params
         self.grad = params.like()
@@ -75,8 +77,7 @@ class CpuBackend:
         self._embed_off = where.get("embed", -1)
         self._out_off = where["out.W"]
         self._bufs: dict = {}
-        self._notify = None
-        self._lanes_forced: int | None = None      # set on _warm_up's tiny model
+        self._notify = notify
 
     # -- work buffers, kept per window shape (the two most recent) -------------------------
     def _buffers(self, T: int, B: int) -> dict:
@@ -98,15 +99,15 @@ class CpuBackend:
 
     def _step_threads(self, B: int) -> int:
         """BLAS threads for the per-step recurrent products: one for tiny products, where waking
-        a second thread costs more than it saves. With OpenBLAS's AVX-512 kernels, 2x128 at
-        B=50 (3.3M multiply-adds a step) trains 1.15x faster on two threads than on one; on a
-        busy machine every one of the window's 2T calls may wait for a descheduled thread."""
+        a second thread costs more than it saves (tuning.small_step_macs; bench/RESULTS.md); on
+        a busy machine every one of the window's 2T calls may wait for a descheduled thread."""
         H = self.cfg.hidden
-        return 1 if B * H * self.cfg.gates * H < SMALL_STEP_MACS else 1 << 30
+        return 1 if B * H * self.cfg.gates * H < self.tuning.small_step_macs else 1 << 30
 
     def _transposed(self, B: int) -> bool:
         """Whether the recurrent products run transposed (see cpu_kernels.lstm_forward)."""
-        return K.SMALL_M < B <= TRANSPOSED_MAX_B and self.cfg.hidden >= TRANSPOSED_MIN_H
+        tu = self.tuning
+        return K.SMALL_M < B <= tu.transposed_max_b and self.cfg.hidden >= tu.transposed_min_h
 
     def _lane_count(self) -> int:
         """Lanes for this model's windows (charrnn/backends/lanes.py): a stacked LSTM with at
@@ -115,26 +116,22 @@ class CpuBackend:
         cfg = self.cfg
         if cfg.cell != "lstm" or cfg.layers < 2:
             return 1
-        forced = self._forced_lanes()
-        if forced is not None:
-            return forced
+        if self.tuning.lanes is not None:
+            return self.tuning.lanes
         n = K.blas_threads()
         return n if 2 <= n <= cfg.layers else 1
 
-    def _forced_lanes(self) -> int | None:
-        """The lane count fixed by a test (LANES) or by _warm_up (_lanes_forced): no size checks."""
-        return self._lanes_forced if self._lanes_forced is not None else LANES
-
     def _lanes_for(self, T: int, B: int) -> int:
         """Lanes for a window of T steps and B streams: _lane_count, unless the chunks are too
-        small to pay for the hand-offs (LANES_MIN_CHUNK_MACS)."""
-        H = self.cfg.hidden
-        if self._forced_lanes() is None and T / min(T, LANE_CHUNKS) * B * H * 4 * H < LANES_MIN_CHUNK_MACS:
+        small to pay for the hand-offs (lanes_min_chunk_macs). A lane count set in the tuning
+        is taken without size checks."""
+        H, tu = self.cfg.hidden, self.tuning
+        if tu.lanes is None and T / min(T, tu.lane_chunks) * B * H * 4 * H < tu.lanes_min_chunk_macs:
             return 1
         return self._lane_count()
 
     def _lanes_for_update(self) -> int:
-        if self._forced_lanes() is None and self.p.flat.size < LANES_MIN_PARAMS:
+        if self.tuning.lanes is None and self.p.flat.size < self.tuning.lanes_min_params:
             return 1
         return self._lane_count()
 
@@ -275,7 +272,7 @@ class CpuBackend:
         buf = self._buffers(T, B)
         codes = np.ascontiguousarray(x.reshape(-1), dtype=np.int64)
         ys = np.ascontiguousarray(y.reshape(-1), dtype=np.int64)
-        bounds = _chunk_bounds(T, LANE_CHUNKS)
+        bounds = _chunk_bounds(T, self.tuning.lane_chunks, self.tuning.lane_end_chunk)
         n = len(bounds)
         rows = [(t0 * B, t1 * B) for t0, t1 in bounds]
         emb = None
@@ -580,14 +577,14 @@ class CpuBackend:
         return zero_state(self.cfg, batch, self.dtype)
 
 
-def _chunk_bounds(T: int, n: int) -> list[tuple[int, int]]:
-    """Split T steps into min(n, T) chunks, the first and last LANE_END_CHUNK as long as the
+def _chunk_bounds(T: int, n: int, end: float) -> list[tuple[int, int]]:
+    """Split T steps into min(n, T) chunks, the first and last `end` times as long as the
     others: a window's graph starts on its first chunk and turns from forward to backward on
     its last, and one lane waits meanwhile."""
     n = min(n, T)
     w = [1.0] * n
     if n > 2:
-        w[0] = w[-1] = LANE_END_CHUNK
+        w[0] = w[-1] = end
     total, acc, cuts = sum(w), 0.0, [0]
     for i in range(n - 1):
         acc += w[i]
@@ -623,9 +620,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     from charrnn.model import ModelConfig as MC, init_params
     tiny = MC(vocab_size=3, hidden=2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
               dropout=0.5 if be.cfg.dropout else 0.0)
-    tb = CpuBackend.__new__(CpuBackend)
-    tb._setup(tiny, init_params(tiny, np.random.default_rng(0), be.dtype))
-    tb._lanes_forced = n_lanes if n_lanes > 1 else None
+    tb = CpuBackend(tiny, init_params(tiny, np.random.default_rng(0), be.dtype),
+                    tuning=replace(be.tuning, lanes=n_lanes))
     x = np.zeros((2, 1), np.int64)
     if path == "train_step":
         tb.train_step(x, x, tb.zero_state(1))

@@ -214,9 +214,8 @@ class Trainer:
         if not self.dist:
             return
         n, size = self.be.params_host().flat.size, self.dist.size
-        grad = getattr(self.be, "grad", None)
-        if isinstance(grad, Params):
-            self._packed = np.zeros(n + 1 + 2 * size, grad.flat.dtype)
+        if self.be.grad_on_host:
+            self._packed = np.zeros(n + 1 + 2 * size, self.be.grad.flat.dtype)
             self.be.grad = Params(self.cfg, self._packed[:n])
             self._stage = None
         else:
@@ -246,13 +245,11 @@ class Trainer:
     def _warm_up_in_turn(self) -> None:
         """The first rank on each node compiles the kernels into the on-disk cache while the
         others wait; then they load it instead of compiling the same code side by side."""
-        warm = getattr(self.be, "warm_up", None)
         bt, d = self.batches, self.dist
-        if d.local_rank and warm:
+        if d.local_rank:
             d.barrier(node_only=True)
-        if warm:
-            warm(bt.seq_len, bt.local_batch, self.opt)
-        if not d.local_rank and warm:
+        self.be.warm_up(bt.seq_len, bt.local_batch, self.opt)
+        if not d.local_rank:
             d.barrier(node_only=True)
 
     # -- checkpoints ----------------------------------------------------------------

@@ -24,8 +24,13 @@ class Backend(Protocol):
     """A model's weights on one device and the computations on them. x, y: int codes (T, B);
     state: the carried hidden state (L, S, B, H) as the backend keeps it (a host array on the CPU,
     device memory on the GPU), made by zero_state and returned by every call that runs the model.
-    The gradient of the last train_step lives with the backend (the CPU's is `grad`, a Params
-    view written in place; the GPU's stays on the device); grad_host() copies it out."""
+    The gradient of the last train_step lives with the backend; grad_host() copies it out."""
+
+    name: str                 # "cpu" or "cuda"
+    # Where the gradient lives. True: `grad`, host Params written in place by train_step, which
+    # the trainer may point at a buffer of its own (data parallel: the all-reduce buffer).
+    # False: `g`, a flat float32 device array, staged through the host by the trainer.
+    grad_on_host: bool
 
     def train_step(self, x: Any, y: Any, state: Any, dropout_seed: int = 0,
                    streams: tuple[int, int] | None = None) -> tuple[float, Any]:
@@ -47,6 +52,11 @@ class Backend(Protocol):
         (Decoding.own_loop_ok; sample.stream runs it then): per step (codes (batch,),
         log-probabilities (batch,)) for dec.length steps (0: endless), row i drawing from PCG64
         seeded dec.seed + i, from `state` after prime_codes[:-1] (None: the prime is fed here)."""
+        ...
+
+    def warm_up(self, T: int, B: int, opt: Any) -> None:
+        """Compile (or load from the cache) now every kernel a training run of T x B windows
+        with `opt` takes, rather than on first use (data parallel: one rank per node at a time)."""
         ...
 
     def optimizer_step(self, opt: Any, lr: float, clip: tuple[str, float]) -> float:

@@ -86,6 +86,7 @@ class CudaBackend:
     """The backend contract on an NVIDIA GPU (see charrnn/backends/__init__.py)."""
 
     name = "cuda"
+    grad_on_host = False
 
     def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
                  tiles: tuple[str, str] | None = None, persistent: bool = True):
@@ -419,6 +420,9 @@ class CudaBackend:
         if self._opt is not None:
             for k, d in self._opt_dev.items():
                 d.copy_to_host(self._opt.state[k])
+
+    def warm_up(self, T: int, B: int, opt: Optimizer) -> None:
+        """Nothing left to do: construction compiled every kernel (_warm_up)."""
 
     def params_host(self) -> Params:
         self.sync_optimizer()

@@ -717,8 +717,11 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     where_from = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
     if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
         where_from["corpus"] = corpus_name
-    return Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
-                   notify=compile_notices(tell), source=where_from)
+    trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
+                      notify=compile_notices(tell), source=where_from)
+    if base_resume and "lr" in given:     # a rate given again replaces the run's (decays and halvings)
+        trainer.lr = opts.lr
+    return trainer
 
 
 def summary_line(result: dict, run_dir: Path) -> str:

@@ -140,6 +140,24 @@ def test_the_schedule_position_is_written_down_and_restored_on_resume(tmp_path, 
     assert (again.lr, pr.bad_evals, pr.best_val, pr.step) == (pytest.approx(0.05), 1, 2.5, 3)
 
 
+def test_a_rate_given_again_on_resume_replaces_the_runs_decayed_rate(tmp_path, text_file):
+    """--resume takes the run's own rate (decays and halvings so far) unless --lr is given
+    again on the command line: then that rate, as for every other option given again."""
+    import shutil
+    run = tmp_path / "run"
+    _cli_train(text_file, run, "--lr", "0.01", "--lr-schedule", "constant", "--lr-decay", "0.5",
+               "--lr-decay-after", "0", "--max-steps", "40", "--val-every", "10", "--no-diag")
+    decayed = ckpt.load(run / "last.safetensors").progress["lr"]
+    assert decayed < 0.01                                # an epoch ended: the run's rate moved
+    shutil.copytree(run, tmp_path / "again")
+    for out, flags, want in ((run, [], decayed), (tmp_path / "again", ["--lr", "0.02"], 0.02)):
+        res = CliRunner().invoke(cli, ["train", str(text_file), "--resume", str(out / "last.safetensors"),
+                                       "--max-steps", "45", *flags])
+        assert res.exit_code == 0, res.output
+        assert ckpt.load(out / "last.safetensors").progress["lr"] == pytest.approx(want)
+        assert _metrics(out)[-2]["lr"] == pytest.approx(want)      # the last record before the stop event
+
+
 # ---------------------------------------------------------------- time budgets
 class _Clock:
     """Stands in for train.time: every reading is one second after the last, so a budget ends

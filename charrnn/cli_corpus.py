@@ -10,7 +10,7 @@ import os
 import click
 
 from charrnn.cli_base import Group
-from charrnn.errors import InputError
+from charrnn.errors import CorpusError, InputError
 
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ def _cat():
 def _load() -> cat.Catalog:
     try:
         return _cat().load_catalog()
-    except _cat().CorpusError as err:
+    except CorpusError as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -77,7 +77,7 @@ def list_() -> None:
     for name, entry in catalog.items():
         try:
             found = _cat().locate(entry)
-        except _cat().CorpusError as err:
+        except CorpusError as err:
             rows.append((name, "?", entry["licence"], "no", f"damaged: {err}"))
             continue
         if found is None:
@@ -119,7 +119,7 @@ def get(name: str, force: bool) -> None:
     entry = _entry(name, _load())
     try:
         path, desc = _cat().ensure(entry, force=force)
-    except _cat().CorpusError as err:
+    except CorpusError as err:
         raise click.ClickException(str(err)) from None
     click.echo(desc, err=True)
     click.echo(os.path.abspath(path))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import cuda      # a module global: the simulator swaps it while a kernel runs
 
 from charrnn import reference as ref
 from charrnn.dropout import masks as dropout_masks
@@ -157,10 +158,8 @@ def test_gemm_every_transpose_with_accumulate_and_bias_over_partial_tiles(ta, tb
 
 
 def _activations_kernel():
-    """A kernel writing _sig, tanh and softsign of each x (defined at module level: the
-    simulator swaps the module-global `cuda` while a kernel runs)."""
-    global cuda
-    from numba import cuda
+    """A kernel writing _sig, tanh and softsign of each x (its body names the module's `cuda`,
+    which the simulator swaps while a kernel runs)."""
     from charrnn.backends import cuda_kernels as CK
 
     @cuda.jit

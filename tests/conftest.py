@@ -1,12 +1,5 @@
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_CORPORA = Path(os.environ.get("CHARRNN_CORPORA", ROOT.parent / "shared" / "corpora"))
 
 
 @pytest.fixture

@@ -13,28 +13,12 @@ import numpy as np
 import pytest
 
 from charrnn import checkpoint as ckpt
-from charrnn.cli import main
 from charrnn.corpus import Vocab
 from charrnn.model import init_params
-from tiny_models import tiny_config
+from tiny_models import run_main, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def charrnn(args, monkeypatch, capsys, stdin: bytes | None = None) -> tuple[int, str, str]:
-    """Run main() as the console script would; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["charrnn", *args])
-    if stdin is not None:
-        import io
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code: int, err: str, want: int = 2) -> None:
@@ -107,16 +91,16 @@ CASES = ["truncated", "bit_flipped", "nan_weight", "wrong_dtype", "oversized_hea
 def test_a_bad_checkpoint_is_one_line_exit_2_for_sample_and_eval(good, tmp_path, case, monkeypatch, capsys):
     bad = tmp_path / f"{case}.safetensors"
     bad.write_bytes(_bad_files(good)[case])
-    code, out, err = charrnn(["sample", str(bad), "--length", "5"], monkeypatch, capsys)
+    code, out, err = run_main(["sample", str(bad), "--length", "5"], monkeypatch, capsys)
     one_line_error(code, err)
     assert out == "" and str(bad) in err or case == "huge_config"
-    code, out, err = charrnn(["eval", str(bad), str(good / "text.txt")], monkeypatch, capsys)
+    code, out, err = run_main(["eval", str(bad), str(good / "text.txt")], monkeypatch, capsys)
     one_line_error(code, err)
     assert out == ""
 
 
 def test_the_good_checkpoint_itself_works(good, monkeypatch, capsys):
-    code, out, err = charrnn(["eval", str(good / "good.safetensors"), str(good / "text.txt"), "--json"],
+    code, out, err = run_main(["eval", str(good / "good.safetensors"), str(good / "text.txt"), "--json"],
                              monkeypatch, capsys)
     assert code == 0 and "bits_per_char" in json.loads(out)
 
@@ -133,9 +117,9 @@ def test_the_real_process_refuses_bad_checkpoints_without_a_traceback(good, tmp_
 
 
 def test_a_directory_or_missing_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
-    one_line_error(*charrnn(["sample", str(tmp_path)], monkeypatch, capsys)[::2])
-    one_line_error(*charrnn(["sample", str(tmp_path / "nope.safetensors")], monkeypatch, capsys)[::2])
-    one_line_error(*charrnn(["train", "x.txt", "--resume", str(tmp_path / "nope")], monkeypatch, capsys)[::2])
+    one_line_error(*run_main(["sample", str(tmp_path)], monkeypatch, capsys)[::2])
+    one_line_error(*run_main(["sample", str(tmp_path / "nope.safetensors")], monkeypatch, capsys)[::2])
+    one_line_error(*run_main(["train", "x.txt", "--resume", str(tmp_path / "nope")], monkeypatch, capsys)[::2])
 
 
 # ---------------------------------------------------------------- bad input files
@@ -157,7 +141,7 @@ def _text_cases(tmp_path: Path) -> dict[str, tuple[str, str]]:
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "only_a_bom", "invalid_utf8"])
 def test_a_bad_training_file_is_one_line_and_makes_no_run_directory(tmp_path, case, monkeypatch, capsys):
     path, msg = _text_cases(tmp_path)[case]
-    code, out, err = charrnn(["train", path, "--out", str(tmp_path / "run"), "--device", "cpu"], monkeypatch, capsys)
+    code, out, err = run_main(["train", path, "--out", str(tmp_path / "run"), "--device", "cpu"], monkeypatch, capsys)
     one_line_error(code, err)
     assert msg in err and out == ""
     assert not (tmp_path / "run").exists() or case in ("invalid_utf8", "only_a_bom")   # found while decoding
@@ -166,20 +150,20 @@ def test_a_bad_training_file_is_one_line_and_makes_no_run_directory(tmp_path, ca
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "invalid_utf8"])
 def test_a_bad_evaluation_file_is_one_line(good, tmp_path, case, monkeypatch, capsys):
     path, msg = _text_cases(tmp_path)[case]
-    code, out, err = charrnn(["eval", str(good / "good.safetensors"), path], monkeypatch, capsys)
+    code, out, err = run_main(["eval", str(good / "good.safetensors"), path], monkeypatch, capsys)
     one_line_error(code, err)
     assert msg.split(";")[0] in err
 
 
 def test_invalid_utf8_suggests_bytes_and_encoding_and_encoding_fixes_it(tmp_path, monkeypatch, capsys):
     path, _ = _text_cases(tmp_path)["invalid_utf8"]
-    code, _, err = charrnn(["train", path, "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys)
+    code, _, err = run_main(["train", path, "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys)
     assert code == 2 and "offset 3" in err and "--bytes" in err and "--encoding" in err
-    code, _, err = charrnn(["train", path, "--encoding", "latin-1", "--out", str(tmp_path / "r"), "--hidden", "4",
+    code, _, err = run_main(["train", path, "--encoding", "latin-1", "--out", str(tmp_path / "r"), "--hidden", "4",
                             "--layers", "1", "--seq-len", "4", "--batch-size", "2", "--max-steps", "2",
                             "--device", "cpu"], monkeypatch, capsys)
     assert code == 0, err
-    code, _, err = charrnn(["train", path, "--encoding", "klingon", "--out", str(tmp_path / "r"), "--device", "cpu"],
+    code, _, err = run_main(["train", path, "--encoding", "klingon", "--out", str(tmp_path / "r"), "--device", "cpu"],
                            monkeypatch, capsys)
     one_line_error(code, err)
     assert "unknown encoding" in err
@@ -189,18 +173,18 @@ def test_a_text_too_short_for_one_window_is_an_error_and_a_short_one_shrinks_wit
         tmp_path, monkeypatch, capsys):
     path = tmp_path / "one.txt"
     path.write_text("a")
-    code, _, err = charrnn(["train", str(path), "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys)
+    code, _, err = run_main(["train", str(path), "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys)
     one_line_error(code, err)
     assert "too short" in err
     path.write_text("abcdefghij" * 3)
-    code, _, err = charrnn(["train", str(path), "--out", str(tmp_path / "r"), "--hidden", "4", "--layers", "1",
+    code, _, err = run_main(["train", str(path), "--out", str(tmp_path / "r"), "--hidden", "4", "--layers", "1",
                             "--max-steps", "1", "--device", "cpu"], monkeypatch, capsys)
     assert code == 0 and "using batch 1, sequence length" in err
 
 
 def test_stdin_needs_a_run_name_and_empty_stdin_is_one_line(tmp_path, monkeypatch, capsys):
-    one_line_error(*charrnn(["train", "-"], monkeypatch, capsys, stdin=b"abc")[::2])
-    code, _, err = charrnn(["train", "-", "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys,
+    one_line_error(*run_main(["train", "-"], monkeypatch, capsys, stdin=b"abc")[::2])
+    code, _, err = run_main(["train", "-", "--out", str(tmp_path / "r"), "--device", "cpu"], monkeypatch, capsys,
                            stdin=b"")
     one_line_error(code, err)
     assert "stdin is empty" in err
@@ -208,7 +192,7 @@ def test_stdin_needs_a_run_name_and_empty_stdin_is_one_line(tmp_path, monkeypatc
 
 def test_resume_and_init_from_together_are_refused(good, tmp_path, monkeypatch, capsys):
     g = str(good / "good.safetensors")
-    code, _, err = charrnn(["train", str(good / "text.txt"), "--resume", g, "--init-from", g, "--out",
+    code, _, err = run_main(["train", str(good / "text.txt"), "--resume", g, "--init-from", g, "--out",
                             str(tmp_path / "r")], monkeypatch, capsys)
     one_line_error(code, err)
     assert "not both" in err
@@ -217,7 +201,7 @@ def test_resume_and_init_from_together_are_refused(good, tmp_path, monkeypatch, 
 def test_an_unwritable_out_dir_is_one_line_at_start_up(good, tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("x")
     for out in (str(tmp_path / "file" / "run"), "/proc/charrnn-run"):
-        code, _, err = charrnn(["train", str(good / "text.txt"), "--out", out, "--device", "cpu"], monkeypatch, capsys)
+        code, _, err = run_main(["train", str(good / "text.txt"), "--out", out, "--device", "cpu"], monkeypatch, capsys)
         one_line_error(code, err)
         assert "cannot write checkpoints" in err
 
@@ -234,7 +218,7 @@ def test_an_unwritable_out_dir_is_one_line_at_start_up(good, tmp_path, monkeypat
     ["sample", "--length", "-5"], ["eval", "--split", "train"],
 ])
 def test_nonsense_numbers_are_rejected_by_click_with_a_message(args, monkeypatch, capsys):
-    code, out, err = charrnn(args, monkeypatch, capsys)
+    code, out, err = run_main(args, monkeypatch, capsys)
     assert code == 2 and out == "" and "Traceback" not in err
     assert re.search(r"Invalid value|is not a valid|not in the range|Error", err), err
 
@@ -265,3 +249,9 @@ def test_no_pickle_anywhere_in_the_code_base():
             if f.name != Path(__file__).name and unsafe.search(f.read_text(encoding="utf-8", errors="replace")):
                 hits.append(str(f.relative_to(ROOT)))
     assert hits == []
+
+
+def test_train_from_stdin_needs_an_out_or_a_name(monkeypatch, capsys):
+    code, out, err = run_main(["train", "-"], monkeypatch, capsys, stdin=b"some text\n")
+    one_line_error(code, err)
+    assert "--out" in err and "--name" in err

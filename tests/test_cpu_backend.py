@@ -6,17 +6,7 @@ from charrnn import reference as ref
 from charrnn.dropout import masks as dropout_masks
 from charrnn.backends.cpu import CpuBackend, CpuTuning
 from charrnn.model import init_params, param_shapes
-from tiny_models import tiny_config
-
-
-def _case(cfg, T, B, dtype, seed=0):
-    r = np.random.default_rng(seed)
-    p = init_params(cfg, r, dtype=np.float64)
-    p.flat[:] = r.normal(0, 0.3, p.flat.size)
-    x = r.integers(0, cfg.vocab_size, (T, B))
-    y = r.integers(0, cfg.vocab_size, (T, B))
-    state = r.normal(0, 0.5, (cfg.layers, cfg.n_states, B, cfg.hidden))
-    return p, x, y, state
+from tiny_models import random_case, tiny_config
 
 
 def _rel(a, b):
@@ -24,7 +14,7 @@ def _rel(a, b):
 
 
 def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None, tuning=CpuTuning()):
-    p64, x, y, state = _case(cfg, T, B, np.float64, seed)
+    p64, x, y, state = random_case(cfg, T, B, np.float64, seed)
     drop_seed = seed if drop_seed is None else drop_seed
     masks = None
     if cfg.dropout:
@@ -217,7 +207,7 @@ def test_shares_of_the_streams_sum_to_the_whole_batch_step(cell):
     """A data-parallel rank's train_step(streams=(lo, B)): the shares' losses and gradients add
     up to one step over all B streams (same dropout masks, the same 1/(T*B) scale)."""
     cfg = tiny_config(vocab_size=7, hidden=4, layers=2, cell=cell, embed=3, dropout=0.4)
-    p64, x, y, state = _case(cfg, 5, 5, np.float64)
+    p64, x, y, state = random_case(cfg, 5, 5, np.float64)
     whole = CpuBackend(cfg, p64)
     loss, s_whole = whole.train_step(x, y, state, 99)
     part = CpuBackend(cfg, p64.astype(np.float64))

@@ -19,42 +19,13 @@ from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu import CpuBackend, CpuTuning
 from charrnn.model import ModelConfig, init_params, param_shapes
 from charrnn.sample import Decoding, stream
-from tiny_models import tiny_config, RefStep
+from tiny_models import RefStep, carried_state, tiny_config, trained_like
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 
 
 def _rel(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / max(float(np.max(np.abs(b))), 1e-30))
-
-
-def _trained_like(cfg: ModelConfig, seed: int, scale: float, gain: float = 0.8) -> np.ndarray:
-    """Weights in a trained model's regime: input weights and biases heavy-tailed (log-uniform
-    magnitudes over three decades, up to `scale`), so some pre-activations reach +-100 while
-    others stay near zero; recurrent weights of gain `gain` (below 1: the dynamics contract, as
-    a trained model's do, so the float64 fast path can be held to 1e-9 over hundreds of steps
-    instead of two chaotic trajectories being compared)."""
-    r = np.random.default_rng(seed)
-    p = init_params(cfg, r, dtype=np.float64)
-    for name, shape in param_shapes(cfg):
-        n = int(np.prod(shape))
-        if name.endswith(".Wh"):
-            p[name][...] = r.normal(0, gain / np.sqrt(cfg.hidden), shape)
-        elif name.startswith("out."):
-            p[name][...] = r.normal(0, 1.0, shape)
-        else:
-            p[name][...] = (r.choice([-1.0, 1.0], n) * scale * 10.0 ** r.uniform(-3, 0, n)).reshape(shape)
-    return p
-
-
-def _state(cfg: ModelConfig, B: int, seed: int, c_max: float) -> np.ndarray:
-    """A carried state: h in (-1, 1); LSTM cell states log-uniform up to c_max in size."""
-    r = np.random.default_rng(seed + 1)
-    s = np.empty((cfg.layers, cfg.n_states, B, cfg.hidden))
-    s[:, 0] = r.uniform(-1, 1, s[:, 0].shape)
-    if cfg.cell == "lstm":
-        s[:, 1] = r.choice([-1.0, 1.0], s[:, 1].shape) * c_max * 10.0 ** r.uniform(-4, 0, s[:, 1].shape)
-    return s
 
 
 def _reference(p64, cfg, x, y, state, dtype, masks=None):
@@ -139,9 +110,9 @@ def test_counter_cells_that_grow_without_bound_match_the_reference(dtype):
 @pytest.mark.parametrize("activation", ["tanh", "softsign"])
 def test_pre_activations_of_a_hundred_and_states_of_ten_thousand_match_the_reference(dtype, cell, activation):
     cfg = tiny_config(vocab_size=9, hidden=16, layers=2, cell=cell, activation=activation)
-    p = _trained_like(cfg, 1, scale=60.0)
+    p = trained_like(cfg, 1, scale=60.0)
     x, y = _data(cfg, 64, 2, 1)
-    state = _state(cfg, 2, 1, c_max=1e4)
+    state = carried_state(cfg, 2, 1, c_max=1e4)
     be = _check_train(cfg, p, x, y, state, dtype)
     _check_loss(be, cfg, p, x, y, state, dtype)
     with np.errstate(over="ignore"):
@@ -154,10 +125,10 @@ def test_pre_activations_of_a_hundred_and_states_of_ten_thousand_match_the_refer
 @pytest.mark.parametrize("B", [1, 2])
 def test_windows_of_512_steps_match_the_reference(dtype, B):
     cfg = tiny_config(vocab_size=11, hidden=24, layers=2)
-    p = _trained_like(cfg, 2, scale=12.0)
+    p = trained_like(cfg, 2, scale=12.0)
     p["l1.b"][cfg.hidden:2 * cfg.hidden] = 20.0                  # layer 1 forgets nothing: c accumulates
     x, y = _data(cfg, 512, B, 2)
-    state = _state(cfg, B, 2, c_max=100.0)
+    state = carried_state(cfg, B, 2, c_max=100.0)
     be = _check_train(cfg, p, x, y, state, dtype)
     _check_loss(be, cfg, p, x, y, state, dtype)
 
@@ -184,7 +155,7 @@ def test_default_model_training_and_evaluation_windows_interleaved_on_one_backen
     of 256 steps (lanes, matrix-vector steps below SMALL_M) on one backend, whose work buffers
     are kept between shapes, from trained-like weights and carried states."""
     cfg = tiny_config(vocab_size=65, hidden=128, layers=2, dropout=0.1)
-    p = _trained_like(cfg, 3, scale=6.0)
+    p = trained_like(cfg, 3, scale=6.0)
     be = CpuBackend(cfg, p.astype(dtype))
     assert be._lanes_for(50, 50) == 2 and be._lanes_for(256, 1) == 2
     assert 50 * 4 * 128 * 128 >= be.tuning.small_step_macs and 1 <= K.SMALL_M
@@ -192,9 +163,9 @@ def test_default_model_training_and_evaluation_windows_interleaved_on_one_backen
     eval_cfg = ModelConfig(**{**cfg.to_dict(), "dropout": 0.0})
     for i in range(2):
         x, y = _data(cfg, 50, 50, 10 + i)
-        _check_train(cfg, p, x, y, _state(cfg, 50, 10 + i, 50.0), dtype, be=be, masks_seed=i)
+        _check_train(cfg, p, x, y, carried_state(cfg, 50, 10 + i, 50.0), dtype, be=be, masks_seed=i)
         x, y = _data(cfg, 256, 1, 20 + i)
-        _check_loss(be, eval_cfg, p, x, y, _state(cfg, 1, 20 + i, 5e3), dtype)
+        _check_loss(be, eval_cfg, p, x, y, carried_state(cfg, 1, 20 + i, 5e3), dtype)
     assert lanes_used == [2, 2, 2, 2]
 
 
@@ -204,9 +175,9 @@ def test_lanes_at_one_to_three_lanes_match_the_reference_at_real_sizes(n_lanes, 
     64-step window)."""
     tuning = CpuTuning(lanes=n_lanes)
     cfg = tiny_config(vocab_size=40, hidden=96, layers=layers, embed=16)
-    p = _trained_like(cfg, 4, scale=8.0)
+    p = trained_like(cfg, 4, scale=8.0)
     x, y = _data(cfg, 64, 16, 4)
-    state = _state(cfg, 16, 4, 1e3)
+    state = carried_state(cfg, 16, 4, 1e3)
     for dtype in (np.float64, np.float32):
         be = CpuBackend(cfg, p.astype(dtype), tuning=tuning)
         used = _spy_lanes(be)
@@ -219,11 +190,11 @@ def test_wide_layers_take_the_transposed_product_by_their_real_thresholds(B, tra
     """H = 256 at B <= 64 runs the recurrent products transposed (CpuTuning.transposed_min_h/max_b); B = 128
     the plain way. One layer, so the lanes stay out of it."""
     cfg = tiny_config(vocab_size=30, hidden=256, layers=1)
-    p = _trained_like(cfg, 5, scale=4.0)
+    p = trained_like(cfg, 5, scale=4.0)
     be = CpuBackend(cfg, p.astype(np.float32))
     assert be._transposed(B) == transposed
     x, y = _data(cfg, 12, B, 5)
-    state = _state(cfg, B, 5, 1e4)
+    state = carried_state(cfg, B, 5, 1e4)
     _check_train(cfg, p, x, y, state, np.float32, be=be)
     _check_train(cfg, p, x, y, state, np.float64)
 
@@ -231,10 +202,10 @@ def test_wide_layers_take_the_transposed_product_by_their_real_thresholds(B, tra
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_gru_and_rnn_at_batch_50_and_one_stream_evaluation_match_the_reference(cell):
     cfg = tiny_config(vocab_size=30, hidden=64, layers=2, cell=cell)
-    p = _trained_like(cfg, 6, scale=20.0)
+    p = trained_like(cfg, 6, scale=20.0)
     for T, B in ((50, 50), (256, 1)):
         x, y = _data(cfg, T, B, 6)
-        state = _state(cfg, B, 6, 0.0)
+        state = carried_state(cfg, B, 6, 0.0)
         for dtype in (np.float64, np.float32):
             be = _check_train(cfg, p, x, y, state, dtype)
             _check_loss(be, cfg, p, x, y, state, dtype)
@@ -247,7 +218,7 @@ def test_sampling_loop_draws_what_the_reference_draws_from_saturated_weights(cel
     """generate (the compiled LSTM loop; the per-step loop for GRU) against the reference stepped
     in NumPy: same codes, same log-probabilities, over 300 steps that drive |c| past 44."""
     cfg = tiny_config(vocab_size=12, hidden=8, layers=2, cell=cell)
-    p = _trained_like(cfg, 7, scale=10.0)
+    p = trained_like(cfg, 7, scale=10.0)
     if cell == "lstm":
         p["l1.b"][:3 * cfg.hidden] = 8.0                          # counter cells in the top layer
     prime = np.array([1, 4, 2, 0])
@@ -263,8 +234,8 @@ def test_sampling_loop_draws_what_the_reference_draws_from_saturated_weights(cel
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_one_sampling_step_from_a_state_of_ten_thousand_matches_the_reference(dtype):
     cfg = tiny_config(vocab_size=20, hidden=32, layers=3, embed=8)
-    p = _trained_like(cfg, 8, scale=30.0)
-    state = _state(cfg, 64, 8, 1e4)
+    p = trained_like(cfg, 8, scale=30.0)
+    state = carried_state(cfg, 64, 8, 1e4)
     codes = np.random.default_rng(8).integers(0, 20, 64)
     logits, s = CpuBackend(cfg, p.astype(dtype)).step(codes, state.astype(dtype))
     want_logits, want_s = RefStep(cfg, p).step(codes, state)

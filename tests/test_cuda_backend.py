@@ -23,8 +23,7 @@ from numba import cuda      # a module global: the simulator swaps it while a ke
 from charrnn import reference as ref
 from charrnn.dropout import masks as dropout_masks
 from charrnn.model import init_params, param_shapes
-from tiny_models import tiny_config, PerStep, count_calls
-from test_cpu_backend import _case as cpu_case
+from tiny_models import PerStep, carried_state, count_calls, random_case, tiny_config, trained_like
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -49,7 +48,7 @@ def _backend(cfg, params, **kw):
 
 
 def _case(cfg, T, B, seed=0):
-    return cpu_case(cfg, T, B, np.float64, seed)
+    return random_case(cfg, T, B, np.float64, seed)
 
 
 def _rel(a, b):
@@ -223,13 +222,12 @@ def test_saturated_model_with_a_wide_vocabulary_matches_reference_and_optim(cell
     against optim.py's."""
     from charrnn.backends import cuda_kernels as CK
     from charrnn.optim import Optimizer, clip_
-    from test_cpu_regimes import _state, _trained_like
     cfg = tiny_config(vocab_size=70, hidden=4, layers=1, cell=cell)
-    p64 = _trained_like(cfg, 11, scale=60.0)
+    p64 = trained_like(cfg, 11, scale=60.0)
     assert cfg.vocab_size > 2 * CK.RED and p64.flat.size > 4 * CK.NORM_BLOCKS * CK.RED
     r = np.random.default_rng(11)
     x, y = r.integers(0, 70, (6, 2)), r.integers(0, 70, (6, 2))
-    state = _state(cfg, 2, 11, 1e4)
+    state = carried_state(cfg, 2, 11, 1e4)
     with np.errstate(over="ignore"):
         loss, cache, s_ref = ref.forward(p64, cfg, x, y, state)
         g_ref = p64.like()

@@ -267,11 +267,6 @@ def test_bad_sample_options_are_usage_errors_exit_2(models, args):
     assert res.exit_code == 2 and res.stdout == "" and res.stderr.strip()
 
 
-def test_train_from_stdin_needs_an_out_or_a_name(tmp_path):
-    res = CliRunner().invoke(cli, ["train", "-"], input="some text\n")
-    assert res.exit_code == 2 and "--out" in res.stderr and "--name" in res.stderr
-
-
 def test_options_come_from_charrnn_environment_variables(models):
     env = {"CHARRNN_SAMPLE_LENGTH": "7", "CHARRNN_SAMPLE_PRIME": "To be", "CHARRNN_SAMPLE_ECHO": "false"}
     res = CliRunner().invoke(cli, ["sample", str(models["uni"]), "--seed", "5"], auto_envvar_prefix="CHARRNN",

@@ -14,7 +14,7 @@ from charrnn import zoo
 from charrnn.corpus import Vocab
 from charrnn.model import init_params
 from tiny_models import tiny_config
-from test_cli_errors import charrnn as charrnn_inproc   # main() in-process: (exit code, stdout, stderr)
+from tiny_models import run_main as charrnn_inproc   # main() in-process: (exit code, stdout, stderr)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "corpora" / "shakespeare.safetensors"
 

@@ -4,6 +4,7 @@ models built directly with a known output distribution or trained for a few doze
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ from click.testing import CliRunner
 
 from charrnn import checkpoint as ckpt
 from charrnn import reference as ref
-from charrnn.cli import cli
+from charrnn.cli import cli, main
 from charrnn.corpus import Vocab
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import ModelConfig, init_params, param_shapes
 from charrnn.sample import step_loop
 
 # Words whose characters the Unicode model knows; "Ça va — naïve café" is made of them.
@@ -28,6 +29,61 @@ def tiny_config(**kw) -> ModelConfig:
     """A ModelConfig for tests: no dropout and char-rnn's uniform init unless asked, so what a
     test pins does not move with the product's defaults (config.py)."""
     return ModelConfig(**{"dropout": 0.0, "init": "uniform", **kw})
+
+
+def random_case(cfg, T, B, dtype, seed=0):
+    """Random weights (N(0, 0.3)), codes (T, B) and a carried state: a generic kernel test case."""
+    r = np.random.default_rng(seed)
+    p = init_params(cfg, r, dtype=np.float64)
+    p.flat[:] = r.normal(0, 0.3, p.flat.size)
+    x = r.integers(0, cfg.vocab_size, (T, B))
+    y = r.integers(0, cfg.vocab_size, (T, B))
+    state = r.normal(0, 0.5, (cfg.layers, cfg.n_states, B, cfg.hidden))
+    return p, x, y, state
+
+
+def trained_like(cfg: ModelConfig, seed: int, scale: float, gain: float = 0.8) -> np.ndarray:
+    """Weights in a trained model's regime: input weights and biases heavy-tailed (log-uniform
+    magnitudes over three decades, up to `scale`), so some pre-activations reach +-100 while
+    others stay near zero; recurrent weights of gain `gain` (below 1: the dynamics contract, as
+    a trained model's do, so the float64 fast path can be held to 1e-9 over hundreds of steps
+    instead of two chaotic trajectories being compared)."""
+    r = np.random.default_rng(seed)
+    p = init_params(cfg, r, dtype=np.float64)
+    for name, shape in param_shapes(cfg):
+        n = int(np.prod(shape))
+        if name.endswith(".Wh"):
+            p[name][...] = r.normal(0, gain / np.sqrt(cfg.hidden), shape)
+        elif name.startswith("out."):
+            p[name][...] = r.normal(0, 1.0, shape)
+        else:
+            p[name][...] = (r.choice([-1.0, 1.0], n) * scale * 10.0 ** r.uniform(-3, 0, n)).reshape(shape)
+    return p
+
+
+def carried_state(cfg: ModelConfig, B: int, seed: int, c_max: float) -> np.ndarray:
+    """A carried state: h in (-1, 1); LSTM cell states log-uniform up to c_max in size."""
+    r = np.random.default_rng(seed + 1)
+    s = np.empty((cfg.layers, cfg.n_states, B, cfg.hidden))
+    s[:, 0] = r.uniform(-1, 1, s[:, 0].shape)
+    if cfg.cell == "lstm":
+        s[:, 1] = r.choice([-1.0, 1.0], s[:, 1].shape) * c_max * 10.0 ** r.uniform(-4, 0, s[:, 1].shape)
+    return s
+
+
+def run_main(args, monkeypatch, capsys, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Run main() as the console script would; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["charrnn", *args])
+    if stdin is not None:
+        import io
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def word_text(words: list[str], n: int, seed: int = 0) -> str:

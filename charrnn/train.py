@@ -187,9 +187,10 @@ class Trainer:
             raise CorpusError("this is not the text the checkpoint was trained on (its codes differ); "
                               "use --init-from to fine-tune on a new text")
         ranks = pr.world_size
+        # other batch flags may leave the cursor past the epoch's windows: the next epoch starts
         self.progress = dataclasses.replace(pr, digest=self.digest, n_codes=self.n_codes,
                                             world_size=self.dist.size if self.dist else 1,
-                                            cursor=min(pr.cursor, self.batches.n_windows))  # other batch flags: next epoch
+                                            cursor=min(pr.cursor, self.batches.n_windows))
         self.lr = pr.lr if pr.lr is not None else self.o.lr
         if ck.optimizer and ck.optimizer.get("name") == self.opt.name:
             self.opt = Optimizer.from_meta(ck.optimizer, ck.params.flat.size)
@@ -326,13 +327,14 @@ class Trainer:
         self._bind_backend()
         self.log(f"step {bad_step}: {what} is not finite; rolled back to step {sn.progress.step} and halved the "
                  f"learning rate to {lr:g} ({self.progress.nan_retries} of {self.o.max_nan_retries})")
-        self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.progress.step, "lr": lr})
+        self._append_metrics({"step": bad_step, "event": "rollback", "what": what, "to_step": sn.progress.step,
+                              "lr": lr})
 
     # -- the loop ---------------------------------------------------------------------
     def _train_step(self, t0: float) -> str | None:
         """One window: returns None, or what went non-finite (then nothing was counted)."""
         bt = self.batches
-        if self.progress.cursor >= bt.n_windows:              # new epoch: reset the carried state
+        if self.progress.cursor >= bt.n_windows:     # new epoch: reset the carried state
             self.progress.cursor = 0
             self.progress.epoch += 1
             self.state = self.be.zero_state(bt.local_batch)
@@ -364,7 +366,8 @@ class Trainer:
                 return "the gradient"
             if watch:
                 after = self.be.params_host()
-                self._diag = {"step": self.progress.step + 1, "update_ratio": diagnostics.update_ratios(before, after),
+                self._diag = {"step": self.progress.step + 1,
+                              "update_ratio": diagnostics.update_ratios(before, after),
                               "param_norm": diagnostics.norms(after), "grad_norm": grad_norms}
         chars = bt.batch * bt.seq_len
         self.state, self.lr_now, self.gnorm = state, lr_now, gnorm
@@ -376,6 +379,10 @@ class Trainer:
         if not self.dist:
             self.progress.elapsed = time.perf_counter() - t0
         return None
+
+    def _epochs(self) -> float:
+        """Epochs done, with the fraction of the current one."""
+        return self.progress.epoch + self.progress.cursor / self.batches.n_windows
 
     # -- diagnostics ------------------------------------------------------------------
     def _diag_due(self, step: int) -> bool:
@@ -406,7 +413,7 @@ class Trainer:
             if sig.signum:
                 raise TrainingInterrupted(sig.signum)
         val_bpc = self.validate(progress=check)
-        o, bt = self.o, self.batches
+        o = self.o
         if scheduled and val_bpc is not None:
             improved = val_bpc < self.progress.sched_best
             if improved:
@@ -415,7 +422,7 @@ class Trainer:
                 self.progress.bad_evals += 1
             self.sched.on_validation(improved)
         ema = self.progress.ema if self.progress.ema is not None else math.nan
-        rec = {"step": self.progress.step, "epoch": round(self.progress.epoch + self.progress.cursor / bt.n_windows, 4),
+        rec = {"step": self.progress.step, "epoch": round(self._epochs(), 4),
                "chars": self.progress.chars_seen, "elapsed_s": round(self.progress.elapsed, 2),
                "train_bpc": None if self.progress.ema is None else round(self.progress.ema, 5),
                "val_bpc": None if val_bpc is None else round(val_bpc, 5),
@@ -458,11 +465,12 @@ class Trainer:
         bar = None
         if self.show_progress and self.root:
             from tqdm import tqdm
-            bar = tqdm(total=stop_at if math.isfinite(stop_at) else None, initial=min(self.progress.step, stop_at), unit="step", file=sys.stderr,
+            bar = tqdm(total=stop_at if math.isfinite(stop_at) else None, initial=min(self.progress.step, stop_at),
+                       unit="step", file=sys.stderr,
                        disable=None, dynamic_ncols=True, leave=True)
         t0 = time.perf_counter() - self.progress.elapsed
-        saved_at = self.progress.elapsed        # `last` is refreshed by (reduced) elapsed time, the same on every rank
-        validated_at = self.progress.step if self.progress.step else -1   # a resumed checkpoint was saved at its step
+        saved_at = self.progress.elapsed   # `last` is refreshed by (reduced) elapsed time, the same on every rank
+        validated_at = self.progress.step or -1       # a resumed checkpoint was saved at its step
         self.last_val_bpc = None
         self._snap = self._snapshot()
         reason = ""
@@ -488,24 +496,26 @@ class Trainer:
                         continue
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix_str(f"epoch {self.progress.epoch + self.progress.cursor / bt.n_windows:.2f}  train "
-                                            f"{self.progress.ema:.3f} bpc  {self.progress.chars_seen / max(self.progress.elapsed, 1e-9):,.0f} "
+                        pr = self.progress
+                        bar.set_postfix_str(f"epoch {self._epochs():.2f}  train {pr.ema:.3f} bpc  "
+                                            f"{pr.chars_seen / max(pr.elapsed, 1e-9):,.0f} "
                                             f"chars/s", refresh=False)
-                    if o.diag and o.diag_every and self.progress.step % o.diag_every == 0 and self.progress.step % val_every:
-                        self._append_metrics({"step": self.progress.step, "diag": self._diagnostics()})
+                    step = self.progress.step
+                    if o.diag and o.diag_every and step % o.diag_every == 0 and step % val_every:
+                        self._append_metrics({"step": step, "diag": self._diagnostics()})
                         if self.live:
                             self.live.update(validation=False)
-                    if self.progress.step % val_every == 0:
-                        validated_at, saved_at = self.progress.step, self.progress.elapsed
+                    if step % val_every == 0:
+                        validated_at, saved_at = step, self.progress.elapsed
                         if self._validate_and_save(True, sig, bar):
                             reason = f"early stop: no improvement in {o.patience} validations"
                             break
                     elif self.progress.elapsed - saved_at > SAVE_EVERY_S and self._weights_finite():
-                        self.save("last", {"step": self.progress.step})
+                        self.save("last", {"step": step})
                         saved_at = self.progress.elapsed
-                    if self.progress.step % SNAPSHOT_EVERY == 0 and self._weights_finite():
+                    if self.progress.step % SNAPSHOT_EVERY == 0 and self._weights_finite():   # a rollback moves it
                         self._snap = self._snapshot()
-                if self.progress.step != validated_at:            # the end of a run is validated too
+                if self.progress.step != validated_at:      # the end of a run is validated too
                     self._validate_and_save(False, sig, bar)
             except TrainingInterrupted as e:
                 self._save_interrupted()
@@ -518,7 +528,7 @@ class Trainer:
                 if bar is not None:
                     bar.close()
         self._finish(reason)
-        return {"steps": self.progress.step, "epochs": self.progress.epoch + self.progress.cursor / bt.n_windows,
+        return {"steps": self.progress.step, "epochs": self._epochs(),
                 "best_val_bpc": _finite_or_none(self.progress.best_val), "last_val_bpc": self.last_val_bpc,
                 "reason": reason, "elapsed_s": self.progress.elapsed, "out": str(self.out)}
 

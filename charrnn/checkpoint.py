@@ -32,7 +32,9 @@ from charrnn.errors import CheckpointError
 FORMAT = "charrnn"
 VERSION = 1
 MAX_HEADER = 16 << 20           # 16 MiB of JSON is far beyond any real header
-DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "I64": np.dtype("<i8"), "U8": np.dtype("u1")}
+DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "I64": np.dtype("<i8"),
+          "U8": np.dtype("u1")}
+HALF_MAX = float(np.finfo(np.float16).max)
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
@@ -52,13 +54,19 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------- writing
-def save(path: str | os.PathLike, ck: Checkpoint) -> None:
-    """Write atomically: a crash at any moment leaves the old file or the new one, never a mix."""
+def save(path: str | os.PathLike, ck: Checkpoint, half: bool = False) -> None:
+    """Write atomically: a crash at any moment leaves the old file or the new one, never a mix.
+    `half` stores the weights as float16 (half the bytes: for shipping a model to sample and
+    evaluate; loading widens them to float32), only in a file without optimizer moments or state."""
     if not np.all(np.isfinite(ck.params.flat)):
         raise CheckpointError("refusing to write a checkpoint with non-finite weights")
+    if half and (ck.optim_state or ck.state is not None):
+        raise CheckpointError("float16 weights are for weights-only files: resuming needs the float32 ones")
+    if half and np.abs(ck.params.flat).max(initial=0.0) > HALF_MAX:
+        raise CheckpointError(f"a weight exceeds float16's range ({HALF_MAX:g}); keep this model in float32")
     tensors: dict[str, np.ndarray] = {}
     for name, _ in param_shapes(ck.config):
-        tensors[f"param/{name}"] = np.ascontiguousarray(ck.params[name], dtype="<f4")
+        tensors[f"param/{name}"] = np.ascontiguousarray(ck.params[name], dtype="<f2" if half else "<f4")
     for name, arr in ck.optim_state.items():
         tensors[f"optim/{name}"] = np.ascontiguousarray(arr, dtype="<f4")
     if ck.state is not None:
@@ -205,8 +213,8 @@ def load(path: str | os.PathLike) -> Checkpoint:
         arr = tensors.get(f"param/{name}")
         if arr is None:
             raise CheckpointError(f"{path}: weight {name} is missing (wrong architecture?)")
-        if arr.dtype != DTYPES["F32"]:
-            raise CheckpointError(f"{path}: weight {name} has dtype {arr.dtype}, expected float32")
+        if arr.dtype not in (DTYPES["F32"], DTYPES["F16"]):
+            raise CheckpointError(f"{path}: weight {name} has dtype {arr.dtype}, expected float32 or float16")
         if arr.shape != shape:
             raise CheckpointError(f"{path}: weight {name} has shape {arr.shape}, the config says {shape}")
     known = {f"param/{name}" for name, _ in shapes}
@@ -220,6 +228,9 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: weights contain NaN or Inf")
     optimizer = _meta_json(meta, "optimizer", (dict, type(None)))
     _check_optimizer(path, optimizer)
+    half = any(tensors[f"param/{name}"].dtype == DTYPES["F16"] for name, _ in shapes)
+    if half and (optimizer or any(k.startswith("optim/") for k in tensors) or "state" in tensors):
+        raise CheckpointError(f"{path}: float16 weights with optimizer state (only weights-only files are half)")
     optim_state = {}
     allowed = STATE_NAMES[optimizer["name"]] if optimizer else ()
     for k, arr in tensors.items():

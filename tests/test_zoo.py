@@ -70,6 +70,59 @@ def test_export_without_weights_only_keeps_everything(tmp_path, monkeypatch, cap
     assert c.provenance["note"] == "kept"
 
 
+def test_export_half_halves_the_weights_and_loads_them_widened_to_float32(tmp_path, monkeypatch, capsys):
+    full = full_checkpoint()
+    full.params.flat[0] = 1.0 + 2.0 ** -12          # below float16's resolution: the export rounds it
+    ckpt.save(tmp_path / "full.safetensors", full)
+    code, _, err = charrnn_inproc(["export", str(tmp_path / "full.safetensors"), "--weights-only", "--half",
+                                   "-o", str(tmp_path / "h.safetensors")], monkeypatch, capsys)
+    assert code == 0 and "float16" in err
+    _, tensors = ckpt.read_raw(tmp_path / "h.safetensors")
+    assert {t.dtype for t in tensors.values()} == {np.dtype("<f2")}
+    h = ckpt.load(tmp_path / "h.safetensors")
+    assert h.params.flat.dtype == np.float32 and h.provenance["weights"] == "float16"
+    np.testing.assert_array_equal(h.params.flat, full.params.flat.astype(np.float16).astype(np.float32))
+    assert h.params.flat[0] == 1.0
+    w = ckpt.weights_only(full)
+    ckpt.save(tmp_path / "w.safetensors", w)
+    assert (tmp_path / "h.safetensors").stat().st_size < (tmp_path / "w.safetensors").stat().st_size
+
+
+def test_export_half_refuses_a_resumable_file_and_weights_beyond_float16(tmp_path, monkeypatch, capsys):
+    full = full_checkpoint()
+    ckpt.save(tmp_path / "full.safetensors", full)
+    code, _, err = charrnn_inproc(["export", str(tmp_path / "full.safetensors"), "--half",
+                                   "-o", str(tmp_path / "h.safetensors")], monkeypatch, capsys)
+    assert code == 2 and "--weights-only" in err and not (tmp_path / "h.safetensors").exists()
+    with pytest.raises(ckpt.CheckpointError, match="weights-only"):
+        ckpt.save(tmp_path / "h.safetensors", full, half=True)
+    big = ckpt.weights_only(full)
+    big.params.flat[3] = 1e5
+    with pytest.raises(ckpt.CheckpointError, match="float16's range"):
+        ckpt.save(tmp_path / "h.safetensors", big, half=True)
+    assert not (tmp_path / "h.safetensors").exists()
+
+
+def test_a_half_file_with_optimizer_state_is_refused_on_load(tmp_path):
+    full = full_checkpoint()
+    ckpt.save(tmp_path / "full.safetensors", full)
+    _, tensors = ckpt.read_raw(tmp_path / "full.safetensors")
+    raw = (tmp_path / "full.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    off, blobs = 0, []
+    for name, arr in tensors.items():         # rewrite every weight as float16, keep the moments
+        arr = arr.astype("<f2") if name.startswith("param/") else arr
+        header[name] = {"dtype": "F16" if name.startswith("param/") else "F32", "shape": list(arr.shape),
+                        "data_offsets": [off, off + arr.nbytes]}
+        off += arr.nbytes
+        blobs.append(arr.tobytes())
+    hb = json.dumps(header).encode()
+    (tmp_path / "bad.safetensors").write_bytes(len(hb).to_bytes(8, "little") + hb + b"".join(blobs))
+    with pytest.raises(ckpt.CheckpointError, match="float16 weights with optimizer state"):
+        ckpt.load(tmp_path / "bad.safetensors")
+
+
 def test_export_refuses_a_malformed_meta_pair(tmp_path, monkeypatch, capsys):
     ckpt.save(tmp_path / "full.safetensors", full_checkpoint())
     code, _, err = charrnn_inproc(["export", str(tmp_path / "full.safetensors"), "-o", str(tmp_path / "x"),

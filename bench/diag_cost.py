@@ -5,7 +5,7 @@ point (tensor norms and ratios, the layer probe, the histograms) measured on its
     python bench/diag_cost.py                      # 3 pairs of 150-step runs on tinyshakespeare
     python bench/diag_cost.py --pairs 1 --steps 40 # a smoke run
 
-Each run is a fresh Trainer with TrainOptions() defaults (2x128 LSTM, batch 50 x 50, Adam)
+Each run is a fresh Trainer with TrainOptions() defaults (the default LSTM, batch 50 x 50, Adam)
 except --max-steps and the diagnostics switch; --diag-every is the default 50 unless given. The
 speed is characters trained over training time (the trainer's own clock; the closing validation
 pass, the same in both arms, is left out). Kernels are compiled by a warm-up run first.

@@ -18,11 +18,11 @@ STATES = {"lstm": 2, "gru": 1, "rnn": 1}  # h (and c for the LSTM)
 class ModelConfig:
     """Defaults: the best we found for ~10 minutes on 2 cores (README)."""
     vocab_size: int          # 65 for tinyshakespeare, 256 in byte mode
-    hidden: int = 128        # H, units per layer
+    hidden: int = 256        # H, units per layer
     layers: int = 2          # L, stacked cells
     cell: str = "lstm"       # lstm | gru | rnn
     embed: int = 0           # D of a learned embedding; 0 = one-hot input
-    dropout: float = 0.1     # inverted dropout between layers and before the output layer
+    dropout: float = 0.2     # inverted dropout between layers and before the output layer
     activation: str = "tanh" # squashing nonlinearity of the cell (gates stay sigmoid)
     forget_bias: float = 1.0 # LSTM forget-gate bias at init
     init: str = "xavier"     # xavier: Glorot uniform, on tinyshakespeare it learns markedly faster

@@ -42,7 +42,7 @@ class TrainOptions:
     test_frac: float = 0.05
     # optimisation
     optimizer: str = "adam"
-    lr: float = 2e-3
+    lr: float = 1e-2             # the sweep in bench/RESULTS.md (issue 19); lr-find suggests about 2e-2
     beta1: float | None = None
     beta2: float | None = None
     alpha: float | None = None
@@ -53,7 +53,7 @@ class TrainOptions:
     l1: float = 0.0
     clip: str = "norm:5"
     lr_schedule: str = "cosine"    # cosine: anneal to lr_floor * lr over the run (steps or --minutes); constant
-    lr_floor: float = 0.1
+    lr_floor: float = 0.01
     lr_decay: float = 1.0          # multiply the rate by this each epoch after lr_decay_after
     lr_decay_after: int = 10
     lr_plateau: float = 1.0        # multiply the rate by this when validation does not improve

@@ -14,7 +14,8 @@ from charrnn.cli import cli
 
 TINY = ["--hidden", "16", "--layers", "2", "--dropout", "0.2", "--seq-len", "10", "--batch-size", "4",
         "--seed", "3", "--device", "cpu", "--val-every", "5", "--no-diag", "--lr-decay", "0.8",
-        "--lr-decay-after", "0", "--lr-plateau", "0.5"]
+        "--lr-decay-after", "0", "--lr-plateau", "0.5",
+        "--lr", "2e-3", "--lr-floor", "0.1"]   # the defaults when the fixture was recorded
 
 # recorded from the code before the redesign (issue 18), CPU
 FIRST_RUN = {

@@ -93,7 +93,7 @@ print(h.hexdigest(), be._lanes_for(50, 50))
 
 
 def test_training_steps_are_bit_identical_across_processes():
-    """Three default-size training windows (2x128, 50x50, dropout: on two threads the lanes,
+    """Three real-size training windows (2x128, 50x50, dropout: on two threads the lanes,
     whose tasks finish in a different order every run) give the same loss, gradients and state
     bit for bit in two separate processes."""
     import os

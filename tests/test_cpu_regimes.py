@@ -150,7 +150,7 @@ def _spy_lanes(be: CpuBackend) -> list:
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_default_model_training_and_evaluation_windows_interleaved_on_one_backend(dtype, two_blas_threads, monkeypatch):
-    """The default 2x128 model at its real shapes: training windows of 50x50 (lanes, 8 chunks;
+    """A 2x128 model (the default before issue 19) at its real shapes: training windows of 50x50 (lanes, 8 chunks;
     per-step products above small_step_macs) interleaved with the evaluator's one-stream windows
     of 256 steps (lanes, matrix-vector steps below SMALL_M) on one backend, whose work buffers
     are kept between shapes, from trained-like weights and carried states."""

@@ -37,6 +37,9 @@ def _mode():
 
 
 MODE = _mode()
+# more cells and options of a case already run: in the simulator each costs 15-35 s, so the CI
+# suite runs one of each and the slow run the rest (test_cuda_backend_slow_cases_under_the_simulator)
+SIM_SLOW = pytest.mark.slow
 needs_cuda = pytest.mark.skipif(MODE is None, reason="no GPU here: run under the simulator by "
                                 "test_cuda_backend_under_the_simulator")
 needs_gpu = pytest.mark.skipif(MODE != "gpu", reason="needs a real CUDA GPU")
@@ -214,7 +217,7 @@ def test_gemm_large_tiles_over_several_k_slices(ta, tb):
 
 
 @needs_cuda
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=SIM_SLOW)])
 def test_saturated_model_with_a_wide_vocabulary_matches_reference_and_optim(cell):
     """Trained-like weights (pre-activations past +-50, carried |c| up to 1e4), V = 70 (more than
     two reduction blocks of the simulator: the output kernels' strided loops) and a parameter
@@ -306,8 +309,8 @@ def test_optimizer_steps_match_optim(name, clip, decay):
 # ---------------------------------------------------------------- sampling on the device
 @needs_cuda
 @pytest.mark.parametrize("cell,layers,embed,temp,top_k,persistent", [
-    ("lstm", 2, 0, 0.0, 0, True), ("gru", 2, 3, 0.8, 3, True), ("rnn", 1, 0, 1.0, 0, True),
-    ("lstm", 1, 0, 0.7, 2, False)])
+    ("lstm", 2, 0, 0.0, 0, True), pytest.param("gru", 2, 3, 0.8, 3, True, marks=SIM_SLOW),
+    ("rnn", 1, 0, 1.0, 0, True), ("lstm", 1, 0, 0.7, 2, False)])
 def test_device_sampling_draws_what_the_host_sampler_draws(cell, layers, embed, temp, top_k, persistent):
     from charrnn.backends.cpu import CpuBackend
     from charrnn.sample import Decoding, generate
@@ -345,7 +348,8 @@ def _same_samples(dev: bytes, host: bytes, as_json: bool) -> None:
 
 @needs_cuda
 @pytest.mark.parametrize("cell,layers,n,temp,top_k,as_json", [
-    ("lstm", 1, 1, 1.0, 0, False), ("gru", 2, 2, 0.7, 3, True), ("rnn", 1, 3, 0.0, 0, False)])
+    ("lstm", 1, 1, 1.0, 0, False), pytest.param("gru", 2, 2, 0.7, 3, True, marks=SIM_SLOW),
+    pytest.param("rnn", 1, 3, 0.0, 0, False, marks=SIM_SLOW)])
 def test_write_samples_runs_the_device_loop_and_writes_what_the_cpu_per_step_path_writes(
         cell, layers, n, temp, top_k, as_json):
     from charrnn.backends.cpu import CpuBackend
@@ -359,7 +363,7 @@ def test_write_samples_runs_the_device_loop_and_writes_what_the_cpu_per_step_pat
 
 
 @needs_cuda
-@pytest.mark.parametrize("top_p,stop", [(0.8, None), (1.0, "a")])
+@pytest.mark.parametrize("top_p,stop", [(0.8, None), pytest.param(1.0, "a", marks=SIM_SLOW)])
 def test_top_p_or_a_stop_string_falls_back_to_per_step_sampling(top_p, stop):
     from charrnn.backends.cpu import CpuBackend
     cfg = tiny_config(vocab_size=6, hidden=4, layers=1)
@@ -534,12 +538,23 @@ def test_cli_imports_and_auto_picks_cpu_without_cuda_libraries():
     assert r.stdout.strip() == "refused"
 
 
-@pytest.mark.skipif(SIM or MODE == "gpu", reason="this is the launcher of the simulator run")
-def test_cuda_backend_under_the_simulator():
+def _simulate(marks: str) -> None:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not gpu",
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", marks,
                         "-W", "ignore::RuntimeWarning", __file__], capture_output=True, text=True, env=env,
                        cwd=ROOT, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout
+
+
+@pytest.mark.skipif(SIM or MODE == "gpu", reason="this is the launcher of the simulator run")
+def test_cuda_backend_under_the_simulator():
+    _simulate("not gpu and not slow")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SIM or MODE == "gpu", reason="this is the launcher of the simulator run")
+def test_cuda_backend_slow_cases_under_the_simulator():
+    """The further cells and options of the cases above (the simulator runs each for 15-35 s)."""
+    _simulate("not gpu and slow")

@@ -24,9 +24,12 @@ from pathlib import Path
 
 
 def charrnn(*args: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+    """Start `charrnn ARGS` with this interpreter; its stderr goes to `log` (or nowhere)."""
     cmd = [sys.executable, "-m", "charrnn", *args]
-    err = open(log, "w") if log else None
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err or subprocess.DEVNULL, text=True, env=env)
+    if log is None:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    with open(log, "w") as err:          # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
 
 
 def score(run: Path, split: str) -> float:

@@ -15,7 +15,6 @@ import base64
 import json
 import math
 import time
-import dataclasses
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Sequence
 

@@ -39,7 +39,7 @@ from charrnn.evaluate import evaluate, summary
 from charrnn.model import Params, init_params
 from charrnn.optim import Optimizer, Schedule, parse_clip
 from charrnn.progress import Progress
-from charrnn.options import DEFAULT_MAX_EPOCHS, OPTIMIZER_DEFAULTS, TrainOptions  # noqa: F401 (re-exported)
+from charrnn.options import OPTIMIZER_DEFAULTS, TrainOptions
 
 LOG2 = math.log(2)
 

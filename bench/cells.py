@@ -60,7 +60,8 @@ def train_args(corpus: str, cell: str, layers: int, hidden: int, a: argparse.Nam
     return ["train", corpus, "--cell", cell, "--layers", str(layers), "--hidden", str(hidden),
             "--dropout", str(a.dropout), "--lr", str(a.lr), "--batch-size", str(a.batch_size),
             "--seq-len", str(a.seq_len), "--val-every", str(a.val_every), "--minutes", str(a.minutes),
-            "--seed", str(a.seed), "--device", "cpu", "--out", str(out)]
+            "--seed", str(a.seed), "--device", "cpu", "--out", str(out)] + \
+        (["--lr-floor", str(a.lr_floor)] if a.lr_floor is not None else [])
 
 
 def charrnn(args: list[str], log: Path | None = None) -> None:
@@ -111,7 +112,7 @@ def section(rows: list[dict], a: argparse.Namespace, corpus: str) -> str:
     lines += ["", "Commands (as run; `charrnn` is `python -m charrnn`):", "", "```"]
     lines += [f"flock /tmp/charrnn-cpu.lock python bench/cells.py --minutes {a.minutes:g} --params {a.params} "
               f"--lr {a.lr:g} --dropout {a.dropout:g} --batch-size {a.batch_size} --seq-len {a.seq_len} "
-              f"--val-every {a.val_every}"]
+              f"--val-every {a.val_every}" + (f" --lr-floor {a.lr_floor:g}" if a.lr_floor is not None else "")]
     lines += ["# which runs:"] + ["charrnn " + shlex.join(r["args"]) for r in rows] + ["```", ""]
     return "\n".join(lines)
 
@@ -131,6 +132,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=2.5)
     p.add_argument("--params", type=int, default=250_000)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr-floor", type=float, default=None, help="the schedule's floor (default: charrnn's)")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seq-len", type=int, default=50)

@@ -93,7 +93,8 @@ OPTIMIZER_OPTIONS = [
               help=f"End the run after this many epochs [{DEFAULT_MAX_EPOCHS:g}; none with --minutes].")
 @click.option("--minutes", type=click.FloatRange(0), default=_D.minutes, show_default=True,
               help="Wall-clock budget; 0 means none. The run uses all of it unless --max-epochs "
-                   "is given, and the cosine schedule spans it.")
+                   "is given, and the cosine schedule spans it. A new run given no model flags "
+                   "sizes --hidden and --dropout to the budget, timed on this machine.")
 @click.option("--max-steps", type=click.IntRange(0), default=_D.max_steps, hidden=True)
 @click.option("--val-every", type=click.IntRange(0), default=_D.val_every, show_default=True,
               help="Steps between validations (0: once per epoch).")

@@ -724,6 +724,8 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     run_dir = prepare_out_dir(out)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
                        spill_dir=run_dir)
+    if base is None and comm is None and opts.minutes > 0 and not given & SIZED_BY_BUDGET:
+        size_to_budget(opts, data, tell)
     where_from = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
     if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
         where_from["corpus"] = corpus_name
@@ -732,6 +734,24 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     if base_resume and "lr" in given:     # a rate given again replaces the run's (decays and halvings)
         trainer.lr = opts.lr
     return trainer
+
+
+# architecture flags: giving any of them (or --max-epochs, which may end the run before the budget)
+# keeps the defaults as they are instead of sizing the model to the budget
+SIZED_BY_BUDGET = frozenset({"hidden", "layers", "cell", "embed", "dropout", "max_epochs"})
+
+
+def size_to_budget(opts: TrainOptions, data: Corpus, log: Callable[[str], None]) -> None:
+    """Set opts.hidden and opts.dropout from the speed of this machine and the length of the
+    text (charrnn/budget.py): a fresh run with a time budget and no architecture flags."""
+    from charrnn import budget
+    cfg = opts.model_config(data.vocab.size)
+    train_chars = len(split(data.codes, opts.val_frac, opts.test_frac)[0])
+    T, B = min(opts.seq_len, max(1, train_chars - 1)), opts.batch_size
+    sizing = budget.measure(cfg, opts.device, T, B, opts.minutes * 60.0, train_chars,
+                            lambda n: new_optimizer(opts, n))
+    opts.hidden, opts.dropout = sizing.hidden, sizing.dropout
+    log(sizing.describe(opts.minutes))
 
 
 def summary_line(result: dict, run_dir: Path) -> str:

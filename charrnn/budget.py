@@ -1,0 +1,91 @@
+"""Sizing the model to a time budget. With `--minutes` and no architecture flags, `charrnn train`
+times a training step of each width on LADDER on this machine and takes the widest that the
+budget lets either read the training text MIN_PASSES times over, or read CHARS_PER_PARAM
+characters per parameter of fresh text; dropout, which only pays when the text is read many
+times, is kept only from DROPOUT_MIN_PASSES passes. Without a budget the defaults stand.
+
+Why (bench/RESULTS.md, "Sizing to the budget"): on tinyshakespeare, read ten times in ten minutes
+on two cores, 2x256 beats 2x192; on one core, where 2x256 reads it only four times, 2x192 (7.6
+times) and 2x128 beat it. On the 12 MB `python` corpus, which no width reads more than twice in ten
+minutes, 2x128 without dropout beats 2x192 by 0.09 bits/char and 2x256 (dropout 0.2) by 0.26: there the
+narrowest model, reading the most text, wins.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+LADDER = (128, 192, 256, 384, 512)   # widths tried, two layers each (the default depth)
+MIN_PASSES = 7.0          # 2x192 at 7.6 passes beat 2x256 at 4.0; 2x384 would read 5.8 on two cores
+CHARS_PER_PARAM = 100.0   # above the 65 at which 2x128 beat 2x192 (17) on the python corpus
+DROPOUT_MIN_PASSES = 4.0  # python at 2 passes did best without; tinyshakespeare at 7.6+ with 0.2
+PROBE_S = 0.4                        # timed steps per width, at least this long (and two steps)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    hidden: int
+    dropout: float
+    chars_per_s: float       # training speed measured for this width
+    chars_per_param: float   # characters it reads within the budget, per parameter
+    passes: float            # times it reads the training text within the budget
+
+    def describe(self, minutes: float) -> str:
+        return (f"sized to the budget: {minutes:g} min at {self.chars_per_s:,.0f} chars/s reads "
+                f"{self.chars_per_param:.0f} chars per parameter ({self.passes:.1f} passes over the text) "
+                f"with --hidden {self.hidden} --dropout {self.dropout:g}; give --hidden to choose")
+
+
+def choose(rates: dict[int, float], params: dict[int, int], seconds: float, train_chars: int,
+           dropout: float) -> Sizing:
+    """The sizing for measured training speeds `rates` (chars/s by width) and parameter counts
+    `params` (by width): the widest width whose `seconds` of training read the `train_chars`
+    characters MIN_PASSES times or CHARS_PER_PARAM characters per parameter, else the narrowest.
+    `dropout` is kept if that width reads the text DROPOUT_MIN_PASSES times, else 0."""
+    def fits(h: int) -> bool:
+        seen = rates[h] * seconds
+        return seen >= MIN_PASSES * train_chars or seen >= CHARS_PER_PARAM * params[h]
+
+    widths = sorted(rates)
+    pick = max((h for h in widths if fits(h)), default=widths[0])
+    seen = rates[pick] * seconds
+    passes = seen / max(train_chars, 1)
+    return Sizing(pick, dropout if passes >= DROPOUT_MIN_PASSES else 0.0, rates[pick],
+                  seen / params[pick], passes)
+
+
+def measure(cfg, device: str, T: int, B: int, seconds: float, train_chars: int, opt_for: Callable,
+            notify: Callable[[str], None] | None = None) -> Sizing:
+    """Time training steps (forward, backward, update) of `cfg` at each width of LADDER, from
+    the narrowest up, stopping after the first that does not fit; returns `choose`'s sizing.
+    opt_for(n_params) builds the run's optimizer for a buffer that size."""
+    import numpy as np
+
+    from charrnn.backends import make_backend
+    from charrnn.model import init_params, n_params
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (T, B))
+    y = rng.integers(0, cfg.vocab_size, (T, B))
+    rates: dict[int, float] = {}
+    params: dict[int, int] = {}
+    for h in LADDER:
+        c = replace(cfg, hidden=h)
+        p = init_params(c, rng)
+        be = make_backend(device, c, p, notify=notify)
+        opt = opt_for(p.flat.size)
+        state = be.zero_state(B)
+        be.warm_up(T, B, opt)
+        steps, t0 = -1, 0.0          # the first step (buffers, caches) is not timed
+        while steps < 2 or time.perf_counter() - t0 < PROBE_S:
+            _, state = be.train_step(x, y, state, dropout_seed=steps + 2)
+            be.optimizer_step(opt, 1e-3, ("norm", 5.0))
+            steps += 1
+            if steps == 0:
+                t0 = time.perf_counter()
+        rates[h] = steps * T * B / (time.perf_counter() - t0)
+        params[h] = n_params(c)
+        if choose(rates, params, seconds, train_chars, cfg.dropout).hidden != h:
+            break
+    return choose(rates, params, seconds, train_chars, cfg.dropout)

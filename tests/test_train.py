@@ -1,9 +1,13 @@
 """The training run as a whole: a short `charrnn train` and its resume give the same bits as the
-code that recorded the fixture below. Any refactoring of the trainer, the options, the schedule or
-the CLI must leave these digests unchanged; a deliberate numerical change re-records them and
-says why in its commit."""
+code that recorded the fixtures below, on the CPU and on the CUDA backend under the simulator.
+Any refactoring of the trainer, the options, the schedule or the CLI must leave these digests
+unchanged; a deliberate numerical change re-records them and says why in its commit."""
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,9 @@ from click.testing import CliRunner
 
 from charrnn import checkpoint as ckpt
 from charrnn.cli import cli
+from charrnn.train import Trainer
+
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 TINY = ["--hidden", "16", "--layers", "2", "--dropout", "0.2", "--seq-len", "10", "--batch-size", "4",
         "--seed", "3", "--device", "cpu", "--val-every", "5", "--no-diag", "--lr-decay", "0.8",
@@ -39,6 +46,28 @@ RESUMED = {
     ],
 }
 
+# The same run on the CUDA backend in the simulator (kernels run as Python threads), shrunk to what
+# it runs in under a minute of CPU: a smaller model and batch, a few steps, still two layers with
+# dropout, a validation after each run and a resume.
+SIM_TINY = ["--hidden", "4", "--layers", "2", "--dropout", "0.2", "--seq-len", "5", "--batch-size", "2",
+            "--val-frac", "0.02", "--seed", "3", "--device", "cuda", "--val-every", "2", "--no-diag",
+            "--lr-decay", "0.8", "--lr-decay-after", "0", "--lr-plateau", "0.5", "--lr", "2e-3", "--lr-floor", "0.1"]
+SIM_STEPS = (2, 4, 2)   # the run's steps, the resumed run's, --val-every given again on resuming
+
+# recorded under the CUDA simulator at db41048, before the redesign (issue 18)
+SIM_FIRST_RUN = {
+    "sha256": "2de70ba872f1f3eecfe8d9a1d1cadf764b1012794c1e3a4ae93d48c0a4f61608",
+    "curve": [  # step, train bits/char, validation bits/char, rate
+        [2, 4.07827, 4.1093, 0.0019999998448310993],
+    ],
+}
+SIM_RESUMED = {
+    "sha256": "0016d7276e0a633d32d7ceb39fa3aadbf1696099397e7233fa12d5233ece94a1",
+    "curve": [  # step, train bits/char, validation bits/char, rate
+        [2, 4.07827, 4.1093, 0.0019999998448310993],
+        [4, 4.08064, 4.10806, 0.001999998603480217],
+    ],
+}
 
 def _text(path):
     words = ["the ", "cat ", "sat ", "on ", "a ", "mat.\n", "dog ", "ran ", "far, ", "so "]
@@ -64,17 +93,45 @@ def _curve(run) -> list:
     return [[r["step"], r["train_bpc"], r["val_bpc"], r["lr"]] for r in recs if "val_bpc" in r]
 
 
-def test_short_run_and_its_resume_reproduce_the_recorded_bits(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def _run_and_resume(tmp_path, flags: list, steps: int, resumed_steps: int, val_every: int) -> tuple:
+    """A run of `steps`, then its resume to `resumed_steps`: their digests and curves."""
     text = _text(tmp_path / "t.txt")
     run = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["train", str(text), "--out", str(run), "--max-steps", "20", *TINY])
+    r = CliRunner().invoke(cli, ["train", str(text), "--out", str(run), "--max-steps", str(steps), *flags])
     assert r.exit_code == 0, r.output
-    got_first = {"sha256": _digest(run), "curve": _curve(run)}
+    first = {"sha256": _digest(run), "curve": _curve(run)}
     # resume: the run's own options, --max-steps and --val-every given again on the command line
     r = CliRunner().invoke(cli, ["train", str(text), "--resume", str(run / "last.safetensors"),
-                                 "--max-steps", "30", "--val-every", "5"])
+                                 "--max-steps", str(resumed_steps), "--val-every", str(val_every)])
     assert r.exit_code == 0, r.output
-    got_resumed = {"sha256": _digest(run), "curve": _curve(run)}
+    return first, {"sha256": _digest(run), "curve": _curve(run)}
+
+
+def test_short_run_and_its_resume_reproduce_the_recorded_bits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    got_first, got_resumed = _run_and_resume(tmp_path, TINY, 20, 30, 5)
     assert got_first == FIRST_RUN
     assert got_resumed == RESUMED
+
+
+@pytest.mark.skipif(not SIM, reason="runs under NUMBA_ENABLE_CUDASIM=1, started by the test below")
+def test_cuda_short_run_and_its_resume_reproduce_the_recorded_bits_in_the_simulator(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "sample_chars", 0)     # as recorded: samples take minutes in the simulator
+    got_first, got_resumed = _run_and_resume(tmp_path, SIM_TINY, *SIM_STEPS)
+    assert got_first == SIM_FIRST_RUN
+    assert got_resumed == SIM_RESUMED
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SIM, reason="this is the launcher of the simulator run")
+def test_cuda_backend_reproduces_the_recorded_bits_under_the_simulator():
+    # the simulator must be switched on before numba.cuda is first imported: a fresh process
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests" / "offline"), env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                        "-W", "ignore::RuntimeWarning", "-k", "reproduce_the_recorded_bits_in_the_simulator",
+                        __file__], capture_output=True, text=True, env=env, cwd=root, timeout=1800)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "1 passed" in r.stdout

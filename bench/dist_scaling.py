@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 CONFIGS = {"b": ["--hidden", "512", "--layers", "2", "--seq-len", "100", "--batch-size", "64"],
-           "default": []}
+           "default": []}   # the defaults: 2x256 T50 B50 (no --minutes, so no sizing to a budget)
 STEPS = {"b": 10, "default": 100}      # measured steps: a few seconds each on 2 cores
 LAYOUTS = [("1 rank x 2 threads", 1, "2"), ("2 ranks x 1 thread", 2, None), ("1 rank x 1 thread", 1, "1")]
 
@@ -67,6 +67,7 @@ def train_rate(config: str, ranks: int, threads: str | None, steps: int) -> floa
         if r.returncode:
             sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
         recs = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        recs = [r for r in recs if "chars" in r]          # the step records, not the diagnostics
         a, b = recs[0], recs[-1]
         return (b["chars"] - a["chars"]) / (b["elapsed_s"] - a["elapsed_s"])
 

@@ -326,15 +326,15 @@ def locate(entry: Entry) -> tuple[Path, str] | None:
 def unpack_shipped(entry: Entry, dest_dir: str | os.PathLike[str] | None = None) -> Path:
     """Decompress the shipped copy of a corpus into ``dest_dir`` (default: the cache).
 
-    As with a download, the text goes to ``NAME.txt.part`` and is renamed into
-    place only once its size and sha256 match the catalogue's.
+    As with a download, the text goes to a ``.part`` file (named for this process) and is
+    renamed into place only once its size and sha256 match the catalogue's.
     """
     source = shipped_file(entry)
     if source is None:
         raise CorpusError(f"corpus '{entry['name']}' is not shipped with this installation")
     dest = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
     target = dest / _filename(entry)
-    part = target.with_name(target.name + ".part")
+    part = target.with_name(f"{target.name}.{os.getpid()}.part")   # processes may unpack side by side
     hasher, size = hashlib.sha256(), 0
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -531,7 +531,7 @@ def build_python(dest_dir: str | os.PathLike[str]) -> Path:
         raise CorpusError(f"the standard library directory {root} does not exist")
     dest = Path(dest_dir).expanduser()
     target = dest / "python.txt"
-    part = target.with_name(target.name + ".part")
+    part = target.with_name(f"{target.name}.{os.getpid()}.part")   # processes may build side by side
     record_path = _sidecar(target)
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -566,7 +566,7 @@ def build_python(dest_dir: str | os.PathLike[str]) -> Path:
             "files": used,
             "skipped": skipped,
         }
-        tmp = record_path.with_name(record_path.name + ".part")
+        tmp = record_path.with_name(f"{record_path.name}.{os.getpid()}.part")
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, record_path)
     except OSError as err:

@@ -692,7 +692,11 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     tell = log if comm is None or comm.is_root else (lambda m: None)
     if resume and init_from:
         raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
+    if comm is not None and comm.local_rank:   # the node's first rank fetches or unpacks into the cache
+        comm.barrier(node_only=True)
     source, corpus_name = resolve_text(text, tell)
+    if comm is not None and not comm.local_rank:
+        comm.barrier(node_only=True)
     check_source(source)
     resume_path = ckpt.resolve(resume) if resume else None
     base_resume = ckpt.load(resume_path) if resume_path else None

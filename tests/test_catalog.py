@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import http.server
 import json
+import multiprocessing
 import socket
 import threading
 from pathlib import Path
@@ -475,3 +476,32 @@ def test_cli_list_get_path(server, tmp_path, monkeypatch):
     failed = runner.invoke(corpus, ["get", "gone"])
     assert failed.exit_code == 1 and "HTTP 404" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+
+def _unpack_after(barrier, dest, errors) -> None:
+    barrier.wait()
+    try:
+        cat.unpack_shipped(cat.lookup("shakespeare"), dest)
+    except cat.CorpusError as e:
+        errors.put(str(e))
+
+
+def test_processes_unpacking_the_shipped_corpus_at_once_all_succeed(tmp_path):
+    """The ranks of one job unpack into one cache at the same moment on a fresh machine: each
+    writes a file of its own and renames it into place (one shared NAME.part made the second
+    rank's rename fail, ending `mpiexec -n 2 charrnn train shakespeare`)."""
+    ctx = multiprocessing.get_context("fork")
+    entry = cat.lookup("shakespeare")
+    for round_ in range(3):
+        dest = tmp_path / str(round_)
+        barrier, errors = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_unpack_after, args=(barrier, dest, errors)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert errors.empty(), errors.get()
+        assert [p.exitcode for p in procs] == [0] * 4
+        assert [p.name for p in dest.iterdir()] == [cat._filename(entry)]
+        assert hashlib.sha256((dest / cat._filename(entry)).read_bytes()).hexdigest() == entry["sha256"]

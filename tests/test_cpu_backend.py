@@ -228,3 +228,20 @@ def test_shares_of_the_streams_sum_to_the_whole_batch_step(cell):
     assert abs(total - loss) <= 1e-12 * loss
     assert _rel(grad, whole.grad.flat) < 1e-12
     np.testing.assert_allclose(np.concatenate(states, axis=2), s_whole, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradients_go_to_a_gradient_buffer_swapped_in_after_the_first_window(cell):
+    """A data-parallel trainer gives the backend a gradient buffer of its own (train.py packs the
+    gradient and the loss in one buffer for the all-reduce): the next windows write there."""
+    from charrnn.model import Params
+    cfg = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell, embed=3, dropout=0.2)
+    p64, x, y, state = random_case(cfg, 4, 3, np.float64)
+    want = CpuBackend(cfg, p64)
+    want.train_step(x, y, state, 7)
+    be = CpuBackend(cfg, p64.astype(np.float64))
+    be.train_step(x, y, state, 7)
+    packed = np.zeros(p64.flat.size + 1)
+    be.grad = Params(cfg, packed[:-1])
+    be.train_step(x, y, state, 7)
+    assert np.any(want.grad.flat) and np.array_equal(be.grad.flat, want.grad.flat)

@@ -76,7 +76,7 @@ class CpuBackend:
                               dtype=np.int64)
         self._embed_off = where.get("embed", -1)
         self._out_off = where["out.W"]
-        self._driver = WindowDriver(cfg, params, self.grad, self.kind)
+        self._driver = WindowDriver(cfg, params, self.kind)
         self._notify = notify
 
     def _step_threads(self, B: int) -> int:
@@ -123,7 +123,7 @@ class CpuBackend:
         T, B = x.shape
         tu = self.tuning
         bounds = chunk_bounds(T, tu.lane_chunks, tu.lane_end_chunk) if n_lanes > 1 else [(0, T)]
-        return self._driver.run(x, y, state, drop, train, bounds, n_lanes, self._transposed(B),
+        return self._driver.run(x, y, state, drop, self.grad if train else None, bounds, n_lanes, self._transposed(B),
                                 self._step_threads(B) if n_lanes == 1 else 1, total)
 
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:

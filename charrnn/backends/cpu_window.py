@@ -110,11 +110,11 @@ class Buffers:
 
 
 class WindowDriver:
-    """Runs windows of one model (its parameters and gradient buffer) and keeps the work
-    buffers of the two most recent window shapes."""
+    """Runs windows of one model (its parameters) and keeps the work buffers of the two most
+    recent window shapes."""
 
-    def __init__(self, cfg: ModelConfig, p: Params, g: Params, kind: int):
-        self.cfg, self.p, self.g, self.kind = cfg, p, g, kind
+    def __init__(self, cfg: ModelConfig, p: Params, kind: int):
+        self.cfg, self.p, self.kind = cfg, p, kind
         self._bufs: dict = {}
 
     def _buffers(self, T: int, B: int, shared: bool) -> Buffers:
@@ -127,15 +127,17 @@ class WindowDriver:
         self._bufs[key] = buf
         return buf
 
-    def run(self, x: np.ndarray, y: np.ndarray | None, state: np.ndarray, drop: Dropout | None, train: bool,
+    def run(self, x: np.ndarray, y: np.ndarray | None, state: np.ndarray, drop: Dropout | None, g: Params | None,
             bounds: list[tuple[int, int]], n_lanes: int, transposed: bool, loop_threads: int,
             total: int | None = None) -> tuple[float, np.ndarray, np.ndarray]:
         """One window: x, y (T,B) codes and targets (y None: logits only), state (L,S,B,H).
         bounds: the chunks of steps (one on one lane); loop_threads: BLAS threads of the time
-        loops on one lane. With `train` the gradients (of the loss summed over the window over
-        T * total) go to the gradient buffer. Returns (summed loss, new state, logits: the
-        logits' gradient after training)."""
-        cfg, p, g, kind = self.cfg, self.p, self.g, self.kind
+        loops on one lane. With a gradient buffer `g` (training) the gradients of the loss
+        summed over the window over T * total go there (the trainer may swap the backend's
+        buffer for one of its own, so it is passed each time). Returns (summed loss, new state,
+        logits: the logits' gradient after training)."""
+        cfg, p, kind = self.cfg, self.p, self.kind
+        train = g is not None
         T, B = x.shape
         H, G, L, dt = cfg.hidden, cfg.gates * cfg.hidden, cfg.layers, self.p.flat.dtype
         n = len(bounds)

@@ -162,12 +162,32 @@ class CpuBackend:
         codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
         state = np.ascontiguousarray(state, dtype=self.dtype)
         if self.cfg.cell != "lstm":
-            _, new_state, logits = self._window(codes.reshape(1, -1), None, state, None, False, 1)
-            return logits.copy(), new_state
+            return self._step_recurrent(codes, state)
         new_state = np.empty_like(state)
         logits = np.empty((codes.size, self.cfg.vocab_size), self.dtype)
         K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
                     codes, state, new_state, logits, self.kind)
+        return logits, new_state
+
+    def _step_recurrent(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """GRU and RNN: one step of every layer through the window kernels, without the window
+        driver's task graph and thread settings, whose fixed cost dominates a batch-1 step."""
+        cfg, p, dt = self.cfg, self.p, self.dtype
+        B, H = codes.size, cfg.hidden
+        new_state = np.empty_like(state)
+        inp = p["embed"][codes] if cfg.embed else None
+        for l in range(cfg.layers):
+            Wx = p[f"l{l}.Wx"]
+            pre = (Wx[codes] if inp is None else inp @ Wx).reshape(1, B, -1)
+            hs = np.empty((2, B, H), dt)
+            hs[0] = state[l, 0]
+            if cfg.cell == "gru":
+                K.gru_forward(pre, p[f"l{l}.b"], p[f"l{l}.bh"], p[f"l{l}.Wh"], hs, np.empty((1, B, H), dt), self.kind)
+            else:
+                K.rnn_forward(pre, p[f"l{l}.b"], p[f"l{l}.Wh"], hs, self.kind)
+            new_state[l, 0] = inp = hs[1]
+        logits = inp @ p["out.W"]
+        logits += p["out.b"]
         return logits, new_state
 
     def generate(self, prime_codes: np.ndarray, dec: Decoding, state: np.ndarray | None = None,

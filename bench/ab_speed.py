@@ -1,12 +1,15 @@
 """Two builds of charrnn side by side: chars/s of a `before` tree against this one, same run.
 
 For a change that must not cost speed (a kernel fix, a redesign): check the old commit out
-beside this tree, then alternate timed windows between a worker of each (bench/speed.py's
-workers and protocol), so the machine's noise falls on both alike. Reports the median chars/s
-of each and after/before per config and metric.
+beside this tree, then alternate timed windows between a worker of each, so the machine's
+noise falls on both alike. Both workers are this tree's bench/speed.py worker (the same
+measuring code, whatever the older tree's speed.py knows), each importing its own tree's
+charrnn. Reports the median chars/s of each and after/before per config and metric. `--cell`
+runs configs a-d's sizes with a GRU or RNN instead of the LSTM.
 
     git worktree add /tmp/before <commit>
     python bench/ab_speed.py /tmp/before --configs a,b,c,d --threads 2
+    python bench/ab_speed.py /tmp/before --configs a,b --cell gru --threads 2
 """
 from __future__ import annotations
 
@@ -22,22 +25,20 @@ from speed import CONFIGS, EVAL_WINDOW, TEXT, Worker, measure
 
 
 class TreeWorker(Worker):
-    """speed.py's charrnn worker, run from `root` (its own bench/speed.py and charrnn)."""
+    """This tree's speed.py charrnn worker on the charrnn of `root` (PYTHONPATH goes first)."""
 
     def __init__(self, label: str, root: Path, cfg: tuple, threads: int):
         env = speed.child_env(BENCH_THREADS=str(threads), CHARRNN_THREADS=str(threads),
                               OMP_NUM_THREADS=str(threads), PYTHONPATH=str(root))
-        self.p = subprocess.Popen([sys.executable, str(root / "bench" / "speed.py"), "--worker", "charrnn",
-                                   ",".join(map(str, cfg))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True, env=env, cwd=root)
+        self.p = subprocess.Popen([sys.executable, speed.__file__, "--worker", "charrnn", ",".join(map(str, cfg))],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
         self.side = label
         self._read()
 
 
-def compare(before: Path, name: str, threads: int, windows: int, target: float) -> dict:
-    layers, hidden, T, B = CONFIGS[name]
-    ws = [TreeWorker("before", before, (layers, hidden, T, B), threads),
-          TreeWorker("after", speed.ROOT, (layers, hidden, T, B), threads)]
+def compare(before: Path, name: str, threads: int, windows: int, target: float, cell: str = "lstm") -> dict:
+    spec = (*CONFIGS[name], cell)
+    ws = [TreeWorker("before", before, spec, threads), TreeWorker("after", speed.ROOT, spec, threads)]
     res = {}
     try:
         res["train"] = measure(ws, "train", lambda w, k: (k,), windows, target, 0.2)
@@ -58,15 +59,16 @@ def main() -> None:
     ap.add_argument("--threads", default="2")
     ap.add_argument("--windows", type=int, default=7)
     ap.add_argument("--target", type=float, default=0.6, help="seconds per timed window")
+    ap.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
     a = ap.parse_args()
-    print("| config | threads | metric | before chars/s | after chars/s | after/before |")
-    print("|---|---|---|---|---|---|")
+    print("| config | cell | threads | metric | before chars/s | after chars/s | after/before |")
+    print("|---|---|---|---|---|---|---|")
     for threads in (int(t) for t in a.threads.split(",")):
         for name in a.configs.split(","):
-            for metric, rates in compare(a.before.resolve(), name, threads, a.windows, a.target).items():
+            for metric, rates in compare(a.before.resolve(), name, threads, a.windows, a.target, a.cell).items():
                 b, f = statistics.median(rates["before"]), statistics.median(rates["after"])
-                print(f"| {name} {CONFIGS[name]} | {threads} | {metric} | {b:,.0f} | {f:,.0f} | {f / b:.3f} |",
-                      flush=True)
+                print(f"| {name} {CONFIGS[name]} | {a.cell} | {threads} | {metric} | {b:,.0f} | {f:,.0f} "
+                      f"| {f / b:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -66,14 +66,14 @@ def train_flops_per_char(layers: int, hidden: int) -> float:
 class CharrnnSide:
     name = "charrnn"
 
-    def __init__(self, layers, hidden, T, B, seed=0):
+    def __init__(self, layers, hidden, T, B, seed=0, cell="lstm"):
         import charrnn  # noqa: F401  (first: it maps CHARRNN_THREADS before NumPy loads)
         import numpy as np
         from charrnn.backends.cpu import CpuBackend
         from charrnn.model import ModelConfig, init_params
         from charrnn.optim import Optimizer
         self.np = np
-        self.cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers, dropout=0.0)
+        self.cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers, dropout=0.0, cell=cell)
         self.be = CpuBackend(self.cfg, init_params(self.cfg, np.random.default_rng(seed)))
         self.opt = Optimizer("adam", self.be.p.flat.size, np.float32)
         self.T, self.B = T, B
@@ -209,12 +209,16 @@ def _fastest(runs: dict) -> str:
 
 
 def worker_main(side: str, spec: str) -> None:
-    """Serve timed windows over stdin/stdout, one JSON object per line."""
-    layers, hidden, T, B = (int(v) for v in spec.split(","))
+    """Serve timed windows over stdin/stdout, one JSON object per line. spec: "layers,hidden,T,B"
+    and, for the charrnn side, optionally ",cell" (lstm, gru or rnn; LSTM without it)."""
+    layers, hidden, T, B, *cell = spec.split(",")
+    layers, hidden, T, B = int(layers), int(hidden), int(T), int(B)
     if side == "pytorch":
         import torch
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
-    w = (CharrnnSide if side == "charrnn" else TorchSide)(layers, hidden, T, B)
+        w = TorchSide(layers, hidden, T, B)
+    else:
+        w = CharrnnSide(layers, hidden, T, B, cell=cell[0] if cell else "lstm")
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing else may write on the protocol channel
     print(json.dumps({"ready": True}), file=out, flush=True)

@@ -111,9 +111,11 @@ def lanes_forced(monkeypatch):
     """force(n): a tuning with n lanes (or the single-lane path) and short chunks whatever this
     machine's core count, and the list of task graphs run, so a test knows which path it checked."""
     import charrnn.backends.cpu as cpu
+    import charrnn.backends.cpu_window as cpu_window
     graphs = []
     real = cpu.run_graph
-    monkeypatch.setattr(cpu, "run_graph", lambda pool, tasks: (graphs.append(pool.n), real(pool, tasks)))
+    for module in (cpu, cpu_window):           # the optimizer's and the windows' graphs
+        monkeypatch.setattr(module, "run_graph", lambda pool, tasks: (graphs.append(pool.n), real(pool, tasks)))
 
     def force(n):
         graphs.clear()
@@ -127,10 +129,13 @@ def lanes_forced(monkeypatch):
     tiny_config(vocab_size=7, hidden=6, layers=3, activation="softsign"),
     tiny_config(vocab_size=6, hidden=5, layers=2, embed=4, dropout=0.25),
     tiny_config(vocab_size=6, hidden=4, layers=3, embed=4, dropout=0.1),
-], ids=["2x5", "3x6-softsign", "2x5-embed-dropout", "3x4-embed-dropout"])
-def test_stacked_lstm_on_lanes_and_on_one_thread_both_match_reference(lanes_forced, n_lanes, cfg):
-    """A stacked LSTM's window runs as a task graph on several lanes (chunks of steps, layers
-    side by side) or, on one lane, as one call per layer; both must give the reference's loss,
+    tiny_config(vocab_size=7, hidden=5, layers=2, cell="gru", embed=4, dropout=0.25),
+    tiny_config(vocab_size=7, hidden=6, layers=3, cell="rnn", activation="softsign", dropout=0.1),
+], ids=["2x5", "3x6-softsign", "2x5-embed-dropout", "3x4-embed-dropout", "gru-2x5-embed-dropout",
+        "rnn-3x6-softsign-dropout"])
+def test_stacked_models_on_lanes_and_on_one_thread_both_match_reference(lanes_forced, n_lanes, cfg):
+    """A stacked model's window runs as a task graph on several lanes (chunks of steps, layers
+    side by side) or, on one lane, as one chunk per layer; both must give the reference's loss,
     gradients and state. T=8 in chunks of 2-3 steps puts chunk boundaries inside the window."""
     graphs, tuning = lanes_forced(n_lanes)
     for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
@@ -153,7 +158,7 @@ def test_masks_computed_in_the_kernels_are_the_references_for_any_window_seed(la
     cfg = tiny_config(vocab_size=6, hidden=5, layers=3, cell=cell, dropout=0.5)
     for drop_seed in (0, 977, (1 << 62) - 1):
         _check(cfg, 7, 3, np.float64, 1e-9, seed=1, drop_seed=drop_seed, tuning=tuning)
-    assert bool(graphs) == (n_lanes > 1 and cell == "lstm")
+    assert bool(graphs) == (n_lanes > 1)
 
 
 def test_optimizer_step_on_lanes_equals_the_serial_update(lanes_forced):
@@ -179,9 +184,10 @@ def test_optimizer_step_on_lanes_equals_the_serial_update(lanes_forced):
     assert np.array_equal(results[0][1], results[1][1]) and np.array_equal(results[0][2], results[1][2])
 
 
-def test_lanes_are_chosen_only_for_stacked_lstms_with_chunks_big_enough_to_pay_for_them(monkeypatch):
-    """2 threads: lanes for a stacked LSTM whose chunk tasks are large; BLAS threading for one
-    layer, for GRU/RNN, for more threads than layers, and for tiny chunks (measured slower)."""
+def test_lanes_are_chosen_only_for_stacked_models_with_chunks_big_enough_to_pay_for_them(monkeypatch):
+    """2 threads: lanes for a stacked model whose chunk tasks are large; BLAS threading for one
+    layer, for more threads than layers, and for tiny chunks (measured slower). The chunk's
+    size counts the cell's gate blocks: an RNN's chunk is a quarter of an LSTM's."""
     from charrnn.backends import cpu_kernels as K
     monkeypatch.setattr(K, "blas_threads", lambda: 2)
 
@@ -193,7 +199,9 @@ def test_lanes_are_chosen_only_for_stacked_lstms_with_chunks_big_enough_to_pay_f
     assert be(hidden=128, layers=2)._lanes_for(8, 1) == 1             # chunks of one step of a matrix-vector product
     assert be(hidden=32, layers=2)._lanes_for(50, 16) == 1
     assert be(hidden=512, layers=1)._lanes_for(100, 64) == 1
-    assert be(hidden=512, layers=2, cell="gru")._lanes_for(100, 64) == 1
+    assert be(hidden=512, layers=2, cell="gru")._lanes_for(100, 64) == 2
+    assert be(hidden=128, layers=2, cell="rnn")._lanes_for(50, 16) == 1
+    assert be(hidden=128, layers=2, cell="lstm")._lanes_for(50, 16) == 2
     assert be(hidden=512, layers=3)._lanes_for(100, 32) == 2
     assert be(hidden=512, layers=2)._lanes_for_update() == 2
     assert be(hidden=32, layers=2)._lanes_for_update() == 1
@@ -220,3 +228,20 @@ def test_shares_of_the_streams_sum_to_the_whole_batch_step(cell):
     assert abs(total - loss) <= 1e-12 * loss
     assert _rel(grad, whole.grad.flat) < 1e-12
     np.testing.assert_allclose(np.concatenate(states, axis=2), s_whole, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradients_go_to_a_gradient_buffer_swapped_in_after_the_first_window(cell):
+    """A data-parallel trainer gives the backend a gradient buffer of its own (train.py packs the
+    gradient and the loss in one buffer for the all-reduce): the next windows write there."""
+    from charrnn.model import Params
+    cfg = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell, embed=3, dropout=0.2)
+    p64, x, y, state = random_case(cfg, 4, 3, np.float64)
+    want = CpuBackend(cfg, p64)
+    want.train_step(x, y, state, 7)
+    be = CpuBackend(cfg, p64.astype(np.float64))
+    be.train_step(x, y, state, 7)
+    packed = np.zeros(p64.flat.size + 1)
+    be.grad = Params(cfg, packed[:-1])
+    be.train_step(x, y, state, 7)
+    assert np.any(want.grad.flat) and np.array_equal(be.grad.flat, want.grad.flat)

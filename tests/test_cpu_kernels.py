@@ -44,14 +44,22 @@ def _cells(a, c_prev, kind):
 
 
 @njit(error_model="numpy")
-def _scalar_acts(x, kind):
-    """The per-step GRU/RNN kernels' scalar sigmoid and activation on every element."""
-    one = x.dtype.type(1.0)
-    s, t = np.empty_like(x), np.empty_like(x)
-    for k in range(x.size):
-        s[k] = K.sigmoid(x[k], one)
-        t[k] = K.act(x[k], kind, one)
-    return s, t
+def _gru_rnn_acts(x, kind):
+    """cpu_kernels' GRU and RNN cells on one step whose pre-activations are x, with zero
+    recurrent product, biases and state: the GRU's r and z are sigmoid(x) and n is act(x), the
+    RNN's h is act(x)."""
+    N = x.size
+    f = x.dtype
+    a = np.empty((1, 3 * N), f)
+    for k in range(N):
+        a[0, k] = a[0, N + k] = a[0, 2 * N + k] = x[k]
+    hn, h = np.empty((1, N), f), np.empty((1, N), f)
+    v, q, ib = np.empty(3 * N, f), np.empty(3 * N, f), np.empty(3 * N, np.int32)
+    K._gru_cells(a, np.zeros((1, 3 * N), f), np.zeros(3 * N, f), np.zeros(N, f), np.zeros((1, N), f), kind,
+                 hn, h, v, q, ib)
+    r = x.reshape(1, N).copy()
+    K._rnn_cells(r, np.zeros(N, f), kind, h, np.empty((1, N), f), q, ib)
+    return a[0, :N], a[0, N:2 * N], a[0, 2 * N:], h[0]
 
 
 # Clamp edges of the exp reduction, where tanh's and sigmoid's old forms broke (44, 88.7, 354),
@@ -122,15 +130,16 @@ def test_lstm_activations_are_within_a_few_ulps_over_the_whole_float_range(dtype
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_scalar_sigmoid_and_activations_hold_over_the_whole_float_range(dtype):
-    """The GRU and RNN per-step kernels: sigmoid(x < -88.7) was NaN in float32."""
+def test_gru_and_rnn_activations_are_within_a_few_ulps_over_the_whole_float_range(dtype):
+    """The GRU's and RNN's window kernels share the LSTM's exp-based activations: a scalar
+    sigmoid(x < -88.7) was NaN in float32 once."""
     x = (_float32_sweep() if dtype == np.float32 else _float64_sweep()).astype(dtype)
     sig, th, soft = _exact(x)
-    s, t = _scalar_acts(x, K.TANH)
-    assert _ulps(s, sig) <= ULPS[dtype]["sigmoid"]
-    assert _ulps(t, th) <= ULPS[dtype]["tanh"]   # libm's tanh
-    _, t = _scalar_acts(x, K.SOFTSIGN)
-    assert _ulps(t, soft) <= ULPS[dtype]["softsign"]
+    for kind, want, name in ((K.TANH, th, "tanh"), (K.SOFTSIGN, soft, "softsign")):
+        r, z, n, h = _gru_rnn_acts(x, kind)
+        assert _ulps(r, sig) <= ULPS[dtype]["sigmoid"] and _ulps(z, sig) <= ULPS[dtype]["sigmoid"]
+        assert _ulps(n, want) <= ULPS[dtype][name], name
+        assert _ulps(h, want) <= ULPS[dtype][name], name
 
 
 def test_float32_exp_and_expm1_are_within_a_few_ulps_over_the_whole_float_range():

@@ -141,10 +141,10 @@ def two_blas_threads(monkeypatch):
 
 
 def _spy_lanes(be: CpuBackend) -> list:
-    """The lane count of every window `be` runs on the lanes (its _lanes_window calls)."""
+    """The lane count of every window `be` runs on the lanes (its _window calls on more than one)."""
     used = []
-    real = be._lanes_window
-    be._lanes_window = lambda *a: (used.append(a[5]), real(*a))[1]      # (x, y, state, drop, train, n_lanes, ...)
+    real = be._window
+    be._window = lambda *a: (a[5] > 1 and used.append(a[5]), real(*a))[1]      # (x, y, state, drop, train, n_lanes, ...)
     return used
 
 
@@ -183,6 +183,23 @@ def test_lanes_at_one_to_three_lanes_match_the_reference_at_real_sizes(n_lanes, 
         used = _spy_lanes(be)
         _check_train(cfg, p, x, y, state, dtype, be=be)
         assert used == ([] if n_lanes == 1 else [n_lanes])
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_stacked_gru_and_rnn_on_two_lanes_match_the_reference_at_real_sizes(cell):
+    """The window driver runs every cell on the lanes: 2x96 with an embedding and dropout,
+    64 steps of 16 streams in the real chunking, from a carried state and weights whose
+    pre-activations reach +-100."""
+    cfg = tiny_config(vocab_size=40, hidden=96, layers=2, embed=16, cell=cell, dropout=0.2)
+    p = trained_like(cfg, 9, scale=10.0)
+    x, y = _data(cfg, 64, 16, 9)
+    state = carried_state(cfg, 16, 9, 0.0)
+    assert np.abs(p["embed"][x] @ p["l0.Wx"] + p["l0.b"]).max() > 100       # the regime claimed
+    for dtype in (np.float64, np.float32):
+        be = CpuBackend(cfg, p.astype(dtype), tuning=CpuTuning(lanes=2))
+        used = _spy_lanes(be)
+        _check_train(cfg, p, x, y, state, dtype, be=be, masks_seed=5)
+        assert used == [2]
 
 
 @pytest.mark.parametrize("B,transposed", [(32, True), (64, True), (128, False)])

@@ -1,21 +1,22 @@
 """Numba kernels of the CPU backend: BLAS from inside @njit, vectorised gate math, fused loops.
 
 - `gemm` calls NumPy's own OpenBLAS (the library NumPy ships, found next to it) from nopython
-  code, so a whole window's time loop, products included, runs in one compiled call with no
-  Python between steps. Without that library a plain loop stands in (slow, same results).
+  code, so a window's time loop, products included, runs in one compiled call with no Python
+  between steps: `lstm_forward`/`lstm_backward`, `gru_*`, `rnn_*` (cpu_layers.py calls them on
+  a chunk of steps). Without that library a plain loop stands in (slow, same results).
 - `vexp`/`vexpm1` are exp and exp-1 written as plain float arithmetic (range reduction by
   ln 2, a degree-7 Taylor polynomial, 2^n assembled in an int32 buffer viewed as float32), so
   LLVM vectorises them; there is no SVML here. Float32 only, exact to a few ulps over the whole
   range, subnormal results and overflow to inf included (tests/test_cpu_kernels.py sweeps it);
   float64 (the tests' dtype) uses math.exp/math.expm1, exact to rounding.
-- The activations only ever take exp of a non-positive argument, so nothing overflows and no
-  reciprocal of a huge number (which fast-math flushes to zero) is formed:
-  sigmoid(a) = (1 or e) / (1 + e) with e = exp(-|a|), tanh(a) = sign(a) * -t / (t + 2) with
-  t = expm1(-2|a|), softsign(a) = sign(a) * m / (1 + m) with m = min(|a|, 2^30). Denominators
-  lie in [1, 2]. Errors over the whole float32 range are stated and tested in
+- The activations (one set of helpers for every cell) only ever take exp of a non-positive
+  argument, so nothing overflows and no reciprocal of a huge number (which fast-math flushes
+  to zero) is formed: sigmoid(a) = (1 or e) / (1 + e) with e = exp(-|a|), tanh(a) = sign(a) *
+  -t / (t + 2) with t = expm1(-2|a|), softsign(a) = sign(a) * m / (1 + m) with m = min(|a|,
+  2^30). Denominators lie in [1, 2]. Errors over the whole float32 range are stated and tested in
   tests/test_cpu_kernels.py.
-Every kernel is serial (the calling thread), and those the lanes call (cpu.py) release the
-GIL. The cores belong either to BLAS, whose thread count `set_blas_threads` sets, or to the
+Every kernel is serial (the calling thread), and those the lanes call (cpu_window.py) release
+the GIL. The cores belong either to BLAS, whose thread count `set_blas_threads` sets, or to the
 lanes, each calling BLAS on one thread. Serial loops keep every float reduction in a fixed order.
 """
 from __future__ import annotations
@@ -263,18 +264,6 @@ def _softsign(x, one):
     m = min(abs(x), one * 1152921504606846976.0)
     y = m / (one + m)
     return y if x >= 0 else -y
-
-
-@njit(inline="always", error_model="numpy")
-def sigmoid(x, one):
-    """Scalar sigmoid over the whole float range (the per-step GRU kernels)."""
-    return _sigmoid_of(x, math.exp(-abs(x)), one)
-
-
-@njit(inline="always", error_model="numpy")
-def act(x, kind, one):
-    """Scalar tanh or softsign over the whole float range (the per-step GRU and RNN kernels)."""
-    return math.tanh(x) if kind == TANH else _softsign(x, one)
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -695,78 +684,159 @@ def matmul(a, b, c, ta, tb, beta):
     gemm(a, b, c, ta, tb, beta)
 
 
-# ---------------------------------------------------------------- GRU and RNN: per-step kernels
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def gru_fwd_step(xw, hw, bh, h_prev, kind, gates, hn, h):
-    B, H = h.shape
-    f = h.dtype.type
-    one = f(1.0)
-    for bi in range(B):
-        for j in range(H):
-            r = sigmoid(xw[bi, j] + hw[bi, j], one)
-            z = sigmoid(xw[bi, H + j] + hw[bi, H + j], one)
-            qq = hw[bi, 2 * H + j] + bh[j]
-            n = act(xw[bi, 2 * H + j] + r * qq, kind, one)
-            gates[bi, j] = r
-            gates[bi, H + j] = z
-            gates[bi, 2 * H + j] = n
-            hn[bi, j] = qq
-            h[bi, j] = (one - z) * n + z * h_prev[bi, j]
-
-
+# ---------------------------------------------------------------- GRU and RNN
 @njit(inline="always", error_model="numpy")
 def _dact(y, kind, one):
     """The activation's derivative from its output y: 1 - y^2 for tanh, (1 - |y|)^2 for
-    softsign (cuda_kernels._dact is the device twin). `one` carries y's float type. The LSTM
-    loops keep the two forms in separate loops, so each vectorises without a branch."""
+    softsign (cuda_kernels._dact is the device twin). `one` carries y's float type."""
     if kind == TANH:
         return one - y * y
     d = one - abs(y)
     return d * d
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def gru_bwd_step(dh_out, dh_next, gates, hn, h_prev, kind, dxw, dhw, carry):
-    """Writes dxw, dhw (B, 3H) and carry = dh * z, the direct path to h_prev."""
-    B, H = h_prev.shape
-    f = h_prev.dtype.type
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _gru_cells(a, hw, bias, bh, h_prev, kind, hn_out, h_out, v, q, ib):
+    """The GRU cell for B sequences (reference.gru_forward's step): a (B,3H) holds the input
+    projections without bias and becomes the activations r, z, n; hw (B,3H) is h_prev @ Wh.
+    Writes hn_out = hw_n + bh (which r multiplies) and h_out (B,H). v, q, ib (B*3H) are work
+    buffers: v's first 2BH floats take exp(-|x|) of r and z, the last BH expm1(-2|x|) of n."""
+    B, G = a.shape
+    H = G // 3
+    f = a.dtype.type
+    one, two = f(1.0), f(2.0)
+    vs = v[:2 * B * H].reshape(B, 2 * H)
+    vt = v[2 * B * H:].reshape(B, H)
+    for bi in range(B):
+        for j in range(2 * H):
+            x = a[bi, j] + bias[j] + hw[bi, j]
+            a[bi, j] = x
+            vs[bi, j] = -abs(x)
+    vexp(vs.reshape(2 * B * H), q, ib)
+    for bi in range(B):
+        for j in range(2 * H):
+            a[bi, j] = _sigmoid_of(a[bi, j], vs[bi, j], one)
+        for j in range(H):
+            hn = hw[bi, 2 * H + j] + bh[j]
+            hn_out[bi, j] = hn
+            a[bi, 2 * H + j] = (a[bi, 2 * H + j] + bias[2 * H + j]) + a[bi, j] * hn
+        if kind == TANH:
+            for j in range(H):
+                vt[bi, j] = -two * abs(a[bi, 2 * H + j])
+    if kind == TANH:
+        vexpm1(vt.reshape(B * H), q, ib)
+        for bi in range(B):
+            for j in range(H):
+                a[bi, 2 * H + j] = _tanh_of(a[bi, 2 * H + j], vt[bi, j], one)
+    else:
+        for bi in range(B):
+            for j in range(H):
+                a[bi, 2 * H + j] = _softsign(a[bi, 2 * H + j], one)
+    for bi in range(B):
+        for j in range(H):
+            z = a[bi, H + j]
+            h_out[bi, j] = (one - z) * a[bi, 2 * H + j] + z * h_prev[bi, j]
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def gru_forward(gates, bias, bh, Wh, hs, hn, kind):
+    """The GRU's time loop, as lstm_forward's: gates (T,B,3H) holds the input projections
+    without bias and becomes r, z, n; hs (T+1,B,H) holds the carried state at [0]; fills the
+    rest and hn (T,B,H)."""
+    T, B, G = gates.shape
+    hw = np.empty((B, G), gates.dtype)
+    v = np.empty(B * G, gates.dtype)
+    q = np.empty(B * G, gates.dtype)
+    ib = np.empty(B * G, np.int32)
+    for t in range(T):
+        mm(hs[t], Wh, hw, 0.0)
+        _gru_cells(gates[t], hw, bias, bh, hs[t], kind, hn[t], hs[t + 1], v, q, ib)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def gru_backward(dh_out, gates, hn, hs, WhT, kind, dx, dhw, dh, carry):
+    """The GRU's backward time loop (reference.gru_backward): dh_out (T,B,H) is the gradient on
+    each step's output, gates and hn the forward's, hs (T+1,B,H) its states. Writes dx and dhw
+    (T,B,3H), the gradients on the input-side and recurrent-side pre-activations (they differ
+    in the n block, which r scales on the recurrent side). dh (B,H) as lstm_backward's."""
+    T, B, H = dh_out.shape
+    f = dx.dtype.type
     one = f(1.0)
+    zdh = np.empty((B, H), dx.dtype)        # dh * z: the direct path to the previous h
+    for t in range(T - 1, -1, -1):
+        g3, hnt, hp, dho, dxt, dht = gates[t], hn[t], hs[t], dh_out[t], dx[t], dhw[t]
+        for bi in range(B):
+            for j in range(H):
+                r, z, n = g3[bi, j], g3[bi, H + j], g3[bi, 2 * H + j]
+                d = dho[bi, j] + dh[bi, j]
+                dan = d * (one - z) * _dact(n, kind, one)
+                dar = dan * hnt[bi, j] * r * (one - r)
+                daz = d * (hp[bi, j] - n) * z * (one - z)
+                dxt[bi, j] = dar
+                dxt[bi, H + j] = daz
+                dxt[bi, 2 * H + j] = dan
+                dht[bi, j] = dar
+                dht[bi, H + j] = daz
+                dht[bi, 2 * H + j] = dan * r
+                zdh[bi, j] = d * z
+        if t > 0 or carry:
+            mm(dht, WhT, dh, 0.0)
+            for bi in range(B):
+                for j in range(H):
+                    dh[bi, j] += zdh[bi, j]
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _rnn_cells(a, bias, kind, h_out, w, q, ib):
+    """The Elman cell for B sequences: a (B,H) holds the pre-activations without bias (and
+    gets it); writes h_out = act(a). w (B,H), q, ib (B*H) are work buffers."""
+    B, H = a.shape
+    f = a.dtype.type
+    one, two = f(1.0), f(2.0)
     for bi in range(B):
         for j in range(H):
-            r = gates[bi, j]
-            z = gates[bi, H + j]
-            n = gates[bi, 2 * H + j]
-            dh = dh_out[bi, j] + dh_next[bi, j]
-            dn = _dact(n, kind, one)
-            dan = dh * (one - z) * dn
-            dar = dan * hn[bi, j] * r * (one - r)
-            daz = dh * (h_prev[bi, j] - n) * z * (one - z)
-            dxw[bi, j] = dar
-            dxw[bi, H + j] = daz
-            dxw[bi, 2 * H + j] = dan
-            dhw[bi, j] = dar
-            dhw[bi, H + j] = daz
-            dhw[bi, 2 * H + j] = dan * r
-            carry[bi, j] = dh * z
+            a[bi, j] += bias[j]
+    if kind == TANH:
+        for bi in range(B):
+            for j in range(H):
+                w[bi, j] = -two * abs(a[bi, j])
+        vexpm1(w.reshape(B * H), q, ib)
+        for bi in range(B):
+            for j in range(H):
+                h_out[bi, j] = _tanh_of(a[bi, j], w[bi, j], one)
+    else:
+        for bi in range(B):
+            for j in range(H):
+                h_out[bi, j] = _softsign(a[bi, j], one)
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def rnn_fwd_step(xw, hw, kind, h):
-    B, H = h.shape
-    f = h.dtype.type
-    for bi in range(B):
-        for j in range(H):
-            h[bi, j] = act(xw[bi, j] + hw[bi, j], kind, f(1.0))
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def rnn_forward(pre, bias, Wh, hs, kind):
+    """The Elman RNN's time loop: pre (T,B,H) holds the input projections without bias (and
+    becomes the pre-activations); hs (T+1,B,H) the carried state at [0]; fills the rest."""
+    T, B, H = pre.shape
+    w = np.empty((B, H), pre.dtype)
+    q = np.empty(B * H, pre.dtype)
+    ib = np.empty(B * H, np.int32)
+    for t in range(T):
+        mm(hs[t], Wh, pre[t], 1.0)
+        _rnn_cells(pre[t], bias, kind, hs[t + 1], w, q, ib)
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def rnn_bwd_step(dh_out, dh_next, h, kind, da):
-    B, H = h.shape
-    one = h.dtype.type(1.0)
-    for bi in range(B):
-        for j in range(H):
-            y = h[bi, j]
-            da[bi, j] = (dh_out[bi, j] + dh_next[bi, j]) * _dact(y, kind, one)
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def rnn_backward(dh_out, hs, WhT, kind, da, dh, carry):
+    """The RNN's backward time loop (reference.rnn_backward): writes da (T,B,H), the gradient
+    on the pre-activations, from dh_out (T,B,H) and the states hs (T+1,B,H); dh (B,H) as
+    lstm_backward's."""
+    T, B, H = dh_out.shape
+    one = da.dtype.type(1.0)
+    for t in range(T - 1, -1, -1):
+        d, y, dho = da[t], hs[t + 1], dh_out[t]
+        for bi in range(B):
+            for j in range(H):
+                d[bi, j] = (dho[bi, j] + dh[bi, j]) * _dact(y[bi, j], kind, one)
+        if t > 0 or carry:
+            mm(d, WhT, dh, 0.0)
 
 
 _threads = os.environ.get("CHARRNN_THREADS", "").strip()

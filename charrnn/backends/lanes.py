@@ -1,8 +1,8 @@
 """Lanes: the calling thread plus helper threads that run nogil Numba kernels side by side.
 
-A stacked LSTM's window is a graph of tasks (CpuBackend._lanes_window): layer l's time loop
-over chunk k of the steps needs layer l over chunk k-1, whose state it carries on, and the
-input projection of chunk k, which needs layer l-1 over chunk k. Everything else may run at
+A stacked model's window is a graph of tasks (cpu_window.py): layer l's time loop over
+chunk k of the steps needs layer l over chunk k-1, whose state it carries on, and the input
+projection of chunk k, which needs layer l-1 over chunk k. Everything else may run at
 once, so with two lanes layer l+1 works on chunk k while layer l works on chunk k+1: a
 wavefront, with the products that nothing waits on (weight gradients) filling the gaps.
 Each lane calls single-threaded BLAS, and the lanes, not BLAS, own the cores.

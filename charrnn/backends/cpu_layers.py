@@ -1,0 +1,89 @@
+"""One recurrent layer of the CPU backend over steps t0..t1 of a window: per cell a forward and a
+backward, as reference.py's lstm_forward/lstm_backward, gru_*, rnn_* but for a chunk of steps,
+each one compiled time loop of cpu_kernels. The window driver (cpu_window.py) composes them.
+
+A layer's buffers (`Layer`) span the whole window, so a chunk's forward starts from the state
+the previous chunk left (hs[t0], cs[t0]) and its backward leaves in `carry` the gradient on the
+state entering step t0, which the previous chunk's backward starts from. The window's own
+entering state is detached (truncated BPTT): the backward of a chunk starting at step 0 leaves
+nothing there. Pre-activations are formed without the bias, which the kernels add.
+Backward accumulates (+=) into the bias gradients, as the reference does; the driver forms the
+weight gradients over the whole window.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from charrnn.backends import cpu_kernels as K
+
+
+class Layer:
+    """Layer l's weights (views into the parameter buffer) and its buffers over a window of T
+    steps and B streams, H hidden units in G = gates * H columns:
+        pre   (T,B,G)    input projections (no bias); the forward turns them into what the
+                         backward reads: LSTM i, f, g, o; GRU r, z, n; RNN the pre-activations
+        hs    (T+1,B,H)  h, the carried state at [0]
+        cs    (T+1,B,H)  LSTM: c, the carried state at [0];  tcs (T,B,H): act(c)
+        hn    (T,B,H)    GRU: hU_n + bh, which r multiplies
+        dx    (T,B,G)    gradient on the input-side pre-activations (training)
+        dh    (T,B,G)    gradient on the recurrent side: dx itself but for the GRU
+        carry (S,B,H)    gradient on the state between chunks (S = 2 for the LSTM: h, c)
+        WhT   (G,H)      Wh transposed, contiguous (the backward's and transposed products)
+    dx and dh may be shared with other layers (one lane runs the layers' backward one after
+    the other, each consumed before the next starts)."""
+
+    def __init__(self, cell: str, Wh, b, bh, T: int, B: int, dtype, WhT, dx=None, dh=None):
+        H, G = Wh.shape
+        self.cell, self.Wh, self.b, self.bh, self.WhT = cell, Wh, b, bh, WhT
+        self.pre = np.empty((T, B, G), dtype)
+        self.hs = np.empty((T + 1, B, H), dtype)
+        if cell == "lstm":
+            self.cs = np.empty((T + 1, B, H), dtype)
+            self.tcs = np.empty((T, B, H), dtype)
+        if cell == "gru":
+            self.hn = np.empty((T, B, H), dtype)
+        self.dx, self.dh = dx, dh
+        self.carry = np.zeros((2 if cell == "lstm" else 1, B, H), dtype)
+
+
+# ---------------------------------------------------------------- LSTM
+def lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
+    K.lstm_forward(ly.pre[t0:t1], ly.b, ly.Wh, ly.WhT, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1],
+                   kind, transposed)
+
+
+def lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
+                  gb: np.ndarray, gbh: np.ndarray | None) -> None:
+    """dh_out (t1-t0,B,H): gradient on the chunk's outputs. Writes dx (= dh) over the chunk."""
+    K.lstm_backward(dh_out, ly.Wh, ly.WhT, ly.cs[t0:t1], ly.pre[t0:t1], ly.tcs[t0:t1], kind, ly.dx[t0:t1],
+                    transposed, ly.carry[0], ly.carry[1], t0 > 0)
+    K.colsum_add(gb, ly.dx[t0:t1].reshape(-1, ly.dx.shape[2]))    # while the chunk is in cache
+
+
+# ---------------------------------------------------------------- GRU
+def gru_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
+    K.gru_forward(ly.pre[t0:t1], ly.b, ly.bh, ly.Wh, ly.hs[t0:t1 + 1], ly.hn[t0:t1], kind)
+
+
+def gru_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
+                 gb: np.ndarray, gbh: np.ndarray | None) -> None:
+    K.gru_backward(dh_out, ly.pre[t0:t1], ly.hn[t0:t1], ly.hs[t0:t1 + 1], ly.WhT, kind, ly.dx[t0:t1],
+                   ly.dh[t0:t1], ly.carry[0], t0 > 0)
+    G = ly.dx.shape[2]
+    K.colsum_add(gb, ly.dx[t0:t1].reshape(-1, G))
+    K.colsum_add(gbh, ly.dh[t0:t1].reshape(-1, G)[:, 2 * G // 3:])
+
+
+# ---------------------------------------------------------------- RNN
+def rnn_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
+    K.rnn_forward(ly.pre[t0:t1], ly.b, ly.Wh, ly.hs[t0:t1 + 1], kind)
+
+
+def rnn_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
+                 gb: np.ndarray, gbh: np.ndarray | None) -> None:
+    K.rnn_backward(dh_out, ly.hs[t0:t1 + 1], ly.WhT, kind, ly.dx[t0:t1], ly.carry[0], t0 > 0)
+    K.colsum_add(gb, ly.dx[t0:t1].reshape(-1, ly.dx.shape[2]))
+
+
+FORWARD = {"lstm": lstm_forward, "gru": gru_forward, "rnn": rnn_forward}
+BACKWARD = {"lstm": lstm_backward, "gru": gru_backward, "rnn": rnn_backward}

@@ -1,7 +1,8 @@
 """Sizing the model to a time budget. With `--minutes` and no architecture flags, `charrnn train`
 times a training step of each width on LADDER on this machine and takes the widest that the
 budget lets either read the training text MIN_PASSES times over, or read CHARS_PER_PARAM
-characters per parameter of fresh text; dropout, which only pays when the text is read many
+characters per parameter of fresh text (and never fewer than MIN_CHARS_PER_PARAM, so a short
+text does not buy a model the budget cannot train); dropout, which only pays when the text is read many
 times, is kept only from DROPOUT_MIN_PASSES passes. Without a budget the defaults stand.
 
 Why (bench/RESULTS.md, "Sizing to the budget"): on tinyshakespeare, read ten times in ten minutes
@@ -19,6 +20,7 @@ from typing import Callable
 LADDER = (128, 192, 256, 384, 512)   # widths tried, two layers each (the default depth)
 MIN_PASSES = 7.0          # 2x192 at 7.6 passes beat 2x256 at 4.0; 2x384 would read 5.8 on two cores
 CHARS_PER_PARAM = 100.0   # above the 65 at which 2x128 beat 2x192 (17) on the python corpus
+MIN_CHARS_PER_PARAM = 5.0 # and never fewer: 2x256 at 4.6 lost on one core, at 12 won on two
 DROPOUT_MIN_PASSES = 4.0  # python at 2 passes did best without; tinyshakespeare at 7.6+ with 0.2
 PROBE_S = 0.4                        # timed steps per width, at least this long (and two steps)
 
@@ -41,10 +43,13 @@ def choose(rates: dict[int, float], params: dict[int, int], seconds: float, trai
            dropout: float) -> Sizing:
     """The sizing for measured training speeds `rates` (chars/s by width) and parameter counts
     `params` (by width): the widest width whose `seconds` of training read the `train_chars`
-    characters MIN_PASSES times or CHARS_PER_PARAM characters per parameter, else the narrowest.
+    characters MIN_PASSES times or CHARS_PER_PARAM characters per parameter, and at least
+    MIN_CHARS_PER_PARAM per parameter in any case, else the narrowest.
     `dropout` is kept if that width reads the text DROPOUT_MIN_PASSES times, else 0."""
     def fits(h: int) -> bool:
         seen = rates[h] * seconds
+        if seen < MIN_CHARS_PER_PARAM * params[h]:     # a short text must not buy a model the budget cannot train
+            return False
         return seen >= MIN_PASSES * train_chars or seen >= CHARS_PER_PARAM * params[h]
 
     widths = sorted(rates)

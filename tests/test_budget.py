@@ -33,6 +33,14 @@ def test_enough_fresh_text_per_parameter_earns_a_wider_model_without_repeats():
     assert (s.hidden, s.dropout) == (512, 0.0)
 
 
+def test_a_short_text_does_not_buy_a_model_the_budget_cannot_train():
+    # a 5,000-character text read hundreds of times by every width, but one minute gives 512
+    # under one character per parameter and 256 about 1.2
+    rates = {128: 65_000, 256: 18_000, 512: 5_000}
+    s = budget.choose(rates, PARAMS, 60, 5_000, dropout=0.2)
+    assert s.hidden == 128 and s.chars_per_param >= budget.MIN_CHARS_PER_PARAM
+
+
 def test_dropout_needs_the_text_read_several_times():
     rates = {128: 10_000}
     few = budget.choose(rates, PARAMS, 600, 6_000_000 // 3, dropout=0.3)     # 3 passes

@@ -91,7 +91,8 @@ def _max_diff(got: dict, want: dict) -> dict:
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cell", ["gru", "rnn", "lstm"])
-@pytest.mark.parametrize("kind", ["tanh", "softsign"])
+# softsign runs with the slow tests: tests/test_cpu_regimes.py covers it in every CI run
+@pytest.mark.parametrize("kind", ["tanh", pytest.param("softsign", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("T,B,bounds", [
     (300, 1, [(0, 300)]),                               # one stream, a long window, whole
     (300, 1, [(0, 7), (7, 8), (8, 150), (150, 300)]),   # the same in chunks, one of a single step

@@ -579,14 +579,6 @@ def gather_rows(W, codes, out):
             out[n, j] = row[j]                # Numba's shape-error formatting, seconds on a cold cache
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def gather_bias(W, b, codes, out):
-    for n in range(codes.shape[0]):
-        row = W[codes[n]]
-        for j in range(out.shape[1]):
-            out[n, j] = row[j] + b[j]
-
-
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def add_bias(out, b):
     for n in range(out.shape[0]):

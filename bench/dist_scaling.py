@@ -11,7 +11,7 @@ Also: the time of one all-reduce of each config's gradient buffer between 2 rank
 memory), polled as charrnn does, blocking, and polled with 1 ms naps; and the validation choice: a checkpoint's validation split scored whole, and in P
 contiguous pieces each from a zero state (what P ranks compute).
 
-    python bench/dist_scaling.py                  # the table (a few minutes on 2 cores)
+    python bench/dist_scaling.py                  # the table, 3 rounds (about 15 minutes on 2 cores)
     python bench/dist_scaling.py --steps 5        # a smoke run
     python bench/dist_scaling.py --configs b,default --allreduce-only
     python bench/dist_scaling.py --pieces RUN     # validation bits/char of RUN's best in 1, 2, 4, 8 pieces
@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0,
                     help=f"measured steps (after as many warm-up steps) [{STEPS}]")
     ap.add_argument("--configs", default="b,default")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of the three layouts, the order rotated each round; the ratios are "
+                         "taken within a round, so slow drift of a shared machine cancels")
     ap.add_argument("--pieces", metavar="RUN")
     ap.add_argument("--allreduce-only", action="store_true", help="only the all-reduce timings")
     ap.add_argument("--allreduce-worker", help=argparse.SUPPRESS)
@@ -150,16 +154,24 @@ def main() -> None:
         return pieces(a.pieces)
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  {_cpu()}  python {platform.python_version()}")
     print(f"command: python bench/dist_scaling.py{f' --steps {a.steps}' if a.steps else ''} --configs {a.configs}"
-          f"{' --allreduce-only' if a.allreduce_only else ''}")
+          f" --rounds {a.rounds}{' --allreduce-only' if a.allreduce_only else ''}")
     print(f"load average before: {os.getloadavg()[0]:.1f} (the machine may be shared)\n")
     if not a.allreduce_only:
-        print("| config | layout | chars/s | vs 1 rank x 1 thread |\n|---|---|---|---|")
+        print("| config | layout | chars/s, median (min-max) | vs 1 rank x 1 thread, median of the rounds' "
+              "ratios (min-max) |\n|---|---|---|---|")
     for config in a.configs.split(",") if not a.allreduce_only else ():
-        rates = {name: train_rate(config, ranks, threads, a.steps or STEPS[config])
-                 for name, ranks, threads in LAYOUTS}
-        base = rates["1 rank x 1 thread"]
-        for name, rate in rates.items():
-            print(f"| {config} | {name} | {rate:,.0f} | {rate / base:.2f}x |", flush=True)
+        rounds = []
+        for r in range(a.rounds):
+            order = LAYOUTS[r % 3:] + LAYOUTS[:r % 3]
+            rates = {name: train_rate(config, ranks, threads, a.steps or STEPS[config])
+                     for name, ranks, threads in order}
+            rounds.append(rates)
+            print(f"  round {r + 1}: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()), file=sys.stderr)
+        for name, _, _ in LAYOUTS:
+            got = sorted(x[name] for x in rounds)
+            ratio = sorted(x[name] / x["1 rank x 1 thread"] for x in rounds)
+            print(f"| {config} | {name} | {statistics.median(got):,.0f} ({got[0]:,.0f}-{got[-1]:,.0f}) | "
+                  f"{statistics.median(ratio):.2f}x ({ratio[0]:.2f}-{ratio[-1]:.2f}) |", flush=True)
     for config in a.configs.split(","):
         print(f"\nall-reduce of config {config}'s gradient (2 ranks, shared memory), median ms: "
               f"{allreduce_ms(config)}")

@@ -196,6 +196,8 @@ def load(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"{path}: unexpected tensor {k!r}")
     try:
         config = ModelConfig.from_dict(_meta_json(meta, "config", dict))
+        if config.vocab_size < 1:
+            raise ValueError("vocab_size must be at least 1")
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: bad model config ({e})") from None
     try:

@@ -17,7 +17,7 @@ STATES = {"lstm": 2, "gru": 1, "rnn": 1}  # h (and c for the LSTM)
 @dataclass(frozen=True)
 class ModelConfig:
     """Defaults: the best we found for ~10 minutes on 2 cores (README)."""
-    vocab_size: int          # 65 for tinyshakespeare, 256 in byte mode
+    vocab_size: int = 0      # 65 for tinyshakespeare, 256 in byte mode; 0 until a text is read
     hidden: int = 256        # H, units per layer
     layers: int = 2          # L, stacked cells
     cell: str = "lstm"       # lstm | gru | rnn
@@ -35,9 +35,11 @@ class ModelConfig:
             raise ValueError(f"unknown activation {self.activation!r}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}")
-        for name in ("vocab_size", "hidden", "layers"):
+        for name in ("hidden", "layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.vocab_size < 0:
+            raise ValueError("vocab_size must be at least 1, or 0 before a text is read")
         if self.embed < 0:
             raise ValueError("embed must be 0 (one-hot) or positive")
         if not 0.0 <= self.dropout < 1.0:

@@ -18,6 +18,7 @@ import numpy as np
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, split
+from charrnn.errors import InputError
 from charrnn.model import init_params
 from charrnn.optim import parse_clip
 from charrnn.train import LOG2, TrainOptions, new_optimizer, resolve_text
@@ -191,7 +192,10 @@ def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: boo
     from charrnn.backends import pick_device
     from charrnn.corpus import load_corpus
     source, _ = resolve_text(text, log)
-    opts = TrainOptions(**options)
+    try:
+        opts = TrainOptions.from_dict(options)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     opts.device = pick_device(opts.device, log)
     return opts, load_corpus(source, encoding=encoding, byte_mode=byte_mode)
 
@@ -201,5 +205,5 @@ def page_for(curve: LrCurve, opts: TrainOptions, text: str) -> str:
     from pathlib import Path
     name = "stdin" if text == "-" else text
     return build_page(curve, f"charrnn lr-find: {Path(name).name}",
-                      f"{opts.layers}x{opts.hidden} {opts.cell.upper()}, {opts.optimizer}, "
+                      f"{opts.model.layers}x{opts.model.hidden} {opts.model.cell.upper()}, {opts.optimizer}, "
                       f"batch {opts.batch_size} x {opts.seq_len}, {len(curve.lr)} steps")

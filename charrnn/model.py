@@ -27,6 +27,8 @@ from charrnn.config import ModelConfig  # noqa: F401 (re-exported: `from charrnn
 def param_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     """The sizes table: every tensor's name and shape, in buffer order."""
     H, G, V = cfg.hidden, cfg.gates, cfg.vocab_size
+    if V < 1:
+        raise ValueError("the model's vocabulary is not set (vocab_size 0): build it for a text")
     shapes: list[tuple[str, tuple[int, ...]]] = []
     if cfg.embed:
         shapes.append(("embed", (V, cfg.embed)))

@@ -4,8 +4,9 @@ from here. Imports nothing heavy, so `--help` can read it.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from charrnn.config import MODEL_DEFAULTS, ModelConfig
 
@@ -24,17 +25,10 @@ OPTIMIZER_DEFAULTS = {
 
 @dataclass
 class TrainOptions:
-    """Everything `charrnn train` takes besides the text: the model (ModelConfig's fields, its
-    vocabulary aside), the data split, the optimizer and schedule, and the run's limits."""
-    # model: ModelConfig's fields and defaults, its vocabulary aside (config.py)
-    hidden: int = MODEL_DEFAULTS["hidden"]
-    layers: int = MODEL_DEFAULTS["layers"]
-    cell: str = MODEL_DEFAULTS["cell"]
-    embed: int = MODEL_DEFAULTS["embed"]
-    dropout: float = MODEL_DEFAULTS["dropout"]
-    activation: str = MODEL_DEFAULTS["activation"]
-    forget_bias: float = MODEL_DEFAULTS["forget_bias"]
-    init: str = MODEL_DEFAULTS["init"]
+    """Everything `charrnn train` takes besides the text: the model, the data split, the optimizer
+    and schedule, and the run's limits. Saved whole as a checkpoint's `train_args` (`to_dict`),
+    read back by one typed `from_dict`."""
+    model: ModelConfig = field(default_factory=ModelConfig)   # its vocab_size comes from the text
     # data
     seq_len: int = 50
     batch_size: int = 50
@@ -82,7 +76,52 @@ class TrainOptions:
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The architecture these options ask for, for a fresh model on a vocabulary this size."""
-        return ModelConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_DEFAULTS})
+        return dataclasses.replace(self.model, vocab_size=vocab_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainOptions":
+        """Options by name, typed and range-checked: the model nested as {"model": {...}} (how
+        `to_dict` saves it), or its fields at the top level (how the command line gives them and
+        checkpoints before the nesting saved them); top-level model fields win over nested ones.
+        Missing names take their defaults. Raises ValueError on an unknown name or a bad value."""
+        if not isinstance(d.get("model", {}), dict):
+            raise ValueError("training option model must be a mapping")
+        model = dict(d.get("model", {}))
+        kw = {}
+        defaults = cls()
+        for k, v in d.items():
+            if k == "model":
+                continue
+            if k in MODEL_DEFAULTS:
+                model[k] = v
+            elif k in _FIELDS:
+                kw[k] = _typed(k, v, getattr(defaults, k))
+            else:
+                raise ValueError(f"unknown training option {k!r}")
+        kw["model"] = ModelConfig.from_dict({"vocab_size": 0, **model})
+        opts = cls(**kw)
+        if opts.optimizer not in OPTIMIZER_DEFAULTS or min(opts.seq_len, opts.batch_size) < 1 \
+                or not opts.lr > 0 or not 0 <= opts.val_frac < 1 or not 0 <= opts.test_frac < 1 \
+                or (opts.max_epochs is not None and not opts.max_epochs > 0):
+            raise ValueError("training options out of range")
+        return opts
 
 
+def _typed(name: str, v, default):
+    """v as the type of the field whose default is `default` (an int where a float is due is
+    widened; a field whose default is None takes a number)."""
+    if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if v is None and default is None or type(v) is type(default) \
+            or default is None and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v
+    raise ValueError(f"training option {name} must be {type(default).__name__}, got {type(v).__name__}")
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainOptions)} - {"model"}
+# every name from_dict takes besides "model": the options' own and the model's, flat
+TRAIN_OPTION_NAMES = frozenset(_FIELDS | set(MODEL_DEFAULTS))
 DEFAULT_MAX_EPOCHS = 50.0

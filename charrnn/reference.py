@@ -139,7 +139,6 @@ def forward(p, cfg: ModelConfig, x, y, state, masks=None):
     With y None, returns (logits, cache, new_state) instead: the sampler's and viewer's path.
     """
     T, B = x.shape
-    H, V = cfg.hidden, cfg.vocab_size
     inp = p["embed"][x] if cfg.embed else None
     layers, new_state = [], np.empty_like(state)
     for l in range(cfg.layers):

@@ -215,7 +215,7 @@ def config_tables(ck) -> str:
         return '<p class="note">No readable checkpoint in the run directory: config not shown.</p>'
     model = [(k, v) for k, v in ck.config.to_dict().items()]
     args = [(k, json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v))
-            for k, v in sorted(ck.train_args.items())]
+            for k, v in sorted(ck.train_args.items()) if k != "model"]   # the model table shows it
     return ("<h3>Model</h3>" + table(model, ("field", "value"), "config")
             + "<h3>Training flags</h3>" + table(args, ("flag", "value"), "train-args"))
 

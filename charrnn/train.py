@@ -39,7 +39,7 @@ from charrnn.evaluate import evaluate, summary
 from charrnn.model import Params, init_params
 from charrnn.optim import Optimizer, Schedule, parse_clip
 from charrnn.progress import Progress
-from charrnn.options import OPTIMIZER_DEFAULTS, TrainOptions
+from charrnn.options import OPTIMIZER_DEFAULTS, TRAIN_OPTION_NAMES, TrainOptions
 
 LOG2 = math.log(2)
 
@@ -260,7 +260,7 @@ class Trainer:
                                optimizer=self.opt.to_meta(), optim_state=self.opt.state,
                                state=state, progress=progress,
                                rng=self.rng.bit_generator.state,
-                               train_args=dict(dataclasses.asdict(self.o), source=self.source),
+                               train_args=dict(self.o.to_dict(), model=self.cfg.to_dict(), source=self.source),
                                metrics=metrics)
 
     def save(self, name: str, metrics: dict | None = None) -> Path:
@@ -635,27 +635,14 @@ def _finite_or_none(v: float) -> float | None:
 
 
 def resume_options(train_args: dict, overrides: dict) -> TrainOptions:
-    """The options of a resumed run: the checkpoint's own, then whatever was given on the command
-    line. Architecture options are kept for the record only (the checkpoint's config wins)."""
-    opts = TrainOptions()
-    for f in dataclasses.fields(TrainOptions):
-        if f.name not in train_args:
-            continue
-        v, default = train_args[f.name], getattr(opts, f.name)
-        if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        ok = (v is None and default is None) or (default is None and isinstance(v, (int, float))) \
-            or (type(v) is type(default))
-        if not ok:
-            raise ckpt.CheckpointError(f"the checkpoint's training option {f.name} has the wrong type")
-        setattr(opts, f.name, v)
-    for k, v in overrides.items():
-        setattr(opts, k, v)
-    if opts.optimizer not in OPTIMIZER_DEFAULTS or min(opts.seq_len, opts.batch_size) < 1 or not opts.lr > 0 \
-            or not 0 <= opts.val_frac < 1 or not 0 <= opts.test_frac < 1 \
-            or (opts.max_epochs is not None and not opts.max_epochs > 0):
-        raise ckpt.CheckpointError("the checkpoint's training options are out of range")
-    return opts
+    """The options of a resumed run: the checkpoint's own (nested as saved now, or flat as before),
+    then whatever was given on the command line. Architecture options are kept for the record
+    only (the checkpoint's config wins). Names this version no longer knows are dropped."""
+    known = {k: v for k, v in train_args.items() if k == "model" or k in TRAIN_OPTION_NAMES}
+    try:
+        return TrainOptions.from_dict({**known, **overrides})
+    except ValueError as e:
+        raise ckpt.CheckpointError(f"the checkpoint's training options are malformed ({e})") from None
 
 
 def resolve_text(text: str, log: Callable[[str], None]) -> tuple[str, str | None]:
@@ -715,7 +702,10 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     if base_resume:   # the run's own options, except those given again on this command line
         opts = resume_options(base_resume.train_args, {k: v for k, v in settings.items() if k in given})
     else:
-        opts = TrainOptions(**settings)
+        try:
+            opts = TrainOptions.from_dict(settings)
+        except ValueError as e:
+            raise InputError(str(e)) from None
     opts.out = out
     # --device is resolved on this machine, even on resume: a run may move between CPU and GPU
     opts.device = pick_device(settings.get("device", opts.device), log, announce=comm is None or comm.is_root)
@@ -746,7 +736,7 @@ SIZED_BY_BUDGET = frozenset({"hidden", "layers", "cell", "embed", "dropout", "ma
 
 
 def size_to_budget(opts: TrainOptions, data: Corpus, log: Callable[[str], None]) -> None:
-    """Set opts.hidden and opts.dropout from the speed of this machine and the length of the
+    """Set the model's hidden and dropout from the speed of this machine and the length of the
     text (charrnn/budget.py): a fresh run with a time budget and no architecture flags."""
     from charrnn import budget
     cfg = opts.model_config(data.vocab.size)
@@ -754,7 +744,7 @@ def size_to_budget(opts: TrainOptions, data: Corpus, log: Callable[[str], None])
     T, B = min(opts.seq_len, max(1, train_chars - 1)), opts.batch_size
     sizing = budget.measure(cfg, opts.device, T, B, opts.minutes * 60.0, train_chars,
                             lambda n: new_optimizer(opts, n))
-    opts.hidden, opts.dropout = sizing.hidden, sizing.dropout
+    opts.model = dataclasses.replace(opts.model, hidden=sizing.hidden, dropout=sizing.dropout)
     log(sizing.describe(opts.minutes))
 
 

@@ -116,8 +116,9 @@ def test_live_page_shows_a_new_validation_after_the_run_writes_one(tmp_path, mon
 
     monkeypatch.setattr(report, "RELOAD_S", 1)
     run = prepare_out_dir(tmp_path / "run")
-    t = Trainer(TrainOptions(hidden=8, layers=1, seq_len=16, batch_size=4, max_steps=10, val_every=5,
-                             dropout=0.0, device="cpu", report=True), synthetic_text(200), run, show_progress=False)
+    opts = TrainOptions.from_dict(dict(hidden=8, layers=1, seq_len=16, batch_size=4, max_steps=10, val_every=5,
+                                       dropout=0.0, device="cpu", report=True))
+    t = Trainer(opts, synthetic_text(200), run, show_progress=False)
     go, done, first = threading.Event(), threading.Event(), []
     real_step = t.be.train_step
 

@@ -69,7 +69,7 @@ def test_a_budgeted_run_without_model_flags_is_sized_on_this_machine(tmp_path, s
     # a 4,800-character text and tiny widths: every width reads it far more than MIN_PASSES times
     assert ck.config.hidden == 24 and ck.config.dropout == 0.2
     assert "sized to the budget" in out and "--hidden 24" in out
-    assert json.loads(json.dumps(ck.train_args))["hidden"] == 24
+    assert json.loads(json.dumps(ck.train_args))["model"]["hidden"] == 24
 
 
 @pytest.mark.parametrize("flags", [["--hidden", "12"], ["--dropout", "0.1"], ["--layers", "1"], []])

@@ -400,8 +400,9 @@ def test_lr_find_on_the_device_follows_the_cpu_curve(small_text):
     from charrnn.lrfind import lr_find
     from charrnn.train import TrainOptions
     text = small_text.read_text()[:400]
-    curves = [lr_find(TrainOptions(hidden=3, layers=1, seq_len=4, batch_size=2, dropout=0.0, device=dev), text,
-                      steps=13, start=1e-3, end=1.0) for dev in ("cpu", "cuda")]
+    opts = {"hidden": 3, "layers": 1, "seq_len": 4, "batch_size": 2, "dropout": 0.0}
+    curves = [lr_find(TrainOptions.from_dict({**opts, "device": dev}), text, steps=13, start=1e-3, end=1.0)
+              for dev in ("cpu", "cuda")]
     assert len(curves[0].lr) == len(curves[1].lr) == 13
     np.testing.assert_allclose(curves[1].loss, curves[0].loss, rtol=1e-4)
 
@@ -411,8 +412,8 @@ def test_training_on_the_device_writes_a_checkpoint_the_cpu_loads(small_text, tm
     from charrnn import checkpoint as ckpt
     from charrnn.backends.cpu import CpuBackend
     from charrnn.train import Trainer, TrainOptions
-    opts = TrainOptions(hidden=3, layers=1, seq_len=3, batch_size=2, max_steps=2, val_frac=0.0, test_frac=0.0,
-                        device="cuda", dropout=0.2, optimizer="rmsprop")
+    opts = TrainOptions.from_dict(dict(hidden=3, layers=1, seq_len=3, batch_size=2, max_steps=2, val_frac=0.0,
+                                       test_frac=0.0, device="cuda", dropout=0.2, optimizer="rmsprop"))
     tr = Trainer(opts, small_text.read_text()[:300], tmp_path, show_progress=False)
     tr.sample_chars = 0                     # the report's samples: slow under the simulator, not this test's
     tr.run()

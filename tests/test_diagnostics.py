@@ -22,7 +22,7 @@ TEXT = synthetic_text(300)
 def _train(out, cell="lstm", **kw):
     base = dict(hidden=12, layers=2, cell=cell, seq_len=16, batch_size=4, max_steps=30, val_every=10,
                 diag_every=4, dropout=0.1, lr=1e-2, device="cpu")
-    t = Trainer(TrainOptions(**{**base, **kw}), TEXT, prepare_out_dir(out), show_progress=False)
+    t = Trainer(TrainOptions.from_dict({**base, **kw}), TEXT, prepare_out_dir(out), show_progress=False)
     t.sample_chars = 0
     t.run()
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -65,8 +65,8 @@ def test_more_streams_than_predictions_and_progress_counts_every_prediction():
 
 def test_training_validates_with_its_streams_option(tmp_path):
     text = "the cat sat on the mat. " * 40
-    t = Trainer(TrainOptions(hidden=4, layers=1, device="cpu", val_frac=0.2, val_streams=3), text, tmp_path,
-                show_progress=False)
+    opts = TrainOptions.from_dict(dict(hidden=4, layers=1, device="cpu", val_frac=0.2, val_streams=3))
+    t = Trainer(opts, text, tmp_path, show_progress=False)
     assert t.validate() == summary(*evaluate(t.be, t.val_codes, streams=3))["bits_per_char"]
     t.o.val_streams = 1
     assert t.validate() == summary(*evaluate(t.be, t.val_codes))["bits_per_char"]

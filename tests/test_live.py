@@ -22,7 +22,7 @@ TEXT = synthetic_text(200)
 def opts(**kw) -> TrainOptions:
     base = dict(hidden=8, layers=1, seq_len=16, batch_size=4, max_steps=15, val_every=5, diag_every=2,
                 dropout=0.0, lr=1e-2, device="cpu", report=True)
-    return TrainOptions(**{**base, **kw})
+    return TrainOptions.from_dict({**base, **kw})
 
 
 def test_the_page_is_rewritten_at_each_validation_and_stops_reloading_at_the_end(tmp_path, monkeypatch):

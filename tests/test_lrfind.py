@@ -28,7 +28,7 @@ TEXT = words(4000)
 
 def tiny(**kw) -> TrainOptions:
     base = dict(hidden=32, layers=1, seq_len=16, batch_size=16, dropout=0.0, device="cpu", seed=0)
-    return TrainOptions(**{**base, **kw})
+    return TrainOptions.from_dict({**base, **kw})
 
 
 @pytest.fixture(scope="module")

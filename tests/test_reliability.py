@@ -1,6 +1,5 @@
 """Faults during training: exact resume, signals, numerical faults, atomic checkpoints, the run
 directory, and large corpora with bounded memory. Tiny models and texts made here."""
-import dataclasses
 import json
 import os
 import signal
@@ -37,7 +36,7 @@ def opts(**kw) -> TrainOptions:
     base = dict(hidden=8, layers=2, seq_len=8, batch_size=8, dropout=0.2, lr=3e-3, lr_plateau=0.7,
                 lr_decay=0.9, lr_decay_after=1, val_every=5, max_epochs=3, device="cpu", seed=3)
     base.update(kw)
-    return TrainOptions(**base)
+    return TrainOptions.from_dict(base)
 
 
 def state_of(path: Path):

@@ -253,7 +253,8 @@ def test_report_shows_an_even_selection_of_many_samples(tmp_path):
 def test_viz_reads_a_byte_mode_model(tmp_path):
     from charrnn.train import Trainer, TrainOptions
     data = synthetic_text(200).encode() + bytes(range(128, 160))
-    opts = TrainOptions(hidden=8, layers=1, seq_len=16, batch_size=4, max_steps=4, val_every=2, out=str(tmp_path))
+    opts = TrainOptions.from_dict(dict(hidden=8, layers=1, seq_len=16, batch_size=4, max_steps=4, val_every=2,
+                                       out=str(tmp_path)))
     Trainer(opts, data, tmp_path, show_progress=False).run()
     ck = ckpt.load(tmp_path / "best.safetensors")
     assert ck.vocab.byte_mode

@@ -5,8 +5,10 @@ and forget bias take effect, and dropout is on only in training, reproducibly un
 Runs are tiny (a few hundred characters, hidden 4-8, a handful of steps). Where a test needs
 validation to go a certain way it scripts `Trainer.validate` rather than hoping training does.
 """
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,8 @@ from charrnn.dropout import masks as dropout_masks
 from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.model import ModelConfig, init_params, param_shapes
-from charrnn.train import Trainer, TrainOptions
+from charrnn.options import TRAIN_OPTION_NAMES
+from charrnn.train import Trainer, TrainOptions, prepare_out_dir
 from tiny_models import tiny_config
 
 WORDS = ["the ", "cat ", "sat ", "on ", "a ", "mat.\n", "dog ", "ran ", "far, ", "so "]
@@ -39,7 +42,7 @@ def text_file(tmp_path):
 def _opts(tmp_path, **kw) -> TrainOptions:
     base = dict(hidden=6, layers=1, batch_size=2, seq_len=8, lr_schedule="constant", device="cpu",
                 out=str(tmp_path))
-    return TrainOptions(**{**base, **kw})
+    return TrainOptions.from_dict({**base, **kw})
 
 
 def _trainer(tmp_path, **kw) -> Trainer:
@@ -316,15 +319,59 @@ def test_cpu_backend_matches_reference_with_a_fixed_dropout_mask(cell, activatio
         np.testing.assert_allclose(be.grad[name], g[name], rtol=1e-7, atol=1e-11, err_msg=name)
 
 
-def test_train_options_hold_every_model_field_and_the_cli_takes_their_defaults():
-    import dataclasses
-
+def test_train_options_nest_the_model_config_and_the_cli_takes_their_defaults():
     from charrnn.cli import cli
-    arch = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
-    assert arch <= {f.name for f in dataclasses.fields(TrainOptions)}
-    # one set of defaults: fresh options build ModelConfig's default model
+    # one set of defaults: fresh options hold ModelConfig's default model
+    assert TrainOptions().model == ModelConfig()
     assert TrainOptions().model_config(7) == ModelConfig(vocab_size=7)
     params = {p.name: p.default for p in cli.commands["train"].params}
-    for f in dataclasses.fields(TrainOptions):
-        if f.name in params and f.name not in ("device", "out"):   # auto, and a directory from the text
-            assert params[f.name] == f.default, f.name
+    defaults = {**TrainOptions().model.to_dict(), **TrainOptions().to_dict()}
+    for name in TRAIN_OPTION_NAMES:
+        if name not in ("device", "out", "max_epochs"):   # auto, a directory from the text, a budget-aware None
+            assert params[name] == defaults[name], name
+    assert not set(params) - TRAIN_OPTION_NAMES - {"text", "name", "encoding", "byte_mode", "resume",
+                                                   "init_from", "dist_mode", "dist_timeout"}
+
+
+def test_options_read_back_nested_as_saved_or_flat_as_given_on_the_command_line():
+    opts = TrainOptions.from_dict({"hidden": 12, "cell": "gru", "lr": 3e-3, "max_epochs": 2})
+    assert (opts.model.hidden, opts.model.cell, opts.lr, opts.max_epochs) == (12, "gru", 3e-3, 2)
+    assert opts.model.layers == ModelConfig().layers and opts.seq_len == TrainOptions().seq_len
+    assert TrainOptions.from_dict(opts.to_dict()) == opts
+    # a flat name given again (a resume's command line) wins over the saved nested record
+    again = TrainOptions.from_dict({**opts.to_dict(), "dropout": 0.0})
+    assert again.model.dropout == 0.0 and again.model.hidden == 12
+    assert TrainOptions.from_dict({"lr": 1}).lr == 1.0 and isinstance(TrainOptions.from_dict({"lr": 1}).lr, float)
+
+
+@pytest.mark.parametrize("bad", [{"hiden": 8}, {"hidden": "8"}, {"lr": "fast"}, {"model": [1]},
+                                 {"model": {"cell": "lstmm"}}, {"optimizer": "adamx"}, {"seq_len": 0},
+                                 {"diag": 1}, {"val_frac": 1.0}])
+def test_options_with_an_unknown_name_or_a_bad_value_are_refused(bad):
+    with pytest.raises(ValueError):
+        TrainOptions.from_dict(bad)
+
+
+def test_a_checkpoint_with_the_flat_training_record_of_earlier_versions_resumes_the_same(tmp_path):
+    from charrnn.train import resume_options
+    # the shipped model was saved before the model options were nested
+    shipped = ckpt.load(Path(__file__).resolve().parent.parent / "corpora" / "shakespeare.safetensors")
+    assert "hidden" in shipped.train_args and "model" not in shipped.train_args
+    old = resume_options(shipped.train_args, {})
+    assert (old.model.hidden, old.model.dropout, old.seed, old.minutes) == (256, 0.2, 1, 10.0)
+    # and a run resumed from a flat record repeats the one resumed from the nested record bit for bit
+    _trainer(prepare_out_dir(tmp_path / "a"), max_steps=3, hidden=5, dropout=0.1).run()
+    ck = ckpt.load(tmp_path / "a" / "last.safetensors")
+    assert ck.train_args["model"]["hidden"] == 5 and "hidden" not in ck.train_args
+    flat = dataclasses.replace(ck, train_args={
+        **{k: v for k, v in ck.train_args.items() if k != "model"},
+        **{k: v for k, v in ck.train_args["model"].items() if k != "vocab_size"}})
+    ckpt.save(tmp_path / "flat.safetensors", flat)
+    flat = ckpt.load(tmp_path / "flat.safetensors")
+    ends = []
+    for name, base in (("nested", ck), ("flat", flat)):
+        opts = resume_options(base.train_args, {"max_steps": 6, "out": str(tmp_path / name)})
+        assert opts.model == dataclasses.replace(ck.config, vocab_size=opts.model.vocab_size)
+        Trainer(opts, _text(), prepare_out_dir(tmp_path / name), show_progress=False, resume=base).run()
+        ends.append(ckpt.load(tmp_path / name / "last.safetensors").params.flat)
+    np.testing.assert_array_equal(*ends)

@@ -25,8 +25,8 @@ def train_tiny(out: Path, text: str, cell: str = "lstm", steps: int = 30, val_ev
                sample_chars: int | None = None) -> Path:
     """Train hidden 12, 2 layers for `steps` steps (under a second); returns the run directory."""
     from charrnn.train import Trainer, TrainOptions
-    opts = TrainOptions(hidden=12, layers=2, cell=cell, seq_len=16, batch_size=4, max_steps=steps,
-                        val_every=val_every, dropout=0.0, lr=1e-2, out=str(out))
+    opts = TrainOptions.from_dict(dict(hidden=12, layers=2, cell=cell, seq_len=16, batch_size=4, max_steps=steps,
+                                       val_every=val_every, dropout=0.0, lr=1e-2, out=str(out)))
     out.mkdir(parents=True, exist_ok=True)
     tr = Trainer(opts, text, out, show_progress=False)
     if sample_chars is not None:

@@ -11,6 +11,7 @@ says what was skipped.
     python bench/speed.py --quick --configs a   # a smoke run while iterating
     python bench/speed.py --write               # also replace the "CPU speed" section of bench/RESULTS.md
     python bench/speed.py --native-blas         # let OpenBLAS pick its kernels by CPUID (see below)
+    python bench/speed.py --threads 2 --cell gru   # the same sizes as GRUs, against nn.GRU (or rnn: nn.RNN)
 
 Some machines set OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) in the environment, because old
 OpenBLAS builds crashed on their CPUs; on an AVX-512 CPU that pins NumPy's current OpenBLAS to
@@ -40,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 65
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 CONFIGS = {  # name: (layers, hidden, T, B)
     "a": (2, 128, 50, 50),
     "b": (2, 512, 100, 64),
@@ -54,10 +56,10 @@ EVAL_WINDOW = 256
 TEXT = 1 << 20          # evaluation text; a window reads at most half of it
 
 
-def train_flops_per_char(layers: int, hidden: int) -> float:
+def train_flops_per_char(layers: int, hidden: int, gates: int = 4) -> float:
     """Useful FLOPs of one training character: 3 products (forward, two in backward) of 2 FLOPs
     per multiply-add. The one-hot first layer is a row gather and counts nothing."""
-    G = 4 * hidden
+    G = gates * hidden
     macs = sum((hidden * G if l > 0 else 0) + hidden * G for l in range(layers)) + hidden * VOCAB
     return 6.0 * macs
 
@@ -106,20 +108,22 @@ class CharrnnSide:
 class TorchSide:
     name = "pytorch"
 
-    def __init__(self, layers, hidden, T, B, seed=0):
+    def __init__(self, layers, hidden, T, B, seed=0, cell="lstm"):
         import torch
         from torch import nn
         self.torch, self.nn = torch, nn
         torch.manual_seed(seed)
-        self.lstm = nn.LSTM(VOCAB, hidden, layers)
+        self.kind = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]   # nn.RNN is tanh, as charrnn's
+        self.lstm = getattr(nn, self.kind)(VOCAB, hidden, layers)
         self.lin = nn.Linear(hidden, VOCAB)
         self.params = list(self.lstm.parameters()) + list(self.lin.parameters())
         self.opt = torch.optim.Adam(self.params, lr=2e-3)
         self.T, self.B, self.L, self.H = T, B, layers, hidden
-        self.state = (torch.zeros(layers, B, hidden), torch.zeros(layers, B, hidden))
+        self.state = self._zeros(B)
         self.gen = torch.Generator().manual_seed(seed)
         self.text = torch.randint(0, VOCAB, (TEXT,), generator=self.gen)
-        self.cells = nn.ModuleList(nn.LSTMCell(VOCAB if l == 0 else hidden, hidden) for l in range(layers))
+        Cell = getattr(nn, f"{self.kind}Cell")
+        self.cells = nn.ModuleList(Cell(VOCAB if l == 0 else hidden, hidden) for l in range(layers))
         with torch.no_grad():
             for l, cell in enumerate(self.cells):
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
@@ -129,18 +133,23 @@ class TorchSide:
     def _onehot(self, x):
         return self.torch.nn.functional.one_hot(x, VOCAB).float()
 
+    def _zeros(self, batch):
+        """nn.LSTM's state is (h, c); nn.GRU's and nn.RNN's is h."""
+        z = self.torch.zeros(self.L, batch, self.H)
+        return (z, z.clone()) if self.kind == "LSTM" else z
+
     def train(self, steps):
         torch, F = self.torch, self.torch.nn.functional
         with torch.backends.mkldnn.flags(enabled=True):
             for _ in range(steps):
                 xy = torch.randint(0, VOCAB, (self.T + 1, self.B), generator=self.gen)
-                out, (h, c) = self.lstm(self._onehot(xy[:-1]), self.state)
+                out, state = self.lstm(self._onehot(xy[:-1]), self.state)
                 loss = F.cross_entropy(self.lin(out).reshape(-1, VOCAB), xy[1:].reshape(-1))
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.params, 5.0)
                 self.opt.step()
-                self.state = (h.detach(), c.detach())
+                self.state = tuple(s.detach() for s in state) if self.kind == "LSTM" else state.detach()
         return steps * self.T * self.B
 
     # -- evaluation: one stream, state carried; the faster of oneDNN on/off, chosen at warm-up
@@ -148,7 +157,7 @@ class TorchSide:
         torch, F = self.torch, self.torch.nn.functional
         start = int(torch.randint(0, len(self.text) - chars - 1, (1,), generator=self.gen))
         codes = self.text[start:start + chars + 1]
-        state = (torch.zeros(self.L, 1, self.H), torch.zeros(self.L, 1, self.H))
+        state = self._zeros(1)
         total = 0.0
         with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=onednn):
             for s in range(0, chars, EVAL_WINDOW):
@@ -169,18 +178,20 @@ class TorchSide:
         torch = self.torch
         x = torch.ones(batch, dtype=torch.long)
         with torch.inference_mode():
-            if how == "LSTMCell":
-                hc = [(torch.zeros(batch, self.H), torch.zeros(batch, self.H)) for _ in range(self.L)]
+            if how.endswith("Cell"):
+                lstm = self.kind == "LSTM"
+                hc = [(torch.zeros(batch, self.H), torch.zeros(batch, self.H)) if lstm else torch.zeros(batch, self.H)
+                      for _ in range(self.L)]
                 for _ in range(steps):
                     inp = self._onehot(x)
                     for l, cell in enumerate(self.cells):
                         hc[l] = cell(inp, hc[l])
-                        inp = hc[l][0]
+                        inp = hc[l][0] if lstm else hc[l]
                     probs = torch.softmax(self.lin(inp), dim=1)
                     x = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
             else:
-                state = (torch.zeros(self.L, batch, self.H), torch.zeros(self.L, batch, self.H))
-                with torch.backends.mkldnn.flags(enabled=how == "nn.LSTM oneDNN on"):
+                state = self._zeros(batch)
+                with torch.backends.mkldnn.flags(enabled=how.endswith("oneDNN on")):
                     for _ in range(steps):
                         out, state = self.lstm(self._onehot(x).unsqueeze(0), state)
                         probs = torch.softmax(self.lin(out[0]), dim=1)
@@ -191,7 +202,8 @@ class TorchSide:
         key = f"sample{batch}"
         if key not in self.variant:
             self.variant[key] = _fastest({how: (lambda how=how: self._sample_run(batch, max(steps // 4, 5), how))
-                                          for how in ("LSTMCell", "nn.LSTM oneDNN off", "nn.LSTM oneDNN on")})
+                                          for how in (f"{self.kind}Cell", f"nn.{self.kind} oneDNN off",
+                                                      f"nn.{self.kind} oneDNN on")})
         return self._sample_run(batch, steps, self.variant[key])
 
 
@@ -210,13 +222,13 @@ def _fastest(runs: dict) -> str:
 
 def worker_main(side: str, spec: str) -> None:
     """Serve timed windows over stdin/stdout, one JSON object per line. spec: "layers,hidden,T,B"
-    and, for the charrnn side, optionally ",cell" (lstm, gru or rnn; LSTM without it)."""
+    and optionally ",cell" (lstm, gru or rnn; LSTM without it)."""
     layers, hidden, T, B, *cell = spec.split(",")
     layers, hidden, T, B = int(layers), int(hidden), int(T), int(B)
     if side == "pytorch":
         import torch
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
-        w = TorchSide(layers, hidden, T, B)
+        w = TorchSide(layers, hidden, T, B, cell=cell[0] if cell else "lstm")
     else:
         w = CharrnnSide(layers, hidden, T, B, cell=cell[0] if cell else "lstm")
     out = sys.stdout
@@ -309,10 +321,10 @@ def measure(workers: list[Worker], op: str, args_for, windows: int, target_s: fl
     return rates
 
 
-def run_config(name: str, threads: int, sides: list[str], quick: bool) -> dict:
+def run_config(name: str, threads: int, sides: list[str], quick: bool, cell: str = "lstm") -> dict:
     layers, hidden, T, B = CONFIGS[name]
     windows, target, pause = (3, 0.3, 0.15) if quick else (5, 0.8, 0.25)
-    ws = [Worker(s, (layers, hidden, T, B), threads) for s in sides]
+    ws = [Worker(s, (layers, hidden, T, B, cell), threads) for s in sides]
     res = {}
     try:
         res["train"] = measure(ws, "train", lambda w, k: (k,), windows, target, pause)
@@ -407,14 +419,14 @@ def fmt_rate(v: list[float]) -> str:
     return f"{med:,.0f} ({min(v):,.0f}–{max(v):,.0f})"
 
 
-def table(results: dict, torch_version: str | None, peaks: dict) -> str:
+def table(results: dict, torch_version: str | None, peaks: dict, cell: str = "lstm") -> str:
     rows = ["| config | threads | metric | charrnn, median (min–max) | PyTorch, median (min–max) | ratio | target |",
             "|---|---|---|---|---|---|---|"]
     labels = {"train": "train chars/s", "eval": "eval chars/s (B=1)", "sample1": "sample chars/s, B=1",
               "sample64": "sample chars/s, B=64", "rss": "peak RSS MB"}
     for (name, threads), res in results.items():
         layers, hidden, T, B = CONFIGS[name]
-        desc = f"{name}: {layers}x{hidden} T{T} B{B}"
+        desc = f"{name}: {layers}x{hidden} T{T} B{B}" + ("" if cell == "lstm" else f" {cell.upper()}")
         for metric in ("train", "eval", "sample1", "sample64", "rss"):
             if metric not in res:
                 continue
@@ -424,7 +436,7 @@ def table(results: dict, torch_version: str | None, peaks: dict) -> str:
             if cr and pt:
                 r = statistics.median(cr) / statistics.median(pt)
                 ratio = f"{1 / r:.2f}x less" if metric == "rss" else f"{r:.2f}x"
-            target = TARGETS.get((metric, name)) if threads == 2 else None
+            target = TARGETS.get((metric, name)) if threads == 2 and cell == "lstm" else None
             tgt = f"≥{target}x" if target else ("≤1x" if metric == "rss" and threads == 2 else "")
             if target and cr and pt:
                 tgt += " ✓" if statistics.median(cr) / statistics.median(pt) >= target else " ✗"
@@ -433,12 +445,12 @@ def table(results: dict, torch_version: str | None, peaks: dict) -> str:
             pt_s = fmt_rate(pt) if pt else ("skipped (no torch)" if not torch_version else "–")
             label = labels[metric]
             if metric == "train" and cr:
-                gf = statistics.median(cr) * train_flops_per_char(layers, hidden) / 1e9
+                gf = statistics.median(cr) * train_flops_per_char(layers, hidden, GATES[cell]) / 1e9
                 label += f"; charrnn {gf:.0f} GFLOP/s"
                 if peaks.get(threads):
                     label += f" = {gf / peaks[threads]:.0%} of SGEMM peak {peaks[threads]:.0f}"
                 if pt:
-                    gp = statistics.median(pt) * train_flops_per_char(layers, hidden) / 1e9
+                    gp = statistics.median(pt) * train_flops_per_char(layers, hidden, GATES[cell]) / 1e9
                     label += f", PyTorch {gp:.0f}"
             rows.append(f"| {desc} | {threads} | {label} | {fmt_rate(cr) if cr else '–'} | {pt_s} | {ratio} | {tgt} |")
         for side, v in res.get("variants", {}).items():
@@ -486,6 +498,8 @@ def main() -> None:
     ap.add_argument("--threads", default="2,1", help="comma-separated thread counts")
     ap.add_argument("--quick", action="store_true", help="fewer, shorter windows; no wall-time runs")
     ap.add_argument("--no-torch", action="store_true", help="run the charrnn side only")
+    ap.add_argument("--cell", choices=tuple(GATES), default="lstm",
+                    help="the configs' sizes with a GRU or RNN against nn.GRU / nn.RNN (targets are the LSTM's)")
     ap.add_argument("--write", action="store_true", help="replace the CPU speed section of bench/RESULTS.md")
     ap.add_argument("--native-blas", action="store_true",
                     help=f"drop {' and '.join(PINNED_BLAS_ENV)} for the benchmark's processes")
@@ -493,6 +507,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         return worker_main(*a.worker)
+    if a.write and a.cell != "lstm":
+        ap.error("--write replaces the LSTM's section; give --cell only without it")
     global NATIVE_BLAS
     NATIVE_BLAS = a.native_blas
     configs = [c for c in a.configs.split(",") if c]
@@ -519,8 +535,8 @@ def main() -> None:
     for n in threads:
         for c in configs:
             print(f"config {c}, {n} thread(s)...", file=sys.stderr, flush=True)
-            results[(c, n)] = run_config(c, n, sides, a.quick)
-            print(table({(c, n): results[(c, n)]}, torch_version, peaks), file=sys.stderr, flush=True)
+            results[(c, n)] = run_config(c, n, sides, a.quick, a.cell)
+            print(table({(c, n): results[(c, n)]}, torch_version, peaks, a.cell), file=sys.stderr, flush=True)
     extra = []
     if not a.quick:
         print("compile time and sample wall time...", file=sys.stderr, flush=True)
@@ -541,10 +557,10 @@ def main() -> None:
         f"BLAS: {blas_env}; the kernels that ran are in each config's \"paths chosen\" row. SGEMM peak "
         f"(NumPy float32 4096^3, best of 5, same environment): {peaks_text}"
         f" (issue 4 assumed a {FMA_PEAK_2C:.0f} GFLOP/s 2-core FMA peak).",
-        "Vocabulary 65, one-hot input, LSTM, Adam, clip by global norm 5, float32. Ratios are charrnn / PyTorch "
+        f"Vocabulary 65, one-hot input, {a.cell.upper()}, Adam, clip by global norm 5, float32. Ratios are charrnn / PyTorch "
         "from the same run (windows alternated); targets apply at 2 threads. GFLOP/s counts the useful "
         "multiply-adds of a training character (one-hot gather excluded), 2 FLOPs each.", "",
-        table(results, torch_version, peaks), "", *extra])
+        table(results, torch_version, peaks, a.cell), "", *extra])
     print(out)
     if a.write:
         write_results(out)

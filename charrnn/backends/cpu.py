@@ -130,7 +130,7 @@ class CpuBackend:
         n_lanes = self._lanes_for(*x.shape)
         _warm_up(self, "loss", n_lanes)
         state = np.ascontiguousarray(state, dtype=self.dtype)
-        loss, new_state, _ = self._window(x, y, state, None, False, n_lanes)
+        loss, new_state = self._window(x, y, state, None, False, n_lanes)
         return float(loss), new_state
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state: np.ndarray, dropout_seed: int = 0,
@@ -145,7 +145,7 @@ class CpuBackend:
             drop = Dropout(dropout_seed, cfg.dropout, self.dtype, cfg.layers, T, B, cfg.hidden,
                            streams[0] if streams else 0, total)
         state = np.ascontiguousarray(state, dtype=self.dtype)
-        loss, new_state, _ = self._window(x, y, state, drop, True, n_lanes, total)
+        loss, new_state = self._window(x, y, state, drop, True, n_lanes, total)
         return float(loss), new_state
 
     def warm_up(self, T: int, B: int, opt: Optimizer) -> None:

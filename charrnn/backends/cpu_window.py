@@ -127,15 +127,14 @@ class WindowDriver:
         self._bufs[key] = buf
         return buf
 
-    def run(self, x: np.ndarray, y: np.ndarray | None, state: np.ndarray, drop: Dropout | None, g: Params | None,
+    def run(self, x: np.ndarray, y: np.ndarray, state: np.ndarray, drop: Dropout | None, g: Params | None,
             bounds: list[tuple[int, int]], n_lanes: int, transposed: bool, loop_threads: int,
-            total: int | None = None) -> tuple[float, np.ndarray, np.ndarray]:
-        """One window: x, y (T,B) codes and targets (y None: logits only), state (L,S,B,H).
+            total: int | None = None) -> tuple[float, np.ndarray]:
+        """One window: x, y (T,B) codes and targets, state (L,S,B,H).
         bounds: the chunks of steps (one on one lane); loop_threads: BLAS threads of the time
         loops on one lane. With a gradient buffer `g` (training) the gradients of the loss
         summed over the window over T * total go there (the trainer may swap the backend's
-        buffer for one of its own, so it is passed each time). Returns (summed loss, new state,
-        logits: the logits' gradient after training)."""
+        buffer for one of its own, so it is passed each time). Returns (summed loss, new state)."""
         cfg, p, kind = self.cfg, self.p, self.kind
         train = g is not None
         T, B = x.shape
@@ -146,7 +145,7 @@ class WindowDriver:
             buf.for_training()
         layers, logits, emb = buf.layers, buf.logits, buf.emb
         codes = np.ascontiguousarray(x.reshape(-1), dtype=np.int64)
-        ys = None if y is None else np.ascontiguousarray(y.reshape(-1), dtype=np.int64)
+        ys = np.ascontiguousarray(y.reshape(-1), dtype=np.int64)
         rows = [(t0 * B, t1 * B) for t0, t1 in bounds]
         if emb is not None:
             K.gather_rows(p["embed"], codes, emb)
@@ -191,8 +190,7 @@ class WindowDriver:
             lg, top = logits[r0:r1], outs[L - 1][r0:r1]
             K.matmul(top, p["out.W"], lg, False, False, 0.0)
             K.add_bias(lg, p["out.b"])
-            if ys is not None:
-                losses[k] = K.softmax_xent(lg, ys[r0:r1], scale, train)
+            losses[k] = K.softmax_xent(lg, ys[r0:r1], scale, train)
             if train:                                          # lg now holds the logits' gradient
                 K.matmul(top, lg, g["out.W"], True, False, 1.0)
                 K.colsum_add(g["out.b"], lg)
@@ -247,7 +245,6 @@ class WindowDriver:
             O[k] = add(partial(out, k), [F[L - 1][k], O[k - 1] if k else None], (0, -L, k))
         if train:
             R = [[None] * n for _ in range(L)]
-            Wl: list = [[] for _ in range(L)]
             for k in range(n - 1, -1, -1):
                 above = O[k]
                 for l in range(L - 1, -1, -1):
@@ -259,7 +256,7 @@ class WindowDriver:
                         for name in ("Wh", "Wx"):
                             blocks = 2 if n_lanes > 1 and l == 0 and (name == "Wh" or emb is not None) else 1
                             for j in range(blocks):
-                                Wl[l].append(add(partial(wgrad, l, name, j, blocks), [R[l][0]], (1, -l, j)))
+                                add(partial(wgrad, l, name, j, blocks), [R[l][0]], (1, -l, j))
         if n_lanes > 1:
             with K.blas_threads_at_most(1):
                 run_graph(lanes(n_lanes), tasks)
@@ -271,4 +268,4 @@ class WindowDriver:
             new_state[l, 0] = ly.hs[T]
             if cfg.cell == "lstm":
                 new_state[l, 1] = ly.cs[T]
-        return sum(losses), new_state, logits
+        return sum(losses), new_state

@@ -58,19 +58,23 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = set(d) - set(fields)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(defaults)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        kw = {}
-        for k, v in d.items():
-            want = {"int": int, "float": float, "str": str}[fields[k]]
-            if want is float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if not isinstance(v, want) or isinstance(v, bool):
-                raise ValueError(f"model config {k} must be {fields[k]}, got {type(v).__name__}")
-            kw[k] = v
-        return cls(**kw)
+        return cls(**{k: typed("model config", k, v, defaults[k]) for k, v in d.items()})
+
+
+def typed(what: str, name: str, v, default):
+    """v read back for the field `name` whose default is `default`: of the default's type (an
+    int where a float is due is widened; a bool is no number), or, where the default is None,
+    None or a number. Raises ValueError naming `what` and the field otherwise."""
+    if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if v is None and default is None or type(v) is type(default) \
+            or default is None and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v
+    raise ValueError(f"{what} {name} must be {type(default).__name__}, got {type(v).__name__}")
 
 
 # the architecture's defaults by field name (vocab_size aside: it comes from the text)

@@ -8,7 +8,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from charrnn.config import MODEL_DEFAULTS, ModelConfig
+from charrnn.config import MODEL_DEFAULTS, ModelConfig, typed
 
 # the usual defaults of each rule (Kingma & Ba; Loshchilov & Hutter; Tieleman & Hinton as in
 # char-rnn; Duchi et al.; Zeiler; Polyak; Sutskever et al.)
@@ -98,7 +98,7 @@ class TrainOptions:
             if k in MODEL_DEFAULTS:
                 model[k] = v
             elif k in _FIELDS:
-                kw[k] = _typed(k, v, getattr(defaults, k))
+                kw[k] = typed("training option", k, v, getattr(defaults, k))
             else:
                 raise ValueError(f"unknown training option {k!r}")
         kw["model"] = ModelConfig.from_dict({"vocab_size": 0, **model})
@@ -108,17 +108,6 @@ class TrainOptions:
                 or (opts.max_epochs is not None and not opts.max_epochs > 0):
             raise ValueError("training options out of range")
         return opts
-
-
-def _typed(name: str, v, default):
-    """v as the type of the field whose default is `default` (an int where a float is due is
-    widened; a field whose default is None takes a number)."""
-    if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if v is None and default is None or type(v) is type(default) \
-            or default is None and isinstance(v, (int, float)) and not isinstance(v, bool):
-        return v
-    raise ValueError(f"training option {name} must be {type(default).__name__}, got {type(v).__name__}")
 
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainOptions)} - {"model"}

@@ -114,9 +114,9 @@ class TorchSide:
         self.torch, self.nn = torch, nn
         torch.manual_seed(seed)
         self.kind = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]   # nn.RNN is tanh, as charrnn's
-        self.lstm = getattr(nn, self.kind)(VOCAB, hidden, layers)
+        self.net = getattr(nn, self.kind)(VOCAB, hidden, layers)
         self.lin = nn.Linear(hidden, VOCAB)
-        self.params = list(self.lstm.parameters()) + list(self.lin.parameters())
+        self.params = list(self.net.parameters()) + list(self.lin.parameters())
         self.opt = torch.optim.Adam(self.params, lr=2e-3)
         self.T, self.B, self.L, self.H = T, B, layers, hidden
         self.state = self._zeros(B)
@@ -127,7 +127,7 @@ class TorchSide:
         with torch.no_grad():
             for l, cell in enumerate(self.cells):
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(cell, kind).copy_(getattr(self.lstm, f"{kind}_l{l}"))
+                    getattr(cell, kind).copy_(getattr(self.net, f"{kind}_l{l}"))
         self.variant = {}
 
     def _onehot(self, x):
@@ -143,7 +143,7 @@ class TorchSide:
         with torch.backends.mkldnn.flags(enabled=True):
             for _ in range(steps):
                 xy = torch.randint(0, VOCAB, (self.T + 1, self.B), generator=self.gen)
-                out, state = self.lstm(self._onehot(xy[:-1]), self.state)
+                out, state = self.net(self._onehot(xy[:-1]), self.state)
                 loss = F.cross_entropy(self.lin(out).reshape(-1, VOCAB), xy[1:].reshape(-1))
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -162,7 +162,7 @@ class TorchSide:
         with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=onednn):
             for s in range(0, chars, EVAL_WINDOW):
                 e = min(chars, s + EVAL_WINDOW)
-                out, state = self.lstm(self._onehot(codes[s:e]).unsqueeze(1), state)
+                out, state = self.net(self._onehot(codes[s:e]).unsqueeze(1), state)
                 total += float(F.cross_entropy(self.lin(out[:, 0]), codes[s + 1:e + 1], reduction="sum"))
         return chars
 
@@ -193,7 +193,7 @@ class TorchSide:
                 state = self._zeros(batch)
                 with torch.backends.mkldnn.flags(enabled=how.endswith("oneDNN on")):
                     for _ in range(steps):
-                        out, state = self.lstm(self._onehot(x).unsqueeze(0), state)
+                        out, state = self.net(self._onehot(x).unsqueeze(0), state)
                         probs = torch.softmax(self.lin(out[0]), dim=1)
                         x = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
         return batch * steps

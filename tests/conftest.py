@@ -16,3 +16,12 @@ def small_text(tmp_path):
     path = tmp_path / "small.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which comparison the training-fixture tests ran (tests/test_train.py): bit-exact against
+    this machine's own fixture, or within tolerance of the nearest."""
+    said = [v for reps in terminalreporter.stats.values() for rep in reps
+            for k, v in getattr(rep, "user_properties", ()) if k == "fixture_comparison"]
+    for line in dict.fromkeys(said):
+        terminalreporter.write_line(f"training fixture: {line}")

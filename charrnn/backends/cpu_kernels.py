@@ -102,6 +102,16 @@ def blas_core() -> str | None:
     return fn().decode()
 
 
+def blas_config() -> str | None:
+    """OpenBLAS's build line ("OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH ... SkylakeX ..."):
+    its version, with the kernel family, decides the order of its sums (charrnn/machine.py)."""
+    fn = getattr(_BLAS, f"{_pre}openblas_get_config{_suf}", None) if _BLAS is not None else None
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
 class blas_threads_at_most:
     """Context manager: at most n BLAS threads inside (restored on exit)."""
 

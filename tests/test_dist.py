@@ -138,15 +138,28 @@ def test_two_ranks_take_the_same_steps_as_one_process(tmp_path):
 
     def got(key):
         return np.fromfile(tmp_path / f"{key}.bin", np.float64)
+
+    def rel(a, b):
+        return np.abs(a - b).max() / np.abs(b).max()
     for cell in dist_steps.CELLS:
-        for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
-            w, norms = dist_steps.train(cell, None, dt)
-            key = f"{cell}-{np.dtype(dt).name}"
-            assert norms.min() > dist_steps.CLIP              # clipping acted on every step
-            rel = np.abs(got(key) - w).max() / np.abs(w).max()
-            print(f"{key}: weights after 20 steps, 2 ranks vs 1, max relative difference {rel:.2e}")
-            assert rel <= tol, key
-            np.testing.assert_allclose(got(key + "-norms"), norms, rtol=tol)
+        w64, norms64 = dist_steps.train(cell, None, np.float64)
+        assert norms64.min() > dist_steps.CLIP                # clipping acted on every step
+        # float64: the order of the sums is all that differs
+        assert rel(got(f"{cell}-float64"), w64) <= 1e-12, cell
+        np.testing.assert_allclose(got(f"{cell}-float64-norms"), norms64, rtol=1e-12)
+        # float32: how far rounding takes these 20 Adam steps (lr 1e-2, clipped) from the float64
+        # run depends on the machine. On the AVX2 EPYC two ranks landed within 1e-5 of one process;
+        # on an AVX-512 EPYC one process is 3.5e-6 (LSTM) / 4.5e-6 (GRU) from float64 and two ranks
+        # 1.3e-5 / 9.7e-6, 1.4e-5 from one process. So two ranks are held to the accuracy one
+        # process reaches on the machine at hand: within 10x its distance from float64. A rank's
+        # gradient left out of the sum lands 0.16 (LSTM) / 0.82 (GRU) away, and a misscaled one
+        # moves the norms below by far more than their 1e-4.
+        w32, _ = dist_steps.train(cell, None, np.float32)
+        one, two = rel(w32.astype(np.float64), w64), rel(got(f"{cell}-float32"), w64)
+        print(f"{cell}-float32: weights after 20 steps, relative to float64: one process {one:.2e}, "
+              f"2 ranks {two:.2e}")
+        assert two <= 10 * max(one, 1e-7), cell
+        np.testing.assert_allclose(got(f"{cell}-float32-norms"), norms64, rtol=1e-4)
 
 
 @needs_mpi

@@ -94,9 +94,15 @@ def describe_chars(chars: list[str], limit: int = 20) -> str:
     return shown + (f" (and {len(chars) - limit} more)" if len(chars) > limit else "")
 
 
-def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8") -> str | bytes:
+TRAIN_HINT = "use --bytes to train on raw bytes, or --encoding to name the file's encoding"
+# for a text read with a trained model's vocabulary (sample's prime, eval's and viz's text): no such flags there
+MODEL_HINT = "a text model reads UTF-8 (only a byte model, trained with --bytes, takes any bytes)"
+
+
+def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8", hint: str = TRAIN_HINT) -> str | bytes:
     """Read a file path, or stdin for '-'. Text mode strips one leading BOM and keeps the rest
-    exactly (CRLF stays CRLF); byte mode returns the raw bytes."""
+    exactly (CRLF stays CRLF); byte mode returns the raw bytes. `hint` ends the message on a text
+    that does not decode: what the command reading it offers."""
     if source == "-":
         raw = sys.stdin.buffer.read()
         where = "stdin"
@@ -115,7 +121,7 @@ def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8") ->
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
         raise CorpusError(f"{where} is not valid {encoding}: bad byte 0x{raw[e.start]:02x} at offset {e.start}; "
-                          f"use --bytes to train on raw bytes, or --encoding to name the file's encoding") from None
+                          f"{hint}") from None
     except LookupError:
         raise CorpusError(f"unknown encoding {encoding!r}") from None
     if text.startswith("\ufeff"):

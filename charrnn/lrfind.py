@@ -17,10 +17,10 @@ import numpy as np
 
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
-from charrnn.corpus import Corpus, CorpusError, Vocab, split
+from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
 from charrnn.model import init_params
 from charrnn.optim import parse_clip
-from charrnn.train import LOG2, TrainOptions, check_encoding, new_optimizer, new_options, resolve_text
+from charrnn.train import LOG2, TrainOptions, new_optimizer, new_options, resolve_text
 
 SMOOTHING = 0.9        # weight of the past in the moving average of the loss
 DIVERGED = 4.0         # stop once the smoothed loss exceeds this multiple of its minimum

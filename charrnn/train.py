@@ -626,7 +626,7 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     from charrnn import dist as distributed
     from charrnn import rundir
     from charrnn.backends import compile_notices, pick_device
-    from charrnn.corpus import check_source, load_corpus
+    from charrnn.corpus import check_encoding, check_source, load_corpus
 
     comm = distributed.start(dist_timeout) if dist_mode == "auto" else None
     tell = log if comm is None or comm.is_root else (lambda m: None)
@@ -700,15 +700,6 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     if base_resume and "lr" in given:     # a rate given again replaces the run's (decays and halvings)
         trainer.lr = opts.lr
     return trainer
-
-
-def check_encoding(encoding: str) -> None:
-    """--encoding names a codec Python knows (checked before anything is read or written)."""
-    import codecs
-    try:
-        codecs.lookup(encoding)
-    except (LookupError, ValueError, TypeError):
-        raise InputError(f"--encoding: unknown encoding {encoding!r}") from None
 
 
 def new_options(settings: dict) -> TrainOptions:

@@ -120,6 +120,33 @@ def test_train_exits_0_or_2_and_writes_nothing_whatever_its_values(sandbox, monk
             shutil.rmtree(p)
 
 
+LR_FIND_FLAGS = sorted(f for f in VALUES if f[2:].replace("-", "_") in
+                       {p.name for p in __import__("charrnn.cli", fromlist=["cli"]).cli.commands["lr-find"].params})
+RATE = st.one_of(st.floats(1e-9, 10).map(repr), NUMBER)
+
+
+@FUZZ
+@given(values=st.lists(st.sampled_from(LR_FIND_FLAGS).flatmap(lambda k: st.tuples(st.just(k), VALUES[k])), max_size=3),
+       start=st.none() | RATE, end=st.none() | RATE, steps=st.none() | st.one_of(st.integers(0, 400).map(str), NUMBER))
+def test_lr_find_exits_0_or_2_whatever_its_values(sandbox, monkeypatch, capsys, values, start, end, steps):
+    from charrnn import lrfind
+
+    def no_test(opts, data, steps, start, end, **kw):    # everything before the range test is real
+        opts.check()
+        assert 0 < start < end and steps >= 13
+        return lrfind.LrCurve()
+    root, work = sandbox
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(lrfind, "lr_find", no_test)
+    before = files_under(root)
+    given_ = {"--start": start, "--end": end, "--steps": steps}
+    args = ["lr-find", "notes.txt", "--hidden=4", "--layers=1", "--device=cpu", *[f"{k}={v}" for k, v in values],
+            *[f"{k}={v}" for k, v in given_.items() if v is not None]]
+    code, _, err = run_main(args, monkeypatch, capsys)
+    _check(code, err)
+    assert files_under(root) == before
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     cfg = tiny_config(vocab_size=4, hidden=4, layers=1)

@@ -769,6 +769,8 @@ def size_to_budget(opts: TrainOptions, data: Corpus, log: Callable[[str], None])
 def summary_line(result: dict, run_dir: Path) -> str:
     """The last line of a finished run, for stderr."""
     best = result["best_val_bpc"]
+    saved = any((Path(run_dir) / f"{n}.safetensors").exists() for n in ("best", "last"))
     return (f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
             f"{result['elapsed_s'] / 60:.1f} min; best validation "
-            f"{'n/a' if best is None else f'{best:.4f} bits/char'}; checkpoints in {run_dir}")
+            f"{'n/a' if best is None else f'{best:.4f} bits/char'}; "
+            + (f"checkpoints in {run_dir}" if saved else f"no checkpoint was written to {run_dir}"))

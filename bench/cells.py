@@ -75,7 +75,7 @@ def warm_up(corpus: str, a: argparse.Namespace, out: Path) -> None:
     for cell in CELLS:
         charrnn(["train", corpus, "--cell", cell, "--layers", "2", "--hidden", "8", "--dropout", str(a.dropout),
                  "--max-steps", "2", "--batch-size", "4", "--seq-len", "8", "--device", "cpu",
-                 "--out", str(out / f"warm-{cell}")], log=out / f"warm-{cell}.log")
+                 "--out", str(out / f"warm-{cell}"), "--overwrite"], log=out / f"warm-{cell}.log")
 
 
 def commit() -> str:

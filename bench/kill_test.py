@@ -71,7 +71,8 @@ def main() -> int:
     print(f"run directory {run}; checkpoint size grows with --hidden {a.hidden}", file=sys.stderr)
     for i in range(1, a.rounds + 1):
         before = {n: version(run / f"{n}.safetensors") for n in ("last", "best")}
-        cmd = base + (["--resume", str(run / "last.safetensors")] if before["last"] else [])
+        # no `last` yet: start afresh, even where a killed first run left its metrics (moved aside)
+        cmd = base + (["--resume", str(run / "last.safetensors")] if before["last"] else ["--overwrite"])
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if before["last"] and rnd.random() < a.aim:   # the worst moment: while this run writes a checkpoint
             end, mine = time.monotonic() + a.max_delay + 30, f".tmp-{p.pid}"

@@ -131,8 +131,8 @@ def _meta_json(meta: dict, key: str, kind):
     return value
 
 
-def read_raw(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """Parse the container: metadata dict and tensors, with every structural check."""
+def _read(path: str | os.PathLike, data: bool) -> tuple[bytes, bytes]:
+    """The header's bytes and (if `data`) the data section's."""
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -145,10 +145,13 @@ def read_raw(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER or n > size - 8 or n < 2:
                 raise CheckpointError(f"{path} is not a charrnn checkpoint (header length {n} is impossible)")
-            hbytes = f.read(n)
-            data = f.read()
+            return f.read(n), f.read() if data else b""
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+
+
+def _parse_header(path, hbytes: bytes) -> tuple[dict, dict]:
+    """(metadata, tensor entries) from the header's bytes."""
     try:
         header = json.loads(hbytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -161,6 +164,18 @@ def read_raw(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     if meta.get("version") != str(VERSION):
         raise CheckpointError(f"{path} has checkpoint format version {meta.get('version')!r}; "
                               f"this charrnn reads version {VERSION}")
+    return meta, header
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata alone (JSON strings by key), reading only the header: a quick look at a run."""
+    return _parse_header(path, _read(path, data=False)[0])[0]
+
+
+def read_raw(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """Parse the container: metadata dict and tensors, with every structural check."""
+    hbytes, data = _read(path, data=True)
+    meta, header = _parse_header(path, hbytes)
     tensors: dict[str, np.ndarray] = {}
     spans = []
     for name, info in header.items():

@@ -10,7 +10,7 @@ import sys
 import click
 
 from charrnn import __version__
-from charrnn.cli_base import CONTEXT, Group, silence_stdout
+from charrnn.cli_base import CONTEXT, Group, is_help, silence_stdout, usage_line
 from charrnn.cli_corpus import corpus
 from charrnn.cli_sample import eval_, sample
 from charrnn.cli_train import lr_find, train
@@ -78,6 +78,12 @@ def _main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:     # the group's own options and arguments (`charrnn --bogus`)
+        if is_help(e):
+            e.show()
+        else:
+            click.echo(f"charrnn: error: {usage_line(e)}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -4,6 +4,7 @@ goes away, and writing a page. Light on purpose: `--help` imports it.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,21 @@ import click
 from charrnn.errors import InputError, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Finite(click.FloatRange):
+    """A float range that also refuses NaN and infinity (Click's own range lets NaN through, since
+    every comparison with NaN is false)."""
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            f = None
+        if f is not None and not math.isfinite(f):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def say(msg: str) -> None:
@@ -35,15 +51,49 @@ class UserFailure(click.ClickException):
         click.echo(f"charrnn: error: {self.message}", err=True)
 
 
+class UsageFailure(click.ClickException):
+    """Click's usage error (bad option value, unknown option, missing argument) as one line."""
+    exit_code = 2
+
+    def __init__(self, err: click.UsageError):
+        super().__init__(usage_line(err))
+
+    def show(self, file=None) -> None:
+        click.echo(f"charrnn: error: {self.message}", err=True)
+
+
+def usage_line(e: click.UsageError) -> str:
+    """Click's message on one line, led by the option it is about, with where help is."""
+    if isinstance(e, click.BadParameter) and not isinstance(e, click.MissingParameter) and e.param is not None:
+        p = e.param
+        name = max(p.opts, key=len) if isinstance(p, click.Option) else (p.metavar or p.name or "").upper()
+        msg = f"{name}: {e.message}"
+    else:
+        msg = e.format_message()
+    msg = " ".join(msg.split()).rstrip(".")
+    where = e.ctx.command_path if e.ctx is not None else "charrnn"
+    return f"{msg[:1].lower() + msg[1:] if msg[1:2].islower() else msg} (see {where} --help)"
+
+
+def is_help(e: click.UsageError) -> bool:
+    """`charrnn` alone (or a group alone): Click shows the help, which stays as it is."""
+    return type(e).__name__ == "NoArgsIsHelpError"
+
+
 class Group(click.Group):
     """A command group whose commands' UserErrors (nested groups' included) become UserFailures,
-    so main() and Click's own runner (tests) report them the same way."""
+    and Click's usage errors UsageFailures, so main() and Click's own runner (tests) report them
+    the same way: one line, exit 2."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as e:
             raise UserFailure(e) from None
+        except click.UsageError as e:
+            if is_help(e):
+                raise
+            raise UsageFailure(e) from None
 
 
 class quiet_pipe:

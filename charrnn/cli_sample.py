@@ -7,7 +7,11 @@ import sys
 
 import click
 
-from charrnn.cli_base import CONTEXT, quiet_pipe, say
+from charrnn.cli_base import CONTEXT, Finite, quiet_pipe, say
+from charrnn.errors import InputError
+
+MAX_SEED = 2 ** 62          # sample i draws with seed + i: room to add
+MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows float32; it is argmax anyway
 
 
 # ---------------------------------------------------------------- sample
@@ -15,10 +19,10 @@ from charrnn.cli_base import CONTEXT, quiet_pipe, say
 @click.argument("checkpoint", required=False)
 @click.option("--length", "-n", type=click.IntRange(0), default=2000, show_default=True,
               help="Characters (bytes for a byte model) per sample, after the prime; 0 is endless.")
-@click.option("--temp", "-t", type=click.FloatRange(0), default=1.0, show_default=True,
+@click.option("--temp", "-t", type=Finite(0), default=1.0, show_default=True,
               help="Temperature: lower is safer, higher is wilder; 0 is greedy argmax.")
 @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k likeliest (0: all).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+@click.option("--top-p", type=Finite(0, 1, min_open=True), default=1.0, show_default=True,
               help="Nucleus: keep the smallest set with this much probability.")
 @click.option("--num-samples", "-N", type=click.IntRange(1), default=1, show_default=True,
               help="Samples generated together in one batch; row 0 streams, the rest follow in order.")
@@ -34,7 +38,7 @@ from charrnn.cli_base import CONTEXT, quiet_pipe, say
               help="Prime characters outside the vocabulary: stop with an error listing them, or drop them.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON line per sample: text, seed, log-probability and bits/char under the model.")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
@@ -58,6 +62,10 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
 
     if prime is not None and prime_file is not None:
         raise click.UsageError("give --prime or --prime-file, not both")
+    if 0 < kw["temp"] < MIN_TEMP:
+        raise InputError(f"--temp: {kw['temp']:g} is too small to compute; 0 is greedy argmax, the same draw")
+    if sys.stdout is None:          # started with stdout closed (`>&-`)
+        raise InputError("stdout is closed: nowhere to write the samples (redirect it to a file or /dev/null)")
     if kw["length"] == 0 and not stop and (kw["as_json"] or kw["num_samples"] > 1):
         raise click.UsageError("--length 0 (endless) streams one plain sample; with --json or "
                                "--num-samples give --stop STRING or a --length")

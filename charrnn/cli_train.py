@@ -9,12 +9,23 @@ from typing import Callable
 
 import click
 
-from charrnn.cli_base import CONTEXT, say, write_page
-from charrnn.config import ACTIVATIONS, CELLS, INITS
+from charrnn.cli_base import CONTEXT, Finite, say, write_page
+from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
-from charrnn.options import DEFAULT_MAX_EPOCHS, OPTIMIZER_DEFAULTS as _OPT, TrainOptions
+from charrnn.options import DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, OPTIMIZER_DEFAULTS as _OPT, RANGES, TrainOptions
 
 _D = TrainOptions()      # every default below is read from here, written once in options.py
+_CAPS = (INT_MAX, F32_MAX, 1e9)   # technical upper bounds: checked by TrainOptions.check, not shown in --help
+
+
+def _num(name: str) -> click.ParamType:
+    """The type of a numeric option, from its range in options.RANGES (finite floats only)."""
+    lo, hi, lo_open, hi_open = RANGES[name]
+    shown = None if hi in _CAPS else hi
+    default = MODEL_DEFAULTS[name] if name in MODEL_DEFAULTS else getattr(_D, name)
+    if isinstance(default, int) and not isinstance(default, bool):
+        return click.IntRange(lo, shown, min_open=lo_open, max_open=hi_open and shown is not None)
+    return Finite(lo, shown, min_open=lo_open, max_open=hi_open and shown is not None)
 
 
 def _e(x: float) -> str:
@@ -33,41 +44,41 @@ def _options(options: list) -> Callable:
 
 
 MODEL_OPTIONS = [
-    click.option("--hidden", type=click.IntRange(1), default=_D.model.hidden, show_default=True, help="Units per layer."),
-    click.option("--layers", type=click.IntRange(1), default=_D.model.layers, show_default=True, help="Stacked layers."),
+    click.option("--hidden", type=_num("hidden"), default=_D.model.hidden, show_default=True, help="Units per layer."),
+    click.option("--layers", type=_num("layers"), default=_D.model.layers, show_default=True, help="Stacked layers."),
     click.option("--cell", type=click.Choice(CELLS), default=_D.model.cell, show_default=True),
-    click.option("--embed", type=click.IntRange(0), default=_D.model.embed, show_default=True,
+    click.option("--embed", type=_num("embed"), default=_D.model.embed, show_default=True,
                  help="Size of a learned embedding; 0 feeds one-hot characters."),
-    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=_D.model.dropout, show_default=True,
+    click.option("--dropout", type=_num("dropout"), default=_D.model.dropout, show_default=True,
                  help="Inverted dropout between layers and before the output layer."),
     click.option("--activation", type=click.Choice(ACTIVATIONS), default=_D.model.activation, show_default=True,
                  help="The cell's squashing nonlinearity (gates stay sigmoid)."),
     click.option("--init", "init", type=click.Choice(INITS), default=_D.model.init, show_default=True,
                  help="uniform is U(-0.08, 0.08) as in char-rnn; xavier is Glorot uniform."),
-    click.option("--forget-bias", type=float, default=_D.model.forget_bias, show_default=True, help="LSTM forget-gate bias at init."),
-    click.option("--seq-len", type=click.IntRange(1), default=_D.seq_len, show_default=True,
+    click.option("--forget-bias", type=_num("forget_bias"), default=_D.model.forget_bias, show_default=True, help="LSTM forget-gate bias at init."),
+    click.option("--seq-len", type=_num("seq_len"), default=_D.seq_len, show_default=True,
                  help="Steps per window (truncated BPTT length)."),
-    click.option("--batch-size", type=click.IntRange(1), default=_D.batch_size, show_default=True, help="Parallel streams."),
-    click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=_D.val_frac, show_default=True),
-    click.option("--test-frac", type=click.FloatRange(0, 1, max_open=True), default=_D.test_frac, show_default=True),
+    click.option("--batch-size", type=_num("batch_size"), default=_D.batch_size, show_default=True, help="Parallel streams."),
+    click.option("--val-frac", type=_num("val_frac"), default=_D.val_frac, show_default=True),
+    click.option("--test-frac", type=_num("test_frac"), default=_D.test_frac, show_default=True),
 ]
 
 OPTIMIZER_OPTIONS = [
     click.option("--optimizer", type=click.Choice(list(_OPT)), default=_D.optimizer, show_default=True,
                  help="sgd is plain (heavy-ball with --momentum); adamw decays the weights apart from the gradient; "
                       "adadelta's step is scaled by --lr, 1 as in Zeiler's paper."),
-    click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"Adam/AdamW beta1 [{_OPT['adam']['beta1']:g}]."),
-    click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"Adam/AdamW beta2 [{_OPT['adam']['beta2']:g}]."),
-    click.option("--alpha", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"RMSProp decay [{_OPT['rmsprop']['alpha']:g}]."),
-    click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.option("--beta1", type=_num("beta1"), default=None, help=f"Adam/AdamW beta1 [{_OPT['adam']['beta1']:g}]."),
+    click.option("--beta2", type=_num("beta2"), default=None, help=f"Adam/AdamW beta2 [{_OPT['adam']['beta2']:g}]."),
+    click.option("--alpha", type=_num("alpha"), default=None, help=f"RMSProp decay [{_OPT['rmsprop']['alpha']:g}]."),
+    click.option("--momentum", type=_num("momentum"), default=None,
                  help=f"Nesterov momentum [{_OPT['nesterov']['momentum']:g}]; SGD momentum [{_OPT['sgd']['momentum']:g}]."),
-    click.option("--rho", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"Adadelta decay [{_OPT['adadelta']['rho']:g}]."),
-    click.option("--eps", type=click.FloatRange(0, min_open=True), default=None,
+    click.option("--rho", type=_num("rho"), default=None, help=f"Adadelta decay [{_OPT['adadelta']['rho']:g}]."),
+    click.option("--eps", type=_num("eps"), default=None,
                  help=f"Optimizer epsilon [Adam {_e(_OPT['adam']['eps'])}, Adagrad {_e(_OPT['adagrad']['eps'])}, "
                       f"Adadelta {_e(_OPT['adadelta']['eps'])}]."),
-    click.option("--weight-decay", type=click.FloatRange(0), default=_D.weight_decay, show_default=True,
+    click.option("--weight-decay", type=_num("weight_decay"), default=_D.weight_decay, show_default=True,
                  help="L2 penalty; with adamw, decoupled decay (weights shrink by lr * this each step)."),
-    click.option("--l1", type=click.FloatRange(0), default=_D.l1, show_default=True, help="L1 penalty."),
+    click.option("--l1", type=_num("l1"), default=_D.l1, show_default=True, help="L1 penalty."),
     click.option("--clip", default=_D.clip, show_default=True,
                  help="norm:X (global norm), value:X (element-wise, as char-rnn) or none."),
 ]
@@ -76,48 +87,52 @@ OPTIMIZER_OPTIONS = [
 @click.command(context_settings=CONTEXT)
 @click.argument("text", metavar="FILE")
 @_options(MODEL_OPTIONS)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_D.lr, show_default=True, help="Learning rate.")
+@click.option("--lr", type=_num("lr"), default=_D.lr, show_default=True, help="Learning rate.")
 @_options(OPTIMIZER_OPTIONS)
 @click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=_D.lr_schedule, show_default=True,
               help="cosine anneals the rate to --lr-floor times --lr by the end of the run "
                    "(its epochs or its --minutes, whichever ends first).")
-@click.option("--lr-floor", type=click.FloatRange(0, 1), default=_D.lr_floor, show_default=True)
-@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=_D.lr_decay, show_default=True,
+@click.option("--lr-floor", type=_num("lr_floor"), default=_D.lr_floor, show_default=True)
+@click.option("--lr-decay", type=_num("lr_decay"), default=_D.lr_decay, show_default=True,
               help="Multiply the rate by this each epoch from --lr-decay-after on.")
-@click.option("--lr-decay-after", type=click.IntRange(0), default=_D.lr_decay_after, show_default=True)
-@click.option("--lr-plateau", type=click.FloatRange(0, 1, min_open=True), default=_D.lr_plateau, show_default=True,
+@click.option("--lr-decay-after", type=_num("lr_decay_after"), default=_D.lr_decay_after, show_default=True)
+@click.option("--lr-plateau", type=_num("lr_plateau"), default=_D.lr_plateau, show_default=True,
               help="Multiply the rate by this when validation does not improve.")
-@click.option("--patience", type=click.IntRange(0), default=_D.patience, show_default=True,
+@click.option("--patience", type=_num("patience"), default=_D.patience, show_default=True,
               help="Stop after this many validations without improvement (0: never).")
-@click.option("--max-epochs", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-epochs", type=_num("max_epochs"), default=None,
               help=f"End the run after this many epochs [{DEFAULT_MAX_EPOCHS:g}; none with --minutes].")
-@click.option("--minutes", type=click.FloatRange(0), default=_D.minutes, show_default=True,
+@click.option("--minutes", type=_num("minutes"), default=_D.minutes, show_default=True,
               help="Wall-clock budget; 0 means none. The run uses all of it unless --max-epochs "
                    "is given, and the cosine schedule spans it. A new run given no model flags "
                    "sizes --hidden and --dropout to the budget, timed on this machine.")
-@click.option("--max-steps", type=click.IntRange(0), default=_D.max_steps, hidden=True)
-@click.option("--val-every", type=click.IntRange(0), default=_D.val_every, show_default=True,
+@click.option("--max-steps", type=_num("max_steps"), default=_D.max_steps, hidden=True)
+@click.option("--val-every", type=_num("val_every"), default=_D.val_every, show_default=True,
               help="Steps between validations (0: once per epoch).")
-@click.option("--val-streams", type=click.IntRange(1), default=_D.val_streams, show_default=True,
+@click.option("--val-streams", type=_num("val_streams"), default=_D.val_streams, show_default=True,
               help="Score validation as this many contiguous pieces side by side in one batch: faster "
                    "where batch 1 is slow, a little higher than the one-stream figure of `charrnn eval`.")
 @click.option("--diag/--no-diag", default=_D.diag, show_default=True,
               help="Log Deeplearning4j-style diagnostics to metrics.jsonl at each validation: update:parameter "
                    "ratios, weight and gradient norms per tensor, mean |h| and |c| and saturated gates per "
                    "layer, weight histograms.")
-@click.option("--diag-every", type=click.IntRange(0), default=_D.diag_every, show_default=True,
+@click.option("--diag-every", type=_num("diag_every"), default=_D.diag_every, show_default=True,
               help="Also log the diagnostics every this many steps (0: at validations only).")
 @click.option("--report", is_flag=True, default=_D.report,
               help="Keep report.html current in the run directory while training (rewritten at each "
                    "validation); the page reloads itself until the run ends. See `charrnn report --serve`.")
-@click.option("--max-nan-retries", type=click.IntRange(0), default=_D.max_nan_retries, show_default=True,
+@click.option("--max-nan-retries", type=_num("max_nan_retries"), default=_D.max_nan_retries, show_default=True,
               help="On a NaN/Inf loss or gradient, roll back to the last good state with half the rate, "
                    "at most this many times.")
-@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--seed", type=_num("seed"), default=_D.seed, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run directory [checkpoints/<file stem>].")
+              help="Run directory [checkpoints/<file stem>, or checkpoints/<stem>-2, -3, ... when that "
+                   "holds a run].")
 @click.option("--name", default=None, help="Run name: the directory checkpoints/<name>.")
+@click.option("--overwrite", is_flag=True,
+              help="Start afresh in a run directory that holds a run, moving the old run aside to "
+                   "DIR.old-N (nothing is deleted).")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
 @click.option("--bytes", "byte_mode", is_flag=True,
               help="Train on raw bytes (256 symbols): any file works, binary or mixed encodings.")
@@ -128,15 +143,16 @@ OPTIMIZER_OPTIONS = [
                    "fine-tuning on a new text.")
 @click.option("--dist", "dist_mode", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="auto: under mpiexec or srun, train data-parallel across the ranks; off: one process.")
-@click.option("--dist-timeout", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
+@click.option("--dist-timeout", type=Finite(0, min_open=True), default=600.0, show_default=True,
               help="Seconds a rank waits for the others before ending the whole job.")
-def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: str | None,
+def train(text: str, name: str | None, overwrite: bool, encoding: str, byte_mode: bool, resume: str | None,
           init_from: str | None, dist_mode: str, dist_timeout: float, **kw) -> None:
     """Train on FILE (a path, - for stdin, or a catalogue name such as shakespeare).
 
     Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl (learning curves and
     diagnostics) go to the run directory, and with --report a live report.html. Pick --lr with
-    `charrnn lr-find` first.
+    `charrnn lr-find` first. A run directory belongs to one run: a directory holding a run is
+    refused (--resume it, or --overwrite), and a second live run on it is refused at once.
 
     \b
     Example:
@@ -156,7 +172,8 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
     given = {k for k in kw if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
                                                               ParameterSource.ENVIRONMENT)}
     trainer = prepare_run(text, kw, given, name=name, encoding=encoding, byte_mode=byte_mode, resume=resume,
-                          init_from=init_from, dist_mode=dist_mode, dist_timeout=dist_timeout, log=say)
+                          init_from=init_from, overwrite=overwrite, dist_mode=dist_mode, dist_timeout=dist_timeout,
+                          log=say)
     try:
         result = trainer.run()
     except TrainingInterrupted as e:
@@ -167,6 +184,9 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
         dist.agreed_exit()
         trainer.log(f"charrnn: error: {e}")
         sys.exit(1)
+    finally:
+        if trainer.claim is not None:       # the lock of the run directory (rank 0's)
+            trainer.claim.release()
     trainer.log(summary_line(result, trainer.out))
 
 
@@ -177,13 +197,13 @@ def train(text: str, name: str | None, encoding: str, byte_mode: bool, resume: s
 @_options(OPTIMIZER_OPTIONS)
 @click.option("--steps", type=click.IntRange(13), default=300, show_default=True,
               help="Steps of the test (it may stop earlier, once the loss blows up).")
-@click.option("--start", type=click.FloatRange(0, min_open=True), default=1e-6, show_default=True,
+@click.option("--start", type=Finite(0, min_open=True), default=1e-6, show_default=True,
               help="The first learning rate.")
-@click.option("--end", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+@click.option("--end", type=Finite(0, min_open=True), default=1.0, show_default=True,
               help="The last learning rate; the rate grows exponentially in between.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curve and the suggestion as JSON on stdout.")
 @click.option("-o", "--output", default=None, help="Also write an HTML page with the curve to this file.")
-@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--seed", type=_num("seed"), default=_D.seed, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
 @click.option("--bytes", "byte_mode", is_flag=True, help="Read FILE as raw bytes (256 symbols).")

@@ -5,6 +5,7 @@ takes. Imports nothing heavy, so `--help` can read it; `charrnn.model` builds on
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 CELLS = ("lstm", "gru", "rnn")
@@ -44,6 +45,8 @@ class ModelConfig:
             raise ValueError("embed must be 0 (one-hot) or positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if not math.isfinite(self.forget_bias):
+            raise ValueError("forget_bias must be a finite number")
 
     @property
     def gates(self) -> int:

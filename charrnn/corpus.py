@@ -94,9 +94,26 @@ def describe_chars(chars: list[str], limit: int = 20) -> str:
     return shown + (f" (and {len(chars) - limit} more)" if len(chars) > limit else "")
 
 
-def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8") -> str | bytes:
+TRAIN_HINT = "use --bytes to train on raw bytes, or --encoding to name the file's encoding"
+# for a text read with a trained model's vocabulary (sample's prime, eval's and viz's text): no such flags there
+MODEL_HINT = "a text model reads UTF-8 (only a byte model, trained with --bytes, takes any bytes)"
+
+
+def check_encoding(encoding: str) -> None:
+    """--encoding must name a text codec Python knows (not, say, base64 or rot13, which map bytes
+    to bytes or text to text)."""
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError, TypeError):
+        raise CorpusError(f"--encoding: unknown encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise CorpusError(f"--encoding: {encoding!r} is not a text encoding")
+
+
+def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8", hint: str = TRAIN_HINT) -> str | bytes:
     """Read a file path, or stdin for '-'. Text mode strips one leading BOM and keeps the rest
-    exactly (CRLF stays CRLF); byte mode returns the raw bytes."""
+    exactly (CRLF stays CRLF); byte mode returns the raw bytes. `hint` ends the message on a text
+    that does not decode: what the command reading it offers."""
     if source == "-":
         raw = sys.stdin.buffer.read()
         where = "stdin"
@@ -115,7 +132,9 @@ def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8") ->
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
         raise CorpusError(f"{where} is not valid {encoding}: bad byte 0x{raw[e.start]:02x} at offset {e.start}; "
-                          f"use --bytes to train on raw bytes, or --encoding to name the file's encoding") from None
+                          f"{hint}") from None
+    except UnicodeError as e:
+        raise CorpusError(f"{where} is not valid {encoding}: {e}; {hint}") from None
     except LookupError:
         raise CorpusError(f"unknown encoding {encoding!r}") from None
     if text.startswith("\ufeff"):
@@ -214,10 +233,8 @@ def _open_source(source: str) -> BinaryIO:
 
 def _decoded(f: BinaryIO, where: str, encoding: str) -> Iterator[str]:
     """The text in pieces; invalid input names its byte offset. Strips one leading BOM."""
-    try:
-        dec = codecs.getincrementaldecoder(encoding)("strict")
-    except LookupError:
-        raise CorpusError(f"unknown encoding {encoding!r}") from None
+    check_encoding(encoding)
+    dec = codecs.getincrementaldecoder(encoding)("strict")
     pos, first = 0, True
     while True:
         raw = f.read(CHUNK)
@@ -228,8 +245,9 @@ def _decoded(f: BinaryIO, where: str, encoding: str) -> Iterator[str]:
             data = pending + raw
             off = pos - len(pending) + e.start
             bad = f"bad byte 0x{data[e.start]:02x}" if e.start < len(data) else "truncated character"
-            raise CorpusError(f"{where} is not valid {encoding}: {bad} at offset {off}; use --bytes to train "
-                              f"on raw bytes, or --encoding to name the file's encoding") from None
+            raise CorpusError(f"{where} is not valid {encoding}: {bad} at offset {off}; {TRAIN_HINT}") from None
+        except UnicodeError as e:       # a codec's own complaint, e.g. utf-16 without its byte-order mark
+            raise CorpusError(f"{where} is not valid {encoding}: {e}; {TRAIN_HINT}") from None
         pos += len(raw)
         if first and s:
             s, first = (s[1:] if s[0] == "\ufeff" else s), False

@@ -70,7 +70,7 @@ def summary(nats_sum: float, count: int) -> dict:
     """nats/char, bits/char and perplexity from a summed loss."""
     nats = nats_sum / max(count, 1)
     return {"chars": count, "nats_per_char": nats, "bits_per_char": nats / math.log(2),
-            "perplexity": math.exp(nats)}
+            "perplexity": math.exp(nats) if nats < 709 else math.inf}    # a wild model's exp() overflows
 
 
 def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = "auto",
@@ -82,7 +82,7 @@ def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: s
     Returns summary()'s numbers plus `text` (what was scored) and `skipped_chars`."""
     from charrnn import zoo
     from charrnn.backends import compile_notices, make_backend, pick_device
-    from charrnn.corpus import describe_chars, read_input, split
+    from charrnn.corpus import MODEL_HINT, describe_chars, read_input, split
 
     ck_arg, file_arg = None, None
     if len(args) == 2:
@@ -96,7 +96,7 @@ def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: s
     ck = zoo.load_checkpoint(ck_arg, log)
     vocab = ck.vocab
     if file_arg is not None:
-        text = read_input(file_arg, byte_mode=vocab.byte_mode)
+        text = read_input(file_arg, byte_mode=vocab.byte_mode, hint=MODEL_HINT)
         what = "stdin" if file_arg == "-" else file_arg
     else:
         src = ck.train_args.get("source") or {}

@@ -17,11 +17,10 @@ import numpy as np
 
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
-from charrnn.corpus import Corpus, CorpusError, Vocab, split
-from charrnn.errors import InputError
+from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
 from charrnn.model import init_params
 from charrnn.optim import parse_clip
-from charrnn.train import LOG2, TrainOptions, new_optimizer, resolve_text
+from charrnn.train import LOG2, TrainOptions, new_optimizer, new_options, resolve_text
 
 SMOOTHING = 0.9        # weight of the past in the moving average of the loss
 DIVERGED = 4.0         # stop once the smoothed loss exceeds this multiple of its minimum
@@ -192,12 +191,14 @@ def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: boo
     from charrnn.backends import pick_device
     from charrnn.corpus import load_corpus
     source, _ = resolve_text(text, log)
-    try:
-        opts = TrainOptions.from_dict(options)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    opts = new_options(options)
+    check_encoding(encoding)
     opts.device = pick_device(opts.device, log)
-    return opts, load_corpus(source, encoding=encoding, byte_mode=byte_mode)
+    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
+    from charrnn.memory import check_training      # a model that cannot fit: one line, before allocating
+    from charrnn.train import new_optimizer_slots
+    check_training(opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts), len(data.codes))
+    return opts, data
 
 
 def page_for(curve: LrCurve, opts: TrainOptions, text: str) -> str:

@@ -101,13 +101,77 @@ class TrainOptions:
                 kw[k] = typed("training option", k, v, getattr(defaults, k))
             else:
                 raise ValueError(f"unknown training option {k!r}")
+        for k, v in model.items():        # the model's numbers by their flags, before ModelConfig's own checks
+            if k in RANGES and isinstance(v, (int, float)) and not isinstance(v, bool):
+                check_number(k, v, RANGES[k])
         kw["model"] = ModelConfig.from_dict({"vocab_size": 0, **model})
         opts = cls(**kw)
-        if opts.optimizer not in OPTIMIZER_DEFAULTS or min(opts.seq_len, opts.batch_size) < 1 \
-                or not opts.lr > 0 or not 0 <= opts.val_frac < 1 or not 0 <= opts.test_frac < 1 \
-                or (opts.max_epochs is not None and not opts.max_epochs > 0):
-            raise ValueError("training options out of range")
+        opts.check()
         return opts
+
+    def check(self) -> None:
+        """Every value finite and in its range (RANGES), every choice known; raises ValueError
+        naming the flag ("--lr: ...")."""
+        for name, bounds in RANGES.items():
+            v = getattr(self.model if name in MODEL_DEFAULTS else self, name)
+            if v is not None:
+                check_number(name, v, bounds)
+        for name, choices in (("optimizer", tuple(OPTIMIZER_DEFAULTS)), ("lr_schedule", LR_SCHEDULES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{flag(name)}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
+        from charrnn.optim import parse_clip     # NumPy comes with it: only when options are checked
+        try:
+            parse_clip(self.clip)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(f"--clip: {msg[5:] if msg.startswith('clip ') else msg}") from None
+
+
+LR_SCHEDULES = ("cosine", "constant")
+F32_MAX = 3.4028234663852886e38     # the kernels compute in float32: a larger number is inf there
+INT_MAX = 2 ** 62                   # a count that NumPy's int64 holds with room to add to it
+# (min, max, min excluded, max excluded) of every numeric option, the model's included: the command
+# line's types (cli_train.py) and TrainOptions.check (options given, or read back from a
+# checkpoint's train_args) both read this table; every value must also be finite
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "hidden": (1, INT_MAX, False, False),
+    "layers": (1, 1000, False, False),      # each layer is a stage of Python-driven work: 1000 is far past useful
+    "embed": (0, INT_MAX, False, False), "dropout": (0, 1, False, True),
+    "forget_bias": (-100, 100, False, False),      # sigmoid(100) is 1 in float32: beyond is the same
+    "seq_len": (1, INT_MAX, False, False), "batch_size": (1, INT_MAX, False, False),
+    "val_frac": (0, 1, False, True), "test_frac": (0, 1, False, True),
+    "lr": (0, F32_MAX, True, False),
+    "beta1": (0, 1, False, True), "beta2": (0, 1, False, True), "alpha": (0, 1, False, True),
+    "momentum": (0, 1, False, True), "rho": (0, 1, False, True), "eps": (0, 1, True, False),
+    "weight_decay": (0, F32_MAX, False, False), "l1": (0, F32_MAX, False, False),
+    "lr_floor": (0, 1, False, False), "lr_decay": (0, 1, True, False), "lr_decay_after": (0, INT_MAX, False, False),
+    "lr_plateau": (0, 1, True, False), "patience": (0, INT_MAX, False, False),
+    "max_epochs": (0, 1e9, True, False), "minutes": (0, 1e9, False, False),     # 1e9 minutes: 1900 years
+    "max_steps": (0, INT_MAX, False, False), "max_nan_retries": (0, INT_MAX, False, False),
+    "val_every": (0, INT_MAX, False, False), "diag_every": (0, INT_MAX, False, False),
+    "val_streams": (1, INT_MAX, False, False), "seed": (0, INT_MAX, False, False),
+}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option's field name: max_epochs -> --max-epochs."""
+    return "--" + name.replace("_", "-")
+
+
+def describe_range(bounds: tuple[float, float, bool, bool]) -> str:
+    lo, hi, lo_open, hi_open = bounds
+    return f"{'>' if lo_open else '>='} {lo:g} and {'<' if hi_open else '<='} {hi if isinstance(hi, int) else f'{hi:g}'}"
+
+
+def check_number(name: str, v, bounds: tuple[float, float, bool, bool]) -> None:
+    """Raise ValueError naming the flag unless v is a finite number within bounds."""
+    lo, hi, lo_open, hi_open = bounds
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{flag(name)}: {v!r} is not a number")
+    if not math.isfinite(v):
+        raise ValueError(f"{flag(name)}: {v} is not a finite number")
+    if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        raise ValueError(f"{flag(name)}: {v:g} is out of range: it must be {describe_range(bounds)}")
 
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainOptions)} - {"model"}

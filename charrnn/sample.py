@@ -370,17 +370,19 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
 
     from charrnn import zoo
     from charrnn.backends import compile_notices, make_backend, pick_device
-    from charrnn.corpus import describe_chars, read_input
+    from charrnn.corpus import MODEL_HINT, describe_chars, read_input
 
     ck = zoo.load_checkpoint(checkpoint, log)
     vocab = ck.vocab
     text: str | bytes = prime or ""
     if prime == "-" or prime_file is not None:
-        text = read_input(prime_file or "-", byte_mode=vocab.byte_mode)
+        text = read_input(prime_file or "-", byte_mode=vocab.byte_mode, hint=MODEL_HINT)
     codes, echoed, skipped = prime_codes(vocab, text, unknown)
     stop_at = stop_codes(vocab, stop)
     if skipped:
         log(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
+    from charrnn.memory import check_sampling
+    check_sampling(ck.config, num_samples)
     be = make_backend(pick_device(device, log, announce=False), ck.config, ck.params, notify=compile_notices(log))
     try:
         dec = Decoding(length=length, temperature=temp, top_k=top_k, top_p=top_p, batch=num_samples, stop=stop_at,

@@ -18,8 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import re
-import shutil
 import signal
 import sys
 import time
@@ -39,6 +37,7 @@ from charrnn.evaluate import evaluate, summary
 from charrnn.model import Params, init_params
 from charrnn.optim import Optimizer, Schedule, parse_clip
 from charrnn.progress import Progress
+from charrnn.rundir import check_free_space, prepare_out_dir  # noqa: F401 (prepare_out_dir: the library's)
 from charrnn.options import OPTIMIZER_DEFAULTS, TRAIN_OPTION_NAMES, TrainOptions
 
 LOG2 = math.log(2)
@@ -543,6 +542,8 @@ class Trainer:
         if self._weights_finite():
             self.save("last", {"step": self.progress.step, "interrupted": True})
 
+    claim = None    # the run directory's lock (rundir.Claim) when prepare_run made the trainer
+
     # the report's per-validation samples: fixed seed and temperature, so they compare across steps
     sample_chars, sample_temp, sample_seed = 300, 0.8, 1234
 
@@ -578,58 +579,6 @@ def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:
     return Optimizer(opts.optimizer, size, np.float32, opts.weight_decay, opts.l1, **hyper)
 
 
-def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create the run directory and prove it is writable now, not an hour from now; sweep away the
-    temporary files of runs that were killed (their process is gone)."""
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        try:
-            with open(probe, "wb") as f:
-                f.write(b"\0" * 65536)
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            if probe.exists():
-                probe.unlink()
-    except OSError as e:
-        raise CorpusError(f"cannot write checkpoints to {path}: {e.strerror or e}") from None
-    for stale in path.glob(".*"):
-        m = _TEMP_NAME.fullmatch(stale.name)
-        if m and not _alive(int(m.group(1))):
-            try:
-                stale.unlink()
-            except OSError:
-                pass
-    return path
-
-
-# what checkpoint.save, the probe and corpus.load_corpus leave behind when killed, with their pid
-_TEMP_NAME = re.compile(r"\.(?:.+\.tmp|write-probe|codes)-(\d+)(?:\.bin)?")
-
-
-def check_free_space(path: Path, need: int) -> None:
-    """Fail at start-up when the disk cannot hold the checkpoints (`last`, `best` and a temporary copy)."""
-    try:
-        free = shutil.disk_usage(path).free
-    except OSError:
-        return
-    if free < need:
-        raise CorpusError(f"not enough space in {path}: the checkpoints need about {need / 1e6:.1f} MB "
-                          f"and {free / 1e6:.1f} MB is free")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _finite_or_none(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
@@ -662,30 +611,41 @@ def resolve_text(text: str, log: Callable[[str], None]) -> tuple[str, str | None
 
 def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = frozenset(), *,
                 name: str | None = None, encoding: str = "utf-8", byte_mode: bool = False,
-                resume: str | None = None, init_from: str | None = None, dist_mode: str = "off",
-                dist_timeout: float = 600.0, log: Callable[[str], None] = lambda m: None) -> Trainer:
+                resume: str | None = None, init_from: str | None = None, overwrite: bool = False,
+                dist_mode: str = "off", dist_timeout: float = 600.0,
+                log: Callable[[str], None] = lambda m: None) -> Trainer:
     """Everything `charrnn train` does before the first step, as one call; `run()` the result.
 
     text: a path, "-" for stdin, or a catalogue name. options: TrainOptions' fields by name (and
     `out`, the run directory or None). given: the names among them the user set explicitly;
     on --resume only those override the checkpoint's own options. dist_mode "auto" joins the
     data-parallel job this process was started in, if any. `log` hears the progress lines (the
-    root rank's only)."""
+    root rank's only). The run directory is claimed and locked here (charrnn/rundir.py): the
+    trainer holds the claim as `trainer.claim`; `release()` it when the run ends (the process's
+    end drops the lock in any case)."""
     from charrnn import dist as distributed
+    from charrnn import rundir
     from charrnn.backends import compile_notices, pick_device
-    from charrnn.corpus import check_source, load_corpus
+    from charrnn.corpus import check_encoding, check_source, load_corpus
 
     comm = distributed.start(dist_timeout) if dist_mode == "auto" else None
     tell = log if comm is None or comm.is_root else (lambda m: None)
     if resume and init_from:
         raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
+    resume_path = ckpt.resolve(resume) if resume else None
+    out, fresh_name = rundir.choose(text, out=options.get("out"), name=name,
+                                    resume_dir=resume_path.parent if resume_path else None)
+    if overwrite and resume_path and Path(out).resolve() == resume_path.parent.resolve():
+        raise InputError("--overwrite starts a new run in place of the old; --resume continues it: not both")
+    settings = {k: v for k, v in options.items() if k != "out"}
+    new_options(settings)    # bad values fail before anything is read or written (the defaults are sound)
+    check_encoding(encoding)
     if comm is not None and comm.local_rank:   # the node's first rank fetches or unpacks into the cache
         comm.barrier(node_only=True)
     source, corpus_name = resolve_text(text, tell)
     if comm is not None and not comm.local_rank:
         comm.barrier(node_only=True)
     check_source(source)
-    resume_path = ckpt.resolve(resume) if resume else None
     base_resume = ckpt.load(resume_path) if resume_path else None
     if init_from:
         from charrnn import zoo
@@ -693,41 +653,99 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     else:
         base_init = None
     base = base_resume or base_init
-    stem = name or (Path(text).stem if text != "-" else None)
-    out = options.get("out") or (f"checkpoints/{name}" if name else None) or \
-        (str(resume_path.parent) if resume_path else None) or (f"checkpoints/{stem}" if stem else None)
-    if out is None:
-        raise InputError("reading stdin: name the run with --out DIR or --name NAME")
-    settings = {k: v for k, v in options.items() if k != "out"}
     if base_resume:   # the run's own options, except those given again on this command line
+        refuse_weights_only(base_resume, resume)
         opts = resume_options(base_resume.train_args, {k: v for k, v in settings.items() if k in given})
     else:
-        try:
-            opts = TrainOptions.from_dict(settings)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-    opts.out = out
-    # --device is resolved on this machine, even on resume: a run may move between CPU and GPU
-    opts.device = pick_device(settings.get("device", opts.device), log, announce=comm is None or comm.is_root)
-    if comm is not None:
-        if text == "-":
-            raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
-        if opts.device == "cuda":
-            comm.pick_gpu()
-        tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
-    run_dir = prepare_out_dir(out)
-    data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
-                       spill_dir=run_dir)
-    if base is None and comm is None and opts.minutes > 0 and not given & SIZED_BY_BUDGET:
-        size_to_budget(opts, data, tell)
-    where_from = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
-    if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
-        where_from["corpus"] = corpus_name
-    trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
-                      notify=compile_notices(tell), source=where_from)
+        opts = new_options(settings)
+    if base:
+        keep_to_checkpoint(base, settings, given, byte_mode, "--resume" if base_resume else "--init-from", tell)
+    if comm is not None and text == "-":
+        raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
+    claim = None
+    if comm is None or comm.is_root:
+        claim = rundir.claim(out, fresh_name=fresh_name, overwrite=overwrite,
+                             resume_dir=resume_path.parent if resume_path else None, log=tell)
+    if comm is not None:        # every rank writes to the directory the root claimed
+        chosen = np.array([claim.n if claim else 0], np.int64)
+        comm.bcast_(chosen)
+        opts.out = str(rundir.numbered(Path(out), int(chosen[0])))
+    else:
+        opts.out = str(claim.path)
+    try:
+        # --device is resolved on this machine, even on resume: a run may move between CPU and GPU
+        opts.device = pick_device(settings.get("device", opts.device), log, announce=comm is None or comm.is_root)
+        if comm is not None:
+            if opts.device == "cuda":
+                comm.pick_gpu()
+            tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
+        run_dir = prepare_out_dir(opts.out)
+        data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
+                           spill_dir=run_dir)
+        if base is None and comm is None and opts.minutes > 0 and not given & SIZED_BY_BUDGET:
+            size_to_budget(opts, data, tell)
+        from charrnn.memory import check_training
+        check_training(base.config if base else opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts),
+                       len(data.codes))
+        where_from = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
+        if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
+            where_from["corpus"] = corpus_name
+        trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
+                          notify=compile_notices(tell), source=where_from)
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        raise
+    trainer.claim = claim
     if base_resume and "lr" in given:     # a rate given again replaces the run's (decays and halvings)
         trainer.lr = opts.lr
     return trainer
+
+
+def new_options(settings: dict) -> TrainOptions:
+    """The options of a new run from the command line's values, each checked (a bad one is a
+    usage error naming its flag)."""
+    try:
+        return TrainOptions.from_dict(settings)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def new_optimizer_slots(opts: TrainOptions) -> int:
+    """Arrays of optimizer state, each the size of the weights, that the options' rule keeps."""
+    from charrnn.optim import STATE_NAMES
+    return len(STATE_NAMES[opts.optimizer])
+
+
+# the model flags that cannot change a checkpoint's weights: its shape, and how fresh weights are drawn
+SHAPE_FLAGS = ("hidden", "layers", "cell", "embed", "activation", "init", "forget_bias")
+
+
+def refuse_weights_only(ck: ckpt.Checkpoint, arg: str) -> None:
+    """--resume needs what only a full checkpoint has: the optimizer's state and the random stream."""
+    if ck.optimizer is None or ck.rng is None:
+        raise InputError(f"--resume {arg}: a weights-only file (no optimizer state or random stream) cannot "
+                         f"continue a run exactly; use --init-from {arg} to train on from its weights")
+
+
+def keep_to_checkpoint(base: ckpt.Checkpoint, settings: dict, given, byte_mode: bool, how: str,
+                       log: Callable[[str], None]) -> None:
+    """No flag is silently ignored next to a checkpoint: a shape flag that disagrees with it is an
+    error, a --dropout given takes effect (said on `log`), and text/byte mode must match."""
+    cfg = base.config
+    for k in SHAPE_FLAGS:
+        if k in given and settings.get(k) != getattr(cfg, k):
+            flag = "--" + k.replace("_", "-")
+            raise InputError(f"{flag} {settings[k]} disagrees with the checkpoint's {getattr(cfg, k)}: {how} keeps "
+                             f"the checkpoint's model; leave {flag} out, or train a new model without {how}")
+    if "dropout" in given and settings.get("dropout") != cfg.dropout:
+        log(f"--dropout {settings['dropout']:g} replaces the checkpoint's {cfg.dropout:g}")
+        base.config = dataclasses.replace(cfg, dropout=settings["dropout"])
+    if byte_mode and not base.vocab.byte_mode:
+        raise InputError(f"--bytes: the checkpoint of {how} is a text model; leave --bytes out")
+    if how == "--init-from" and base.vocab.byte_mode and not byte_mode:
+        raise InputError("--init-from: the checkpoint is a byte model (trained with --bytes); give --bytes to "
+                         "fine-tune it on raw bytes")
 
 
 # architecture flags: giving any of them (or --max-epochs, which may end the run before the budget)
@@ -751,6 +769,8 @@ def size_to_budget(opts: TrainOptions, data: Corpus, log: Callable[[str], None])
 def summary_line(result: dict, run_dir: Path) -> str:
     """The last line of a finished run, for stderr."""
     best = result["best_val_bpc"]
+    saved = any((Path(run_dir) / f"{n}.safetensors").exists() for n in ("best", "last"))
     return (f"done: {result['reason']}; {result['steps']} steps, {result['epochs']:.2f} epochs, "
             f"{result['elapsed_s'] / 60:.1f} min; best validation "
-            f"{'n/a' if best is None else f'{best:.4f} bits/char'}; checkpoints in {run_dir}")
+            f"{'n/a' if best is None else f'{best:.4f} bits/char'}; "
+            + (f"checkpoints in {run_dir}" if saved else f"no checkpoint was written to {run_dir}"))

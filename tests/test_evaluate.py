@@ -70,3 +70,8 @@ def test_training_validates_with_its_streams_option(tmp_path):
     assert t.validate() == summary(*evaluate(t.be, t.val_codes, streams=3))["bits_per_char"]
     t.o.val_streams = 1
     assert t.validate() == summary(*evaluate(t.be, t.val_codes))["bits_per_char"]
+
+
+def test_the_perplexity_of_a_wild_model_is_infinite_not_an_overflow():
+    assert summary(1e6, 10)["perplexity"] == float("inf")
+    assert summary(10.0, 10)["perplexity"] == pytest.approx(np.e)

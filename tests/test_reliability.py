@@ -315,3 +315,12 @@ def test_a_large_corpus_trains_with_memory_well_below_its_size(tmp_path):
     # the old path held bytes + str + UTF-32 + int64 indices: ~14 bytes per character
     assert big - small < size // 4, (small, big)
     assert sorted(f.name for f in (tmp_path / "b").iterdir() if f.name.startswith(".")) == []
+
+
+def test_an_absurd_learning_rate_runs_or_diverges_but_is_never_an_internal_error(tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT)
+    r = charrnn("train", "t.txt", "--hidden", "8", "--layers", "1", "--seq-len", "8", "--batch-size", "4",
+                "--max-steps", "3", "--lr", "1e30", "--device", "cpu", "--out", "run", cwd=tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode in (0, 1) and "internal error" not in err and "Traceback" not in err, err
+    assert "done:" in err or "training diverged" in err

@@ -116,3 +116,11 @@ def test_cuda_backend_reproduces_the_recorded_bits_under_the_simulator(request):
     said = re.search(r"^FIXTURE (.*)$", r.stdout, re.M)
     assert said, r.stdout[-2000:]
     request.node.user_properties.append(("fixture_comparison", said.group(1)))
+
+
+def test_the_last_line_names_checkpoints_only_where_they_were_written(tmp_path):
+    from charrnn.train import summary_line
+    res = {"reason": "reached --max-steps 3", "steps": 0, "epochs": 0.0, "elapsed_s": 1.0, "best_val_bpc": None}
+    assert summary_line(res, tmp_path).endswith(f"no checkpoint was written to {tmp_path}")
+    (tmp_path / "last.safetensors").write_bytes(b"x")
+    assert summary_line(res, tmp_path).endswith(f"checkpoints in {tmp_path}")

@@ -330,7 +330,7 @@ def test_train_options_nest_the_model_config_and_the_cli_takes_their_defaults():
         if name not in ("device", "out", "max_epochs"):   # auto, a directory from the text, a budget-aware None
             assert params[name] == defaults[name], name
     assert not set(params) - TRAIN_OPTION_NAMES - {"text", "name", "encoding", "byte_mode", "resume",
-                                                   "init_from", "dist_mode", "dist_timeout"}
+                                                   "init_from", "overwrite", "dist_mode", "dist_timeout"}
 
 
 def test_options_read_back_nested_as_saved_or_flat_as_given_on_the_command_line():
@@ -375,3 +375,33 @@ def test_a_checkpoint_with_the_flat_training_record_of_earlier_versions_resumes_
         Trainer(opts, _text(), prepare_out_dir(tmp_path / name), show_progress=False, resume=base).run()
         ends.append(ckpt.load(tmp_path / name / "last.safetensors").params.flat)
     np.testing.assert_array_equal(*ends)
+
+@pytest.mark.parametrize("field,value,why", [
+    ("lr", math.nan, "--lr: nan is not a finite number"), ("eps", math.inf, "--eps: inf is not a finite number"),
+    ("weight_decay", -1.0, "--weight-decay: -1 is out of range"), ("hidden", 0, "--hidden: 0 is out of range"),
+    ("forget_bias", math.inf, "--forget-bias: inf"), ("max_epochs", 1e300, "--max-epochs"),
+    ("seed", -1, "--seed"), ("clip", "norm:abc", "--clip: must be"), ("lr_schedule", "wavy", "--lr-schedule"),
+    ("layers", 100000, "--layers: 100000 is out of range"), ("val_streams", 0, "--val-streams"),
+])
+def test_every_option_is_checked_when_read_whether_given_or_from_a_checkpoint(field, value, why):
+    with pytest.raises(ValueError, match=why.replace("(", r"\(")):
+        TrainOptions.from_dict({field: value})
+    from charrnn.train import resume_options
+    with pytest.raises(ckpt.CheckpointError, match="the checkpoint's training options are malformed"):
+        resume_options({**TrainOptions().to_dict(), field: value}, {})
+    if field not in ("clip", "lr_schedule"):     # the model's fields nested, as to_dict saves them
+        nested = TrainOptions().to_dict()
+        (nested["model"] if field in nested["model"] else nested)[field] = value
+        with pytest.raises(ValueError, match=why.split(":")[0]):
+            TrainOptions.from_dict(nested)
+
+
+def test_the_cli_and_the_options_share_one_table_of_ranges():
+    from charrnn.options import RANGES
+    from click.testing import CliRunner as Runner
+    params = {p.name: p for p in cli.commands["train"].params}
+    for name, (lo, hi, lo_open, hi_open) in RANGES.items():
+        t = params[name].type
+        assert t.min == lo and t.min_open == lo_open, name
+        assert t.max in (hi, None), name
+    assert Runner().invoke(cli, ["train", "x", "--lr", "nan"]).exit_code == 2

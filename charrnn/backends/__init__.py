@@ -6,15 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
-import numpy as _np
-
 from charrnn.errors import DeviceError
-
-# numba-cuda releases up to at least 0.2x register an overload for np.row_stack, which NumPy 2.4
-# removed; without the alias their first kernel compile fails with AttributeError. Harmless
-# elsewhere: it only names an existing function.
-if not hasattr(_np, "row_stack"):
-    _np.row_stack = _np.vstack
 
 DEVICES = ("auto", "cpu", "cuda")
 

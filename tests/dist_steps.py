@@ -9,14 +9,17 @@ type as raw float64 files DIR/<cell>-<type>.bin and DIR/<cell>-<type>-norms.bin.
 import sys
 from pathlib import Path
 
-import numpy as np
+if __name__ == "__main__":   # an MPI rank: its share of the cores, set before NumPy loads
+    from charrnn.threads import setup_threads
+    setup_threads()
+import numpy as np  # noqa: E402
 
-from charrnn import dist
-from charrnn.backends.cpu import CpuBackend
-from charrnn.batches import Batches
-from charrnn.model import Params, init_params
-from charrnn.optim import Optimizer
-from tiny_models import tiny_config
+from charrnn import dist  # noqa: E402
+from charrnn.backends.cpu import CpuBackend  # noqa: E402
+from charrnn.batches import Batches  # noqa: E402
+from charrnn.model import Params, init_params  # noqa: E402
+from charrnn.optim import Optimizer  # noqa: E402
+from tiny_models import tiny_config  # noqa: E402
 
 CELLS = ("lstm", "gru")
 CLIP = 0.05         # below every norm these steps reach: clipping acts on each step

@@ -209,20 +209,10 @@ class Trainer:
 
     # -- data parallel ---------------------------------------------------------------------
     def _bind_backend(self) -> None:
-        """Data parallel: give the step's all-reduce one buffer, the gradient followed by a tail
-        [loss_sum, elapsed per rank..., signal per rank...]. A host backend computes its gradient
-        straight into that buffer; a GPU backend's gradient is staged through it (pinned memory)."""
-        if not self.dist:
-            return
-        n, size = self.be.params_host().flat.size, self.dist.size
-        if self.be.grad_on_host:
-            self._packed = np.zeros(n + 1 + 2 * size, self.be.grad.flat.dtype)
-            self.be.grad = Params(self.cfg, self._packed[:n])
-            self._stage = None
-        else:
-            from numba import cuda
-            self._packed = cuda.pinned_array(n + 1 + 2 * size, np.float32)
-            self._stage = self.be.g
+        """Data parallel: the step's all-reduce buffer, from the backend: the gradient followed by
+        a tail [loss_sum, elapsed per rank..., signal per rank...]."""
+        if self.dist:
+            self._packed = self.be.reduce_buffer(1 + 2 * self.dist.size)
 
     def _reduce_step(self, loss: float, t0: float) -> float:
         """All-reduce this step's gradient, loss, elapsed time and signal; returns the global loss
@@ -234,11 +224,7 @@ class Trainer:
         tail[0] = loss
         tail[1 + d.rank] = time.perf_counter() - t0
         tail[1 + n + d.rank] = self._sig.signum
-        if self._stage is not None:
-            self._stage.copy_to_host(g[:g.size - tail.size])
-        d.allreduce_(g)
-        if self._stage is not None:
-            self._stage.copy_to_device(g[:g.size - tail.size])
+        self.be.reduce_gradient(d.allreduce_)
         self.progress.elapsed = max(self.progress.elapsed, float(tail[1:1 + n].max()))
         self._stop_signal = int(tail[1 + n:].max())
         return float(tail[0])

@@ -267,6 +267,26 @@ def test_dropout_kernel_applies_the_masks_of_charrnn_dropout(seed):
 
 
 @needs_cuda
+def test_the_gradient_is_staged_through_the_reduce_buffer_and_the_sum_comes_back():
+    """Data parallel: reduce_gradient copies the device gradient into the head of reduce_buffer's
+    host array, hands the array to the reduction and takes its sum back as the gradient."""
+    cfg = tiny_config(vocab_size=5, hidden=3, layers=1, cell="rnn")
+    p64, x, y, state = _case(cfg, 2, 1)
+    be = _backend(cfg, p64.astype(np.float32))
+    packed = be.reduce_buffer(3)
+    be.train_step(x, y, state.astype(np.float32))
+    g = be.grad_host().flat.copy()
+    seen = []
+
+    def reduce(buf):
+        seen.append(buf.copy())
+        buf *= 2
+    be.reduce_gradient(reduce)
+    assert packed.size == g.size + 3 and len(seen) == 1 and np.any(g)
+    assert np.array_equal(seen[0][:g.size], g) and np.array_equal(be.grad_host().flat, 2 * g)
+
+
+@needs_cuda
 def test_state_can_stay_on_the_device_between_windows():
     cfg = tiny_config(vocab_size=5, hidden=3, layers=1)
     p, x, y, state = _case(cfg, 2, 2)

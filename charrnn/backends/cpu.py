@@ -58,7 +58,6 @@ class CpuBackend:
     """The backend contract on the CPU (see charrnn/backends/__init__.py)."""
 
     name = "cpu"
-    grad_on_host = True
 
     def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
                  tuning: CpuTuning = CpuTuning()):
@@ -247,6 +246,17 @@ class CpuBackend:
 
     def zero_state(self, batch: int) -> np.ndarray:
         return zero_state(self.cfg, batch, self.dtype)
+
+    # -- data parallel -----------------------------------------------------------------------
+    def reduce_buffer(self, extra: int) -> np.ndarray:
+        """The gradient is computed straight into the buffer's head from now on: nothing is copied."""
+        n = self.p.flat.size
+        self._reduce_buf = np.zeros(n + extra, self.dtype)
+        self.grad = Params(self.cfg, self._reduce_buf[:n])
+        return self._reduce_buf
+
+    def reduce_gradient(self, reduce: Callable[[np.ndarray], None]) -> None:
+        reduce(self._reduce_buf)
 
 
 _warmed: set = set()

@@ -93,7 +93,6 @@ class CudaBackend:
     """The backend contract on an NVIDIA GPU (see charrnn/backends/__init__.py)."""
 
     name = "cuda"
-    grad_on_host = False
 
     def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
                  tiles: tuple[str, str] | None = None, persistent: bool = True):
@@ -426,6 +425,18 @@ class CudaBackend:
 
     def zero_state(self, batch: int) -> DeviceState:
         return DeviceState(cuda.to_device(zero_state(self.cfg, batch, np.float32)))
+
+    # -- data parallel -------------------------------------------------------------------------
+    def reduce_buffer(self, extra: int) -> np.ndarray:
+        """Pinned host memory: the gradient is staged through it around each reduction."""
+        self._reduce_buf = cuda.pinned_array(self.g.shape[0] + extra, np.float32)
+        return self._reduce_buf
+
+    def reduce_gradient(self, reduce: Callable[[np.ndarray], None]) -> None:
+        head = self._reduce_buf[:self.g.shape[0]]
+        self.g.copy_to_host(head)
+        reduce(self._reduce_buf)
+        self.g.copy_to_device(head)
 
     # -- sampling ------------------------------------------------------------------------------
     def _sample_weights(self) -> dict:

@@ -471,8 +471,11 @@ def test_gpu_large_tiles_match_reference(persistent):
 @pytest.mark.gpu
 def test_gpu_persistent_loop_is_in_use():
     from charrnn.backends.cuda import CudaBackend
+    from charrnn.optim import Optimizer
     cfg = tiny_config(vocab_size=5, hidden=8, layers=1)
-    assert CudaBackend(cfg, init_params(cfg, np.random.default_rng(0))).persistent
+    be = CudaBackend(cfg, init_params(cfg, np.random.default_rng(0)))
+    be.warm_up(2, 1, Optimizer("adam", be.w.shape[0]))     # compiles, and learns whether they run here
+    assert be.persistent
 
 
 # ---------------------------------------------------------------- kernels compile for the real target

@@ -11,6 +11,7 @@ from numba import cuda, float32, float64, int64
 
 from charrnn.backends.cuda_cells import gru_cell, lstm_cell, rnn_cell
 from charrnn.backends.cuda_device import F0, GRU, LSTM, NW, RED, block_max, block_sum
+from charrnn.backends.cuda_softmax import row_logsumexp
 
 # ---------------------------------------------------------------- sampling
 @cuda.jit(cache=True)
@@ -91,19 +92,7 @@ def _out_row(bi, W, bo, h, logits, probs, temp, top_k, u, step, draw, codes, his
         cuda.syncthreads()
     if not draw:
         return
-    # log-normaliser of the plain logits, for logp
-    m = -math.inf
-    for k in range(t, V, RED):
-        v = float64(logits[bi, k])
-        if v > m:
-            m = v
-    red[t] = m
-    mx = block_max(red, t)
-    acc2 = 0.0
-    for k in range(t, V, RED):
-        acc2 += math.exp(float64(logits[bi, k]) - mx)
-    red[t] = acc2
-    lognorm = mx + math.log(block_sum(red, t))
+    lognorm = row_logsumexp(logits, bi, red, t)       # of the plain logits, for logp
     if temp == 0.0:
         # argmax, the first index on ties (as np.argmax)
         best = -math.inf

@@ -11,6 +11,25 @@ from numba import cuda, float64
 from charrnn.backends.cuda_device import RED, block_max, block_sum
 
 # ---------------------------------------------------------------- output layer
+@cuda.jit(device=True, inline=True)
+def row_logsumexp(x, n, red, t):
+    """log(sum(exp(x[n, :]))) in float64, the maximum taken out first, by the whole block (RED
+    threads; red its shared float64 scratch). The loss and the sampler's log-probabilities use it."""
+    V = x.shape[1]
+    m = -math.inf
+    for k in range(t, V, RED):
+        v = float64(x[n, k])
+        if v > m:
+            m = v
+    red[t] = m
+    m = block_max(red, t)
+    acc = 0.0
+    for k in range(t, V, RED):
+        acc += math.exp(float64(x[n, k]) - m)
+    red[t] = acc
+    return m + math.log(block_sum(red, t))
+
+
 @cuda.jit(cache=True)
 def softmax_xent(logits, y, scale, want_grad, losses):
     """One block per row: losses[n] = logsumexp(logits[n]) - logits[n, y[n]] (float64, as the CPU);
@@ -19,19 +38,7 @@ def softmax_xent(logits, y, scale, want_grad, losses):
     n = cuda.blockIdx.x
     t = cuda.threadIdx.x
     V = logits.shape[1]
-    m = -math.inf
-    for k in range(t, V, RED):
-        v = float64(logits[n, k])
-        if v > m:
-            m = v
-    red[t] = m
-    m = block_max(red, t)
-    acc = 0.0
-    for k in range(t, V, RED):
-        acc += math.exp(float64(logits[n, k]) - m)
-    red[t] = acc
-    total = block_sum(red, t)
-    lse = m + math.log(total)
+    lse = row_logsumexp(logits, n, red, t)
     yn = y[n]
     if t == 0:
         losses[n] = lse - float64(logits[n, yn])

@@ -111,7 +111,9 @@ def gemm_variants(shapes, variants, repeats):
     """Each tile shape of the GEMM on the training window's products: error against NumPy in
     float64 on fresh random inputs, then median time and TFLOP/s. Data for choosing TILES."""
     from numba import cuda
-    from charrnn.backends import cuda_kernels as K
+    from charrnn.backends import cuda_gemm as K
+    from charrnn.backends.cuda import prepare_numba
+    prepare_numba()                  # what a backend sets before its first compile
     r = np.random.default_rng(7)
     out = {}
     for name, (M, N, Kd, ta, tb) in shapes.items():

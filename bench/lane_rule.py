@@ -17,7 +17,9 @@ import statistics
 import time
 
 os.environ.setdefault("CHARRNN_THREADS", "2")
-import charrnn  # noqa: E402,F401  (maps CHARRNN_THREADS before NumPy loads)
+from charrnn.threads import setup_threads  # noqa: E402
+
+setup_threads()            # CHARRNN_THREADS, before NumPy loads
 import numpy as np  # noqa: E402
 
 from charrnn.backends.cpu import CpuBackend, CpuTuning  # noqa: E402

@@ -69,7 +69,11 @@ class CharrnnSide:
     name = "charrnn"
 
     def __init__(self, layers, hidden, T, B, seed=0, cell="lstm"):
-        import charrnn  # noqa: F401  (first: it maps CHARRNN_THREADS before NumPy loads)
+        try:                     # first: CHARRNN_THREADS must act before NumPy loads
+            from charrnn.threads import setup_threads
+            setup_threads()
+        except ImportError:      # an older tree (ab_speed.py's `before`) maps it when charrnn is imported
+            import charrnn  # noqa: F401
         import numpy as np
         from charrnn.backends.cpu import CpuBackend
         from charrnn.model import ModelConfig, init_params
@@ -371,7 +375,8 @@ def compile_time(threads: int) -> dict:
 def sgemm_peak(threads: int) -> float:
     """GFLOP/s of NumPy's float32 4096^3 product at this thread count (best of 5), in a process
     with the benchmark's environment: the practical ceiling of any training step here."""
-    code = ("import charrnn, time, numpy as np\n"
+    code = ("from charrnn.threads import setup_threads; setup_threads()\n"
+            "import time, numpy as np\n"
             "a=np.ones((4096,4096),np.float32); c=a@a; best=1e9\n"
             "for _ in range(5):\n"
             "    t=time.perf_counter(); np.matmul(a,a,out=c); best=min(best,time.perf_counter()-t)\n"

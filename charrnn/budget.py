@@ -69,6 +69,7 @@ def measure(cfg, device: str, T: int, B: int, seconds: float, train_chars: int, 
 
     from charrnn.backends import make_backend
     from charrnn.model import init_params, n_params
+    from charrnn.step import train_step
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg.vocab_size, (T, B))
@@ -84,8 +85,7 @@ def measure(cfg, device: str, T: int, B: int, seconds: float, train_chars: int, 
         be.warm_up(T, B, opt)
         steps, t0 = -1, 0.0          # the first step (buffers, caches) is not timed
         while steps < 2 or time.perf_counter() - t0 < PROBE_S:
-            _, state = be.train_step(x, y, state, dropout_seed=steps + 2)
-            be.optimizer_step(opt, 1e-3, ("norm", 5.0))
+            state = train_step(be, opt, x, y, state, 1e-3, ("norm", 5.0), dropout_seed=steps + 2).state
             steps += 1
             if steps == 0:
                 t0 = time.perf_counter()

@@ -31,6 +31,8 @@ def cli() -> None:
       charrnn eval --split test          # bits per character on the held-back test split
       charrnn lr-find shakespeare        # suggest a learning rate
     """
+    from charrnn.threads import setup_threads
+    setup_threads()            # before any command loads NumPy: CHARRNN_THREADS, an MPI rank's share
 
 
 cli.add_command(train)

@@ -6,7 +6,7 @@ collectives training needs, every one non-blocking and polled against a deadline
 died or stopped ends the job after `timeout` seconds instead of hanging it. `abort()` ends
 every rank with one exit code (1, 2, 130, 143 pass through MPI_Abort to mpiexec).
 
-This module imports nothing heavy at the top: charrnn/__init__.py calls `blas_threads_for()`
+This module imports nothing heavy at the top: charrnn/threads.py calls `blas_threads_for()`
 before NumPy loads.
 """
 from __future__ import annotations

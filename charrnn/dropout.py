@@ -10,7 +10,7 @@ GPU see the same masks for the same seed.
 
 `uniform` is plain arithmetic on uint64 and float64, written to run unchanged as NumPy
 (arrays or scalars), inside @njit kernels (cpu_kernels compiles it with njit) and as a
-numba.cuda device function (cuda_kernels compiles it with cuda.jit(device=True)); an element
+numba.cuda device function (cuda_device.py compiles it with cuda.jit(device=True)); an element
 is kept where uniform >= p. Callers pass the seed and the index as uint64: mixing int64 into
 the products would turn them to float under Numba's typing rules. Numba's on-disk cache keys a
 kernel on its own file only, so a change here would need the cache cleared; but the masks are

@@ -20,6 +20,7 @@ from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
 from charrnn.model import init_params
 from charrnn.optim import parse_clip
+from charrnn.step import train_step
 from charrnn.train import LOG2, TrainOptions, new_optimizer, new_options, resolve_text
 
 SMOOTHING = 0.9        # weight of the past in the moving average of the loss
@@ -106,18 +107,14 @@ def lr_find(opts: TrainOptions, text: str | bytes | Corpus, steps: int = 300, st
         cursor += 1
         lr = rate_at(i, steps, start, end)
         seed = int(rng.integers(1 << 62)) if cfg.dropout else 0
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            try:
-                loss, state = be.train_step(x, y, state, seed)
-                gnorm = be.optimizer_step(opt, lr, clip) if math.isfinite(loss) else math.nan
-            except (ZeroDivisionError, FloatingPointError):
-                loss = gnorm = math.nan
+        st = train_step(be, opt, x, y, state, lr, clip, seed)
+        state = st.state
         if progress:
             progress(1)
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        if st.fault:
             curve.stopped = f"the loss or gradient became non-finite at rate {lr:.3g}"
             break
-        bpc = loss / chars / LOG2
+        bpc = st.loss / chars / LOG2
         avg = SMOOTHING * avg + (1 - SMOOTHING) * bpc
         sm = avg / (1 - SMOOTHING ** (i + 1))
         curve.lr.append(lr)

@@ -45,6 +45,21 @@ def n_params(cfg: ModelConfig) -> int:
     return sum(int(np.prod(s)) for _, s in param_shapes(cfg))
 
 
+def param_offsets(cfg: ModelConfig) -> dict[str, int]:
+    """The offset table: where each tensor of the sizes table starts in the flat buffer."""
+    offsets, off = {}, 0
+    for name, shape in param_shapes(cfg):
+        offsets[name] = off
+        off += int(np.prod(shape))
+    return offsets
+
+
+def param_views(cfg: ModelConfig, flat) -> dict:
+    """Each tensor as a view into `flat` (any 1-d array that slices and reshapes: host or device)."""
+    offs = param_offsets(cfg)
+    return {name: flat[offs[name]:offs[name] + int(np.prod(shape))].reshape(shape) for name, shape in param_shapes(cfg)}
+
+
 class Params:
     """One contiguous buffer and a dict of named views into it (views share memory)."""
 
@@ -56,12 +71,7 @@ class Params:
         if flat.ndim != 1 or flat.size != n:
             raise ValueError(f"parameter buffer has {flat.size} values, the config needs {n}")
         self.flat = flat
-        self.views: dict[str, np.ndarray] = {}
-        off = 0
-        for name, shape in param_shapes(cfg):
-            size = int(np.prod(shape))
-            self.views[name] = flat[off:off + size].reshape(shape)
-            off += size
+        self.views: dict[str, np.ndarray] = param_views(cfg, flat)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.views[name]

@@ -16,13 +16,7 @@ from numba import njit
 
 from charrnn.options import OPTIMIZER_DEFAULTS
 
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad", "adadelta", "sgd", "nesterov")
-
 DEFAULTS = OPTIMIZER_DEFAULTS    # each rule's hyperparameters and their usual values (options.py)
-STATE_NAMES = {"adam": ("m", "v"), "adamw": ("m", "v"), "rmsprop": ("sq",), "adagrad": ("sum",),
-               "adadelta": ("sq", "delta"), "sgd": ("vel",), "nesterov": ("vel",)}
-# rules whose weight decay shrinks the weights directly instead of adding an L2 gradient
-DECOUPLED = ("adamw",)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -93,6 +87,45 @@ def _nesterov(w, g, vel, lr, mu):
     for k in range(w.size):
         vel[k] = mu * vel[k] + g[k]
         w[k] -= lr * (g[k] + mu * vel[k])
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One update rule, for both devices. Its kernels (`cpu` here, the one named `cuda` in
+    backends/cuda_optim.py) take (w, g, *state arrays, *scalars(...)): the state in `state`'s
+    order, then the rate and the hyperparameters in `hyper`'s order, then Adam's step count
+    (CPU) or bias corrections (GPU), then a decoupled weight decay."""
+    state: tuple[str, ...]          # the state arrays, each in the parameters' layout
+    hyper: tuple[str, ...]          # the hyperparameters the kernels take (DEFAULTS[name]'s keys)
+    cpu: Callable                   # the @njit loop
+    cuda: str                       # the kernel's name in backends/cuda_optim.py
+    bias_corrected: bool = False    # Adam's moments: corrected by 1 - beta^t
+    decoupled: bool = False         # the weight decay shrinks the weights in the rule, not as an L2 gradient
+
+    def scalars(self, opt: "Optimizer", lr: float, corrections: bool) -> tuple:
+        """The kernels' scalar arguments for `opt` at rate lr. corrections: Adam's bias
+        corrections 1 - beta1^t and 1 - beta2^t computed here (the GPU's kernels take them so),
+        rather than the step count t (the CPU's compute them)."""
+        h = opt.hyper
+        out = (lr, *(h[k] for k in self.hyper))
+        if self.bias_corrected:
+            out += (1.0 - h["beta1"] ** opt.t, 1.0 - h["beta2"] ** opt.t) if corrections else (opt.t,)
+        if self.decoupled:
+            out += (opt.weight_decay,)
+        return out
+
+
+RULES = {
+    "adam": Rule(("m", "v"), ("beta1", "beta2", "eps"), _adam, "adam", bias_corrected=True),
+    "adamw": Rule(("m", "v"), ("beta1", "beta2", "eps"), _adamw, "adamw", bias_corrected=True, decoupled=True),
+    "rmsprop": Rule(("sq",), ("alpha", "eps"), _rmsprop, "rmsprop"),
+    "adagrad": Rule(("sum",), ("eps",), _adagrad, "adagrad"),
+    "adadelta": Rule(("sq", "delta"), ("rho", "eps"), _adadelta, "adadelta"),
+    "sgd": Rule(("vel",), ("momentum",), _sgd, "sgd"),
+    "nesterov": Rule(("vel",), ("momentum",), _nesterov, "nesterov"),
+}
+OPTIMIZERS = tuple(RULES)
+STATE_NAMES = {name: rule.state for name, rule in RULES.items()}   # what a checkpoint may hold per rule
 
 
 SUMSQ_CHUNKS = 64
@@ -193,7 +226,7 @@ class Optimizer:
         if unknown:
             raise ValueError(f"{name} has no hyperparameter {', '.join(sorted(unknown))}")
         self.weight_decay, self.l1 = float(weight_decay), float(l1)
-        self.state = {k: np.zeros(size, dtype=dtype) for k in STATE_NAMES[name]}
+        self.state = {k: np.zeros(size, dtype=dtype) for k in RULES[name].state}
         self.t = 0
 
     def step(self, w: np.ndarray, g: np.ndarray, lr: float, run: Runner | None = None, parts: int = 1) -> None:
@@ -207,26 +240,13 @@ class Optimizer:
         l2 = self.coupled_l2
         if l2 or self.l1:
             _penalties(w, g, l2, self.l1)
-        h, s = self.hyper, {k: v[a:b] for k, v in self.state.items()}
-        if self.name == "adam":
-            _adam(w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], self.t)
-        elif self.name == "adamw":
-            _adamw(w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], self.t, self.weight_decay)
-        elif self.name == "rmsprop":
-            _rmsprop(w, g, s["sq"], lr, h["alpha"], h["eps"])
-        elif self.name == "adagrad":
-            _adagrad(w, g, s["sum"], lr, h["eps"])
-        elif self.name == "adadelta":
-            _adadelta(w, g, s["sq"], s["delta"], lr, h["rho"], h["eps"])
-        elif self.name == "sgd":
-            _sgd(w, g, s["vel"], lr, h["momentum"])
-        else:
-            _nesterov(w, g, s["vel"], lr, h["momentum"])
+        rule = RULES[self.name]
+        rule.cpu(w, g, *(self.state[k][a:b] for k in rule.state), *rule.scalars(self, lr, corrections=False))
 
     @property
     def coupled_l2(self) -> float:
         """The L2 coefficient added to the gradient (0 for a rule whose decay is decoupled)."""
-        return 0.0 if self.name in DECOUPLED else self.weight_decay
+        return 0.0 if RULES[self.name].decoupled else self.weight_decay
 
     def to_meta(self) -> dict:
         return {"name": self.name, "hyper": self.hyper, "weight_decay": self.weight_decay,

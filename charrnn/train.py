@@ -38,6 +38,7 @@ from charrnn.model import Params, init_params
 from charrnn.optim import Optimizer, Schedule, parse_clip
 from charrnn.progress import Progress
 from charrnn.rundir import check_free_space, prepare_out_dir  # noqa: F401 (prepare_out_dir: the library's)
+from charrnn.step import train_step
 from charrnn.options import OPTIMIZER_DEFAULTS, TRAIN_OPTION_NAMES, TrainOptions
 
 LOG2 = math.log(2)
@@ -208,20 +209,10 @@ class Trainer:
 
     # -- data parallel ---------------------------------------------------------------------
     def _bind_backend(self) -> None:
-        """Data parallel: give the step's all-reduce one buffer, the gradient followed by a tail
-        [loss_sum, elapsed per rank..., signal per rank...]. A host backend computes its gradient
-        straight into that buffer; a GPU backend's gradient is staged through it (pinned memory)."""
-        if not self.dist:
-            return
-        n, size = self.be.params_host().flat.size, self.dist.size
-        if self.be.grad_on_host:
-            self._packed = np.zeros(n + 1 + 2 * size, self.be.grad.flat.dtype)
-            self.be.grad = Params(self.cfg, self._packed[:n])
-            self._stage = None
-        else:
-            from numba import cuda
-            self._packed = cuda.pinned_array(n + 1 + 2 * size, np.float32)
-            self._stage = self.be.g
+        """Data parallel: the step's all-reduce buffer, from the backend: the gradient followed by
+        a tail [loss_sum, elapsed per rank..., signal per rank...]."""
+        if self.dist:
+            self._packed = self.be.reduce_buffer(1 + 2 * self.dist.size)
 
     def _reduce_step(self, loss: float, t0: float) -> float:
         """All-reduce this step's gradient, loss, elapsed time and signal; returns the global loss
@@ -233,11 +224,7 @@ class Trainer:
         tail[0] = loss
         tail[1 + d.rank] = time.perf_counter() - t0
         tail[1 + n + d.rank] = self._sig.signum
-        if self._stage is not None:
-            self._stage.copy_to_host(g[:g.size - tail.size])
-        d.allreduce_(g)
-        if self._stage is not None:
-            self._stage.copy_to_device(g[:g.size - tail.size])
+        self.be.reduce_gradient(d.allreduce_)
         self.progress.elapsed = max(self.progress.elapsed, float(tail[1:1 + n].max()))
         self._stop_signal = int(tail[1 + n:].max())
         return float(tail[0])
@@ -340,34 +327,30 @@ class Trainer:
             self.sched.on_epoch(self.progress.epoch)
         x, y = bt.window(self.progress.cursor)
         seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout else 0
-        share = {"streams": (bt.lo, bt.batch)} if self.dist else {}
-        # overflow is judged below, by the finiteness of the results, not by NumPy warnings;
-        # a compiled kernel may instead raise ZeroDivisionError on inf/inf
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            try:
-                loss, state = self.be.train_step(x, y, self.state, seed, **share)
-            except (ZeroDivisionError, FloatingPointError):
-                loss = math.nan
-            if self.dist:
-                loss = self._reduce_step(loss, t0)
-            if not math.isfinite(loss):
-                return "the loss"
-            lr_now = self.sched.rate(self.progress.step, self.progress.elapsed)
-            watch = self._diag_due(self.progress.step + 1)
-            if watch:       # the raw gradient and the weights before the update, for the ratios
-                grad_norms = diagnostics.norms(self.be.grad_host())
-                before = self.be.params_host().flat.copy()
-            try:
-                gnorm = self.be.optimizer_step(self.opt, lr_now, self.clip)
-            except (ZeroDivisionError, FloatingPointError):
-                gnorm = math.nan
-            if not math.isfinite(gnorm):
-                return "the gradient"
-            if watch:
+        watch = self._diag_due(self.progress.step + 1)
+        seen: dict = {}
+
+        def before_update():    # the raw gradient and the weights before the update, for the ratios
+            seen["grad_norm"] = diagnostics.norms(self.be.grad_host())
+            seen["before"] = self.be.params_host().flat.copy()
+
+        def rate():             # after the reduction, which agrees on the elapsed time
+            return self.sched.rate(self.progress.step, self.progress.elapsed)
+
+        def reduce(loss):
+            return self._reduce_step(loss, t0)
+        st = train_step(self.be, self.opt, x, y, self.state, rate, self.clip, seed,
+                        streams=(bt.lo, bt.batch) if self.dist else None, reduce=reduce if self.dist else None,
+                        before_update=before_update if watch else None)
+        if st.fault:
+            return st.fault
+        if watch:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 after = self.be.params_host()
                 self._diag = {"step": self.progress.step + 1,
-                              "update_ratio": diagnostics.update_ratios(before, after),
-                              "param_norm": diagnostics.norms(after), "grad_norm": grad_norms}
+                              "update_ratio": diagnostics.update_ratios(seen["before"], after),
+                              "param_norm": diagnostics.norms(after), "grad_norm": seen["grad_norm"]}
+        loss, state, lr_now, gnorm = st.loss, st.state, st.lr, st.grad_norm
         chars = bt.batch * bt.seq_len
         self.state, self.lr_now, self.gnorm = state, lr_now, gnorm
         self.progress.step += 1

@@ -17,8 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from charrnn import dist, train
-from charrnn.cli import main
+from charrnn.threads import setup_threads
+
+setup_threads()              # as the command line does, before charrnn.train loads NumPy
+from charrnn import dist, train  # noqa: E402
+from charrnn.cli import main  # noqa: E402
 
 rank_s, step_s, what = os.environ.get("CHARRNN_TEST_FAULT", "-1:0:none").split(":")
 fault_rank, fault_step = int(rank_s), int(step_s)

@@ -1,6 +1,7 @@
 """Data-parallel steps at the backend level, in any float type, for tests/test_dist.py (not a
 test module). The trainer keeps float32 weights; this runs the same per-rank work as
-Trainer._train_step (its streams, global dropout masks, 1/(T*B) scaling, one all-reduce, then
+Trainer._train_step (its streams, global dropout masks, 1/(T*B) scaling, one all-reduce through
+the backend's reduce_buffer/reduce_gradient, then
 clipping and the update) on CpuBackend in float64 too.
 
 `mpiexec -n N python tests/dist_steps.py DIR` writes rank 0's results for each cell and float
@@ -9,14 +10,17 @@ type as raw float64 files DIR/<cell>-<type>.bin and DIR/<cell>-<type>-norms.bin.
 import sys
 from pathlib import Path
 
-import numpy as np
+if __name__ == "__main__":   # an MPI rank: its share of the cores, set before NumPy loads
+    from charrnn.threads import setup_threads
+    setup_threads()
+import numpy as np  # noqa: E402
 
-from charrnn import dist
-from charrnn.backends.cpu import CpuBackend
-from charrnn.batches import Batches
-from charrnn.model import Params, init_params
-from charrnn.optim import Optimizer
-from tiny_models import tiny_config
+from charrnn import dist  # noqa: E402
+from charrnn.backends.cpu import CpuBackend  # noqa: E402
+from charrnn.batches import Batches  # noqa: E402
+from charrnn.model import init_params  # noqa: E402
+from charrnn.optim import Optimizer  # noqa: E402
+from tiny_models import tiny_config  # noqa: E402
 
 CELLS = ("lstm", "gru")
 CLIP = 0.05         # below every norm these steps reach: clipping acts on each step
@@ -29,8 +33,7 @@ def train(cell: str, comm=None, dtype=np.float64, steps: int = 20, B: int = 6, T
     be = CpuBackend(cfg, init_params(cfg, np.random.default_rng(1), dtype))
     bt = Batches(codes, B, T, share=(comm.rank, comm.size) if comm else (0, 1))
     n = be.p.flat.size
-    packed = np.zeros(n + 1, dtype)                       # gradient, then the loss: one buffer
-    be.grad = Params(cfg, packed[:n])
+    packed = be.reduce_buffer(1)                          # gradient, then the loss: one buffer
     opt = Optimizer("adam", n, dtype)
     state = be.zero_state(bt.local_batch)
     norms = []
@@ -38,7 +41,7 @@ def train(cell: str, comm=None, dtype=np.float64, steps: int = 20, B: int = 6, T
         x, y = bt.window(k)
         packed[n], state = be.train_step(x, y, state, 1000 + k, streams=(bt.lo, B))
         if comm:
-            comm.allreduce_(packed)
+            be.reduce_gradient(comm.allreduce_)
         norms.append(be.optimizer_step(opt, 1e-2, ("norm", CLIP)))
     return be.p.flat.copy(), np.array(norms)
 

@@ -231,17 +231,25 @@ def test_shares_of_the_streams_sum_to_the_whole_batch_step(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gradients_go_to_a_gradient_buffer_swapped_in_after_the_first_window(cell):
-    """A data-parallel trainer gives the backend a gradient buffer of its own (train.py packs the
-    gradient and the loss in one buffer for the all-reduce): the next windows write there."""
-    from charrnn.model import Params
+def test_gradients_go_to_the_reduce_buffer_asked_for_after_the_first_window(cell):
+    """A data-parallel trainer asks for the all-reduce buffer (the gradient, then its own values)
+    after the first windows: the next windows write their gradient into its head, and
+    reduce_gradient hands the whole buffer to the reduction, whose sum the update then uses."""
+    from charrnn.optim import Optimizer
     cfg = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell, embed=3, dropout=0.2)
     p64, x, y, state = random_case(cfg, 4, 3, np.float64)
-    want = CpuBackend(cfg, p64)
+    want = CpuBackend(cfg, p64.astype(np.float64))
     want.train_step(x, y, state, 7)
     be = CpuBackend(cfg, p64.astype(np.float64))
     be.train_step(x, y, state, 7)
-    packed = np.zeros(p64.flat.size + 1)
-    be.grad = Params(cfg, packed[:-1])
+    packed = be.reduce_buffer(2)
     be.train_step(x, y, state, 7)
-    assert np.any(want.grad.flat) and np.array_equal(be.grad.flat, want.grad.flat)
+    assert packed.size == p64.flat.size + 2 and np.any(want.grad.flat)
+    assert np.array_equal(packed[:-2], want.grad.flat) and np.array_equal(be.grad.flat, want.grad.flat)
+    seen = []
+    be.reduce_gradient(lambda buf: (seen.append(buf), buf.__imul__(2)))      # "two ranks" of the same
+    assert len(seen) == 1 and seen[0] is packed and np.array_equal(be.grad_host().flat, 2 * want.grad.flat)
+    want.grad.flat[:] *= 2
+    assert be.optimizer_step(Optimizer("sgd", packed.size - 2, np.float64), 0.1, ("none", 0.0)) == \
+        want.optimizer_step(Optimizer("sgd", packed.size - 2, np.float64), 0.1, ("none", 0.0))
+    assert np.array_equal(be.params_host().flat, want.params_host().flat)

@@ -145,7 +145,7 @@ def test_production_tile_shapes_match_reference_on_a_small_model():
 def test_gemm_every_transpose_with_accumulate_and_bias_over_partial_tiles(ta, tb):
     from numba import cuda
     from charrnn.backends.cuda import TILES
-    from charrnn.backends.cuda_kernels import make_gemm
+    from charrnn.backends.cuda_gemm import make_gemm
     r = np.random.default_rng(ta * 2 + tb)
     M, N, Kd = 9, 10, 11                   # several K slices and ragged edges for any tile here
     A = r.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
@@ -161,27 +161,27 @@ def test_gemm_every_transpose_with_accumulate_and_bias_over_partial_tiles(ta, tb
 
 
 def _activations_kernel():
-    """A kernel writing _sig, tanh and softsign of each x (its body names the module's `cuda`,
+    """A kernel writing sig, tanh and softsign of each x (its body names the module's `cuda`,
     which the simulator swaps while a kernel runs)."""
-    from charrnn.backends import cuda_kernels as CK
+    from charrnn.backends import cuda_device as CK
 
     @cuda.jit
     def acts(x, sig, th, soft):
         i = cuda.grid(1)
         if i < x.shape[0]:
-            sig[i] = CK._sig(x[i])
-            th[i] = CK._act(x[i], CK.TANH)
-            soft[i] = CK._act(x[i], CK.SOFTSIGN)
+            sig[i] = CK.sig(x[i])
+            th[i] = CK.act(x[i], CK.TANH)
+            soft[i] = CK.act(x[i], CK.SOFTSIGN)
     return acts
 
 
 @needs_cuda
 def test_device_activations_hold_over_the_whole_float32_range():
-    """The gate kernels' sigmoid, tanh and softsign (cuda_kernels._sig, _act) on a sweep of the
+    """The gate kernels' sigmoid, tanh and softsign (cuda_device.sig, act) on a sweep of the
     float32 range, +-inf, subnormals and the old forms' breaking points (e^-x overflowing past
     88.7): within 2 ulps on a GPU (libdevice, no fastmath); the simulator checks the forms."""
     from numba import cuda
-    from charrnn.backends import cuda_kernels as CK
+    from charrnn.backends import cuda_device as CK
     acts = _activations_kernel()
     pos = np.concatenate([np.arange(0, 0x7F800000, 0x7F800000 // 700, dtype=np.uint32).view(np.float32),
                           np.array([1e-45, 44.5, 88.0, 88.8, 89.5, 104.0, 120.0, 1e4, 3.4e38, np.inf], np.float32)])
@@ -203,7 +203,7 @@ def test_gemm_large_tiles_over_several_k_slices(ta, tb):
     """The production 64x64 tile with K = 40 (three 16-deep slices, the last one partial)."""
     from numba import cuda
     from charrnn.backends.cuda import TILES
-    from charrnn.backends.cuda_kernels import make_gemm
+    from charrnn.backends.cuda_gemm import make_gemm
     r = np.random.default_rng(7)
     M, N, Kd = 9, 10, 40
     A = r.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
@@ -224,7 +224,7 @@ def test_saturated_model_with_a_wide_vocabulary_matches_reference_and_optim(cell
     two reduction blocks of the simulator: the output kernels' strided loops) and a parameter
     buffer far larger than the norm reduction's grid; then one clipped Adam step on the device
     against optim.py's."""
-    from charrnn.backends import cuda_kernels as CK
+    from charrnn.backends import cuda_device as CK
     from charrnn.optim import Optimizer, clip_
     cfg = tiny_config(vocab_size=70, hidden=4, layers=1, cell=cell)
     p64 = trained_like(cfg, 11, scale=60.0)
@@ -254,16 +254,36 @@ def test_saturated_model_with_a_wide_vocabulary_matches_reference_and_optim(cell
 @pytest.mark.parametrize("seed", [3, (1 << 62) - 1])
 def test_dropout_kernel_applies_the_masks_of_charrnn_dropout(seed):
     from numba import cuda
-    from charrnn.backends import cuda_kernels as K
+    from charrnn.backends import cuda_device as D, cuda_gates as K
     L, T, B, H, p = 2, 3, 2, 5, 0.4
     masks = dropout_masks(seed, (L, T, B, H), p)
     src = np.random.default_rng(seed % 97).standard_normal(T * B * H).astype(np.float32)
     for l in range(L):
         dst = cuda.device_array_like(src)
-        K.dropout[K.blocks(src.size), K.THREADS](cuda.to_device(src), dst, np.uint64(seed), np.uint64(l * src.size),
+        K.dropout[D.blocks(src.size), D.THREADS](cuda.to_device(src), dst, np.uint64(seed), np.uint64(l * src.size),
                                                  p, np.float32(1.0 / (1.0 - p)), np.uint64(B * H), np.uint64(B * H),
                                                  np.uint64(0))
         assert np.array_equal(dst.copy_to_host(), src * masks[l].reshape(-1))
+
+
+@needs_cuda
+def test_the_gradient_is_staged_through_the_reduce_buffer_and_the_sum_comes_back():
+    """Data parallel: reduce_gradient copies the device gradient into the head of reduce_buffer's
+    host array, hands the array to the reduction and takes its sum back as the gradient."""
+    cfg = tiny_config(vocab_size=5, hidden=3, layers=1, cell="rnn")
+    p64, x, y, state = _case(cfg, 2, 1)
+    be = _backend(cfg, p64.astype(np.float32))
+    packed = be.reduce_buffer(3)
+    be.train_step(x, y, state.astype(np.float32))
+    g = be.grad_host().flat.copy()
+    seen = []
+
+    def reduce(buf):
+        seen.append(buf.copy())
+        buf *= 2
+    be.reduce_gradient(reduce)
+    assert packed.size == g.size + 3 and len(seen) == 1 and np.any(g)
+    assert np.array_equal(seen[0][:g.size], g) and np.array_equal(be.grad_host().flat, 2 * g)
 
 
 @needs_cuda
@@ -451,38 +471,43 @@ def test_gpu_large_tiles_match_reference(persistent):
 @pytest.mark.gpu
 def test_gpu_persistent_loop_is_in_use():
     from charrnn.backends.cuda import CudaBackend
+    from charrnn.optim import Optimizer
     cfg = tiny_config(vocab_size=5, hidden=8, layers=1)
-    assert CudaBackend(cfg, init_params(cfg, np.random.default_rng(0))).persistent
+    be = CudaBackend(cfg, init_params(cfg, np.random.default_rng(0)))
+    be.warm_up(2, 1, Optimizer("adam", be.w.shape[0]))     # compiles, and learns whether they run here
+    assert be.persistent
 
 
 # ---------------------------------------------------------------- kernels compile for the real target
 def _kernel_signatures():
     from numba import types as nt
-    from charrnn.backends import cuda_kernels as K
+    from charrnn.backends import cuda_gates as GK, cuda_optim as OK, cuda_sampling as SK, cuda_softmax as XK
+    from charrnn.backends.cuda_gemm import make_gemm
+    from charrnn.backends.cuda_recurrence import make_recurrence
+    from charrnn.optim import RULES
     f32, f64, i64, u64 = nt.float32, nt.float64, nt.int64, nt.uint64
     A1, A2, A3, A2s = nt.float32[::1], nt.float32[:, ::1], nt.float32[:, :, ::1], nt.float32[:, :]
     I1, I2, D1, D2 = nt.int64[::1], nt.int64[:, ::1], nt.float64[::1], nt.float64[:, ::1]
     from charrnn.backends.cuda import REC_TILES, TILES
-    gemms = [K.make_gemm(*TILES[name])[0] for name in ("large", "small")]
-    rec_fwd, rec_bwd = K.make_recurrence(*REC_TILES["gpu"])
-    return [(g, (A2, A2, A2, i64, i64, f32, A1, i64)) for g in gemms] + [
-        (K.gather_rows, (A2, A1, I1, A2)), (K.scatter_add_rows, (A2, I1, A2)), (K.colsum_add, (A1, A2s)),
-        (K.fill, (A1, f32)), (K.copy, (A1, A1)), (K.dropout, (A1, A1, u64, u64, f64, f32, u64, u64, u64)),
-        (K.lstm_fwd, (A2, A2, A2, i64, A2, A2, A2, A2)), (K.lstm_bwd, (A2, A2, A2, A2, A2, A2, i64, A2)),
-        (K.gru_fwd, (A2, A2, A1, A2, i64, A2, A2, A2)), (K.gru_bwd, (A2, A2, A2, A2, A2, i64, A2, A2)),
-        (K.rnn_fwd, (A2, A2, i64, A2)), (K.rnn_bwd, (A2, A2, A2, i64, A2)),
-        (K.softmax_xent, (A2, I1, f64, i64, D1)), (K.sum_into, (D1, D1)), (K.penalties, (A1, A1, f64, f64)),
-        (K.adam, (A1, A1, A1, A1) + (f64,) * 6), (K.rmsprop, (A1, A1, A1, f64, f64, f64)),
-        (K.adagrad, (A1, A1, A1, f64, f64)), (K.nesterov, (A1, A1, A1, f64, f64)),
-        (K.adamw, (A1, A1, A1, A1) + (f64,) * 7), (K.adadelta, (A1, A1, A1, A1, f64, f64, f64)),
-        (K.sgd, (A1, A1, A1, f64, f64)),
-        (K.sumsq_partial, (A1, D1)), (K.clip_by_norm, (A1, D1, f64)), (K.clip_by_value, (A1, f32)),
-        (K.sample_layer, (A2, A1, A1, I1, A2, i64, A2, A2, i64, i64, A2, A2)),
-        (K.sample_out, (A2, A1, A2, A2, D2, f64, i64, D2, i64, i64, I1, I2, D2)),
+    gemms = [make_gemm(*TILES[name])[0] for name in ("large", "small")]
+    rec_fwd, rec_bwd = make_recurrence(*REC_TILES["gpu"])
+    # each rule's kernel with the arguments optim.RULES says it takes: w, g, the state, then the scalars
+    rules = [(getattr(OK, r.cuda), (A1, A1) + (A1,) * len(r.state)
+              + (f64,) * (1 + len(r.hyper) + 2 * r.bias_corrected + r.decoupled)) for r in RULES.values()]
+    return [(g, (A2, A2, A2, i64, i64, f32, A1, i64)) for g in gemms] + rules + [
+        (GK.gather_rows, (A2, A1, I1, A2)), (GK.scatter_add_rows, (A2, I1, A2)), (GK.colsum_add, (A1, A2s)),
+        (GK.fill, (A1, f32)), (GK.copy, (A1, A1)), (GK.dropout, (A1, A1, u64, u64, f64, f32, u64, u64, u64)),
+        (GK.lstm_fwd, (A2, A2, A2, i64, A2, A2, A2, A2)), (GK.lstm_bwd, (A2, A2, A2, A2, A2, A2, i64, A2)),
+        (GK.gru_fwd, (A2, A2, A1, A2, i64, A2, A2, A2)), (GK.gru_bwd, (A2, A2, A2, A2, A2, i64, A2, A2)),
+        (GK.rnn_fwd, (A2, A2, i64, A2)), (GK.rnn_bwd, (A2, A2, A2, i64, A2)),
+        (XK.softmax_xent, (A2, I1, f64, i64, D1)), (XK.sum_into, (D1, D1)), (OK.penalties, (A1, A1, f64, f64)),
+        (OK.sumsq_partial, (A1, D1)), (OK.clip_by_norm, (A1, D1, f64)), (OK.clip_by_value, (A1, f32)),
+        (SK.sample_layer, (A2, A1, A1, I1, A2, i64, A2, A2, i64, i64, A2, A2)),
+        (SK.sample_out, (A2, A1, A2, A2, D2, f64, i64, D2, i64, i64, I1, I2, D2)),
         (rec_fwd, (i64, i64, i64, A2, A2, A1, A3, A3, A3, A3, A3)),
         (rec_bwd, (i64, i64, A3, A2, A3, A3, A3, A3, A3, A3, A3, A2, A2)),
-        (K.sample_loop, (i64, i64, i64, i64, A1, I1, I1, A1, I1, I1, nt.float32[:, :, :, :, ::1], i64, A2, A1,
-                         A2, D2, f64, i64, D2, I1, I2, D2)),
+        (SK.sample_loop, (i64, i64, i64, i64, A1, I1, I1, A1, I1, I1, nt.float32[:, :, :, :, ::1], i64, A2, A1,
+                          A2, D2, f64, i64, D2, I1, I2, D2)),
     ]
 
 
@@ -500,6 +525,8 @@ def test_every_kernel_compiles_for_hopper_with_registers_only(monkeypatch):
             compute_capability = (9, 0)
         monkeypatch.setattr(api, "get_current_device", lambda: Hopper())
         monkeypatch.setattr(disp, "get_current_device", lambda: Hopper(), raising=False)
+    from charrnn.backends.cuda import prepare_numba
+    prepare_numba()                             # as building a backend does, before its first compile
     try:
         compile_ptx(lambda a: None, "void(float32[::1])", cc=(9, 0))
     except Exception as e:                      # no NVVM here (it comes with the CUDA toolkit)

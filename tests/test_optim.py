@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from charrnn.optim import OPTIMIZERS, Optimizer, clip_, grad_norm, parse_clip
+from charrnn.optim import DEFAULTS, OPTIMIZERS, RULES, STATE_NAMES, Optimizer, clip_, grad_norm, parse_clip
 
 W0 = [0.5, -1.0, 0.0]
 G1 = [0.2, -0.4, 0.1]
@@ -270,3 +270,23 @@ def test_schedule_decays_per_epoch_from_decay_after_and_on_plateaus_only():
     s.on_validation(improved=False)
     assert s.base == pytest.approx(0.025)
     assert s.rate(0, 0.0) == pytest.approx(0.025)
+
+
+def test_the_rule_table_names_each_rules_state_hyperparameters_and_kernels_on_both_devices():
+    """optim.RULES is the one table: every rule's hyperparameters are its defaults', its state is
+    what an Optimizer holds and a checkpoint may carry, and its GPU kernel exists."""
+    from charrnn.backends import cuda_optim
+    assert OPTIMIZERS == tuple(RULES)
+    for name, rule in RULES.items():
+        assert rule.hyper == tuple(DEFAULTS[name]), name
+        assert tuple(Optimizer(name, 3).state) == rule.state == STATE_NAMES[name]
+        assert callable(rule.cpu) and hasattr(cuda_optim, rule.cuda), name
+
+
+def test_rule_scalars_are_the_rate_the_hyperparameters_then_step_or_corrections_then_decay():
+    opt = Optimizer("adamw", 3, weight_decay=0.01, beta1=0.8, beta2=0.9, eps=1e-7)
+    opt.t = 2
+    rule = RULES["adamw"]
+    assert rule.scalars(opt, 0.5, corrections=False) == (0.5, 0.8, 0.9, 1e-7, 2, 0.01)
+    assert rule.scalars(opt, 0.5, corrections=True) == (0.5, 0.8, 0.9, 1e-7, 1 - 0.8 ** 2, 1 - 0.9 ** 2, 0.01)
+    assert RULES["rmsprop"].scalars(Optimizer("rmsprop", 3), 0.1, corrections=True) == (0.1, 0.95, 1e-8)

@@ -6,15 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
-import numpy as _np
-
 from charrnn.errors import DeviceError
-
-# numba-cuda releases up to at least 0.2x register an overload for np.row_stack, which NumPy 2.4
-# removed; without the alias their first kernel compile fails with AttributeError. Harmless
-# elsewhere: it only names an existing function.
-if not hasattr(_np, "row_stack"):
-    _np.row_stack = _np.vstack
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -27,10 +19,6 @@ class Backend(Protocol):
     The gradient of the last train_step lives with the backend; grad_host() copies it out."""
 
     name: str                 # "cpu" or "cuda"
-    # Where the gradient lives. True: `grad`, host Params written in place by train_step, which
-    # the trainer may point at a buffer of its own (data parallel: the all-reduce buffer).
-    # False: `g`, a flat float32 device array, staged through the host by the trainer.
-    grad_on_host: bool
 
     def train_step(self, x: Any, y: Any, state: Any, dropout_seed: int = 0,
                    streams: tuple[int, int] | None = None) -> tuple[float, Any]:
@@ -57,6 +45,18 @@ class Backend(Protocol):
     def warm_up(self, T: int, B: int, opt: Any) -> None:
         """Compile (or load from the cache) now every kernel a training run of T x B windows
         with `opt` takes, rather than on first use (data parallel: one rank per node at a time)."""
+        ...
+
+    def reduce_buffer(self, extra: int) -> Any:
+        """Data parallel: a host array of the gradient's size plus `extra` places for the caller
+        (the loss, timings, signals), which one all-reduce sums over the ranks; made once and
+        returned, and the one reduce_gradient hands to the reduction from then on."""
+        ...
+
+    def reduce_gradient(self, reduce: Callable[[Any], None]) -> None:
+        """Sum the last train_step's gradient over the ranks: the gradient goes into the head of
+        reduce_buffer's array (where it is not computed there already), reduce(array) sums the
+        whole array in place, and the sum becomes the gradient optimizer_step uses."""
         ...
 
     def optimizer_step(self, opt: Any, lr: float, clip: tuple[str, float]) -> float:

@@ -9,7 +9,7 @@ which path a window takes (`CpuTuning`, measured in bench/RESULTS.md) and compil
 before its first use (`_warm_up`). Works in float32 (training) and float64 (tests against
 reference.py).
 
-Threads (CHARRNN_THREADS, see charrnn/__init__.py): a stacked model with at least as many
+Threads (CHARRNN_THREADS, see charrnn/threads.py): a stacked model with at least as many
 layers as threads runs its windows on that many lanes, BLAS on one thread per lane; otherwise
 BLAS owns the cores and the kernels run on the calling thread. Either way results are
 bit-identical from run to run for a given thread count.
@@ -27,7 +27,7 @@ from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu_window import Dropout, WindowDriver, chunk_bounds
 from charrnn.backends.lanes import lanes, run_graph
 from charrnn.backends.cpu_kernels import SOFTSIGN, TANH
-from charrnn.model import ModelConfig, Params, param_shapes, zero_state
+from charrnn.model import ModelConfig, Params, param_offsets, zero_state
 from charrnn.optim import Optimizer, clip_
 
 if TYPE_CHECKING:
@@ -58,7 +58,6 @@ class CpuBackend:
     """The backend contract on the CPU (see charrnn/backends/__init__.py)."""
 
     name = "cpu"
-    grad_on_host = True
 
     def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
                  tuning: CpuTuning = CpuTuning()):
@@ -68,10 +67,7 @@ class CpuBackend:
         self.grad = params.like()
         self.dtype = params.flat.dtype
         self.kind = TANH if cfg.activation == "tanh" else SOFTSIGN
-        off, where = 0, {}
-        for name, shape in param_shapes(cfg):
-            where[name] = off
-            off += int(np.prod(shape))
+        where = param_offsets(cfg)
         self._offs = np.array([[where[f"l{l}.{n}"] for n in ("Wx", "Wh", "b")] for l in range(cfg.layers)],
                               dtype=np.int64)
         self._embed_off = where.get("embed", -1)
@@ -250,6 +246,17 @@ class CpuBackend:
 
     def zero_state(self, batch: int) -> np.ndarray:
         return zero_state(self.cfg, batch, self.dtype)
+
+    # -- data parallel -----------------------------------------------------------------------
+    def reduce_buffer(self, extra: int) -> np.ndarray:
+        """The gradient is computed straight into the buffer's head from now on: nothing is copied."""
+        n = self.p.flat.size
+        self._reduce_buf = np.zeros(n + extra, self.dtype)
+        self.grad = Params(self.cfg, self._reduce_buf[:n])
+        return self._reduce_buf
+
+    def reduce_gradient(self, reduce: Callable[[np.ndarray], None]) -> None:
+        reduce(self._reduce_buf)
 
 
 _warmed: set = set()

@@ -1,4 +1,8 @@
-"""CUDA backend: the backend contract in numba.cuda kernels (charrnn/backends/cuda_kernels.py).
+"""CUDA backend: the backend contract in numba.cuda kernels. They live by concern beside it:
+cuda_device.py (launch shapes, nonlinearities, block reductions), cuda_cells.py (each cell's
+step, forward and backward, written once), cuda_gemm.py, cuda_gates.py (per-step and elementwise
+kernels), cuda_recurrence.py (the persistent time loop), cuda_softmax.py, cuda_optim.py
+(optim.RULES' kernels, clipping) and cuda_sampling.py.
 
 Parameters, gradients, optimizer moments, carried state and the current window live on the
 device. Per training step the window's codes go up and the loss scalar (and the gradient norm)
@@ -29,17 +33,20 @@ import numpy as np
 from numba import cuda
 from numba.core import config as _numba_config
 
-from charrnn.backends import cuda_kernels as K
-from charrnn.model import ModelConfig, Params, param_shapes, zero_state
-from charrnn.optim import OPTIMIZERS, Optimizer
+from charrnn.backends import cuda_device as D
+from charrnn.backends import cuda_gates as gates_k
+from charrnn.backends import cuda_optim as optim_k
+from charrnn.backends import cuda_sampling as sampling_k
+from charrnn.backends import cuda_softmax as softmax_k
+from charrnn.backends.cuda_gemm import make_gemm
+from charrnn.backends.cuda_recurrence import make_recurrence
+from charrnn.model import ModelConfig, Params, param_offsets, param_views, zero_state
+from charrnn.optim import OPTIMIZERS, RULES, Optimizer
 
 if TYPE_CHECKING:
     from charrnn.sample import Decoding
 
-CELL_CODE = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
-# small launches (one step at batch 1) are the point here, not a mistake to warn the user about
-_numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
-warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+CELL_CODE = {"lstm": D.LSTM, "gru": D.GRU, "rnn": D.RNN}
 
 # tile shapes (TM, TN, TK, RM, RN): large products, small products (a recurrent step), and
 # the simulator's (16 threads a block, so the Python-threaded simulator stays quick)
@@ -51,14 +58,14 @@ _kernels: dict = {}
 
 def _gemm_kernel(name: str):
     if name not in _kernels:
-        _kernels[name] = K.make_gemm(*TILES[name])
+        _kernels[name] = make_gemm(*TILES[name])
     return _kernels[name]
 
 
 def _rec_kernels():
     key = "rec-sim" if _simulating() else "rec-gpu"
     if key not in _kernels:
-        _kernels[key] = (K.make_recurrence(*REC_TILES[key[4:]]), REC_TILES[key[4:]])
+        _kernels[key] = (make_recurrence(*REC_TILES[key[4:]]), REC_TILES[key[4:]])
     return _kernels[key]
 
 
@@ -86,26 +93,26 @@ class CudaBackend:
     """The backend contract on an NVIDIA GPU (see charrnn/backends/__init__.py)."""
 
     name = "cuda"
-    grad_on_host = False
 
     def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
                  tiles: tuple[str, str] | None = None, persistent: bool = True):
         """tiles: GEMM tile names for (large, small) products; persistent: run each layer's time
         loop as one cooperative launch where this machine allows it, else a launch per step."""
+        prepare_numba()
         self.cfg = cfg
         self.notify = notify
-        self.kind = K.TANH if cfg.activation == "tanh" else K.SOFTSIGN
+        self.kind = D.TANH if cfg.activation == "tanh" else D.SOFTSIGN
         self.cell = CELL_CODE[cfg.cell]
         self.w = cuda.to_device(np.ascontiguousarray(params.flat, dtype=np.float32))
         self.g = cuda.device_array(self.w.shape[0], np.float32)
-        self.P = self._views(self.w)
-        self.G = self._views(self.g)
+        self.P = param_views(cfg, self.w)
+        self.G = param_views(cfg, self.g)
         self.tiles = tiles or (("sim", "sim") if _simulating() else ("large", "small"))
         self._dummy = cuda.to_device(np.zeros(1, np.float32))
         self._dummy2 = cuda.to_device(np.zeros((1, 1), np.float32))
         self._zeros_d = cuda.to_device(np.zeros(max(cfg.embed, 1), np.float32))
         self._scalar = cuda.device_array(1, np.float64)
-        self._part = cuda.device_array(K.NORM_BLOCKS, np.float64)
+        self._part = cuda.device_array(D.NORM_BLOCKS, np.float64)
         self._ws = {}
         self._opt = None
         self._opt_dev: dict = {}
@@ -114,16 +121,15 @@ class CudaBackend:
         self._step_bufs = None
         self.persistent = persistent and _persistent_ok[0] is not False
         self._dummy3 = cuda.to_device(np.zeros((1, 1, 1), np.float32))
-        _warm_up(self, notify)
-        self.persistent = self.persistent and _persistent_ok[0] is not False
+        self._warm = False
 
-    def _views(self, flat) -> dict:
-        views, off = {}, 0
-        for name, shape in param_shapes(self.cfg):
-            size = int(np.prod(shape))
-            views[name] = flat[off:off + size].reshape(shape)
-            off += size
-        return views
+    def _ready(self) -> None:
+        """Before this backend's first computation: compile (or load from the cache) every kernel
+        its model takes, and learn whether the persistent kernels run on this machine."""
+        if not self._warm:
+            self._warm = True
+            _warm_up(self, self.notify)
+            self.persistent = self.persistent and _persistent_ok[0] is not False
 
     # -- launch helpers -----------------------------------------------------------------
     def _mm(self, A, B, C, ta=0, tb=0, beta=0.0, bias=None):
@@ -153,7 +159,7 @@ class CudaBackend:
 
     @staticmethod
     def _pointwise(kern, n, *args):
-        kern[K.blocks(n), K.THREADS](*args)
+        kern[D.blocks(n), D.THREADS](*args)
 
     # -- workspace per window shape --------------------------------------------------------
     def _workspace(self, T: int, B: int) -> dict:
@@ -217,18 +223,18 @@ class CudaBackend:
         inp = None
         if cfg.embed:
             inp = ws["emb"]
-            self._pointwise(K.gather_rows, T * B * cfg.embed, P["embed"], self._zeros_d, codes, inp)
+            self._pointwise(gates_k.gather_rows, T * B * cfg.embed, P["embed"], self._zeros_d, codes, inp)
         for l in range(cfg.layers):
             lay = ws["layers"][l]
             Wx, Wh, b = P[f"l{l}.Wx"], P[f"l{l}.Wh"], P[f"l{l}.b"]
             if inp is None:
-                self._pointwise(K.gather_rows, T * B * Wx.shape[1], Wx, b, codes, lay["xw"])
+                self._pointwise(gates_k.gather_rows, T * B * Wx.shape[1], Wx, b, codes, lay["xw"])
             else:
                 self._mm(inp, Wx, lay["xw"], bias=b)
             hs_t, xw_t, hw = lay["hs_t"], lay["xw_t"], ws["hw"]
-            self._pointwise(K.copy, n_bh, hs_t[0].reshape(n_bh), state[l, 0].reshape(n_bh))
+            self._pointwise(gates_k.copy, n_bh, hs_t[0].reshape(n_bh), state[l, 0].reshape(n_bh))
             if cfg.cell == "lstm":
-                self._pointwise(K.copy, n_bh, lay["cs_t"][0].reshape(n_bh), state[l, 1].reshape(n_bh))
+                self._pointwise(gates_k.copy, n_bh, lay["cs_t"][0].reshape(n_bh), state[l, 1].reshape(n_bh))
             if self.persistent:
                 d3 = self._dummy3
                 (fwd, _), _ = _rec_kernels()
@@ -237,25 +243,25 @@ class CudaBackend:
                                          lay.get("gates", d3), lay.get("cs", d3), lay.get("tcs", d3),
                                          lay.get("hn", d3))
                 if cfg.cell == "lstm":
-                    self._pointwise(K.copy, n_bh, new_state[l, 1].reshape(n_bh), lay["cs_t"][T].reshape(n_bh))
+                    self._pointwise(gates_k.copy, n_bh, new_state[l, 1].reshape(n_bh), lay["cs_t"][T].reshape(n_bh))
             elif cfg.cell == "lstm":
                 cs_t, g_t, tc_t = lay["cs_t"], lay["gates_t"], lay["tcs_t"]
                 for t in range(T):
                     self._mm(hs_t[t], Wh, hw)
-                    self._pointwise(K.lstm_fwd, n_bh, xw_t[t], hw, cs_t[t], self.kind,
+                    self._pointwise(gates_k.lstm_fwd, n_bh, xw_t[t], hw, cs_t[t], self.kind,
                                     g_t[t], cs_t[t + 1], tc_t[t], hs_t[t + 1])
-                self._pointwise(K.copy, n_bh, new_state[l, 1].reshape(n_bh), cs_t[T].reshape(n_bh))
+                self._pointwise(gates_k.copy, n_bh, new_state[l, 1].reshape(n_bh), cs_t[T].reshape(n_bh))
             elif cfg.cell == "gru":
                 g_t, hn_t, bh = lay["gates_t"], lay["hn_t"], P[f"l{l}.bh"]
                 for t in range(T):
                     self._mm(hs_t[t], Wh, hw)
-                    self._pointwise(K.gru_fwd, n_bh, xw_t[t], hw, bh, hs_t[t], self.kind,
+                    self._pointwise(gates_k.gru_fwd, n_bh, xw_t[t], hw, bh, hs_t[t], self.kind,
                                     g_t[t], hn_t[t], hs_t[t + 1])
             else:
                 for t in range(T):
                     self._mm(hs_t[t], Wh, hw)
-                    self._pointwise(K.rnn_fwd, n_bh, xw_t[t], hw, self.kind, hs_t[t + 1])
-            self._pointwise(K.copy, n_bh, new_state[l, 0].reshape(n_bh), hs_t[T].reshape(n_bh))
+                    self._pointwise(gates_k.rnn_fwd, n_bh, xw_t[t], hw, self.kind, hs_t[t + 1])
+            self._pointwise(gates_k.copy, n_bh, new_state[l, 0].reshape(n_bh), hs_t[T].reshape(n_bh))
             inp = lay["hs_top"]
             if train and cfg.dropout > 0:
                 self._dropout(inp, lay["out"], seed, l, T, B)
@@ -268,16 +274,17 @@ class CudaBackend:
         H, p = self.cfg.hidden, self.cfg.dropout
         n = T * B * H
         lo, total = self._streams or (0, B)
-        self._pointwise(K.dropout, n, src.reshape(n), dst.reshape(n), np.uint64(seed),
+        self._pointwise(gates_k.dropout, n, src.reshape(n), dst.reshape(n), np.uint64(seed),
                         np.uint64(layer * T * total * H), float(p), np.float32(1.0 / (1.0 - p)),
                         np.uint64(B * H), np.uint64(total * H), np.uint64(lo * H))
 
     def _loss_sum(self, ws, n, scale, want_grad) -> float:
-        K.softmax_xent[n, K.RED](ws["logits"], ws["y"], float(scale), int(want_grad), ws["losses"])
-        K.sum_into[1, K.RED](ws["losses"], self._scalar)
+        softmax_k.softmax_xent[n, D.RED](ws["logits"], ws["y"], float(scale), int(want_grad), ws["losses"])
+        softmax_k.sum_into[1, D.RED](ws["losses"], self._scalar)
         return float(self._scalar.copy_to_host()[0])
 
     def loss(self, x: np.ndarray, y: np.ndarray, state) -> tuple[float, DeviceState]:
+        self._ready()
         T, B = np.shape(x)
         ws = self._workspace(T, B)
         self._upload_codes(ws["codes"], x)
@@ -289,6 +296,7 @@ class CudaBackend:
                    streams: tuple[int, int] | None = None) -> tuple[float, DeviceState]:
         """`streams` = (offset, total): x holds streams offset.. of a global batch of `total`
         (a data-parallel rank's share): dropout masks by global stream, gradients over T*total."""
+        self._ready()
         cfg, P, G = self.cfg, self.P, self.G
         T, B = np.shape(x)
         self._streams = streams
@@ -300,7 +308,7 @@ class CudaBackend:
         top, new_state = self._forward(ws, T, B, self._state_dev(state), dropout_seed, train=True)
         loss = self._loss_sum(ws, T * B, 1.0 / (T * (streams[1] if streams else B)), True)
         dlogits = ws["logits"]
-        self._pointwise(K.fill, self.g.shape[0], self.g, np.float32(0))
+        self._pointwise(gates_k.fill, self.g.shape[0], self.g, np.float32(0))
         self._mm(top, dlogits, G["out.W"], ta=1)
         self._colsum(G["out.b"], dlogits)
         cur = 0
@@ -314,7 +322,7 @@ class CudaBackend:
                 self._dropout(dinp, dinp, dropout_seed, l, T, B)
             dh_t = ws["d_h_t"][cur]
             dh_next, dc_next = ws["dh_next"], ws["dc_next"]
-            self._pointwise(K.fill, n_bh, dh_next.reshape(n_bh), np.float32(0))
+            self._pointwise(gates_k.fill, n_bh, dh_next.reshape(n_bh), np.float32(0))
             dxw_t, dhw_t, hs_t = ws["dxw_t"], ws["dhw_t"], lay["hs_t"]
             if self.persistent:
                 d3 = self._dummy3
@@ -326,22 +334,22 @@ class CudaBackend:
                 if cfg.cell == "gru":
                     self._colsum(G[f"l{l}.bh"], ws["dhw"].reshape(T * B, 3 * H)[:, 2 * H:])
             elif cfg.cell == "lstm":
-                self._pointwise(K.fill, n_bh, dc_next.reshape(n_bh), np.float32(0))
+                self._pointwise(gates_k.fill, n_bh, dc_next.reshape(n_bh), np.float32(0))
                 g_t, cs_t, tc_t = lay["gates_t"], lay["cs_t"], lay["tcs_t"]
                 for t in range(T - 1, -1, -1):
-                    self._pointwise(K.lstm_bwd, n_bh, dh_t[t], dh_next, dc_next, g_t[t], cs_t[t], tc_t[t],
+                    self._pointwise(gates_k.lstm_bwd, n_bh, dh_t[t], dh_next, dc_next, g_t[t], cs_t[t], tc_t[t],
                                     self.kind, dxw_t[t])
                     self._mm(dxw_t[t], Wh, dh_next, tb=1)
             elif cfg.cell == "gru":
                 g_t, hn_t = lay["gates_t"], lay["hn_t"]
                 for t in range(T - 1, -1, -1):
-                    self._pointwise(K.gru_bwd, n_bh, dh_t[t], dh_next, g_t[t], hn_t[t], hs_t[t], self.kind,
+                    self._pointwise(gates_k.gru_bwd, n_bh, dh_t[t], dh_next, g_t[t], hn_t[t], hs_t[t], self.kind,
                                     dxw_t[t], dhw_t[t])
                     self._mm(dhw_t[t], Wh, dh_next, tb=1, beta=1.0)
                 self._colsum(G[f"l{l}.bh"], ws["dhw"].reshape(T * B, 3 * H)[:, 2 * H:])
             else:
                 for t in range(T - 1, -1, -1):
-                    self._pointwise(K.rnn_bwd, n_bh, dh_t[t], dh_next, hs_t[t + 1], self.kind, dxw_t[t])
+                    self._pointwise(gates_k.rnn_bwd, n_bh, dh_t[t], dh_next, hs_t[t + 1], self.kind, dxw_t[t])
                     self._mm(dxw_t[t], Wh, dh_next, tb=1)
             GH = Wx.shape[1]
             dxw2 = ws["dxw"].reshape(T * B, GH)
@@ -349,7 +357,7 @@ class CudaBackend:
             self._mm(lay["hs_in"], dhw2, G[f"l{l}.Wh"], ta=1)
             self._colsum(G[f"l{l}.b"], dxw2)
             if l == 0 and not cfg.embed:
-                self._pointwise(K.scatter_add_rows, T * B * GH, G[f"l{l}.Wx"], codes, dxw2)
+                self._pointwise(gates_k.scatter_add_rows, T * B * GH, G[f"l{l}.Wx"], codes, dxw2)
             else:
                 inp = ws["emb"] if l == 0 else self._layer_input(ws, l - 1)
                 self._mm(inp, dxw2, G[f"l{l}.Wx"], ta=1)
@@ -357,7 +365,7 @@ class CudaBackend:
                 dinp = ws["d_h"][cur] if l > 0 else ws["d_e"][cur]
                 self._mm(dxw2, Wx, dinp, tb=1)
         if cfg.embed:
-            self._pointwise(K.scatter_add_rows, T * B * cfg.embed, G["embed"], codes, dinp)
+            self._pointwise(gates_k.scatter_add_rows, T * B * cfg.embed, G["embed"], codes, dinp)
         return loss, DeviceState(new_state)
 
     def _layer_input(self, ws, l):
@@ -365,53 +373,35 @@ class CudaBackend:
         return lay["out"] if self.cfg.dropout > 0 else lay["hs_top"]
 
     def _colsum(self, g, d):
-        K.colsum_add[(d.shape[1] + 31) // 32, (32, K.CS_ROWS)](g, d)
+        gates_k.colsum_add[(d.shape[1] + 31) // 32, (32, D.CS_ROWS)](g, d)
 
     # -- update ------------------------------------------------------------------------------
     def _sumsq(self, g) -> None:
-        K.sumsq_partial[K.NORM_BLOCKS, K.RED](g, self._part)
-        K.sum_into[1, K.RED](self._part, self._scalar)
-
-    def grad_norm(self) -> float:
-        self._sumsq(self.g)
-        return math.sqrt(float(self._scalar.copy_to_host()[0]))
+        optim_k.sumsq_partial[D.NORM_BLOCKS, D.RED](g, self._part)
+        softmax_k.sum_into[1, D.RED](self._part, self._scalar)
 
     def optimizer_step(self, opt: Optimizer, lr: float, clip: tuple[str, float]) -> float:
         """optim.clip_ then opt.step, on the device buffers; opt.t advances on the host and the
         moments stay on the device until params_host() (or sync_optimizer()) brings them home."""
+        self._ready()
         n = self.g.shape[0]
         self._sumsq(self.g)
         mode, value = clip
         if mode == "norm":
-            self._pointwise(K.clip_by_norm, n, self.g, self._scalar, float(value))
+            self._pointwise(optim_k.clip_by_norm, n, self.g, self._scalar, float(value))
         elif mode == "value":
-            self._pointwise(K.clip_by_value, n, self.g, np.float32(value))
+            self._pointwise(optim_k.clip_by_value, n, self.g, np.float32(value))
         if opt is not self._opt:
             self._opt = opt
             self._opt_dev = {k: cuda.to_device(np.ascontiguousarray(v, dtype=np.float32))
                              for k, v in opt.state.items()}
-        w, g, s, h = self.w, self.g, self._opt_dev, opt.hyper
+        w, g = self.w, self.g
         if opt.coupled_l2 or opt.l1:
-            self._pointwise(K.penalties, n, w, g, float(opt.coupled_l2), float(opt.l1))
+            self._pointwise(optim_k.penalties, n, w, g, float(opt.coupled_l2), float(opt.l1))
         opt.t += 1
-        lr = float(lr)
-        if opt.name == "adam":
-            c1, c2 = 1.0 - h["beta1"] ** opt.t, 1.0 - h["beta2"] ** opt.t
-            self._pointwise(K.adam, n, w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], c1, c2)
-        elif opt.name == "adamw":
-            c1, c2 = 1.0 - h["beta1"] ** opt.t, 1.0 - h["beta2"] ** opt.t
-            self._pointwise(K.adamw, n, w, g, s["m"], s["v"], lr, h["beta1"], h["beta2"], h["eps"], c1, c2,
-                            float(opt.weight_decay))
-        elif opt.name == "rmsprop":
-            self._pointwise(K.rmsprop, n, w, g, s["sq"], lr, h["alpha"], h["eps"])
-        elif opt.name == "adagrad":
-            self._pointwise(K.adagrad, n, w, g, s["sum"], lr, h["eps"])
-        elif opt.name == "adadelta":
-            self._pointwise(K.adadelta, n, w, g, s["sq"], s["delta"], lr, h["rho"], h["eps"])
-        elif opt.name == "sgd":
-            self._pointwise(K.sgd, n, w, g, s["vel"], lr, h["momentum"])
-        else:
-            self._pointwise(K.nesterov, n, w, g, s["vel"], lr, h["momentum"])
+        rule = RULES[opt.name]
+        self._pointwise(getattr(optim_k, rule.cuda), n, w, g, *(self._opt_dev[k] for k in rule.state),
+                        *rule.scalars(opt, float(lr), corrections=True))
         self._sampler = None          # the weights moved: the sampler's transposed copies are stale
         return math.sqrt(float(self._scalar.copy_to_host()[0]))
 
@@ -422,7 +412,9 @@ class CudaBackend:
                 d.copy_to_host(self._opt.state[k])
 
     def warm_up(self, T: int, B: int, opt: Optimizer) -> None:
-        """Nothing left to do: construction compiled every kernel (_warm_up)."""
+        """Compile (or load from the cache) now every kernel this model takes, whatever the
+        window and the optimizer (they are few, and one tiny twin exercises them all)."""
+        self._ready()
 
     def params_host(self) -> Params:
         self.sync_optimizer()
@@ -433,6 +425,18 @@ class CudaBackend:
 
     def zero_state(self, batch: int) -> DeviceState:
         return DeviceState(cuda.to_device(zero_state(self.cfg, batch, np.float32)))
+
+    # -- data parallel -------------------------------------------------------------------------
+    def reduce_buffer(self, extra: int) -> np.ndarray:
+        """Pinned host memory: the gradient is staged through it around each reduction."""
+        self._reduce_buf = cuda.pinned_array(self.g.shape[0] + extra, np.float32)
+        return self._reduce_buf
+
+    def reduce_gradient(self, reduce: Callable[[np.ndarray], None]) -> None:
+        head = self._reduce_buf[:self.g.shape[0]]
+        self.g.copy_to_host(head)
+        reduce(self._reduce_buf)
+        self.g.copy_to_device(head)
 
     # -- sampling ------------------------------------------------------------------------------
     def _sample_weights(self) -> dict:
@@ -450,10 +454,7 @@ class CudaBackend:
                 sw["b"].append(self.P[f"l{l}.b"])
                 sw["bh"].append(self.P[f"l{l}.bh"] if cfg.cell == "gru" else self._dummy)
             # the same tables packed flat, with offsets, for the one-launch sampling loop
-            offsets, off = {}, 0
-            for name, shape in param_shapes(cfg):
-                offsets[name] = off
-                off += int(np.prod(shape))
+            offsets = param_offsets(cfg)
             sw["WT_flat"] = cuda.to_device(np.concatenate([t.ravel() for t in tables]))
             sw["wofs"] = cuda.to_device(np.cumsum([0] + [t.size for t in tables[:-1]]).astype(np.int64))
             sw["win"] = cuda.to_device(np.array([t.shape[1] - cfg.hidden for t in tables], np.int64))
@@ -472,7 +473,7 @@ class CudaBackend:
         """One step of every layer: codes_d (B,) and the state views src -> the state views dst."""
         x = self._dummy2
         for l in range(self.cfg.layers):
-            K.sample_layer[self.cfg.hidden, 32 * self.cfg.gates](
+            sampling_k.sample_layer[self.cfg.hidden, 32 * self.cfg.gates](
                 sw["WT"][l], sw["b"][l], sw["bh"][l], codes_d, x, 1 if l == 0 else 0,
                 src[l][0], src[l][1], self.cell, self.kind, dst[l][0], dst[l][1])
             x = dst[l][0]
@@ -484,6 +485,7 @@ class CudaBackend:
                 "logp": cuda.device_array((steps, B), np.float64), "u": cuda.device_array((steps, B), np.float64)}
 
     def step(self, codes: np.ndarray, state) -> tuple[np.ndarray, DeviceState]:
+        self._ready()
         codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
         B = codes.shape[0]
         st = self._state_dev(state)
@@ -493,7 +495,7 @@ class CudaBackend:
         if self._step_bufs is None or self._step_bufs["codes"].shape[0] != B:
             self._step_bufs = self._out_buffers(B, 1)          # reused: step() runs once a character
         ob = self._step_bufs
-        K.sample_out[B, K.RED](self.P["out.W"], self.P["out.b"], dst[-1][0], ob["logits"], ob["probs"],
+        sampling_k.sample_out[B, D.RED](self.P["out.W"], self.P["out.b"], dst[-1][0], ob["logits"], ob["probs"],
                                1.0, 0, ob["u"], 0, 0, ob["codes"], ob["hist"], ob["logp"])
         return ob["logits"].copy_to_host(), DeviceState(out)
 
@@ -505,6 +507,7 @@ class CudaBackend:
         rounding at a CDF boundary). Codes come home `chunk` steps at a time; the device never
         waits for the host in between. `state` (L, S, batch, H), when given, is the state after
         prime_codes[:-1] (sample.prime_state's, primed in windows): only the last code is fed."""
+        self._ready()
         if not dec.own_loop_ok:
             raise ValueError("top-p and stop strings are drawn by sample.step_loop")
         length, batch = dec.length, dec.batch
@@ -519,7 +522,7 @@ class CudaBackend:
             st = self._state_dev(state)
             if tuple(st.shape) != tuple(S.shape[1:]):
                 raise ValueError(f"state shape {tuple(st.shape)} is not {tuple(S.shape[1:])}")
-            self._pointwise(K.copy, st.size, S[0].reshape(st.size), st.reshape(st.size))
+            self._pointwise(gates_k.copy, st.size, S[0].reshape(st.size), st.reshape(st.size))
         else:
             for c in prime[:-1]:
                 self._sample_layers(sw, cuda.to_device(np.full(batch, c, np.int64)), views[src], views[1 - src])
@@ -536,7 +539,7 @@ class CudaBackend:
                 u[:steps, i] = r.random(steps)
             ob["u"].copy_to_device(u)
             if self.persistent:
-                K.sample_loop[self._loop_grid(batch), K.RED](
+                sampling_k.sample_loop[self._loop_grid(batch), D.RED](
                     self.cell, self.kind, cfg.layers, steps, sw["WT_flat"], sw["wofs"], sw["win"], self.w,
                     sw["bofs"], sw["bhofs"], S, src, Wo, bo, ob["logits"], ob["probs"], temp, top_k,
                     ob["u"], codes_d, ob["hist"], ob["logp"])
@@ -545,12 +548,30 @@ class CudaBackend:
                 for s in range(steps):
                     self._sample_layers(sw, codes_d, views[src], views[1 - src])
                     src = 1 - src
-                    K.sample_out[batch, K.RED](Wo, bo, views[src][-1][0], ob["logits"], ob["probs"], temp, top_k,
+                    sampling_k.sample_out[batch, D.RED](Wo, bo, views[src][-1][0], ob["logits"], ob["probs"], temp, top_k,
                                                ob["u"], s, 1, codes_d, ob["hist"], ob["logp"])
             hc, lp = ob["hist"].copy_to_host(), ob["logp"].copy_to_host()
             for s in range(steps):
                 yield hc[s], lp[s]
             n += steps
+
+
+def prepare_numba() -> None:
+    """What this backend needs of the process's NumPy and Numba, set when a backend is built
+    (never at import; a caller that compiles the kernels itself calls it first):
+      - numba-cuda releases up to at least 0.2x register an overload for np.row_stack, which
+        NumPy 2.4 removed; without the alias their first kernel compile fails with
+        AttributeError. Harmless elsewhere: it only names an existing function.
+      - small launches (one step at batch 1) are the point here, not a mistake to warn about:
+        Numba's low-occupancy warning is off.
+      - in the simulator, the dropout hash runs on NumPy scalars, which warn on the wrap-around
+        it relies on."""
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+    _numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+    if _simulating():
+        warnings.filterwarnings("ignore", r"overflow encountered in scalar", RuntimeWarning, "charrnn.dropout")
 
 
 def _simulating() -> bool:

@@ -17,7 +17,7 @@ STATES = {"lstm": 2, "gru": 1, "rnn": 1}  # h (and c for the LSTM)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Defaults: the best we found for ~10 minutes on 2 cores (README)."""
+    """Defaults: the best we found for ~10 minutes on 2 cores (docs/train.md, "The defaults")."""
     vocab_size: int = 0      # 65 for tinyshakespeare, 256 in byte mode; 0 until a text is read
     hidden: int = 256        # H, units per layer
     layers: int = 2          # L, stacked cells

@@ -265,7 +265,7 @@ class Trainer:
     # -- validation -------------------------------------------------------------------
     def validate(self, progress: Callable[[int], None] | None = None) -> float | None:
         """Bits/char on the validation split. Data parallel: rank r of N scores the r-th of N
-        contiguous pieces, each from a zero state, and the sums are all-reduced (README)."""
+        contiguous pieces, each from a zero state, and the sums are all-reduced (docs/mpi.md)."""
         codes = self.val_codes
         if len(codes) < 2:
             return None

@@ -90,7 +90,7 @@ def test_every_option_of_every_command_is_on_its_commands_page():
             texts.append((DOCS / page).read_text(encoding="utf-8"))
         if texts and not any(mentions(t, name) for t in texts):
             missing.append(f"{name} of `{cmd}` is on none of {', '.join('docs/' + p for p in pages)}")
-    assert sorted(set(missing)) == []
+    assert not missing, "\n".join(sorted(set(missing)))
 
 
 def test_the_option_check_tells_an_option_from_a_longer_one():
@@ -113,13 +113,13 @@ def test_every_relative_link_in_the_readme_and_docs_leads_to_a_file_and_heading(
                 anchors = {slug(h) for h in HEADING.findall(FENCE.sub("", dest.read_text(encoding="utf-8")))}
                 if anchor not in anchors:
                     broken.append(f"{where}: no heading #{anchor} in {dest.relative_to(ROOT)}")
-    assert broken == []
+    assert not broken, "\n".join(broken)
 
 
 def test_the_docs_index_lists_every_page():
     linked = {(DOCS / t.partition("#")[0]).resolve() for t in relative_links(DOCS / "index.md")}
     unlisted = [p.name for p in sorted(DOCS.glob("*.md")) if p.name != "index.md" and p.resolve() not in linked]
-    assert unlisted == []
+    assert not unlisted, f"docs/index.md does not link {', '.join(unlisted)}"
 
 
 def test_the_readme_is_a_five_minute_read():

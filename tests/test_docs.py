@@ -26,12 +26,14 @@ CODE_SPAN = re.compile(r"`[^`\n]*`")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*$", re.M)
 
 
-def commands(cmd: click.Command = cli, path: tuple[str, ...] = ()):
-    """(path, command) for the group and every command and subcommand under it."""
-    yield path, cmd
+def commands(cmd: click.Command = cli, path: tuple[str, ...] = (), parent: click.Context | None = None):
+    """(path, context) for the group and every command and subcommand under it, each context made
+    under its parent's as a real invocation makes it (a subcommand inherits `-h`)."""
+    ctx = click.Context(cmd, info_name=" ".join(("charrnn",) + path), parent=parent, **cmd.context_settings)
+    yield path, ctx
     if isinstance(cmd, click.Group):
         for name, sub in sorted(cmd.commands.items()):
-            yield from commands(sub, path + (name,))
+            yield from commands(sub, path + (name,), ctx)
 
 
 def pages_of(path: tuple[str, ...]) -> tuple[str, ...]:
@@ -42,12 +44,11 @@ def option_names() -> list[tuple[tuple[str, ...], str, tuple[str, ...]]]:
     """(command path, long option name, pages that must name it): every long name of every option,
     both halves of a --flag/--no-flag pair, hidden options too."""
     rows = []
-    for path, cmd in commands():
-        ctx = click.Context(cmd, info_name=" ".join(("charrnn",) + path), **cmd.context_settings)
-        for p in cmd.get_params(ctx):
+    for path, ctx in commands():
+        for p in ctx.command.get_params(ctx):
             if not isinstance(p, click.Option):
                 continue
-            is_help = set(p.opts) == set(ctx.help_option_names)
+            is_help = "--help" in p.opts and not p.expose_value   # Click's own, on every command
             pages = PAGES[()] if is_help else pages_of(path)
             for name in (*p.opts, *p.secondary_opts):
                 if name.startswith("--"):

@@ -94,20 +94,22 @@ def describe_chars(chars: list[str], limit: int = 20) -> str:
     return shown + (f" (and {len(chars) - limit} more)" if len(chars) > limit else "")
 
 
-def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8") -> str | bytes:
+def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8",
+               allow_empty: bool = False) -> str | bytes:
     """Read a file path, or stdin for '-'. Text mode strips one leading BOM and keeps the rest
-    exactly (CRLF stays CRLF); byte mode returns the raw bytes."""
+    exactly (CRLF stays CRLF); byte mode returns the raw bytes. An empty input is an error
+    unless `allow_empty`."""
     if source == "-":
         raw = sys.stdin.buffer.read()
         where = "stdin"
     else:
-        check_source(source)
+        check_source(source, allow_empty)
         try:
             raw = Path(source).read_bytes()
         except OSError as e:
             raise CorpusError(f"cannot read {source}: {e.strerror or e}") from None
         where = source
-    if not raw:
+    if not raw and not allow_empty:
         raise CorpusError(f"{where} is empty")
     if byte_mode:
         return raw
@@ -120,7 +122,7 @@ def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8") ->
         raise CorpusError(f"unknown encoding {encoding!r}") from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    if not text:
+    if not text and not allow_empty:
         raise CorpusError(f"{where} is empty")
     return text
 
@@ -152,7 +154,7 @@ def codes_digest(codes: np.ndarray) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(codes)) & 0xFFFFFFFF:08x}"
 
 
-def check_source(source: str) -> None:
+def check_source(source: str, allow_empty: bool = False) -> None:
     """Fail early, before any output directory is made, on a missing path, a directory or an empty file."""
     if source == "-":
         return
@@ -165,7 +167,7 @@ def check_source(source: str) -> None:
         size = path.stat().st_size
     except OSError as e:
         raise CorpusError(f"cannot read {source}: {e.strerror or e}") from None
-    if size == 0 and path.is_file():
+    if size == 0 and path.is_file() and not allow_empty:
         raise CorpusError(f"{source} is empty")
 
 

@@ -361,18 +361,25 @@ class Interrupted(Exception):
 def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prime_file: str | None = None,
         unknown: str = "error", echo: bool = True, seed: int | None = None, device: str = "auto",
         num_samples: int = 1, length: int = 2000, temp: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-        stop: str | None = None, as_json: bool = False, separator: str = "",
+        stop: str | None = None, as_json: bool = False, separator: str = "", adapt: str | None = None,
         log: Callable[[str], None] = lambda m: None) -> None:
     """`charrnn sample` as one call: load CHECKPOINT (see zoo.load_checkpoint), read the prime
     (`prime`, or "-" / `prime_file` for a file or stdin), and write the samples to `out`. A
-    random seed is drawn when none is given. Ctrl-C while writing raises Interrupted."""
+    random seed is drawn when none is given. Ctrl-C while writing raises Interrupted.
+
+    `adapt` names a file the model first reads with dynamic evaluation (charrnn/dynamic.py): the
+    samples come from the adapted weights, continuing the file (then the prime)."""
     import secrets
 
     from charrnn import zoo
     from charrnn.backends import compile_notices, make_backend, pick_device
+    from charrnn.checkpoint import load
     from charrnn.corpus import MODEL_HINT, describe_chars, read_input
 
-    ck = zoo.load_checkpoint(checkpoint, log)
+    ck_path, note = zoo.resolve(checkpoint)
+    if note:
+        log(note)
+    ck = load(ck_path)
     vocab = ck.vocab
     text: str | bytes = prime or ""
     if prime == "-" or prime_file is not None:
@@ -383,7 +390,16 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         log(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
     from charrnn.memory import check_sampling
     check_sampling(ck.config, num_samples)
-    be = make_backend(pick_device(device, log, announce=False), ck.config, ck.params, notify=compile_notices(log))
+    device = pick_device(device, log, announce=False)
+    adapted = None
+    if adapt is not None:
+        from charrnn.dynamic import adapt as read_and_adapt
+        adapted = read_and_adapt(ck, ck_path, device, adapt, log=log)
+    if adapted is None:
+        be = make_backend(device, ck.config, ck.params, notify=compile_notices(log))
+    else:                           # continue the file: its codes, then the prime's (if one was given)
+        be, file_codes = adapted
+        codes = np.concatenate([file_codes.astype(np.int64), codes if echoed else codes[:0]])
     try:
         dec = Decoding(length=length, temperature=temp, top_k=top_k, top_p=top_p, batch=num_samples, stop=stop_at,
                        seed=secrets.randbits(31) if seed is None else seed)

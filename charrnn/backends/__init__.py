@@ -72,6 +72,11 @@ class Backend(Protocol):
         """The last gradient as host Params."""
         ...
 
+    def set_params(self, flat: Any) -> None:
+        """Replace the weights with a host float32 flat buffer in Params' layout (dynamic
+        evaluation moves them between windows; charrnn/dynamic.py)."""
+        ...
+
     def zero_state(self, batch: int) -> Any:
         """The all-zero carried state for `batch` streams."""
         ...

@@ -244,6 +244,9 @@ class CpuBackend:
     def grad_host(self) -> Params:
         return self.grad
 
+    def set_params(self, flat: np.ndarray) -> None:
+        np.copyto(self.p.flat, flat)        # in place: the window driver holds these views
+
     def zero_state(self, batch: int) -> np.ndarray:
         return zero_state(self.cfg, batch, self.dtype)
 

@@ -423,6 +423,10 @@ class CudaBackend:
     def grad_host(self) -> Params:
         return Params(self.cfg, self.g.copy_to_host())
 
+    def set_params(self, flat: np.ndarray) -> None:
+        self.w.copy_to_device(np.ascontiguousarray(flat, dtype=np.float32))
+        self._sampler = None          # the weights moved: the sampler's transposed copies are stale
+
     def zero_state(self, batch: int) -> DeviceState:
         return DeviceState(cuda.to_device(zero_state(self.cfg, batch, np.float32)))
 

@@ -31,7 +31,7 @@ from charrnn.model import ModelConfig, Params, param_shapes, zero_state
 from charrnn.optim import Optimizer, clip_
 
 if TYPE_CHECKING:
-    from charrnn.sample import Decoding
+    from charrnn.decoding import Decoding
 
 __all__ = ["CpuBackend", "CpuTuning", "TANH", "SOFTSIGN"]
 
@@ -289,7 +289,7 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     elif path == "step":
         tb.step(x[0], tb.zero_state(1))
     elif path == "generate":
-        from charrnn.sample import Decoding
+        from charrnn.decoding import Decoding
         for _ in tb.generate(x[:, 0], Decoding(length=2, top_k=1)):
             pass
     else:

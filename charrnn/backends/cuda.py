@@ -34,7 +34,7 @@ from charrnn.model import ModelConfig, Params, param_shapes, zero_state
 from charrnn.optim import OPTIMIZERS, Optimizer
 
 if TYPE_CHECKING:
-    from charrnn.sample import Decoding
+    from charrnn.decoding import Decoding
 
 CELL_CODE = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
 # small launches (one step at batch 1) are the point here, not a mistake to warn the user about
@@ -607,7 +607,7 @@ def _exercise(tiny: CudaBackend) -> None:
     tiny.train_step(x, x, tiny.zero_state(1), 1)
     tiny.loss(x, x, tiny.zero_state(1))
     tiny.step(x[0], tiny.zero_state(1))
-    from charrnn.sample import Decoding
+    from charrnn.decoding import Decoding
     for _ in tiny.generate(np.array([0, 1]), Decoding(length=2, temperature=1.0, top_k=2), chunk=2):
         pass
     for _ in tiny.generate(np.array([0]), Decoding(length=1, temperature=0.0), chunk=1):

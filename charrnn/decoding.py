@@ -88,6 +88,12 @@ def draw(probs: np.ndarray, rng: np.random.Generator | Sequence[np.random.Genera
         u = rng.random(len(probs))
     else:
         u = np.array([r.random() for r in rng])
+    return pick(probs, u)
+
+
+def pick(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """draw() with the uniforms given: row i takes the code whose CDF interval holds u[i]."""
+    import numpy as np
     cdf = np.cumsum(probs, axis=1)
     codes = (cdf < u[:, None] * cdf[:, -1:]).sum(axis=1)
     return np.minimum(codes, probs.shape[1] - 1)

@@ -27,12 +27,13 @@ from charrnn.errors import SampleError  # noqa: F401  (re-exported)
 PRIME_WINDOW = 128          # prime codes per forward call (a window, not one step at a time)
 
 
-def prime_state(backend, codes: np.ndarray, batch: int):
-    """Feed all but the last prime code through the model in windows; returns (state, last codes).
-    Every row sees the same prime, so a NumPy state is computed once and repeated."""
+def prime_state(backend, codes: np.ndarray, batch: int, start=None):
+    """Feed all but the last prime code through the model in windows, from the state `start`
+    of one row (zeros when None); returns (state, last codes). Every row sees the same prime,
+    so a NumPy state is computed once and repeated."""
     codes = np.asarray(codes, dtype=np.int64)
     rows = 1
-    state = backend.zero_state(1)
+    state = backend.zero_state(1) if start is None else start
     if not isinstance(state, np.ndarray):      # a device state: run the whole batch
         rows, state = batch, backend.zero_state(batch)
     head = codes[:-1]

@@ -26,10 +26,13 @@ from charrnn.cli_base import CONTEXT, say
               help="Seconds a session is kept unused.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
               help="Seconds a client may take to send its request or to take one chunk of a stream.")
+@click.option("--chunk-interval", type=click.FloatRange(0, 10), default=0.02, show_default=True,
+              help="Seconds between two chunks of a stream at least; characters made meanwhile go together.")
 @click.option("--grace", type=click.FloatRange(0), default=5.0, show_default=True,
               help="On SIGTERM, seconds running streams may take to finish.")
 def serve(checkpoints: tuple[str, ...], host: str, port: int, api_key: str | None, device: str, max_streams: int,
-          max_tokens: int, max_sessions: int, session_ttl: float, timeout: float, grace: float) -> None:
+          max_tokens: int, max_sessions: int, session_ttl: float, timeout: float, chunk_interval: float,
+          grace: float) -> None:
     """Serve models over HTTP: OpenAI-style completions (streamed with server-sent events),
     sessions that keep the network's state, /health, /v1/models, /metrics and a page at /.
 
@@ -47,4 +50,5 @@ def serve(checkpoints: tuple[str, ...], host: str, port: int, api_key: str | Non
 
     run(checkpoints, host=host, port=port, api_key=api_key or None, device=device, grace=grace, log=say,
         limits=Limits(max_streams=max_streams, max_tokens=max_tokens, sessions=max_sessions,
-                      session_ttl=session_ttl, io_timeout=timeout, max_n=min(16, max_streams)))
+                      session_ttl=session_ttl, io_timeout=timeout, max_n=min(16, max_streams),
+                      chunk_interval=chunk_interval))

@@ -45,6 +45,7 @@ class Limits:
     max_prompt: int = 8192         # characters per prompt, and over all prompts of a request
     max_body: int = 1 << 20        # bytes of a request body
     io_timeout: float = 30.0       # seconds to send the body, or to take one chunk of a stream
+    chunk_interval: float = 0.02   # seconds between two chunks of one stream, at least
     sessions: int = 1000           # sessions kept
     session_ttl: float = 3600.0    # seconds a session is kept unused
 
@@ -401,11 +402,18 @@ def build_app(hub: Hub):
         if req.echo:
             for i, e in enumerate(echoes):
                 yield chunk(i, e)
-        left, first = len(echoes), True
+        left, first, wrote = len(echoes), True, 0.0
+        pause = hub.limits.chunk_interval
         while left:
             batch = await queue.get()
-            while not queue.empty():          # what piled up while the last chunk was written: one chunk
+            # a chunk at most every `pause` seconds: each chunk costs the event loop the same
+            # whatever it holds, and at 64 streams one per character would cost more than the model
+            wait = wrote + pause - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            while not queue.empty():          # what piled up meanwhile: one chunk
                 batch = batch + queue.get_nowait()
+            wrote = time.perf_counter()
             texts: dict[int, list] = {}
             for ev in batch:
                 if ev[0] == "error":

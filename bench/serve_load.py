@@ -3,7 +3,8 @@
 
 Starts the server itself (the shipped model unless --model says otherwise) on a free 127.0.0.1
 port; the clients are one asyncio process speaking HTTP on raw sockets, so they cost little
-beside the server. Bounded: each client makes --rounds requests one after another, each level
+beside the server. Bounded: each client makes --rounds requests one after another (at least 16
+requests a level, so one client's level is not over in a fraction of a second), each level
 stops after --max-seconds, and the soak (--soak SECONDS, 64 clients requesting in a loop) after
 its time. Reports per level: aggregate characters/s (all characters over the level's wall time),
 per-request time to the first character (p50, p99), and inter-character time (p50, p99: a chunk
@@ -156,7 +157,7 @@ def main() -> None:
                 time.sleep(0.5)
         out = {"levels": [], "load_before": os.getloadavg()}
         for c in map(int, args.levels.split(",")):
-            res = asyncio.run(level(port, c, args.rounds, args.chars, args.max_seconds))
+            res = asyncio.run(level(port, c, max(args.rounds, -(-16 // c)), args.chars, args.max_seconds))
             out["levels"].append(res)
             print(f"{c:3d} clients: {res['chars_per_s']:8.0f} chars/s  first char p50 {res['ttfc_p50_ms']:7.1f} "
                   f"p99 {res['ttfc_p99_ms']:7.1f} ms  between chars p50 {res['gap_p50_ms']:6.2f} "

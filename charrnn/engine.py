@@ -286,7 +286,7 @@ class Engine:
                     z = logits[i].astype(np.float64)
                     m = z.max()
                     logp[i] = z[c[0]] - m - math.log(np.exp(z - m).sum())
-        self._state = new_state
+        self._state = np.asarray(new_state)    # a device state (CUDA) comes home: rows join and leave here
         events: dict[int, tuple[Job, list]] = {}
         ended = []
         for i, s in enumerate(act):

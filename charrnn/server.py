@@ -555,18 +555,21 @@ def serve(checkpoints: tuple[str, ...], host: str = "127.0.0.1", port: int = 800
     from charrnn.checkpoint import load
     from charrnn.errors import InputError
 
-    dev = pick_device(device, log)
-    sessions = Sessions(limits.sessions, limits.session_ttl)
-    metrics = Metrics()
-    models: dict[str, Model] = {}
+    _check_listen(host, port)
+    loaded = {}
     for arg in checkpoints or (None,):
         path, note = zoo.resolve(arg)
         if note:
             log(note)
-        ck = load(path)
         name = model_name(arg, path)
-        if name in models:
+        if name in loaded:
             raise InputError(f"two checkpoints would both be served as {name!r}: give each from its own run")
+        loaded[name] = load(path)
+    dev = pick_device(device, log)
+    sessions = Sessions(limits.sessions, limits.session_ttl)
+    metrics = Metrics()
+    models: dict[str, Model] = {}
+    for name, ck in loaded.items():
         be = make_backend(dev, ck.config, ck.params, notify=compile_notices(log))
         models[name] = Model(name, ck.vocab, ck.config, Engine(name, be, ck.vocab, sessions, metrics))
     hub = Hub(models, limits, sessions, metrics, api_key)
@@ -597,4 +600,19 @@ def serve(checkpoints: tuple[str, ...], host: str = "127.0.0.1", port: int = 800
         for m in models.values():
             m.engine.close()
     if not server.started:
-        raise InputError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
+        raise InputError(f"could not listen on {host}:{port}")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail with one line before loading anything when the address cannot be listened on
+    (uvicorn would log its own error and exit 1)."""
+    import socket
+
+    from charrnn.errors import InputError
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

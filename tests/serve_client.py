@@ -23,11 +23,11 @@ def free_port() -> int:
 class Server:
     """A `charrnn serve` process and small HTTP helpers for it."""
 
-    def __init__(self, *args: str, key: str | None = None):
+    def __init__(self, *args: str, key: str | None = None, models: tuple[str, ...] = (MODEL,)):
         self.port = free_port()
         self.key = key
         self.log = tempfile.TemporaryFile()        # stderr: a pipe nobody reads could fill and stall it
-        self.proc = subprocess.Popen([sys.executable, "-m", "charrnn", "serve", MODEL, "--port", str(self.port),
+        self.proc = subprocess.Popen([sys.executable, "-m", "charrnn", "serve", *models, "--port", str(self.port),
                                       *args], stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 240          # a cold Numba cache compiles the kernels first
         while time.monotonic() < deadline:

@@ -83,3 +83,40 @@ def test_sequences_with_different_settings_in_one_batch_each_write_their_own_tex
     for i, st in enumerate(settings):
         alone, _ = run_job(engine, [st], seed=5 + i)
         assert together[i] == alone[0] and len(alone[0]) == st.max_tokens and reasons[i] == "length"
+
+
+_ON_CUDA = """
+import threading, numpy as np
+from charrnn.backends.cuda import CudaBackend
+from charrnn.corpus import Vocab
+from charrnn.engine import Engine, Job, Metrics, Seq, Sessions, Settings
+from tiny_models import random_case, tiny_config
+cfg = tiny_config(vocab_size=5, hidden=4, layers=2)
+p, _, _, _ = random_case(cfg, 1, 1, np.float32)
+e = Engine("t", CudaBackend(cfg, p.astype(np.float32)), Vocab("abcde"), Sessions(), Metrics())
+e.start()
+got, done = [], threading.Event()
+job = Job(lambda ev: (got.extend(ev), done.set() if sum(x[0] == "done" for x in got) == 2 else None))
+job.seqs = [Seq(job, i, np.array([0, 1], np.int64), Settings(max_tokens=6 + 3 * i), np.random.default_rng(i))
+            for i in range(2)]
+e.submit(job)
+assert done.wait(600)
+e.close()
+print(sorted((ev[1], len(''.join(t for t, _ in ev[2]))) for ev in got if ev[0] == "text"))
+"""
+
+
+@pytest.mark.slow          # ~25 s: the simulator runs each kernel thread in Python
+def test_the_engine_runs_on_the_cuda_backend_under_the_simulator():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _ON_CUDA], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    per_row: dict[int, int] = {}
+    for row, n in eval(out.stdout):
+        per_row[row] = per_row.get(row, 0) + n
+    assert per_row == {0: 6, 1: 9}

@@ -235,6 +235,41 @@ def test_metrics_are_prometheus_text(server):
     assert 'charrnn_batch_size_bucket{le="+Inf"}' in text
 
 
+# ---------------------------------------------------------------- several models; the command line
+def test_several_checkpoints_are_served_each_under_its_run_or_shipped_name(tmp_path):
+    from charrnn import zoo
+    run = tmp_path / "myrun"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(zoo.path_of(MODEL).read_bytes())
+    s = Server(models=(MODEL, str(run / "best.safetensors")))
+    try:
+        status, data = s.request("GET", "/v1/models")
+        assert sorted(m["id"] for m in json.loads(data)["data"]) == ["myrun", MODEL]
+        a = s.complete(model="myrun", prompt="Hi", max_tokens=30, seed=3)
+        b = s.complete(model=MODEL, prompt="Hi", max_tokens=30, seed=3)
+        assert a["model"] == "myrun" and a["choices"][0]["text"] == b["choices"][0]["text"]   # the same weights
+    finally:
+        assert s.stop() == 0
+
+
+def test_bad_checkpoints_and_a_missing_extra_are_one_line_errors(monkeypatch):
+    from click.testing import CliRunner
+
+    from charrnn.cli import cli
+    r = CliRunner().invoke(cli, ["serve", "no-such-model"])
+    assert r.exit_code == 2 and r.output.startswith("charrnn: error: no such checkpoint")
+    r = CliRunner().invoke(cli, ["serve", MODEL, MODEL])
+    assert r.exit_code == 2 and "both be served as 'shakespeare'" in r.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = CliRunner().invoke(cli, ["serve", MODEL, "--port", str(taken.getsockname()[1])])
+    assert r.exit_code == 2 and r.output.startswith("charrnn: error: cannot listen on 127.0.0.1:")
+    monkeypatch.setitem(sys.modules, "uvicorn", None)        # as without the serve extra
+    r = CliRunner().invoke(cli, ["serve"])
+    assert r.exit_code == 2 and "pip install 'charrnn-numba[serve]'" in r.output
+
+
 # ---------------------------------------------------------------- key, slow clients, SIGTERM
 @pytest.fixture
 def keyed():
@@ -272,3 +307,38 @@ def test_sigterm_lets_a_running_stream_finish_then_exits_0(keyed):
     text = first["choices"][0]["text"] + "".join(e["choices"][0]["text"] for e in rest if e != "[DONE]")
     assert rest[-1] == "[DONE]" and len(text) == 600
     assert keyed.proc.wait(30) == 0
+
+
+def test_health_is_503_until_the_kernels_are_ready_and_completions_wait_for_it():
+    """In process, over ASGI (the window before readiness is too short to catch over HTTP)."""
+    import asyncio
+
+    from charrnn.engine import Metrics, Sessions
+    from charrnn.server import Hub, Limits, build_app
+
+    hub = Hub({}, Limits(), Sessions(), Metrics())
+    app = build_app(hub)
+
+    async def call(method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
+        sent, got = [], []
+
+        async def receive():
+            if not sent:
+                sent.append(True)
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)
+
+        async def send(msg):
+            got.append(msg)
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        await app(scope, receive, send)
+        return got[0]["status"], json.loads(b"".join(m.get("body", b"") for m in got[1:]))
+
+    assert asyncio.run(call("GET", "/health")) == (503, {"status": "loading"})
+    status, body = asyncio.run(call("POST", "/v1/completions", b'{"prompt": "a"}'))
+    assert status == 503 and body["error"]["code"] == "not_ready"
+    hub.ready.set()
+    assert asyncio.run(call("GET", "/health")) == (200, {"status": "ok", "models": []})

@@ -158,13 +158,15 @@ class CpuBackend:
 
     # -- one step, for sampling ---------------------------------------------------------
     def step(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._step(codes, state, False)
+        # a few rows (sampling) take step_rows' exact products, so `charrnn sample` and
+        # `charrnn serve` write the same text for a seed; more go to BLAS
+        return self._step(codes, state, self.cfg.cell == "lstm" and np.size(codes) <= K.SMALL_M)
 
     def step_rows(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """step() where each row's result is bit-identical whatever the other rows and their
         number (`charrnn serve` batches unrelated requests; a seeded one must not depend on its
-        neighbours). An LSTM keeps every product in the kernel's own row loop instead of BLAS
-        (cpu_kernels.mm, fixed); a GRU or RNN steps its rows one at a time."""
+        neighbours). An LSTM computes every product with cpu_kernels.mm_exact instead of BLAS;
+        a GRU or RNN steps its rows one at a time."""
         return self._step(codes, state, True)
 
     def _step(self, codes: np.ndarray, state: np.ndarray, fixed: bool) -> tuple[np.ndarray, np.ndarray]:

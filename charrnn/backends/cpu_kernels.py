@@ -156,18 +156,42 @@ SMALL_M = 4   # products with at most this many rows run on the calling thread
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
-def mm(a, b, c, beta, fixed):
+def mm(a, b, c, beta):
     """c = a @ b + beta * c. A few rows (sampling, one-stream evaluation) are a memory-bound
     pass over b, done here on one thread: waking BLAS threads for it costs more than it saves
-    and, on a busy machine, waits for a descheduled thread. Larger products go to BLAS, unless
-    `fixed`: then every row takes this loop, whose arithmetic for a row does not depend on the
-    other rows or their number (BLAS blocks and accumulates differently for different M), so
-    a row's result is bit-identical alone or in any batch (`charrnn serve`'s batched steps).
-    Four rows of b per pass, each pass over every row of c: b is read once, c stays in cache."""
+    and, on a busy machine, waits for a descheduled thread. Larger products go to BLAS."""
     M, N = c.shape
-    if M > SMALL_M and not fixed:
+    if M > SMALL_M:
         gemm(a, b, c, False, False, beta)
         return
+    f = c.dtype.type
+    Kd = a.shape[1]
+    K4 = Kd - Kd % 4
+    for m in range(M):
+        if beta == 0:
+            for n in range(N):
+                c[m, n] = f(0.0)
+        for k in range(0, K4, 4):          # four rows of b per pass over c: fewer loads and stores of c
+            x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
+            for n in range(N):
+                c[m, n] += x0 * b[k, n] + x1 * b[k + 1, n] + x2 * b[k + 2, n] + x3 * b[k + 3, n]
+        for k in range(K4, Kd):
+            x = a[m, k]
+            for n in range(N):
+                c[m, n] += x * b[k, n]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mm_exact(a, b, c, beta):
+    """c = a @ b + beta * c with every element's sum in a fixed order, so a row's result is
+    bit-identical whatever the other rows and their number: `charrnn serve` steps unrelated
+    requests together, and a seeded one must not depend on its neighbours. BLAS does not
+    promise that (it blocks and accumulates differently for a different number of rows), nor
+    does a fast-math loop (reassociation lets the compiler sum differently in differently shaped
+    code), so this one is compiled without fast-math and not inlined into a fast-math kernel:
+    each element is c + (((x0 b0 + x1 b1) + x2 b2) + x3 b3) per four k, exactly as written.
+    Four rows of b per pass, each pass over every row of c: b is read once, c stays in cache."""
+    M, N = c.shape
     f = c.dtype.type
     Kd = a.shape[1]
     K4 = Kd - Kd % 4
@@ -345,7 +369,7 @@ def lstm_forward(gates, bias, Wh, WhT, hs, cs, tcs, kind, transposed):
     if not transposed:
         for t in range(T):
             a = gates[t]
-            mm(hs[t], Wh, a, 1.0, False)
+            mm(hs[t], Wh, a, 1.0)
             _lstm_cells(a, bias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], v, w, q, ib)
         return
     pT = np.empty((G, B), gates.dtype)
@@ -454,21 +478,30 @@ def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed, dh, dc,
                 _transpose(dhT, dh)
 
 
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _mm_step(a, b, c, beta, fixed):
+    """lstm_step's products: mm_exact when `fixed`, else mm (BLAS above SMALL_M rows)."""
+    if fixed:
+        mm_exact(a, b, c, beta)
+    else:
+        mm(a, b, c, beta)
+
+
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind, fixed):
     """One step of the whole model for sampling, every layer in this one call.
     offs[l] = (Wx, Wh, b) offsets into flat; embed_off < 0 means one-hot input.
     state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias.
-    fixed: every row's arithmetic independent of the batch (see mm)."""
+    fixed: every product in mm_exact, so each row's result is independent of the batch."""
     L, _, B, H = state.shape
     G = 4 * H
     V = logits.shape[1]
     dt = flat.dtype
     pre = np.empty((B, G), dt)
-    v = np.empty((B, G), dt)
-    w = np.empty((B, H), dt)
-    q = np.empty(B * G, dt)
-    ib = np.empty(B * G, np.int32)
+    v = np.empty((1, G), dt)
+    w = np.empty((1, H), dt)
+    q = np.empty(G, dt)
+    ib = np.empty(G, np.int32)
     tc = np.empty((B, H), dt)
     for l in range(L):
         o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
@@ -483,12 +516,14 @@ def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logi
                 r = embed_off + codes[bi] * embed
                 for j in range(embed):
                     x[bi, j] = flat[r + j]
-            mm(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0, fixed)
+            _mm_step(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0, fixed)
         else:
-            mm(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0, fixed)
-        mm(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0, fixed)
-        _lstm_cells(pre, flat[o_b:o_b + G], state[l, 1], kind, new_state[l, 1], tc, new_state[l, 0], v, w, q, ib)
-    mm(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0, fixed)
+            _mm_step(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0, fixed)
+        _mm_step(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0, fixed)
+        for bi in range(B):     # row by row: a row's exps take the same vector lanes whatever the batch
+            _lstm_cells(pre[bi:bi + 1], flat[o_b:o_b + G], state[l, 1, bi:bi + 1], kind, new_state[l, 1, bi:bi + 1],
+                        tc[bi:bi + 1], new_state[l, 0, bi:bi + 1], v, w, q, ib)
+    _mm_step(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0, fixed)
     ob = out_w + H * V
     for bi in range(B):
         for k in range(V):
@@ -566,7 +601,7 @@ def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kin
     out_codes, out_logp (steps, B)."""
     nxt = np.empty_like(state)
     for st in range(u.shape[0]):
-        lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, False)
+        lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, codes.shape[0] <= SMALL_M)
         # element by element, like draw_rows' copies: slice assignment compiles shape-error formatting
         s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
         for i in range(s_flat.shape[0]):
@@ -748,7 +783,7 @@ def gru_forward(gates, bias, bh, Wh, hs, hn, kind):
     q = np.empty(B * G, gates.dtype)
     ib = np.empty(B * G, np.int32)
     for t in range(T):
-        mm(hs[t], Wh, hw, 0.0, False)
+        mm(hs[t], Wh, hw, 0.0)
         _gru_cells(gates[t], hw, bias, bh, hs[t], kind, hn[t], hs[t + 1], v, q, ib)
 
 
@@ -779,7 +814,7 @@ def gru_backward(dh_out, gates, hn, hs, WhT, kind, dx, dhw, dh, carry):
                 dht[bi, 2 * H + j] = dan * r
                 zdh[bi, j] = d * z
         if t > 0 or carry:
-            mm(dht, WhT, dh, 0.0, False)
+            mm(dht, WhT, dh, 0.0)
             for bi in range(B):
                 for j in range(H):
                     dh[bi, j] += zdh[bi, j]
@@ -818,7 +853,7 @@ def rnn_forward(pre, bias, Wh, hs, kind):
     q = np.empty(B * H, pre.dtype)
     ib = np.empty(B * H, np.int32)
     for t in range(T):
-        mm(hs[t], Wh, pre[t], 1.0, False)
+        mm(hs[t], Wh, pre[t], 1.0)
         _rnn_cells(pre[t], bias, kind, hs[t + 1], w, q, ib)
 
 
@@ -835,7 +870,7 @@ def rnn_backward(dh_out, hs, WhT, kind, da, dh, carry):
             for j in range(H):
                 d[bi, j] = (dho[bi, j] + dh[bi, j]) * _dact(y[bi, j], kind, one)
         if t > 0 or carry:
-            mm(d, WhT, dh, 0.0, False)
+            mm(d, WhT, dh, 0.0)
 
 
 _threads = os.environ.get("CHARRNN_THREADS", "").strip()

@@ -194,10 +194,6 @@ class Engine:
             self._cv.notify()
         self._thread.join(5)
 
-    @property
-    def active(self) -> int:
-        return len(self._active) + len(self._incoming)
-
     def submit(self, job: Job) -> None:
         with self._cv:
             self._incoming.extend(job.seqs)

@@ -44,7 +44,7 @@ def streamed(server: Server, **body) -> tuple[dict[int, str], dict[int, str], bo
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server("--max-streams", "64")
+    s = Server("--max-streams", "64", "--grace", "1")
     yield s
     assert s.stop() == 0
 

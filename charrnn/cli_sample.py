@@ -8,6 +8,7 @@ import sys
 import click
 
 from charrnn.cli_base import CONTEXT, Finite, quiet_pipe, say
+from charrnn.decoding import DEFAULTS as D
 from charrnn.errors import InputError
 from charrnn.options import DYNAMIC_LR, DYNAMIC_RULES, Dynamic
 
@@ -18,14 +19,14 @@ MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows f
 # ---------------------------------------------------------------- sample
 @click.command(context_settings=CONTEXT)
 @click.argument("checkpoint", required=False)
-@click.option("--length", "-n", type=click.IntRange(0), default=2000, show_default=True,
+@click.option("--length", "-n", type=click.IntRange(0), default=D.length, show_default=True,
               help="Characters (bytes for a byte model) per sample, after the prime; 0 is endless.")
-@click.option("--temp", "-t", type=Finite(0), default=1.0, show_default=True,
+@click.option("--temp", "-t", type=Finite(0), default=D.temperature, show_default=True,
               help="Temperature: lower is safer, higher is wilder; 0 is greedy argmax.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k likeliest (0: all).")
-@click.option("--top-p", type=Finite(0, 1, min_open=True), default=1.0, show_default=True,
+@click.option("--top-k", type=click.IntRange(0), default=D.top_k, show_default=True, help="Keep the k likeliest (0: all).")
+@click.option("--top-p", type=Finite(0, 1, min_open=True), default=D.top_p, show_default=True,
               help="Nucleus: keep the smallest set with this much probability.")
-@click.option("--num-samples", "-N", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--num-samples", "-N", type=click.IntRange(1), default=D.batch, show_default=True,
               help="Samples generated together in one batch; row 0 streams, the rest follow in order.")
 @click.option("--separator", default="",
               help="Line written between plain samples (default: a blank line).")

@@ -56,6 +56,18 @@ EVAL_WINDOW = 256
 TEXT = 1 << 20          # evaluation text; a window reads at most half of it
 
 
+def batch1_bytes_per_char(metric: str, layers: int, hidden: int, gates: int = 4, vocab: int = VOCAB) -> int:
+    """float32 weight bytes one character at batch 1 must read (issue 33): sampling reads every
+    layer's recurrent and input matrix (layer 0's input is one row: one-hot) and the output layer
+    per step; evaluation runs the input and output products over whole windows, so per character
+    only the recurrent matrices are read again. At batch 1 these reads bound the speed."""
+    G = gates * hidden
+    recurrent = layers * hidden * G
+    if metric == "eval":
+        return 4 * recurrent
+    return 4 * (recurrent + (layers - 1) * hidden * G + G + hidden * vocab)
+
+
 def train_flops_per_char(layers: int, hidden: int, gates: int = 4) -> float:
     """Useful FLOPs of one training character: 3 products (forward, two in backward) of 2 FLOPs
     per multiply-add. The one-hot first layer is a row gather and counts nothing."""
@@ -457,6 +469,11 @@ def table(results: dict, torch_version: str | None, peaks: dict, cell: str = "ls
                 if pt:
                     gp = statistics.median(pt) * train_flops_per_char(layers, hidden, GATES[cell]) / 1e9
                     label += f", PyTorch {gp:.0f}"
+            if metric in ("eval", "sample1") and cr:
+                per = batch1_bytes_per_char(metric, layers, hidden, GATES[cell])
+                label += f"; {per / 1e6:.2f} MB of weights a character, charrnn {statistics.median(cr) * per / 1e9:.1f} GB/s"
+                if pt:
+                    label += f", PyTorch {statistics.median(pt) * per / 1e9:.1f}"
             rows.append(f"| {desc} | {threads} | {label} | {fmt_rate(cr) if cr else '–'} | {pt_s} | {ratio} | {tgt} |")
         for side, v in res.get("variants", {}).items():
             what = ", ".join(f"{k}: {x}" for k, x in v.items())

@@ -83,6 +83,13 @@ def save(path: str | os.PathLike, ck: Checkpoint, half: bool = False) -> None:
     }
     if ck.provenance:
         meta["provenance"] = json.dumps(ck.provenance)
+    write_tensors(path, tensors, meta)
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    """Write tensors and string metadata in the safetensors layout, atomically and durably: a
+    crash at any moment leaves the old file or the new one. Checkpoints and the files kept
+    beside them (charrnn/dynamic.py's gradient statistics) are written here."""
     header: dict = {"__metadata__": meta}
     off = 0
     for name, arr in tensors.items():

@@ -13,6 +13,7 @@ from charrnn import __version__
 from charrnn.cli_base import CONTEXT, Group, is_help, silence_stdout, usage_line
 from charrnn.cli_corpus import corpus
 from charrnn.cli_sample import eval_, sample
+from charrnn.cli_serve import serve
 from charrnn.cli_train import lr_find, train
 from charrnn.cli_viz import report, viz
 from charrnn.cli_zoo import export, zoo_group
@@ -30,6 +31,7 @@ def cli() -> None:
       charrnn sample --temp 0.8 | head   # stream text from the newest best checkpoint
       charrnn eval --split test          # bits per character on the held-back test split
       charrnn lr-find shakespeare        # suggest a learning rate
+      charrnn serve                      # the model behind http://127.0.0.1:8000
     """
     from charrnn.threads import setup_threads
     setup_threads()            # before any command loads NumPy: CHARRNN_THREADS, an MPI rank's share
@@ -39,6 +41,7 @@ cli.add_command(train)
 cli.add_command(lr_find)
 cli.add_command(sample)
 cli.add_command(eval_)
+cli.add_command(serve)
 cli.add_command(corpus)
 cli.add_command(zoo_group)
 cli.add_command(export)

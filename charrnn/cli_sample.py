@@ -8,7 +8,9 @@ import sys
 import click
 
 from charrnn.cli_base import CONTEXT, Finite, quiet_pipe, say
+from charrnn.decoding import DEFAULTS as D
 from charrnn.errors import InputError
+from charrnn.options import DYNAMIC_LR, DYNAMIC_RULES, Dynamic
 
 MAX_SEED = 2 ** 62          # sample i draws with seed + i: room to add
 MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows float32; it is argmax anyway
@@ -17,14 +19,14 @@ MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows f
 # ---------------------------------------------------------------- sample
 @click.command(context_settings=CONTEXT)
 @click.argument("checkpoint", required=False)
-@click.option("--length", "-n", type=click.IntRange(0), default=2000, show_default=True,
+@click.option("--length", "-n", type=click.IntRange(0), default=D.length, show_default=True,
               help="Characters (bytes for a byte model) per sample, after the prime; 0 is endless.")
-@click.option("--temp", "-t", type=Finite(0), default=1.0, show_default=True,
+@click.option("--temp", "-t", type=Finite(0), default=D.temperature, show_default=True,
               help="Temperature: lower is safer, higher is wilder; 0 is greedy argmax.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k likeliest (0: all).")
-@click.option("--top-p", type=Finite(0, 1, min_open=True), default=1.0, show_default=True,
+@click.option("--top-k", type=click.IntRange(0), default=D.top_k, show_default=True, help="Keep the k likeliest (0: all).")
+@click.option("--top-p", type=Finite(0, 1, min_open=True), default=D.top_p, show_default=True,
               help="Nucleus: keep the smallest set with this much probability.")
-@click.option("--num-samples", "-N", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--num-samples", "-N", type=click.IntRange(1), default=D.batch, show_default=True,
               help="Samples generated together in one batch; row 0 streams, the rest follow in order.")
 @click.option("--separator", default="",
               help="Line written between plain samples (default: a blank line).")
@@ -34,6 +36,9 @@ MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows f
 @click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Read the prime from FILE (- for stdin).")
 @click.option("--echo/--no-echo", default=True, show_default=True, help="Write the prime before each sample.")
+@click.option("--adapt", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="First let the model learn from FILE as it reads it (dynamic evaluation), then sample "
+                   "from the adapted weights, continuing FILE. Unlike --prime, the weights change.")
 @click.option("--unknown", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Prime characters outside the vocabulary: stop with an error listing them, or drop them.")
 @click.option("--json", "as_json", is_flag=True,
@@ -42,7 +47,8 @@ MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows f
               help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
-           stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, **kw) -> None:
+           stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, adapt: str | None,
+           **kw) -> None:
     """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints,
     else the shipped model).
 
@@ -56,6 +62,7 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
       charrnn sample checkpoints/shakespeare --prime "ROMEO:" --seed 7 | head -20
       charrnn sample shakespeare -n 300           # the shipped model, always
       printf 'To be' | charrnn sample --prime - --top-p 0.9 -n 200
+      charrnn sample --adapt my_letter.txt -n 400  # learn from the letter, then continue it
       charrnn sample -N 8 --stop $'\\n' --json --temp 0.7    # eight lines, one JSON object each
     """
     from charrnn import sample as smp
@@ -66,25 +73,46 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
         raise InputError(f"--temp: {kw['temp']:g} is too small to compute; 0 is greedy argmax, the same draw")
     if sys.stdout is None:          # started with stdout closed (`>&-`)
         raise InputError("stdout is closed: nowhere to write the samples (redirect it to a file or /dev/null)")
+    if adapt == "-" and "-" in (prime, prime_file):
+        raise click.UsageError("--adapt - and the prime cannot both read stdin")
     if kw["length"] == 0 and not stop and (kw["as_json"] or kw["num_samples"] > 1):
         raise click.UsageError("--length 0 (endless) streams one plain sample; with --json or "
                                "--num-samples give --stop STRING or a --length")
     try:
         with quiet_pipe():
             smp.run(checkpoint, sys.stdout.buffer, prime=prime, prime_file=prime_file, separator=separator,
-                    stop=stop, unknown=unknown, echo=echo, seed=seed, device=device, log=say, **kw)
+                    stop=stop, unknown=unknown, echo=echo, seed=seed, device=device, adapt=adapt, log=say, **kw)
     except smp.Interrupted:                 # the usual end of endless output: quiet, exit 130
         sys.exit(130)
 
 
 # ---------------------------------------------------------------- eval
+_DYN = Dynamic()
+
+
 @click.command("eval", context_settings=CONTEXT)
 @click.argument("args", nargs=-1, metavar="[CHECKPOINT] [FILE|-]")
-@click.option("--split", "which", type=click.Choice(["val", "test"]), default="test", show_default=True,
-              help="The held-back split of the training text, used when no FILE is given.")
+@click.option("--split", "which", type=click.Choice(["val", "test", "tail"]), default="test", show_default=True,
+              help="The held-back split of the training text, used when no FILE is given; tail is "
+                   "validation and test as one stream (the last 10% by default).")
+@click.option("--dynamic", is_flag=True,
+              help="Dynamic evaluation: after scoring each segment, take a gradient step on it, so the "
+                   "model adapts to the text as it reads (slower; the checkpoint is not changed).")
+@click.option("--dynamic-rule", type=click.Choice(list(DYNAMIC_RULES)), default=_DYN.rule, show_default=True,
+              help="rms: steps scaled by the training gradient's RMS, with --dynamic-decay; sgd: plain steps.")
+@click.option("--dynamic-lr", metavar="RATE|auto", default=None,
+              help="Step size, or auto to pick it on the validation split ["
+                   + "; ".join(f"{k}: {v:g}" for k, v in DYNAMIC_LR.items()) + "].")
+@click.option("--dynamic-decay", type=Finite(0), default=_DYN.decay, show_default=True,
+              help="rms: pull toward the trained weights at each step.")
+@click.option("--dynamic-seq-len", type=click.IntRange(1, 100_000), default=_DYN.seq_len, show_default=True,
+              help="Characters per segment (one step each).")
+@click.option("--dynamic-stats", type=click.Path(dir_okay=False, allow_dash=False), default=None,
+              help="rms: compute the gradient statistics on FILE instead of the checkpoint's training split.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None:
+def eval_(args: tuple[str, ...], which: str, dynamic: bool, dynamic_rule: str, dynamic_lr: str | None,
+          dynamic_decay: float, dynamic_seq_len: int, dynamic_stats: str | None, as_json: bool, device: str) -> None:
     """Bits per character of a checkpoint on FILE, or on its training text's held-back split.
 
     \b
@@ -92,17 +120,38 @@ def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None
       charrnn eval --split test
       charrnn eval checkpoints/shakespeare held_out.txt --json
       charrnn eval shakespeare play.txt            # the shipped model on any text
+      charrnn eval shakespeare --split tail --dynamic --dynamic-lr auto
     """
     import json
 
+    from charrnn.errors import InputError
     from charrnn.evaluate import evaluate_checkpoint
 
     if len(args) > 2:
         raise click.UsageError("give at most a CHECKPOINT and a FILE")
-    res = evaluate_checkpoint(args, which, device, log=say)
+    dyn, auto = None, False
+    given = [n for n, v in (("--dynamic-lr", dynamic_lr), ("--dynamic-stats", dynamic_stats)) if v is not None]
+    if given and not dynamic:
+        raise InputError(f"{given[0]} needs --dynamic")
+    if dynamic:
+        auto = dynamic_lr == "auto"
+        try:
+            lr = DYNAMIC_LR[dynamic_rule]
+            if dynamic_lr is not None and not auto:
+                lr = float(dynamic_lr)
+            dyn = Dynamic(rule=dynamic_rule, lr=lr, decay=dynamic_decay, seq_len=dynamic_seq_len)
+        except ValueError as e:
+            msg = str(e) if "--dynamic" in str(e) else f"--dynamic-lr must be a number or auto, not {dynamic_lr!r}"
+            raise InputError(msg) from None
+    res = evaluate_checkpoint(args, which, device, log=say, dynamic=dyn, auto_lr=auto, stats_text=dynamic_stats)
     with quiet_pipe():
         if as_json:
             click.echo(json.dumps(res))
         else:
+            how = ""
+            if dyn is not None:
+                d = res["dynamic"]
+                how = f" (dynamic: {d['rule']}, lr {d['lr']:g}" + (f", decay {d['decay']:g}" if d["rule"] == "rms" else "") \
+                    + f", segments of {d['seq_len']})"
             click.echo(f"{res['bits_per_char']:.4f} bits/char  {res['nats_per_char']:.4f} nats/char  "
-                       f"perplexity {res['perplexity']:.3f}  over {res['chars']:,} characters of {res['text']}")
+                       f"perplexity {res['perplexity']:.3f}  over {res['chars']:,} characters of {res['text']}{how}")

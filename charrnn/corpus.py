@@ -110,21 +110,23 @@ def check_encoding(encoding: str) -> None:
         raise CorpusError(f"--encoding: {encoding!r} is not a text encoding")
 
 
-def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8", hint: str = TRAIN_HINT) -> str | bytes:
+def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8", hint: str = TRAIN_HINT,
+               allow_empty: bool = False) -> str | bytes:
     """Read a file path, or stdin for '-'. Text mode strips one leading BOM and keeps the rest
     exactly (CRLF stays CRLF); byte mode returns the raw bytes. `hint` ends the message on a text
-    that does not decode: what the command reading it offers."""
+    that does not decode: what the command reading it offers. An empty input is an error unless
+    `allow_empty`."""
     if source == "-":
         raw = sys.stdin.buffer.read()
         where = "stdin"
     else:
-        check_source(source)
+        check_source(source, allow_empty)
         try:
             raw = Path(source).read_bytes()
         except OSError as e:
             raise CorpusError(f"cannot read {source}: {e.strerror or e}") from None
         where = source
-    if not raw:
+    if not raw and not allow_empty:
         raise CorpusError(f"{where} is empty")
     if byte_mode:
         return raw
@@ -139,7 +141,7 @@ def read_input(source: str, byte_mode: bool = False, encoding: str = "utf-8", hi
         raise CorpusError(f"unknown encoding {encoding!r}") from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    if not text:
+    if not text and not allow_empty:
         raise CorpusError(f"{where} is empty")
     return text
 
@@ -171,7 +173,7 @@ def codes_digest(codes: np.ndarray) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(codes)) & 0xFFFFFFFF:08x}"
 
 
-def check_source(source: str) -> None:
+def check_source(source: str, allow_empty: bool = False) -> None:
     """Fail early, before any output directory is made, on a missing path, a directory or an empty file."""
     if source == "-":
         return
@@ -184,7 +186,7 @@ def check_source(source: str) -> None:
         size = path.stat().st_size
     except OSError as e:
         raise CorpusError(f"cannot read {source}: {e.strerror or e}") from None
-    if size == 0 and path.is_file():
+    if size == 0 and path.is_file() and not allow_empty:
         raise CorpusError(f"{source} is empty")
 
 

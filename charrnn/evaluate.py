@@ -73,17 +73,60 @@ def summary(nats_sum: float, count: int) -> dict:
             "perplexity": math.exp(nats) if nats < 709 else math.inf}    # a wild model's exp() overflows
 
 
+SPLITS = ("val", "test", "tail")
+
+
+def held_out(codes: np.ndarray, train_args: dict, which: str) -> np.ndarray:
+    """A checkpoint's held-out split of its text's codes: "val", "test", or "tail", both as one
+    stream (the last val_frac + test_frac of the text: tinyshakespeare's last 10%, the text
+    nanoGPT's shakespeare_char scores)."""
+    from charrnn.corpus import split
+    _, val, test = split(codes, train_args.get("val_frac", 0.05), train_args.get("test_frac", 0.05))
+    return {"val": val, "test": test, "tail": codes[len(codes) - len(val) - len(test):]}[which]
+
+
+def training_text(ck) -> str:
+    """The path of a checkpoint's training text, found again (a file, or a catalogue corpus)."""
+    src = ck.train_args.get("source") or {}
+    path = src.get("path")
+    if (not path or not Path(path).is_file()) and src.get("corpus"):
+        from charrnn import catalog
+        entry = catalog.lookup(src["corpus"])
+        path = str(catalog.ensure(entry, fetch=False)[0]) if entry else None
+    if not path or path == "-" or not Path(path).is_file():
+        raise InputError("this checkpoint's training text is not at hand; name a FILE to evaluate on")
+    return path
+
+
+def _encode(vocab, text, log) -> tuple[np.ndarray, int]:
+    """Codes of a text, characters outside the vocabulary skipped (`log` hears how many)."""
+    from charrnn.corpus import describe_chars
+    unknown = vocab.unknown(text)
+    skipped = sum(text.count(c) for c in unknown)
+    if unknown:
+        log(f"skipping {skipped} occurrences of {len(unknown)} characters outside the vocabulary: "
+            f"{describe_chars(unknown)}")
+    return vocab.encode(text, skip_unknown=True), skipped
+
+
 def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = "auto",
-                        log: Callable[[str], None] = lambda m: None) -> dict:
+                        log: Callable[[str], None] = lambda m: None, dynamic=None, auto_lr: bool = False,
+                        stats_text: str | None = None) -> dict:
     """`charrnn eval` as one call: args is [CHECKPOINT] [FILE|-] (one argument is taken for a
     checkpoint when it is a directory, a .safetensors file or a shipped model's name). Without a
-    FILE the checkpoint's own training text is found again and its `which` split ("val" or
-    "test") scored. Characters outside the vocabulary are skipped, and `log` hears how many.
-    Returns summary()'s numbers plus `text` (what was scored) and `skipped_chars`."""
+    FILE the checkpoint's own training text is found again and its `which` split (SPLITS)
+    scored. Characters outside the vocabulary are skipped, and `log` hears how many.
+
+    `dynamic` (a dynamic.Dynamic) scores with dynamic evaluation instead; `auto_lr` first picks
+    its rate on the validation split; the "rms" rule's gradient statistics come from the training
+    split (or the file `stats_text`). Returns summary()'s numbers plus `text` (what was scored),
+    `skipped_chars`, and with `dynamic` the settings used."""
     from charrnn import zoo
     from charrnn.backends import compile_notices, make_backend, pick_device
-    from charrnn.corpus import MODEL_HINT, describe_chars, read_input, split
+    from charrnn.corpus import MODEL_HINT, read_input
 
+    if which not in SPLITS:
+        raise InputError(f"--split must be one of {', '.join(SPLITS)}")
     ck_arg, file_arg = None, None
     if len(args) == 2:
         ck_arg, file_arg = args
@@ -93,35 +136,86 @@ def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: s
             ck_arg = args[0]
         else:
             file_arg = args[0]
-    ck = zoo.load_checkpoint(ck_arg, log)
+    ck_path, note = zoo.resolve(ck_arg)
+    if note:
+        log(note)
+    from charrnn.checkpoint import load
+    ck = load(ck_path)
     vocab = ck.vocab
+    own = None                     # the training text's codes, when it is read
     if file_arg is not None:
-        text = read_input(file_arg, byte_mode=vocab.byte_mode, hint=MODEL_HINT)
+        codes, skipped = _encode(vocab, read_input(file_arg, byte_mode=vocab.byte_mode, hint=MODEL_HINT), log)
         what = "stdin" if file_arg == "-" else file_arg
     else:
-        src = ck.train_args.get("source") or {}
-        path = src.get("path")
-        if (not path or not Path(path).is_file()) and src.get("corpus"):
-            from charrnn import catalog
-            entry = catalog.lookup(src["corpus"])
-            path = str(catalog.ensure(entry, fetch=False)[0]) if entry else None
-        if not path or path == "-" or not Path(path).is_file():
-            raise InputError("this checkpoint's training text is not at hand; name a FILE to evaluate on")
-        text = read_input(path, byte_mode=vocab.byte_mode, encoding=src.get("encoding", "utf-8"))
+        path = training_text(ck)
+        text = read_input(path, byte_mode=vocab.byte_mode, encoding=(ck.train_args.get("source") or {}).get(
+            "encoding", "utf-8"))
+        own, skipped = _encode(vocab, text, log)
+        codes = held_out(own, ck.train_args, which)
         what = f"{which} split of {path}"
-    unknown = vocab.unknown(text)
-    skipped = sum(text.count(c) for c in unknown)
-    if unknown:
-        log(f"skipping {skipped} occurrences of {len(unknown)} characters outside the vocabulary: "
-            f"{describe_chars(unknown)}")
-    codes = vocab.encode(text, skip_unknown=True)
-    if file_arg is None:
-        _, val, test = split(codes, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))
-        codes = val if which == "val" else test
     if len(codes) < 2:
         raise InputError(f"{what} has fewer than two characters to score")
-    be = make_backend(pick_device(device, log, announce=False), ck.config, ck.params, notify=compile_notices(log))
-    nats, n = evaluate(be, codes)
+    device = pick_device(device, log, announce=False)
+    if dynamic is None:
+        be = make_backend(device, ck.config, ck.params, notify=compile_notices(log))
+        nats, n = evaluate(be, codes)
+        res = summary(nats, n)
+        res.update({"text": what, "skipped_chars": skipped})
+        return res
+    return _dynamic(ck, ck_path, device, codes, what, skipped, own, dynamic, auto_lr, stats_text, log)
+
+
+LR_GRID = {"rms": (3e-5, 6e-5, 1e-4, 2e-4, 4e-4), "sgd": (0.03, 0.1, 0.3, 1.0)}
+
+
+def _dynamic(ck, ck_path, device, codes, what, skipped, own, dyn, auto_lr, stats_text, log) -> dict:
+    """evaluate_checkpoint's dynamic half: statistics, the rate search, the adapting score."""
+    import dataclasses
+
+    from charrnn import catalog, dynamic as dy
+    from charrnn.backends import compile_notices, make_backend
+    from charrnn.corpus import MODEL_HINT, read_input, split
+    from charrnn.model import Params
+
+    cfg = dataclasses.replace(ck.config, dropout=0.0)     # scoring: no dropout in the steps either
+    notify = compile_notices(log)
+
+    def fresh():
+        return make_backend(device, cfg, Params(cfg, ck.params.flat.copy()), notify=notify)
+
+    if (auto_lr or (dyn.rule == "rms" and stats_text is None)) and own is None:
+        try:
+            text = read_input(training_text(ck), byte_mode=ck.vocab.byte_mode)
+            own, _ = _encode(ck.vocab, text, lambda m: None)
+        except InputError:
+            if auto_lr:
+                raise InputError("--dynamic-lr auto searches on the checkpoint's validation split, and its "
+                                 "training text is not at hand; give --dynamic-lr") from None
+            raise InputError("the rms rule needs gradient statistics from the training text, which is not "
+                             "at hand; give --dynamic-stats FILE or --dynamic-rule sgd") from None
+    ms = None
+    if dyn.rule == "rms":
+        if stats_text is not None:
+            stats_codes, _ = _encode(ck.vocab, read_input(stats_text, byte_mode=ck.vocab.byte_mode,
+                                                          hint=MODEL_HINT), log)
+            source = stats_text
+        else:
+            stats_codes = split(own, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))[0]
+            source = "the training split"
+        ms = dy.load_or_compute_stats(dy.stats_file(Path(ck_path), catalog.cache_dir()), fresh(), stats_codes,
+                                      dyn.seq_len, source, log)
+    searched = None
+    if auto_lr:
+        val = held_out(own, ck.train_args, "val")
+        log(f"searching --dynamic-lr on the validation split ({len(val) - 1:,} characters)")
+        lr, searched = dy.search_lr(fresh, val, dyn, ms, LR_GRID[dyn.rule], log)
+        if not math.isfinite(min(b for _, b in searched)):
+            raise InputError("every --dynamic-lr tried diverged on the validation split")
+        dyn = dataclasses.replace(dyn, lr=lr)
+        log(f"chose --dynamic-lr {lr:g}")
+    nats, n, _ = dy.dynamic_evaluate(fresh(), codes, dyn, ms)
     res = summary(nats, n)
-    res.update({"text": what, "skipped_chars": skipped})
+    res.update({"text": what, "skipped_chars": skipped, "dynamic": dyn.to_dict()})
+    if searched is not None:
+        res["dynamic_search"] = [{"lr": lr, "val_bits_per_char": b} for lr, b in searched]
     return res

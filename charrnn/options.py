@@ -178,3 +178,31 @@ _FIELDS = {f.name for f in dataclasses.fields(TrainOptions)} - {"model"}
 # every name from_dict takes besides "model": the options' own and the model's, flat
 TRAIN_OPTION_NAMES = frozenset(_FIELDS | set(MODEL_DEFAULTS))
 DEFAULT_MAX_EPOCHS = 50.0
+
+
+# ---------------------------------------------------------------- dynamic evaluation (charrnn/dynamic.py)
+DYNAMIC_RULES = ("rms", "sgd")
+DYNAMIC_LR = {"rms": 1e-4, "sgd": 0.3}     # the default step of each rule (bench/RESULTS.md, "Dynamic evaluation")
+
+
+@dataclass(frozen=True)
+class Dynamic:
+    """How dynamic evaluation adapts (the --dynamic-* flags of `charrnn eval`)."""
+    rule: str = "rms"         # "rms" (Krause et al.'s RMS-normalised step with decay) or "sgd"
+    lr: float = DYNAMIC_LR["rms"]   # step size (DYNAMIC_LR has each rule's default)
+    decay: float = 0.0        # rms only: pull toward the trained weights per step, scaled by ms / mean(ms)
+    seq_len: int = 50         # characters per segment: score, then one step
+    eps: float = 0.01         # rms only: floor of the denominator, as a fraction of mean(ms)
+
+    def __post_init__(self) -> None:
+        if self.rule not in DYNAMIC_RULES:
+            raise ValueError(f"--dynamic-rule must be one of {', '.join(DYNAMIC_RULES)}, not {self.rule!r}")
+        for name, lo in (("lr", 0.0), ("decay", 0.0), ("eps", 0.0)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
+                raise ValueError(f"--dynamic-{name} must be a finite number >= {lo:g}, not {v!r}")
+        if not (isinstance(self.seq_len, int) and 1 <= self.seq_len <= 100_000):
+            raise ValueError(f"--dynamic-seq-len must be an integer from 1 to 100000, not {self.seq_len!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

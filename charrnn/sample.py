@@ -1,10 +1,10 @@
 """Drawing text from a trained model: priming, temperature, top-k, top-p (nucleus), argmax,
 stop strings, many samples in one batch, and writing them as a byte stream or JSON lines.
 
-`Decoding` holds how to draw, passed whole to `stream()`, `generate()`, `write_samples()` and a
-backend's own sampling loop. `stream()` runs the model: `batch` rows together, each row with its
-own generator seeded `seed + row`, so `--seed S --num-samples 1` regenerates row i of a batch
-run with seed S - i.
+`Decoding` (charrnn/decoding.py, re-exported here with the prime and stop helpers) holds how to
+draw, passed whole to `stream()`, `generate()`, `write_samples()` and a backend's own sampling
+loop. `stream()` runs the model: `batch` rows together, each row with its own generator seeded
+`seed + row`, so `--seed S --num-samples 1` regenerates row i of a batch run with seed S - i.
 The writers turn its steps into output: `PlainWriter` streams row 0 live and holds the
 others until their turn; `JsonWriter` emits one JSON line per finished sample.
 Log-probabilities are always under the model itself (temperature 1, no filtering).
@@ -16,86 +16,24 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from charrnn.errors import SampleError
+from charrnn.decoding import (DEFAULTS, Decoding, _as_units, distribution, draw, log_softmax_at,  # noqa: F401
+                              prime_codes, stop_codes)
+from charrnn.errors import SampleError  # noqa: F401  (re-exported)
 
 PRIME_WINDOW = 128          # prime codes per forward call (a window, not one step at a time)
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """How samples are drawn (the sampling flags of `charrnn sample`)."""
-    length: int = 2000          # codes per sample; 0: endless
-    temperature: float = 1.0    # 0: argmax
-    top_k: int = 0              # keep the k most likely codes; 0: all
-    top_p: float = 1.0          # keep the smallest set holding this much probability; 1: all
-    seed: int = 0               # row i draws from PCG64 seeded seed + i
-    batch: int = 1              # samples drawn together
-    stop: tuple[int, ...] = ()  # codes: a row ends right after its generated codes end with them
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(int(c) for c in self.stop))
-
-    @property
-    def own_loop_ok(self) -> bool:
-        """Whether a backend's own sampling loop (temperature and top-k, every row to `length`)
-        draws these samples: no top-p and no stop string."""
-        return self.top_p >= 1.0 and not self.stop
-
-
-def distribution(logits: np.ndarray, temp: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
-    """Rows of probabilities from rows of logits after temperature, top-k and top-p filtering.
-    temp 0 puts all mass on the argmax."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if temp == 0:
-        probs = np.zeros_like(logits)
-        probs[np.arange(len(logits)), logits.argmax(axis=1)] = 1.0
-        return probs
-    z = logits / temp
-    if top_k and top_k < z.shape[1]:
-        kth = np.partition(z, -top_k, axis=1)[:, -top_k][:, None]
-        z = np.where(z >= kth, z, -np.inf)
-    z = z - z.max(axis=1, keepdims=True)
-    probs = np.exp(z)
-    probs /= probs.sum(axis=1, keepdims=True)
-    if top_p < 1.0:
-        order = np.argsort(-probs, axis=1, kind="stable")
-        sorted_p = np.take_along_axis(probs, order, axis=1)
-        keep_sorted = np.cumsum(sorted_p, axis=1) - sorted_p < top_p   # smallest set reaching top_p
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=1)
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum(axis=1, keepdims=True)
-    return probs
-
-
-def log_softmax_at(logits: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """log p(codes[i]) under row i of the logits, in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z[np.arange(len(z)), codes] - np.log(np.exp(z).sum(axis=1))
-
-
-def draw(probs: np.ndarray, rng: np.random.Generator | Sequence[np.random.Generator]) -> np.ndarray:
-    """One code per row by inverse-CDF sampling; `rng` is one generator, or one per row."""
-    if isinstance(rng, np.random.Generator):
-        u = rng.random(len(probs))
-    else:
-        u = np.array([r.random() for r in rng])
-    cdf = np.cumsum(probs, axis=1)
-    codes = (cdf < u[:, None] * cdf[:, -1:]).sum(axis=1)
-    return np.minimum(codes, probs.shape[1] - 1)
-
-
-def prime_state(backend, codes: np.ndarray, batch: int):
-    """Feed all but the last prime code through the model in windows; returns (state, last codes).
-    Every row sees the same prime, so a NumPy state is computed once and repeated."""
+def prime_state(backend, codes: np.ndarray, batch: int, start=None):
+    """Feed all but the last prime code through the model in windows, from the state `start`
+    of one row (zeros when None); returns (state, last codes). Every row sees the same prime,
+    so a NumPy state is computed once and repeated."""
     codes = np.asarray(codes, dtype=np.int64)
     rows = 1
-    state = backend.zero_state(1)
+    state = backend.zero_state(1) if start is None else start
     if not isinstance(state, np.ndarray):      # a device state: run the whole batch
         rows, state = batch, backend.zero_state(batch)
     head = codes[:-1]
@@ -181,47 +119,6 @@ def generate(backend, prime_codes: np.ndarray, dec: Decoding = Decoding()) -> It
     steps; length 0 means endless. The prime must hold at least one code."""
     for st in stream(backend, prime_codes, dec):
         yield st.codes, st.logp
-
-
-def _as_units(vocab, text: str | bytes) -> str | bytes:
-    """Text in the model's units: bytes for a byte model (arguments keep their raw bytes)."""
-    if vocab.byte_mode and isinstance(text, str):
-        return text.encode("utf-8", "surrogateescape")
-    if not vocab.byte_mode and isinstance(text, bytes):
-        return text.decode("utf-8", "surrogateescape")
-    return text
-
-
-def prime_codes(vocab, prime: str | bytes, unknown: str = "error") -> tuple[np.ndarray, bytes, list[str]]:
-    """(codes to feed, bytes to echo, characters skipped). `unknown` is "error" or "skip" for
-    prime characters outside the vocabulary. With no prime the model starts from a newline
-    (or its first symbol), which is not echoed."""
-    from charrnn.corpus import describe_chars
-    prime = _as_units(vocab, prime)
-    missing = vocab.unknown(prime)
-    if missing and unknown == "error":
-        raise SampleError(f"the prime has {len(missing)} characters outside the model's vocabulary: "
-                          f"{describe_chars(missing)} (--unknown skip drops them)")
-    if missing:
-        prime = "".join(c for c in prime if c not in set(missing))
-    if not prime:
-        start = b"\n" if vocab.byte_mode else ("\n" if "\n" in vocab.chars else vocab.chars[0])
-        return vocab.encode(start).astype(np.int64), b"", missing
-    echo = prime if isinstance(prime, bytes) else prime.encode("utf-8", "surrogatepass")
-    return vocab.encode(prime).astype(np.int64), echo, missing
-
-
-def stop_codes(vocab, stop: str | bytes | None) -> tuple[int, ...]:
-    """The stop string as codes; one the model cannot write is an error, not a silent never."""
-    if not stop:
-        return ()
-    from charrnn.corpus import describe_chars
-    stop = _as_units(vocab, stop)
-    missing = vocab.unknown(stop)
-    if missing:
-        raise SampleError(f"--stop has characters outside the model's vocabulary, so it could never appear: "
-                          f"{describe_chars(missing)}")
-    return tuple(vocab.encode(stop).tolist())
 
 
 def write_samples(backend, vocab, out: BinaryIO, codes: np.ndarray, dec: Decoding, echo: bytes = b"",
@@ -360,19 +257,27 @@ class Interrupted(Exception):
 
 def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prime_file: str | None = None,
         unknown: str = "error", echo: bool = True, seed: int | None = None, device: str = "auto",
-        num_samples: int = 1, length: int = 2000, temp: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-        stop: str | None = None, as_json: bool = False, separator: str = "",
+        num_samples: int = DEFAULTS.batch, length: int = DEFAULTS.length, temp: float = DEFAULTS.temperature,
+        top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p,
+        stop: str | None = None, as_json: bool = False, separator: str = "", adapt: str | None = None,
         log: Callable[[str], None] = lambda m: None) -> None:
     """`charrnn sample` as one call: load CHECKPOINT (see zoo.load_checkpoint), read the prime
     (`prime`, or "-" / `prime_file` for a file or stdin), and write the samples to `out`. A
-    random seed is drawn when none is given. Ctrl-C while writing raises Interrupted."""
+    random seed is drawn when none is given. Ctrl-C while writing raises Interrupted.
+
+    `adapt` names a file the model first reads with dynamic evaluation (charrnn/dynamic.py): the
+    samples come from the adapted weights, continuing the file (then the prime)."""
     import secrets
 
     from charrnn import zoo
     from charrnn.backends import compile_notices, make_backend, pick_device
+    from charrnn.checkpoint import load
     from charrnn.corpus import MODEL_HINT, describe_chars, read_input
 
-    ck = zoo.load_checkpoint(checkpoint, log)
+    ck_path, note = zoo.resolve(checkpoint)
+    if note:
+        log(note)
+    ck = load(ck_path)
     vocab = ck.vocab
     text: str | bytes = prime or ""
     if prime == "-" or prime_file is not None:
@@ -383,7 +288,16 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         log(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
     from charrnn.memory import check_sampling
     check_sampling(ck.config, num_samples)
-    be = make_backend(pick_device(device, log, announce=False), ck.config, ck.params, notify=compile_notices(log))
+    device = pick_device(device, log, announce=False)
+    adapted = None
+    if adapt is not None:
+        from charrnn.dynamic import adapt as read_and_adapt
+        adapted = read_and_adapt(ck, ck_path, device, adapt, log=log)
+    if adapted is None:
+        be = make_backend(device, ck.config, ck.params, notify=compile_notices(log))
+    else:                           # continue the file: its codes, then the prime's (if one was given)
+        be, file_codes = adapted
+        codes = np.concatenate([file_codes.astype(np.int64), codes if echoed else codes[:0]])
     try:
         dec = Decoding(length=length, temperature=temp, top_k=top_k, top_p=top_p, batch=num_samples, stop=stop_at,
                        seed=secrets.randbits(31) if seed is None else seed)

@@ -253,3 +253,20 @@ def test_gradients_go_to_the_reduce_buffer_asked_for_after_the_first_window(cell
     assert be.optimizer_step(Optimizer("sgd", packed.size - 2, np.float64), 0.1, ("none", 0.0)) == \
         want.optimizer_step(Optimizer("sgd", packed.size - 2, np.float64), 0.1, ("none", 0.0))
     assert np.array_equal(be.params_host().flat, want.params_host().flat)
+
+
+@pytest.mark.parametrize("cell,embed", [("lstm", 0), ("lstm", 6), ("gru", 0), ("rnn", 0)])
+def test_step_rows_gives_each_row_bit_identically_alone_or_in_any_batch(cell, embed):
+    """charrnn serve batches unrelated requests: a row must not depend on its neighbours or their
+    number (BLAS, which step() uses above a few rows, blocks differently for different batches)."""
+    cfg = tiny_config(vocab_size=11, hidden=40, layers=2, cell=cell, embed=embed)
+    p, x, _, state = random_case(cfg, 1, 37, np.float32)
+    be = CpuBackend(cfg, p.astype(np.float32))
+    state = state.astype(np.float32)
+    logits, new = be.step_rows(x[0], state)
+    for lo, hi in ((0, 1), (3, 4), (5, 13), (36, 37)):
+        l_part, n_part = be.step_rows(x[0, lo:hi], state[:, :, lo:hi])
+        assert np.array_equal(l_part, logits[lo:hi]) and np.array_equal(n_part, new[:, :, lo:hi])
+    one, _ = be.step(x[0, :1], state[:, :, :1])          # one row: the sampler's own step
+    assert np.array_equal(one, logits[:1])
+    np.testing.assert_allclose(be.step(x[0], state)[0], logits, rtol=1e-4, atol=1e-5)

@@ -172,6 +172,20 @@ def test_small_products_match_blas_with_and_without_accumulation():
             np.testing.assert_allclose(c, a @ b + beta * c0, rtol=1e-12, atol=1e-12)
 
 
+def test_exact_products_match_blas_and_give_each_row_bit_identically_whatever_the_other_rows():
+    r = np.random.default_rng(1)
+    a, b = r.normal(size=(13, 37)), r.normal(size=(37, 21))
+    for beta in (0.0, 1.0):
+        c0 = r.normal(size=(13, 21))
+        whole = c0.copy()
+        K.mm_exact(a, b, whole, beta)
+        np.testing.assert_allclose(whole, a @ b + beta * c0, rtol=1e-12, atol=1e-12)
+        for lo, hi in ((0, 1), (6, 7), (2, 9), (12, 13)):
+            part = c0[lo:hi].copy()
+            K.mm_exact(a[lo:hi], b, part, beta)
+            assert np.array_equal(part, whole[lo:hi])
+
+
 @pytest.mark.skipif(not K.HAVE_BLAS or platform.machine() != "x86_64", reason="NumPy's OpenBLAS on x86-64")
 def test_blas_core_names_the_kernels_that_openblas_coretype_pins():
     code = "from charrnn.backends.cpu_kernels import blas_core; print(blas_core())"

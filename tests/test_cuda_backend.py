@@ -416,6 +416,25 @@ def test_weights_round_trip_bit_for_bit_and_optimizer_moments_come_home():
 
 
 @needs_cuda
+def test_dynamic_evaluation_on_the_device_follows_the_cpu():
+    """charrnn/dynamic.py through the device: set_params between segments, the RMS rule with
+    decay, the carried state; scores and adapted weights as on the CPU."""
+    from charrnn.backends.cpu import CpuBackend
+    from charrnn.dynamic import Dynamic, dynamic_evaluate
+    cfg = tiny_config(vocab_size=5, hidden=3, layers=1)
+    p, *_ = _case(cfg, 2, 2)
+    codes = np.random.default_rng(7).integers(0, 5, 13)              # three segments of 4
+    ms = np.random.default_rng(8).uniform(0.1, 1.0, p.flat.size).astype(np.float32)
+    dyn = Dynamic("rms", lr=0.01, decay=0.1, seq_len=4)
+    cpu, dev = CpuBackend(cfg, p.astype(np.float32)), _backend(cfg, p.astype(np.float32))
+    (a, n, sa), (b, m, sb) = dynamic_evaluate(cpu, codes, dyn, ms), dynamic_evaluate(dev, codes, dyn, ms)
+    assert n == m == 12 and abs(a - b) / a < 1e-5
+    assert _rel(dev.params_host().flat, cpu.params_host().flat) < 1e-5
+    assert _rel(np.asarray(sb), sa) < 1e-5
+    assert not np.array_equal(dev.params_host().flat, p.astype(np.float32).flat)
+
+
+@needs_cuda
 @pytest.mark.gpu          # 13 steps take ~70 s in the simulator: kept out of its CI run, not out of a GPU's
 def test_lr_find_on_the_device_follows_the_cpu_curve(small_text):
     from charrnn.lrfind import lr_find

@@ -47,29 +47,6 @@ def softmax(z):
 
 
 # ---------------------------------------------------------------- the decoding rules
-def test_temp_zero_puts_all_mass_on_the_argmax():
-    logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 2.9]])
-    assert distribution(logits, 0).tolist() == [[0, 1, 0], [1, 0, 0]]
-
-
-def test_top_k_keeps_the_k_likeliest_renormalised():
-    p = distribution(np.log([[0.5, 0.1, 0.3, 0.1]]), 1.0, top_k=2)[0]
-    np.testing.assert_allclose(p, [0.625, 0, 0.375, 0])
-
-
-def test_top_p_keeps_the_smallest_set_reaching_p():
-    logits = np.log([[0.5, 0.1, 0.3, 0.1]])
-    np.testing.assert_allclose(distribution(logits, 1.0, top_p=0.5)[0], [1, 0, 0, 0])
-    np.testing.assert_allclose(distribution(logits, 1.0, top_p=0.7)[0], [0.625, 0, 0.375, 0])
-    np.testing.assert_allclose(distribution(logits, 1.0, top_p=1.0)[0], [0.5, 0.1, 0.3, 0.1])
-
-
-def test_temperature_sharpens_and_flattens():
-    logits = np.log([[0.7, 0.2, 0.1]])
-    cold, hot = distribution(logits, 0.5)[0], distribution(logits, 2.0)[0]
-    assert cold[0] > 0.7 > hot[0] and hot[2] > 0.1 > cold[2]
-
-
 def _model_distribution(path, prime):
     ck = ckpt.load(path)
     be = CpuBackend(ck.config, ck.params)

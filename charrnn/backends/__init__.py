@@ -36,7 +36,7 @@ class Backend(Protocol):
         ...
 
     def generate(self, prime_codes: Any, dec: Any, state: Any = None) -> Iterator[tuple[Any, Any]]:
-        """The compiled sampling loop for a sample.Decoding with no top-p and no stop string
+        """The compiled sampling loop for a decoding.Decoding with no top-p and no stop string
         (Decoding.own_loop_ok; sample.stream runs it then): per step (codes (batch,),
         log-probabilities (batch,)) for dec.length steps (0: endless), row i drawing from PCG64
         seeded dec.seed + i, from `state` after prime_codes[:-1] (None: the prime is fed here)."""
@@ -70,6 +70,11 @@ class Backend(Protocol):
 
     def grad_host(self) -> Any:
         """The last gradient as host Params."""
+        ...
+
+    def set_params(self, flat: Any) -> None:
+        """Replace the weights with a host float32 flat buffer in Params' layout (dynamic
+        evaluation moves them between windows; charrnn/dynamic.py)."""
         ...
 
     def zero_state(self, batch: int) -> Any:

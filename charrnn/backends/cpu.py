@@ -31,7 +31,7 @@ from charrnn.model import ModelConfig, Params, param_offsets, zero_state
 from charrnn.optim import Optimizer, clip_
 
 if TYPE_CHECKING:
-    from charrnn.sample import Decoding
+    from charrnn.decoding import Decoding
 
 __all__ = ["CpuBackend", "CpuTuning", "TANH", "SOFTSIGN"]
 
@@ -154,15 +154,30 @@ class CpuBackend:
 
     # -- one step, for sampling ---------------------------------------------------------
     def step(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # a few rows (sampling) take step_rows' exact products, so `charrnn sample` and
+        # `charrnn serve` write the same text for a seed; more go to BLAS
+        return self._step(codes, state, self.cfg.cell == "lstm" and np.size(codes) <= K.SMALL_M)
+
+    def step_rows(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """step() where each row's result is bit-identical whatever the other rows and their
+        number (`charrnn serve` batches unrelated requests; a seeded one must not depend on its
+        neighbours). An LSTM computes every product with cpu_kernels.mm_exact instead of BLAS;
+        a GRU or RNN steps its rows one at a time."""
+        return self._step(codes, state, True)
+
+    def _step(self, codes: np.ndarray, state: np.ndarray, fixed: bool) -> tuple[np.ndarray, np.ndarray]:
         _warm_up(self, "step")
         codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
         state = np.ascontiguousarray(state, dtype=self.dtype)
         if self.cfg.cell != "lstm":
-            return self._step_recurrent(codes, state)
+            if not fixed or codes.size == 1:
+                return self._step_recurrent(codes, state)
+            rows = [self._step_recurrent(codes[i:i + 1], state[:, :, i:i + 1]) for i in range(codes.size)]
+            return np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows], axis=2)
         new_state = np.empty_like(state)
         logits = np.empty((codes.size, self.cfg.vocab_size), self.dtype)
         K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
-                    codes, state, new_state, logits, self.kind)
+                    codes, state, new_state, logits, self.kind, fixed)
         return logits, new_state
 
     def _step_recurrent(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,6 +259,9 @@ class CpuBackend:
     def grad_host(self) -> Params:
         return self.grad
 
+    def set_params(self, flat: np.ndarray) -> None:
+        np.copyto(self.p.flat, flat)        # in place: the window driver holds these views
+
     def zero_state(self, batch: int) -> np.ndarray:
         return zero_state(self.cfg, batch, self.dtype)
 
@@ -296,7 +314,7 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     elif path == "step":
         tb.step(x[0], tb.zero_state(1))
     elif path == "generate":
-        from charrnn.sample import Decoding
+        from charrnn.decoding import Decoding
         for _ in tb.generate(x[:, 0], Decoding(length=2, top_k=1)):
             pass
     else:

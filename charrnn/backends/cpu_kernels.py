@@ -191,6 +191,36 @@ def mm(a, b, c, beta):
                 c[m, n] += x * b[k, n]
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def mm_exact(a, b, c, beta):
+    """c = a @ b + beta * c with every element's sum in a fixed order, so a row's result is
+    bit-identical whatever the other rows and their number: `charrnn serve` steps unrelated
+    requests together, and a seeded one must not depend on its neighbours. BLAS does not
+    promise that (it blocks and accumulates differently for a different number of rows), nor
+    does a fast-math loop (reassociation lets the compiler sum differently in differently shaped
+    code), so this one is compiled without fast-math and not inlined into a fast-math kernel:
+    each element is c + (((x0 b0 + x1 b1) + x2 b2) + x3 b3) per four k, exactly as written.
+    Four rows of b per pass, each pass over every row of c: b is read once, c stays in cache."""
+    M, N = c.shape
+    f = c.dtype.type
+    Kd = a.shape[1]
+    K4 = Kd - Kd % 4
+    if beta == 0:
+        for m in range(M):
+            for n in range(N):
+                c[m, n] = f(0.0)
+    for k in range(0, K4, 4):
+        for m in range(M):
+            x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
+            for n in range(N):
+                c[m, n] += x0 * b[k, n] + x1 * b[k + 1, n] + x2 * b[k + 2, n] + x3 * b[k + 3, n]
+    for k in range(K4, Kd):
+        for m in range(M):
+            x = a[m, k]
+            for n in range(N):
+                c[m, n] += x * b[k, n]
+
+
 # ---------------------------------------------------------------- vectorisable exp and expm1
 def _reduce(v, q, ib):
     """v = n ln2 + r, |r| <= ln2/2: q = e^r - 1 by Taylor; ib = the bits of 2^n' as float32 and
@@ -458,20 +488,30 @@ def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed, dh, dc,
                 _transpose(dhT, dh)
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind):
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _mm_step(a, b, c, beta, fixed):
+    """lstm_step's products: mm_exact when `fixed`, else mm (BLAS above SMALL_M rows)."""
+    if fixed:
+        mm_exact(a, b, c, beta)
+    else:
+        mm(a, b, c, beta)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind, fixed):
     """One step of the whole model for sampling, every layer in this one call.
     offs[l] = (Wx, Wh, b) offsets into flat; embed_off < 0 means one-hot input.
-    state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias."""
+    state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias.
+    fixed: every product in mm_exact, so each row's result is independent of the batch."""
     L, _, B, H = state.shape
     G = 4 * H
     V = logits.shape[1]
     dt = flat.dtype
     pre = np.empty((B, G), dt)
-    v = np.empty((B, G), dt)
-    w = np.empty((B, H), dt)
-    q = np.empty(B * G, dt)
-    ib = np.empty(B * G, np.int32)
+    v = np.empty((1, G), dt)
+    w = np.empty((1, H), dt)
+    q = np.empty(G, dt)
+    ib = np.empty(G, np.int32)
     tc = np.empty((B, H), dt)
     for l in range(L):
         o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
@@ -486,19 +526,21 @@ def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logi
                 r = embed_off + codes[bi] * embed
                 for j in range(embed):
                     x[bi, j] = flat[r + j]
-            mm(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0)
+            _mm_step(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0, fixed)
         else:
-            mm(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0)
-        mm(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0)
-        _lstm_cells(pre, flat[o_b:o_b + G], state[l, 1], kind, new_state[l, 1], tc, new_state[l, 0], v, w, q, ib)
-    mm(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0)
+            _mm_step(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0, fixed)
+        _mm_step(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0, fixed)
+        for bi in range(B):     # row by row: a row's exps take the same vector lanes whatever the batch
+            _lstm_cells(pre[bi:bi + 1], flat[o_b:o_b + G], state[l, 1, bi:bi + 1], kind, new_state[l, 1, bi:bi + 1],
+                        tc[bi:bi + 1], new_state[l, 0, bi:bi + 1], v, w, q, ib)
+    _mm_step(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0, fixed)
     ob = out_w + H * V
     for bi in range(B):
         for k in range(V):
             logits[bi, k] += flat[ob + k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def draw_rows(logits, u, temp, top_k, codes, logp):
     """sample.distribution + sample.draw + sample.log_softmax_at for every row, in float64:
     temperature, top-k (ties at the k-th value kept), inverse CDF on uniform u[row]. Only the
@@ -569,7 +611,7 @@ def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kin
     out_codes, out_logp (steps, B)."""
     nxt = np.empty_like(state)
     for st in range(u.shape[0]):
-        lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind)
+        lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, codes.shape[0] <= SMALL_M)
         # element by element, like draw_rows' copies: slice assignment compiles shape-error formatting
         s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
         for i in range(s_flat.shape[0]):

@@ -44,7 +44,7 @@ from charrnn.model import ModelConfig, Params, param_offsets, param_views, zero_
 from charrnn.optim import OPTIMIZERS, RULES, Optimizer
 
 if TYPE_CHECKING:
-    from charrnn.sample import Decoding
+    from charrnn.decoding import Decoding
 
 CELL_CODE = {"lstm": D.LSTM, "gru": D.GRU, "rnn": D.RNN}
 
@@ -423,6 +423,10 @@ class CudaBackend:
     def grad_host(self) -> Params:
         return Params(self.cfg, self.g.copy_to_host())
 
+    def set_params(self, flat: np.ndarray) -> None:
+        self.w.copy_to_device(np.ascontiguousarray(flat, dtype=np.float32))
+        self._sampler = None          # the weights moved: the sampler's transposed copies are stale
+
     def zero_state(self, batch: int) -> DeviceState:
         return DeviceState(cuda.to_device(zero_state(self.cfg, batch, np.float32)))
 
@@ -628,7 +632,7 @@ def _exercise(tiny: CudaBackend) -> None:
     tiny.train_step(x, x, tiny.zero_state(1), 1)
     tiny.loss(x, x, tiny.zero_state(1))
     tiny.step(x[0], tiny.zero_state(1))
-    from charrnn.sample import Decoding
+    from charrnn.decoding import Decoding
     for _ in tiny.generate(np.array([0, 1]), Decoding(length=2, temperature=1.0, top_k=2), chunk=2):
         pass
     for _ in tiny.generate(np.array([0]), Decoding(length=1, temperature=0.0), chunk=1):

@@ -15,6 +15,7 @@ from charrnn.cli_corpus import corpus
 from charrnn.cli_sample import eval_, sample
 from charrnn.cli_train import lr_find, train
 from charrnn.cli_viz import report, viz
+from charrnn.cli_warm import warm
 from charrnn.cli_zoo import export, zoo_group
 from charrnn.errors import UserError
 
@@ -42,6 +43,7 @@ cli.add_command(zoo_group)
 cli.add_command(export)
 cli.add_command(report)
 cli.add_command(viz)
+cli.add_command(warm)
 
 
 def main() -> None:

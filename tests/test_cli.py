@@ -34,7 +34,7 @@ def test_help_of_every_command_shows_an_example_and_imports_neither_numpy_nor_nu
     seen = json.loads(r.stdout)
     names = {name for name, _, _ in seen}
     assert {"", "train", "sample", "eval", "corpus", "corpus list", "corpus get", "lr-find", "zoo", "export",
-            "report", "viz"} <= names
+            "report", "viz", "warm"} <= names
     assert [row for row in seen if row[1] or row[2]] == []
 
 

@@ -165,7 +165,7 @@ class CpuBackend:
         new_state = np.empty_like(state)
         logits = np.empty((codes.size, self.cfg.vocab_size), self.dtype)
         K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
-                    codes, state, new_state, logits, self.kind, K.lstm_cells_fn(self.dtype))
+                    codes, state, new_state, logits, self.kind, K.lstm_cells_at(self.dtype))
         return logits, new_state
 
     def _step_recurrent(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +221,7 @@ class CpuBackend:
             if self.cfg.cell == "lstm":
                 K.lstm_generate(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
                                 state, logits, self.kind, u, temp, top_k, out_codes, out_logp,
-                                K.lstm_cells_fn(self.dtype))
+                                K.lstm_cells_at(self.dtype))
             else:
                 for s in range(steps):
                     lg, state = self.step(codes, state)

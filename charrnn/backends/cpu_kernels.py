@@ -17,7 +17,7 @@
   tests/test_cpu_kernels.py.
 - Compiling on an empty cache is what a new user waits for (bench/RESULTS.md, "Cold start"),
   so code is compiled once and called rather than inlined where it is large: the LSTM cell is
-  one C function per float type that the kernels take as an argument (`lstm_cells_fn`), `mm`
+  one C function per float type whose address the kernels take as an argument (`lstm_cells_at`), `mm`
   is called; the kernels for the two product orientations (`lstm_forward`/`lstm_forward_t`,
   `lstm_backward`/`lstm_backward_t`) are apart, so a run compiles only the one it takes; and
   `lstm_generate` inlines the step and the draw, which it would otherwise compile twice.
@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 from numba import carray, cfunc, njit, types
-from numba.core import cgutils
+from llvmlite import ir
 from numba.extending import intrinsic, overload
 
 from charrnn import dropout
@@ -371,28 +371,44 @@ def _lstm_cells_c64(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B,
 _CELLS: dict = {}
 
 
-def lstm_cells_fn(dtype):
-    """The LSTM cell (_lstm_cells) as one compiled C function for `dtype` (float32 or float64),
-    compiled (or loaded from the cache) on first use. Kernels take it as their `cells` argument
-    and call it through its address (_call_cells), so its code, the largest part of every LSTM
-    kernel, is compiled once: inlined, Numba typed it again in each kernel and LLVM optimised it
-    again in each, seconds apiece on a cold cache. A call per time step costs nothing measurable."""
+def lstm_cells_at(dtype) -> int:
+    """The address of the LSTM cell (_lstm_cells) compiled as one C function for `dtype`
+    (float32 or float64), compiled (or loaded from the cache) on first use. The kernels take it
+    as their `cells` argument and call it (_call_cells), so its code, the largest part of every
+    LSTM kernel, is compiled once: inlined, Numba typed it again in each kernel and LLVM
+    optimised it again in each, seconds apiece on a cold cache. An address, not the function
+    object: a plain integer keeps the kernels' dispatch fast (a compiled function as an argument
+    costs ~25 us a call to type), and the call per time step costs nothing measurable. The
+    caller passes the address for its arrays' dtype; the kernels cannot check it."""
     dt = np.dtype(dtype)
-    fn = _CELLS.get(dt)
-    if fn is None:
+    at = _CELLS.get(dt)
+    if at is None:
         py = _lstm_cells_c32 if dt == np.float32 else _lstm_cells_c64
-        fn = _CELLS[dt] = cfunc(_cells_sig(types.float32 if dt == np.float32 else types.float64), cache=True,
-                                fastmath=_FM, error_model="numpy")(py)
-    return fn
+        f = types.float32 if dt == np.float32 else types.float64
+        at = _CELLS[dt] = cfunc(_cells_sig(f), cache=True, fastmath=_FM, error_model="numpy")(py).address
+    return at
 
 
+@intrinsic
+def _call_cells_c(typingctx, at, a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H):
+    """Call the C function at address `at` (an integer) with the other arguments (typed
+    pointers and int64s, _cells_sig's)."""
+    args = (a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H)
+    if not isinstance(at, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, llargs):
+        fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in sig.args[1:]])
+        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), llargs[1:])
+        return context.get_dummy_value()
+    return types.void(at, *args), codegen
+
+
+@njit(inline="always", error_model="numpy")
 def _call_cells(cells, a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib):
-    """_lstm_cells's arguments, through the C function `cells` (lstm_cells_fn)."""
-    cells(_ptr(a), _ptr(bias), _ptr(c_prev), kind, _ptr(c_out), _ptr(tc_out), _ptr(h_out), _ptr(v), _ptr(w), _ptr(q),
-          _ptr(ib), a.shape[0], a.shape[1] // 4)
-
-
-_call_cells = njit(inline="always")(_call_cells)
+    """_lstm_cells's arguments, through the C function at address `cells` (lstm_cells_at)."""
+    _call_cells_c(cells, _ptr(a), _ptr(bias), _ptr(c_prev), np.int64(kind), _ptr(c_out), _ptr(tc_out), _ptr(h_out),
+            _ptr(v), _ptr(w), _ptr(q), _ptr(ib), np.int64(a.shape[0]), np.int64(a.shape[1] // 4))
 
 
 @njit(inline="always", error_model="numpy")
@@ -405,7 +421,7 @@ def _cell_buffers(B, G, dt):
 def lstm_forward(gates, bias, Wh, hs, cs, tcs, kind, cells):
     """A window's time loop. gates (T,B,4H) holds the input projections without bias and
     becomes the activations; hs, cs (T+1,B,H) hold the carried state at [0]; fills the rest.
-    cells: lstm_cells_fn(dtype). lstm_forward_t is the same with the product transposed."""
+    cells: lstm_cells_at(dtype). lstm_forward_t is the same with the product transposed."""
     T, B, G = gates.shape
     v, w, q, ib = _cell_buffers(B, G, gates.dtype)
     for t in range(T):

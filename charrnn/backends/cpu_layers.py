@@ -48,7 +48,7 @@ class Layer:
 
 # ---------------------------------------------------------------- LSTM
 def lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
-    cells = K.lstm_cells_fn(ly.pre.dtype)
+    cells = K.lstm_cells_at(ly.pre.dtype)
     if transposed:
         K.lstm_forward_t(ly.pre[t0:t1], ly.b, ly.WhT, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1], kind, cells)
     else:

@@ -253,19 +253,21 @@ class CpuBackend:
 
 
 _warmed: set = set()
+_told: list = []      # a compile notice was given in this process: the first path's is the one line
 
 # What each path compiles on an empty cache, for the notice, and about how long it takes: CPU
-# seconds measured on a 2-core AMD EPYC (bench/RESULTS.md, "Cold start"), rounded up. A loaded
-# machine takes longer; the notice says "about".
-_PATHS = {"generate": ("sampling", 3), "step": ("sampling", 3), "loss": ("scoring", 3),
-          "train_step": ("training", 6), "optimizer_step": ("the update", 1)}
+# seconds measured on a 2-core AMD EPYC (bench/RESULTS.md, "Cold start"), rounded up; a training
+# step's includes the update that follows it. A loaded machine takes longer: "about".
+_PATHS = {"generate": ("sampling", 5), "step": ("sampling", 5), "loss": ("scoring", 4),
+          "train_step": ("training", 8), "optimizer_step": ("the update", 1)}
 
 
 def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None = None,
              transposed: bool = False) -> None:
     """Before a path's first real call in this process, run it once on a tiny model so its
     kernels compile (or load from the on-disk cache) up front, and say so on stderr, in one
-    line with the time it expects, if that takes long instead of looking hung. Per path, dtype,
+    line with the time it expects, if that takes long instead of looking hung (once per
+    process: a command's later paths, e.g. a training run's update, compile without a line). Per path, dtype,
     cell, product orientation and (for an update) optimizer and penalties, so a command compiles
     only what it uses: on a cold cache every kernel left out is seconds saved. n_lanes and
     transposed: the lanes and the LSTM product the real call will use (the tiny model takes
@@ -280,7 +282,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     what, expect = _PATHS[path]
 
     def tell():
-        if not done.wait(0.7) and notify:
+        if not done.wait(0.7) and notify and not _told:
+            _told.append(path)
             notify(f"compiling kernels for {what}, first run only (about {expect} s; cached for next time)...")
 
     watcher = threading.Thread(target=tell, daemon=True)

@@ -67,6 +67,7 @@ def test_after_warm_a_fresh_sample_and_training_step_compile_nothing(tmp_path):
     w = subprocess.run([sys.executable, "-m", "charrnn", "warm"], capture_output=True, env=env, cwd=tmp_path,
                        timeout=600)
     assert w.returncode == 0 and b"lstm: kernels ready" in w.stderr, w.stderr.decode()
+    cached = sorted(p.name for p in (tmp_path / "numba").rglob("*"))
     _, text, err = _sample(env, tmp_path)
     assert len(text) == 2001 and b"compiling" not in err
     text_path = tmp_path / "t.txt"
@@ -75,3 +76,4 @@ def test_after_warm_a_fresh_sample_and_training_step_compile_nothing(tmp_path):
                         "--max-steps", "1", "--val-every", "1"], capture_output=True, env=env, cwd=tmp_path,
                        timeout=600)
     assert t.returncode == 0 and b"compiling" not in t.stderr, t.stderr.decode()
+    assert sorted(p.name for p in (tmp_path / "numba").rglob("*")) == cached     # a compile writes its cache

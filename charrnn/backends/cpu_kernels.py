@@ -17,8 +17,8 @@
   tests/test_cpu_kernels.py.
 - Compiling on an empty cache is what a new user waits for (bench/RESULTS.md, "Cold start"),
   so code is compiled once and called rather than inlined where it is large: the LSTM cell is
-  one C function per float type whose address the kernels take as an argument (`lstm_cells_at`), `mm`
-  is called; the kernels for the two product orientations (`lstm_forward`/`lstm_forward_t`,
+  one C function per float type whose address the kernels take (`lstm_cells_at`), and `mm` is
+  called; the kernels for the two product orientations (`lstm_forward`/`lstm_forward_t`,
   `lstm_backward`/`lstm_backward_t`) are apart, so a run compiles only the one it takes; and
   `lstm_generate` inlines the step and the draw, which it would otherwise compile twice.
 Every kernel is serial (the calling thread), and those the lanes call (cpu_window.py) release
@@ -33,8 +33,8 @@ import math
 import os
 
 import numpy as np
-from numba import carray, cfunc, njit, types
 from llvmlite import ir
+from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic, overload
 
 from charrnn import dropout
@@ -562,7 +562,8 @@ def lstm_backward_t(dh_out, Wh, cs, gates, tcs, kind, da, dh, dc, carry):
 def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind, cells):
     """One step of the whole model for sampling, every layer in this one call.
     offs[l] = (Wx, Wh, b) offsets into flat; embed_off < 0 means one-hot input.
-    state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias."""
+    state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias; cells:
+    lstm_cells_at(flat.dtype)."""
     L, _, B, H = state.shape
     G = 4 * H
     V = logits.shape[1]

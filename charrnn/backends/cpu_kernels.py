@@ -162,12 +162,12 @@ def _gemm_impl(a, b, c, ta, tb, beta):
 SMALL_M = 4   # products with at most this many rows run on the calling thread
 
 
-@njit(nogil=True, fastmath=_FM, error_model="numpy")
 def mm(a, b, c, beta):
     """c = a @ b + beta * c. A few rows (sampling, one-stream evaluation) are a memory-bound
     pass over b, done here on one thread: waking BLAS threads for it costs more than it saves
     and, on a busy machine, waits for a descheduled thread. Larger products go to BLAS.
-    Called, not inlined: a kernel with several products (lstm_step) compiles it once."""
+    `mm` is called (lstm_step, with several products, compiles it once); `_mm` is inlined, for
+    the time loops with one product per step, where a call costs at small sizes."""
     M, N = c.shape
     if M > SMALL_M:
         gemm(a, b, c, False, False, beta)
@@ -187,6 +187,10 @@ def mm(a, b, c, beta):
             x = a[m, k]
             for n in range(N):
                 c[m, n] += x * b[k, n]
+
+
+_mm = njit(inline="always", fastmath=_FM, error_model="numpy")(mm)
+mm = njit(nogil=True, fastmath=_FM, error_model="numpy")(mm)
 
 
 # ---------------------------------------------------------------- vectorisable exp and expm1
@@ -426,7 +430,7 @@ def lstm_forward(gates, bias, Wh, hs, cs, tcs, kind, cells):
     v, w, q, ib = _cell_buffers(B, G, gates.dtype)
     for t in range(T):
         a = gates[t]
-        mm(hs[t], Wh, a, 1.0)
+        _mm(hs[t], Wh, a, 1.0)
         _call_cells(cells, a, bias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], v, w, q, ib)
 
 
@@ -863,7 +867,7 @@ def gru_forward(gates, bias, bh, Wh, hs, hn, kind):
     q = np.empty(B * G, gates.dtype)
     ib = np.empty(B * G, np.int32)
     for t in range(T):
-        mm(hs[t], Wh, hw, 0.0)
+        _mm(hs[t], Wh, hw, 0.0)
         _gru_cells(gates[t], hw, bias, bh, hs[t], kind, hn[t], hs[t + 1], v, q, ib)
 
 
@@ -894,7 +898,7 @@ def gru_backward(dh_out, gates, hn, hs, WhT, kind, dx, dhw, dh, carry):
                 dht[bi, 2 * H + j] = dan * r
                 zdh[bi, j] = d * z
         if t > 0 or carry:
-            mm(dht, WhT, dh, 0.0)
+            _mm(dht, WhT, dh, 0.0)
             for bi in range(B):
                 for j in range(H):
                     dh[bi, j] += zdh[bi, j]
@@ -933,7 +937,7 @@ def rnn_forward(pre, bias, Wh, hs, kind):
     q = np.empty(B * H, pre.dtype)
     ib = np.empty(B * H, np.int32)
     for t in range(T):
-        mm(hs[t], Wh, pre[t], 1.0)
+        _mm(hs[t], Wh, pre[t], 1.0)
         _rnn_cells(pre[t], bias, kind, hs[t + 1], w, q, ib)
 
 
@@ -950,7 +954,7 @@ def rnn_backward(dh_out, hs, WhT, kind, da, dh, carry):
             for j in range(H):
                 d[bi, j] = (dho[bi, j] + dh[bi, j]) * _dact(y[bi, j], kind, one)
         if t > 0 or carry:
-            mm(d, WhT, dh, 0.0)
+            _mm(d, WhT, dh, 0.0)
 
 
 _threads = os.environ.get("CHARRNN_THREADS", "").strip()

@@ -1,4 +1,4 @@
-"""The first minute on a fresh install (issue 15): time to first output with a cold Numba cache.
+"""The first minute on a fresh install (issues 15, 28): time to first output with a cold Numba cache.
 
 Each measurement is a new process with its own empty NUMBA_CACHE_DIR (cold) and then again on
 the cache that run filled (warm), in an empty directory with $CHARRNN_CORPORA unset and an
@@ -13,8 +13,9 @@ Besides wall-clock seconds it reports the process's CPU seconds: compiling is on
 a machine shared with other work the CPU time is the better estimate of the wall time alone
 (sample's CPU time covers the whole process, train's the time up to the first step).
 
-    python bench/cold_start.py              # two rounds of each (~2-3 min on two cores)
-    python bench/cold_start.py --rounds 1
+    python bench/cold_start.py              # three rounds of each (~2-3 min on two cores), then the
+                                            # median and spread (min-max) of each figure
+    python bench/cold_start.py --rounds 5 --only sample
     python bench/cold_start.py --src /tmp/old --corpora DIR   # another source tree (A/B), e.g.
                                             # `git archive main | tar -x -C /tmp/old`; one without the
                                             # shipped corpus needs DIR holding tinyshakespeare.txt
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,13 +87,14 @@ def time_train(env: dict, cwd: Path) -> tuple[float, float, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--src", type=Path, default=None, help="run this source tree instead (PYTHONPATH)")
     ap.add_argument("--corpora", type=Path, default=None, help="set CHARRNN_CORPORA to this")
     ap.add_argument("--only", choices=["sample", "train"], default=None)
     args = ap.parse_args()
     print(f"source: {args.src or 'this tree'}")
     print(f"cpu: {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}")
+    figures: dict = {}       # (what, state) -> {measure: a value per round}
     for rnd in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="charrnn-cold-") as tmp:
             tmp = Path(tmp)
@@ -101,15 +104,32 @@ def main() -> None:
                 work.mkdir()
                 env = env_for(cache, work, args.src, args.corpora)
                 for state in ("cold", "warm"):
+                    load = os.getloadavg()[0]
                     if what == "sample":
                         first, total, cpu, notes = time_sample(env, work, named=args.src is not None)
+                        keep(figures, "sample", state, first=first, cpu=cpu)
                         print(f"round {rnd + 1} sample {state}: first character {first:.2f} s, "
-                              f"200 characters {total:.2f} s, CPU {cpu:.2f} s; stderr: {notes}")
+                              f"200 characters {total:.2f} s, CPU {cpu:.2f} s, load {load:.1f}; stderr: {notes}")
                     else:
                         first, cpu, notes = time_train(env, work)
+                        keep(figures, "train", state, first=first, cpu=cpu)
                         print(f"round {rnd + 1} train  {state}: first step done {first:.2f} s, "
-                              f"CPU {cpu:.2f} s; stderr: {notes}")
+                              f"CPU {cpu:.2f} s, load {load:.1f}; stderr: {notes}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print("\n| command | cache | first output, wall: median (min-max) | CPU: median (min-max) |")
+    print("|---|---|---|---|")
+    for (what, state), vals in figures.items():
+        print(f"| {'sample --length 200, first character' if what == 'sample' else 'train shakespeare, first step'} "
+              f"| {state} | {spread(vals['first'])} | {spread(vals['cpu'])} |")
+
+
+def keep(figures: dict, what: str, state: str, **values: float) -> None:
+    for name, v in values.items():
+        figures.setdefault((what, state), {}).setdefault(name, []).append(v)
+
+
+def spread(vals: list) -> str:
+    return f"{statistics.median(vals):.1f} s ({min(vals):.1f}-{max(vals):.1f}, {len(vals)} rounds)"
 
 
 if __name__ == "__main__":

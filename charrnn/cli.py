@@ -16,6 +16,7 @@ from charrnn.cli_sample import eval_, sample
 from charrnn.cli_serve import serve
 from charrnn.cli_train import lr_find, train
 from charrnn.cli_viz import report, viz
+from charrnn.cli_warm import warm
 from charrnn.cli_zoo import export, zoo_group
 from charrnn.errors import UserError
 
@@ -47,6 +48,7 @@ cli.add_command(zoo_group)
 cli.add_command(export)
 cli.add_command(report)
 cli.add_command(viz)
+cli.add_command(warm)
 
 
 def main() -> None:

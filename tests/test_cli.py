@@ -35,7 +35,7 @@ def test_help_of_every_command_shows_an_example_and_imports_neither_numpy_nor_nu
     seen = json.loads(r.stdout)
     names = {row[0] for row in seen}
     assert {"", "train", "sample", "eval", "corpus", "corpus list", "corpus get", "lr-find", "zoo", "export",
-            "report", "viz", "serve"} <= names
+            "report", "viz", "serve", "warm"} <= names
     assert [row for row in seen if any(row[1:])] == []
 
 

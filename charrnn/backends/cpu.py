@@ -17,7 +17,6 @@ bit-identical from run to run for a given thread count.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -124,7 +123,7 @@ class CpuBackend:
 
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
         n_lanes = self._lanes_for(*x.shape)
-        _warm_up(self, "loss", n_lanes)
+        _warm_up(self, "loss", n_lanes, transposed=self._transposed(x.shape[1]))
         state = np.ascontiguousarray(state, dtype=self.dtype)
         loss, new_state = self._window(x, y, state, None, False, n_lanes)
         return float(loss), new_state
@@ -135,7 +134,7 @@ class CpuBackend:
         T, B = x.shape
         total = streams[1] if streams else B
         n_lanes = self._lanes_for(T, B)
-        _warm_up(self, "train_step", n_lanes)
+        _warm_up(self, "train_step", n_lanes, transposed=self._transposed(B))
         drop = None    # masks hashed where the forward applies them (charrnn/dropout.py), kept for the backward
         if cfg.dropout > 0:
             drop = Dropout(dropout_seed, cfg.dropout, self.dtype, cfg.layers, T, B, cfg.hidden,
@@ -147,7 +146,7 @@ class CpuBackend:
     def warm_up(self, T: int, B: int, opt: Optimizer) -> None:
         """Compile (or load from the cache) now every path a training run of T x B windows with
         optimizer `opt` takes."""
-        _warm_up(self, "train_step", self._lanes_for(T, B))
+        _warm_up(self, "train_step", self._lanes_for(T, B), transposed=self._transposed(B))
         _warm_up(self, "optimizer_step", self._lanes_for_update(), opt)
         _warm_up(self, "loss", self._lanes_for(256, 1))
         _warm_up(self, "generate")
@@ -177,7 +176,7 @@ class CpuBackend:
         new_state = np.empty_like(state)
         logits = np.empty((codes.size, self.cfg.vocab_size), self.dtype)
         K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
-                    codes, state, new_state, logits, self.kind, fixed)
+                    codes, state, new_state, logits, self.kind, K.lstm_cells_at(self.dtype), fixed)
         return logits, new_state
 
     def _step_recurrent(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +231,8 @@ class CpuBackend:
             out_logp = np.empty((steps, batch))
             if self.cfg.cell == "lstm":
                 K.lstm_generate(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
-                                state, logits, self.kind, u, temp, top_k, out_codes, out_logp)
+                                state, logits, self.kind, u, temp, top_k, out_codes, out_logp,
+                                K.lstm_cells_at(self.dtype))
             else:
                 for s in range(steps):
                     lg, state = self.step(codes, state)
@@ -278,48 +278,62 @@ class CpuBackend:
 
 
 _warmed: set = set()
+_told: list = []      # a compile notice was given in this process: the first path's is the one line
+
+# What each path compiles on an empty cache, for the notice, and about how long it takes: CPU
+# seconds measured on a 2-core AMD EPYC (bench/RESULTS.md, "Cold start"), rounded up; a training
+# step's includes the update that follows it. A loaded machine takes longer: "about".
+_PATHS = {"generate": ("sampling", 5), "step": ("sampling", 5), "loss": ("scoring", 4),
+          "train_step": ("training", 8), "optimizer_step": ("the update", 1)}
 
 
-def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None = None) -> None:
+def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None = None,
+             transposed: bool = False) -> None:
     """Before a path's first real call in this process, run it once on a tiny model so its
-    kernels compile (or load from the on-disk cache) up front, and say so on stderr if that
-    takes long instead of looking hung. Per path, dtype, cell and (for an update) optimizer and
-    penalties, so a command compiles only what it uses: on a cold cache every kernel left out
-    is seconds saved. n_lanes: the lanes the real call will use (the tiny model takes the same path)."""
+    kernels compile (or load from the on-disk cache) up front, and say so on stderr, in one
+    line with the time it expects, if that takes long instead of looking hung (once per
+    process: a command's later paths, e.g. a training run's update, compile without a line). Per path, dtype,
+    cell, product orientation and (for an update) optimizer and penalties, so a command compiles
+    only what it uses: on a cold cache every kernel left out is seconds saved. n_lanes and
+    transposed: the lanes and the LSTM product the real call will use (the tiny model takes
+    the same path)."""
     rule = (opt.name, bool(opt.weight_decay or opt.l1)) if opt is not None else None
-    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1, rule)
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1, transposed, rule)
     if key in _warmed:
         return
     _warmed.add(key)                   # first, so the tiny model's own calls do not recurse
     notify = be._notify
     done = threading.Event()
+    what, expect = _PATHS[path]
 
     def tell():
-        if not done.wait(0.7) and notify:
-            notify("compiling kernels, first run only...")
+        if not done.wait(0.7) and notify and not _told:
+            _told.append(path)
+            notify(f"compiling kernels for {what}, first run only (about {expect} s; cached for next time)...")
 
     watcher = threading.Thread(target=tell, daemon=True)
     watcher.start()
-    t0 = time.perf_counter()
     from charrnn.model import ModelConfig as MC, init_params
     tiny = MC(vocab_size=3, hidden=2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
               dropout=0.5 if be.cfg.dropout else 0.0)
-    tb = CpuBackend(tiny, init_params(tiny, np.random.default_rng(0), be.dtype),
-                    tuning=replace(be.tuning, lanes=n_lanes))
-    x = np.zeros((2, 1), np.int64)
+    tuning = replace(be.tuning, lanes=n_lanes)
+    B = 1
+    if transposed:                     # the tiny model's batch and width must take that product too
+        B = K.SMALL_M + 1
+        tuning = replace(tuning, transposed_min_h=0, transposed_max_b=max(B, tuning.transposed_max_b))
+    tb = CpuBackend(tiny, init_params(tiny, np.random.default_rng(0), be.dtype), tuning=tuning)
+    x = np.zeros((2, B), np.int64)
     if path == "train_step":
-        tb.train_step(x, x, tb.zero_state(1))
+        tb.train_step(x, x, tb.zero_state(B))
     elif path == "loss":
-        tb.loss(x, x, tb.zero_state(1))
+        tb.loss(x, x, tb.zero_state(B))
     elif path == "step":
-        tb.step(x[0], tb.zero_state(1))
+        tb.step(x[0], tb.zero_state(B))
     elif path == "generate":
         from charrnn.decoding import Decoding
-        for _ in tb.generate(x[:, 0], Decoding(length=2, top_k=1)):
+        for _ in tb.generate(x[:1, 0], Decoding(length=2, top_k=1)):   # one prime code: no step() before
             pass
     else:
         tb.optimizer_step(Optimizer(opt.name, tb.p.flat.size, be.dtype, weight_decay=1e-9 if rule[1] else 0.0),
                           0.0, ("norm", 1.0))
     done.set()
-    if notify and time.perf_counter() - t0 > 0.7:
-        notify(f"kernels ready ({time.perf_counter() - t0:.0f} s; cached for next time)")

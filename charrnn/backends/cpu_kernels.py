@@ -15,6 +15,12 @@
   -t / (t + 2) with t = expm1(-2|a|), softsign(a) = sign(a) * m / (1 + m) with m = min(|a|,
   2^30). Denominators lie in [1, 2]. Errors over the whole float32 range are stated and tested in
   tests/test_cpu_kernels.py.
+- Compiling on an empty cache is what a new user waits for (bench/RESULTS.md, "Cold start"),
+  so code is compiled once and called rather than inlined where it is large: the LSTM cell is
+  one C function per float type whose address the kernels take (`lstm_cells_at`), and `mm` is
+  called; the kernels for the two product orientations (`lstm_forward`/`lstm_forward_t`,
+  `lstm_backward`/`lstm_backward_t`) are apart, so a run compiles only the one it takes; and
+  `lstm_generate` inlines the step and the draw, which it would otherwise compile twice.
 Every kernel is serial (the calling thread), and those the lanes call (cpu_window.py) release
 the GIL. The cores belong either to BLAS, whose thread count `set_blas_threads` sets, or to the
 lanes, each calling BLAS on one thread. Serial loops keep every float reduction in a fixed order.
@@ -27,8 +33,9 @@ import math
 import os
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.extending import intrinsic, overload
 
 from charrnn import dropout
 
@@ -165,11 +172,12 @@ def _gemm_impl(a, b, c, ta, tb, beta):
 SMALL_M = 4   # products with at most this many rows run on the calling thread
 
 
-@njit(inline="always", fastmath=_FM, error_model="numpy")
 def mm(a, b, c, beta):
     """c = a @ b + beta * c. A few rows (sampling, one-stream evaluation) are a memory-bound
     pass over b, done here on one thread: waking BLAS threads for it costs more than it saves
-    and, on a busy machine, waits for a descheduled thread. Larger products go to BLAS."""
+    and, on a busy machine, waits for a descheduled thread. Larger products go to BLAS.
+    `mm` is called (lstm_step, with several products, compiles it once); `_mm` is inlined, for
+    the time loops with one product per step, where a call costs at small sizes."""
     M, N = c.shape
     if M > SMALL_M:
         gemm(a, b, c, False, False, beta)
@@ -189,6 +197,10 @@ def mm(a, b, c, beta):
             x = a[m, k]
             for n in range(N):
                 c[m, n] += x * b[k, n]
+
+
+_mm = njit(inline="always", fastmath=_FM, error_model="numpy")(mm)
+mm = njit(nogil=True, fastmath=_FM, error_model="numpy")(mm)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -363,25 +375,114 @@ def _lstm_cells(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib):
                 h_out[bi, j] = a[bi, 3 * H + j] * t
 
 
+# ---------------------------------------------------------------- the LSTM cell, compiled once
+@intrinsic
+def _ptr(typingctx, arr):
+    """The address of a C-contiguous array's first element, as a typed pointer (a C function's
+    argument); any other layout is refused when the caller compiles."""
+    if not isinstance(arr, types.Array) or arr.layout != "C":
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.make_array(sig.args[0])(context, builder, args[0]).data
+    return types.CPointer(arr.dtype)(arr), codegen
+
+
+def _cells_sig(f):
+    """The C signature of _lstm_cells_c32/_c64: the arrays by address, then B and H."""
+    p = types.CPointer(f)
+    return types.void(p, p, p, _i64, p, p, p, p, p, p, types.CPointer(types.int32), _i64, _i64)
+
+
+@njit(inline="always", error_model="numpy")
+def _cells_at(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H):
+    """_lstm_cells on buffers given by address, B rows of H units."""
+    G = 4 * H
+    _lstm_cells(carray(a, (B, G)), carray(bias, (G,)), carray(c_prev, (B, H)), kind, carray(c_out, (B, H)),
+                carray(tc_out, (B, H)), carray(h_out, (B, H)), carray(v, (B, G)), carray(w, (B, H)),
+                carray(q, (B * G,)), carray(ib, (B * G,)))
+
+
+# one Python function per float type: a cached C function is found by its function's name
+def _lstm_cells_c32(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H):
+    _cells_at(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H)
+
+
+def _lstm_cells_c64(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H):
+    _cells_at(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H)
+
+
+_CELLS: dict = {}
+
+
+def lstm_cells_at(dtype) -> int:
+    """The address of the LSTM cell (_lstm_cells) compiled as one C function for `dtype`
+    (float32 or float64), compiled (or loaded from the cache) on first use. The kernels take it
+    as their `cells` argument and call it (_call_cells), so its code, the largest part of every
+    LSTM kernel, is compiled once: inlined, Numba typed it again in each kernel and LLVM
+    optimised it again in each, seconds apiece on a cold cache. An address, not the function
+    object: a plain integer keeps the kernels' dispatch fast (a compiled function as an argument
+    costs ~25 us a call to type), and the call per time step costs nothing measurable. The
+    caller passes the address for its arrays' dtype; the kernels cannot check it."""
+    dt = np.dtype(dtype)
+    at = _CELLS.get(dt)
+    if at is None:
+        py = _lstm_cells_c32 if dt == np.float32 else _lstm_cells_c64
+        f = types.float32 if dt == np.float32 else types.float64
+        at = _CELLS[dt] = cfunc(_cells_sig(f), cache=True, fastmath=_FM, error_model="numpy")(py).address
+    return at
+
+
+@intrinsic
+def _call_cells_c(typingctx, at, a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H):
+    """Call the C function at address `at` (an integer) with the other arguments (typed
+    pointers and int64s, _cells_sig's)."""
+    args = (a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H)
+    if not isinstance(at, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, llargs):
+        fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in sig.args[1:]])
+        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), llargs[1:])
+        return context.get_dummy_value()
+    return types.void(at, *args), codegen
+
+
+@njit(inline="always", error_model="numpy")
+def _call_cells(cells, a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib):
+    """_lstm_cells's arguments, through the C function at address `cells` (lstm_cells_at)."""
+    _call_cells_c(cells, _ptr(a), _ptr(bias), _ptr(c_prev), np.int64(kind), _ptr(c_out), _ptr(tc_out), _ptr(h_out),
+            _ptr(v), _ptr(w), _ptr(q), _ptr(ib), np.int64(a.shape[0]), np.int64(a.shape[1] // 4))
+
+
+@njit(inline="always", error_model="numpy")
+def _cell_buffers(B, G, dt):
+    """The cell function's work buffers for B rows of G = 4H gates (see _lstm_cells)."""
+    return np.empty((B, G), dt), np.empty((B, G // 4), dt), np.empty(B * G, dt), np.empty(B * G, np.int32)
+
+
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def lstm_forward(gates, bias, Wh, WhT, hs, cs, tcs, kind, transposed):
+def lstm_forward(gates, bias, Wh, hs, cs, tcs, kind, cells):
     """A window's time loop. gates (T,B,4H) holds the input projections without bias and
     becomes the activations; hs, cs (T+1,B,H) hold the carried state at [0]; fills the rest.
-    With `transposed` (the caller decides, CpuBackend._transposed) the recurrent product runs
-    as gates^T = Wh^T h^T on WhT, Wh transposed and contiguous, which OpenBLAS does 1.3-1.8x
-    faster at 32-64 rows of a wide layer: the large matrix is then its packed left operand."""
+    cells: lstm_cells_at(dtype). lstm_forward_t is the same with the product transposed."""
+    T, B, G = gates.shape
+    v, w, q, ib = _cell_buffers(B, G, gates.dtype)
+    for t in range(T):
+        a = gates[t]
+        _mm(hs[t], Wh, a, 1.0)
+        _call_cells(cells, a, bias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], v, w, q, ib)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def lstm_forward_t(gates, bias, WhT, hs, cs, tcs, kind, cells):
+    """lstm_forward with the recurrent product run as gates^T = Wh^T h^T on WhT, Wh transposed
+    and contiguous, which OpenBLAS does 1.3-1.8x faster at 32-64 rows of a wide layer: the
+    large matrix is then its packed left operand (the caller decides, CpuBackend._transposed).
+    A kernel of its own, so a run compiles only the product it uses."""
     T, B, G = gates.shape
     H = G // 4
-    v = np.empty((B, G), gates.dtype)
-    w = np.empty((B, H), gates.dtype)
-    q = np.empty(B * G, gates.dtype)
-    ib = np.empty(B * G, np.int32)
-    if not transposed:
-        for t in range(T):
-            a = gates[t]
-            mm(hs[t], Wh, a, 1.0)
-            _lstm_cells(a, bias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], v, w, q, ib)
-        return
+    v, w, q, ib = _cell_buffers(B, G, gates.dtype)
     pT = np.empty((G, B), gates.dtype)
     hT = np.empty((H, B), gates.dtype)
     _transpose(hs[0], hT)
@@ -389,7 +490,7 @@ def lstm_forward(gates, bias, Wh, WhT, hs, cs, tcs, kind, transposed):
         a = gates[t]
         gemm(WhT, hT, pT, False, False, 0.0)
         _add_transposed(pT, a)
-        _lstm_cells(a, bias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], v, w, q, ib)
+        _call_cells(cells, a, bias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], v, w, q, ib)
         if t + 1 < T:
             _transpose(hs[t + 1], hT)
 
@@ -428,67 +529,81 @@ def _add_transposed(xT, out):
                 out[i, j] += xT[j, i]
 
 
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _lstm_dgates(t, dh_out, cs, gates, tcs, kind, da, dh, dc):
+    """Step t of the backward: dh, dc (B,H) become the gradients on h and c at step t and da[t]
+    the gradient on its pre-activations; dc then leaves the forget gate for step t - 1."""
+    B, H = dh.shape
+    f = da.dtype.type
+    one = f(1.0)
+    g4, d4, cp, tc, dho = gates[t], da[t], cs[t], tcs[t], dh_out[t]
+    for bi in range(B):
+        if kind == TANH:
+            for j in range(H):
+                y = tc[bi, j]
+                d = dho[bi, j] + dh[bi, j]
+                dcc = dc[bi, j] + d * g4[bi, 3 * H + j] * (one - y * y)
+                dh[bi, j] = d
+                dc[bi, j] = dcc
+        else:
+            for j in range(H):
+                y = tc[bi, j]
+                d = dho[bi, j] + dh[bi, j]
+                dcc = dc[bi, j] + d * g4[bi, 3 * H + j] * ((one - abs(y)) * (one - abs(y)))
+                dh[bi, j] = d
+                dc[bi, j] = dcc
+        for j in range(H):
+            i, g = g4[bi, j], g4[bi, 2 * H + j]
+            d4[bi, j] = dc[bi, j] * g * i * (one - i)
+        for j in range(H):
+            fg = g4[bi, H + j]
+            d4[bi, H + j] = dc[bi, j] * cp[bi, j] * fg * (one - fg)
+        if kind == TANH:
+            for j in range(H):
+                i, g = g4[bi, j], g4[bi, 2 * H + j]
+                d4[bi, 2 * H + j] = dc[bi, j] * i * (one - g * g)
+        else:
+            for j in range(H):
+                i, g = g4[bi, j], g4[bi, 2 * H + j]
+                d4[bi, 2 * H + j] = dc[bi, j] * i * ((one - abs(g)) * (one - abs(g)))
+        for j in range(H):
+            o = g4[bi, 3 * H + j]
+            d4[bi, 3 * H + j] = dh[bi, j] * tc[bi, j] * o * (one - o)
+        for j in range(H):
+            dc[bi, j] *= g4[bi, H + j]
+
+
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def lstm_backward(dh_out, Wh, WhT, cs, gates, tcs, kind, da, transposed, dh, dc, carry):
+def lstm_backward(dh_out, WhT, cs, gates, tcs, kind, da, dh, dc, carry):
     """The backward time loop: dh_out (T,B,H) is the gradient on each step's output; writes
     da (T,B,4H), the gradient on the pre-activations. dh, dc (B,H) hold the gradients on the
     last step's h and c from the steps after these T (zeros at a window's end) and, with
     `carry`, become those on the state entering step 0, for the steps before (a window split
     in chunks, CpuBackend's lanes). A window's entering state is detached (truncated BPTT): no
-    carry there. With `transposed` the recurrent product runs as dh^T = Wh da^T, as in
-    lstm_forward (1.2-1.6x faster at 32-64 rows); otherwise it is da @ Wh^T on the contiguous WhT."""
+    carry there. The recurrent product is da @ Wh^T on the contiguous WhT."""
+    T = dh_out.shape[0]
+    for t in range(T - 1, -1, -1):
+        _lstm_dgates(t, dh_out, cs, gates, tcs, kind, da, dh, dc)
+        if t > 0 or carry:
+            gemm(da[t], WhT, dh, False, False, 0.0)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def lstm_backward_t(dh_out, Wh, cs, gates, tcs, kind, da, dh, dc, carry):
+    """lstm_backward with the recurrent product run as dh^T = Wh da^T, as in lstm_forward_t
+    (1.2-1.6x faster at 32-64 rows)."""
     T, B, H = dh_out.shape
-    G = 4 * H
-    f = da.dtype.type
-    one = f(1.0)
-    dT = np.empty((G, B), da.dtype)
+    dT = np.empty((4 * H, B), da.dtype)
     dhT = np.empty((H, B), da.dtype)
     for t in range(T - 1, -1, -1):
-        g4, d4, cp, tc, dho = gates[t], da[t], cs[t], tcs[t], dh_out[t]
-        for bi in range(B):
-            if kind == TANH:
-                for j in range(H):
-                    y = tc[bi, j]
-                    d = dho[bi, j] + dh[bi, j]
-                    dcc = dc[bi, j] + d * g4[bi, 3 * H + j] * (one - y * y)
-                    dh[bi, j] = d
-                    dc[bi, j] = dcc
-            else:
-                for j in range(H):
-                    y = tc[bi, j]
-                    d = dho[bi, j] + dh[bi, j]
-                    dcc = dc[bi, j] + d * g4[bi, 3 * H + j] * ((one - abs(y)) * (one - abs(y)))
-                    dh[bi, j] = d
-                    dc[bi, j] = dcc
-            for j in range(H):
-                i, g = g4[bi, j], g4[bi, 2 * H + j]
-                d4[bi, j] = dc[bi, j] * g * i * (one - i)
-            for j in range(H):
-                fg = g4[bi, H + j]
-                d4[bi, H + j] = dc[bi, j] * cp[bi, j] * fg * (one - fg)
-            if kind == TANH:
-                for j in range(H):
-                    i, g = g4[bi, j], g4[bi, 2 * H + j]
-                    d4[bi, 2 * H + j] = dc[bi, j] * i * (one - g * g)
-            else:
-                for j in range(H):
-                    i, g = g4[bi, j], g4[bi, 2 * H + j]
-                    d4[bi, 2 * H + j] = dc[bi, j] * i * ((one - abs(g)) * (one - abs(g)))
-            for j in range(H):
-                o = g4[bi, 3 * H + j]
-                d4[bi, 3 * H + j] = dh[bi, j] * tc[bi, j] * o * (one - o)
-            for j in range(H):
-                dc[bi, j] *= g4[bi, H + j]
+        _lstm_dgates(t, dh_out, cs, gates, tcs, kind, da, dh, dc)
         if t > 0 or carry:
-            if not transposed:
-                gemm(d4, WhT, dh, False, False, 0.0)
-            else:
-                _transpose(d4, dT)
-                gemm(Wh, dT, dhT, False, False, 0.0)
-                _transpose(dhT, dh)
+            _transpose(da[t], dT)
+            gemm(Wh, dT, dhT, False, False, 0.0)
+            _transpose(dhT, dh)
 
 
-@njit(inline="always", fastmath=_FM, error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _mm_step(a, b, c, beta, fixed):
     """lstm_step's products: mm_exact when `fixed`, else mm (BLAS above SMALL_M rows)."""
     if fixed:
@@ -497,21 +612,21 @@ def _mm_step(a, b, c, beta, fixed):
         mm(a, b, c, beta)
 
 
-@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind, fixed):
+def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind, cells, fixed):
     """One step of the whole model for sampling, every layer in this one call.
     offs[l] = (Wx, Wh, b) offsets into flat; embed_off < 0 means one-hot input.
-    state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias.
-    fixed: every product in mm_exact, so each row's result is independent of the batch."""
+    state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias; cells:
+    lstm_cells_at(flat.dtype). fixed: every product in mm_exact and the cells row by row, so each
+    row's result is independent of the batch (charrnn serve's batches, and batch 1)."""
     L, _, B, H = state.shape
     G = 4 * H
     V = logits.shape[1]
     dt = flat.dtype
     pre = np.empty((B, G), dt)
-    v = np.empty((1, G), dt)
-    w = np.empty((1, H), dt)
-    q = np.empty(G, dt)
-    ib = np.empty(G, np.int32)
+    v = np.empty((B, G), dt)
+    w = np.empty((B, H), dt)
+    q = np.empty(B * G, dt)
+    ib = np.empty(B * G, np.int32)
     tc = np.empty((B, H), dt)
     for l in range(L):
         o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
@@ -530,9 +645,13 @@ def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logi
         else:
             _mm_step(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0, fixed)
         _mm_step(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0, fixed)
-        for bi in range(B):     # row by row: a row's exps take the same vector lanes whatever the batch
-            _lstm_cells(pre[bi:bi + 1], flat[o_b:o_b + G], state[l, 1, bi:bi + 1], kind, new_state[l, 1, bi:bi + 1],
-                        tc[bi:bi + 1], new_state[l, 0, bi:bi + 1], v, w, q, ib)
+        if fixed:       # row by row: a row's exps take the same vector lanes whatever the batch
+            for bi in range(B):
+                _call_cells(cells, pre[bi:bi + 1], flat[o_b:o_b + G], state[l, 1, bi:bi + 1], kind,
+                            new_state[l, 1, bi:bi + 1], tc[bi:bi + 1], new_state[l, 0, bi:bi + 1], v, w, q, ib)
+        else:
+            _call_cells(cells, pre, flat[o_b:o_b + G], state[l, 1], kind, new_state[l, 1], tc, new_state[l, 0],
+                        v, w, q, ib)
     _mm_step(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0, fixed)
     ob = out_w + H * V
     for bi in range(B):
@@ -540,7 +659,13 @@ def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logi
             logits[bi, k] += flat[ob + k]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+# Without fastmath: its own arithmetic is one add per logit (mm and the cell function carry
+# theirs), and lstm_generate, which inlines it, also inlines draw_rows, whose sums must not be
+# reassociated.
+_lstm_step = njit(inline="always", error_model="numpy")(lstm_step)
+lstm_step = njit(cache=True, nogil=True, error_model="numpy")(lstm_step)
+
+
 def draw_rows(logits, u, temp, top_k, codes, logp):
     """sample.distribution + sample.draw + sample.log_softmax_at for every row, in float64:
     temperature, top-k (ties at the k-th value kept), inverse CDF on uniform u[row]. Only the
@@ -602,21 +727,27 @@ def draw_rows(logits, u, temp, top_k, codes, logp):
         logp[bi] = np.float64(logits[bi, c]) - m - math.log(s)
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
+_draw_rows = njit(inline="always", error_model="numpy")(draw_rows)
+draw_rows = njit(cache=True, nogil=True, error_model="numpy")(draw_rows)
+
+
+@njit(cache=True, error_model="numpy")
 def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
-                  out_codes, out_logp):
+                  out_codes, out_logp, cells):
     """len(u) sampling steps of the whole model in one call: lstm_step, then draw_rows with
     u[s] (one uniform per row). codes (B,) holds the last code and state (L,2,B,H) the state
     on entry; both hold the newest on return. logits (B,V) is a work buffer. Writes
-    out_codes, out_logp (steps, B)."""
+    out_codes, out_logp (steps, B). The step and the draw are inlined: compiled here once
+    rather than each on its own and again as part of this kernel."""
     nxt = np.empty_like(state)
     for st in range(u.shape[0]):
-        lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, codes.shape[0] <= SMALL_M)
+        _lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, cells,
+                   codes.shape[0] <= SMALL_M)
         # element by element, like draw_rows' copies: slice assignment compiles shape-error formatting
         s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
         for i in range(s_flat.shape[0]):
             s_flat[i] = n_flat[i]
-        draw_rows(logits, u[st], temp, top_k, out_codes[st], out_logp[st])
+        _draw_rows(logits, u[st], temp, top_k, out_codes[st], out_logp[st])
         for bi in range(codes.shape[0]):
             codes[bi] = out_codes[st, bi]
 
@@ -793,7 +924,7 @@ def gru_forward(gates, bias, bh, Wh, hs, hn, kind):
     q = np.empty(B * G, gates.dtype)
     ib = np.empty(B * G, np.int32)
     for t in range(T):
-        mm(hs[t], Wh, hw, 0.0)
+        _mm(hs[t], Wh, hw, 0.0)
         _gru_cells(gates[t], hw, bias, bh, hs[t], kind, hn[t], hs[t + 1], v, q, ib)
 
 
@@ -824,7 +955,7 @@ def gru_backward(dh_out, gates, hn, hs, WhT, kind, dx, dhw, dh, carry):
                 dht[bi, 2 * H + j] = dan * r
                 zdh[bi, j] = d * z
         if t > 0 or carry:
-            mm(dht, WhT, dh, 0.0)
+            _mm(dht, WhT, dh, 0.0)
             for bi in range(B):
                 for j in range(H):
                     dh[bi, j] += zdh[bi, j]
@@ -863,7 +994,7 @@ def rnn_forward(pre, bias, Wh, hs, kind):
     q = np.empty(B * H, pre.dtype)
     ib = np.empty(B * H, np.int32)
     for t in range(T):
-        mm(hs[t], Wh, pre[t], 1.0)
+        _mm(hs[t], Wh, pre[t], 1.0)
         _rnn_cells(pre[t], bias, kind, hs[t + 1], w, q, ib)
 
 
@@ -880,7 +1011,7 @@ def rnn_backward(dh_out, hs, WhT, kind, da, dh, carry):
             for j in range(H):
                 d[bi, j] = (dho[bi, j] + dh[bi, j]) * _dact(y[bi, j], kind, one)
         if t > 0 or carry:
-            mm(d, WhT, dh, 0.0)
+            _mm(d, WhT, dh, 0.0)
 
 
 _threads = os.environ.get("CHARRNN_THREADS", "").strip()

@@ -48,15 +48,22 @@ class Layer:
 
 # ---------------------------------------------------------------- LSTM
 def lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
-    K.lstm_forward(ly.pre[t0:t1], ly.b, ly.Wh, ly.WhT, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1],
-                   kind, transposed)
+    cells = K.lstm_cells_at(ly.pre.dtype)
+    if transposed:
+        K.lstm_forward_t(ly.pre[t0:t1], ly.b, ly.WhT, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1], kind, cells)
+    else:
+        K.lstm_forward(ly.pre[t0:t1], ly.b, ly.Wh, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1], kind, cells)
 
 
 def lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
                   gb: np.ndarray, gbh: np.ndarray | None) -> None:
     """dh_out (t1-t0,B,H): gradient on the chunk's outputs. Writes dx (= dh) over the chunk."""
-    K.lstm_backward(dh_out, ly.Wh, ly.WhT, ly.cs[t0:t1], ly.pre[t0:t1], ly.tcs[t0:t1], kind, ly.dx[t0:t1],
-                    transposed, ly.carry[0], ly.carry[1], t0 > 0)
+    if transposed:
+        K.lstm_backward_t(dh_out, ly.Wh, ly.cs[t0:t1], ly.pre[t0:t1], ly.tcs[t0:t1], kind, ly.dx[t0:t1],
+                          ly.carry[0], ly.carry[1], t0 > 0)
+    else:
+        K.lstm_backward(dh_out, ly.WhT, ly.cs[t0:t1], ly.pre[t0:t1], ly.tcs[t0:t1], kind, ly.dx[t0:t1],
+                        ly.carry[0], ly.carry[1], t0 > 0)
     K.colsum_add(gb, ly.dx[t0:t1].reshape(-1, ly.dx.shape[2]))    # while the chunk is in cache
 
 

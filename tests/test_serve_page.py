@@ -88,7 +88,8 @@ def test_typing_a_prompt_streams_the_text_in(tmp_path):
     browser = DevTools(tmp_path / "profile")
     try:
         browser.open(f"http://127.0.0.1:{server.port}/")
-        browser.wait_for("document.documentElement.getAttribute('data-models') === '1'")
+        # right after createTarget the new page may have no document element yet: not loaded, not an error
+        browser.wait_for("document.documentElement?.getAttribute('data-models') === '1'")
         for field, text in (("prompt", "JULIET:"), ("max_tokens", "1500"), ("seed", "42"), ("temperature", "0.9")):
             browser.js(f"var e = document.getElementById('{field}'); e.focus(); e.select(); true")
             browser.call("Input.insertText", text=text)          # typed, as a keyboard would

@@ -166,7 +166,8 @@ def train(text: str, name: str | None, overwrite: bool, encoding: str, byte_mode
     from click.core import ParameterSource
 
     from charrnn import dist
-    from charrnn.train import TrainingDiverged, TrainingInterrupted, prepare_run, summary_line
+    from charrnn.assemble import prepare_run
+    from charrnn.train import TrainingDiverged, TrainingInterrupted, summary_line
 
     ctx = click.get_current_context()
     given = {k for k in kw if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,

@@ -15,13 +15,14 @@ from typing import Callable
 
 import numpy as np
 
+from charrnn.assemble import new_options, resolve_text
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
 from charrnn.model import init_params
-from charrnn.optim import parse_clip
-from charrnn.step import train_step
-from charrnn.train import LOG2, TrainOptions, new_optimizer, new_options, resolve_text
+from charrnn.optim import new_optimizer, new_optimizer_slots, parse_clip
+from charrnn.options import TrainOptions
+from charrnn.step import LOG2, train_step
 
 SMOOTHING = 0.9        # weight of the past in the moving average of the loss
 DIVERGED = 4.0         # stop once the smoothed loss exceeds this multiple of its minimum
@@ -193,7 +194,6 @@ def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: boo
     opts.device = pick_device(opts.device, log)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
     from charrnn.memory import check_training      # a model that cannot fit: one line, before allocating
-    from charrnn.train import new_optimizer_slots
     check_training(opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts), len(data.codes))
     return opts, data
 

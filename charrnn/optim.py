@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from numba import njit
 
-from charrnn.options import OPTIMIZER_DEFAULTS
+from charrnn.options import OPTIMIZER_DEFAULTS, TrainOptions
 
 DEFAULTS = OPTIMIZER_DEFAULTS    # each rule's hyperparameters and their usual values (options.py)
 
@@ -258,6 +258,18 @@ class Optimizer:
                   **meta.get("hyper", {}))
         opt.t = int(meta.get("t", 0))
         return opt
+
+
+def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:
+    """The update rule the options name, with the hyperparameters given for it, fresh state."""
+    hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
+    hyper = {k: v for k, v in hyper.items() if v is not None and k in OPTIMIZER_DEFAULTS[opts.optimizer]}
+    return Optimizer(opts.optimizer, size, np.float32, opts.weight_decay, opts.l1, **hyper)
+
+
+def new_optimizer_slots(opts: TrainOptions) -> int:
+    """Arrays of optimizer state, each the size of the weights, that the options' rule keeps."""
+    return len(STATE_NAMES[opts.optimizer])
 
 
 @dataclass

@@ -13,7 +13,8 @@ import pytest
 
 from charrnn import checkpoint as ckpt
 from charrnn.corpus import CorpusError, load_corpus
-from charrnn.train import Trainer, TrainingDiverged, TrainingInterrupted, TrainOptions, prepare_out_dir
+from charrnn.rundir import prepare_out_dir
+from charrnn.train import Trainer, TrainingDiverged, TrainingInterrupted, TrainOptions
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "NUMBA_NUM_THREADS": "2"}
 

@@ -27,7 +27,7 @@ from charrnn.corpus import Vocab
 from charrnn.model import ModelConfig, Params, param_shapes
 from charrnn.progress import Progress
 from charrnn.optim import DEFAULTS, STATE_NAMES
-from charrnn.errors import CheckpointError
+from charrnn.errors import CheckpointError, InputError
 
 FORMAT = "charrnn"
 VERSION = 1
@@ -291,6 +291,25 @@ def weights_only(ck: Checkpoint, provenance: dict | None = None) -> Checkpoint:
                       progress={k: ck.progress[k] for k in keep if k in ck.progress},
                       train_args=args, metrics=dict(ck.metrics),
                       provenance={**ck.provenance, **(provenance or {})})
+
+
+def export(source: str | None, output: str | os.PathLike, *, only_weights: bool = False, half: bool = False,
+           meta: dict | None = None) -> Checkpoint:
+    """`charrnn export`: the checkpoint SOURCE names (a file or a run directory's best) copied to
+    `output`, its provenance stamped with today's date (UTC) and `meta`; weights only (optionally
+    float16) or whole. Returns what was written."""
+    from datetime import datetime, timezone
+    if half and not only_weights:
+        raise InputError("--half needs --weights-only: resuming needs the float32 weights and moments")
+    extra = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+    if half:
+        extra["weights"] = "float16"
+    extra.update(meta or {})
+    ck = load(resolve(source))
+    out = weights_only(ck, extra) if only_weights else Checkpoint(**{**ck.__dict__,
+                                                                     "provenance": {**ck.provenance, **extra}})
+    save(output, out, half=half)
+    return out
 
 
 def _is_int(v) -> bool:

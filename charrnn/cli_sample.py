@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from charrnn.cli_base import CONTEXT, Finite, quiet_pipe, say
+from charrnn.cli_base import CONTEXT, Finite, device_option, quiet_pipe, say
 from charrnn.errors import InputError
 
 MAX_SEED = 2 ** 62          # sample i draws with seed + i: room to add
@@ -40,7 +40,7 @@ MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows f
               help="One JSON line per sample: text, seed, log-probability and bits/char under the model.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
            stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, **kw) -> None:
     """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints,
@@ -83,7 +83,7 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
 @click.option("--split", "which", type=click.Choice(["val", "test"]), default="test", show_default=True,
               help="The held-back split of the training text, used when no FILE is given.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 def eval_(args: tuple[str, ...], which: str, as_json: bool, device: str) -> None:
     """Bits per character of a checkpoint on FILE, or on its training text's held-back split.
 

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from charrnn.backends import DEFAULT_DEVICE
 from charrnn.errors import InputError
 
 
@@ -73,7 +74,7 @@ def summary(nats_sum: float, count: int) -> dict:
             "perplexity": math.exp(nats) if nats < 709 else math.inf}    # a wild model's exp() overflows
 
 
-def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = "auto",
+def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = DEFAULT_DEVICE,
                         log: Callable[[str], None] = lambda m: None) -> dict:
     """`charrnn eval` as one call: args is [CHECKPOINT] [FILE|-] (one argument is taken for a
     checkpoint when it is a directory, a .safetensors file or a shipped model's name). Without a

@@ -172,7 +172,7 @@ class Trainer:
         # the counters of the run; its `lr` is the schedule's base, filled in when saved or snapshotted
         self.progress = Progress(digest=self.digest, n_codes=self.n_codes,
                                  world_size=self.dist.size if self.dist else 1)
-        self.sched = Schedule(o.lr, o.lr_schedule, o.lr_floor, o.lr_decay, o.lr_decay_after, o.lr_plateau)
+        self.sched = Schedule.of(o)
         self.lr_now, self.gnorm = self.sched.base, 0.0
         self.state = None
         self._stop_signal = 0           # data parallel: the largest signal any rank caught, reduced

@@ -340,7 +340,7 @@ def _check_progress(path, pr: dict) -> None:
 
 
 def _check_train_args(path, args: dict) -> None:
-    """What `eval` and `--resume` read without further checks; train.resume_options checks the rest."""
+    """What `eval` and `--resume` read without further checks; assemble.resume_options checks the rest."""
     src = args.get("source")
     ok = src is None or (isinstance(src, dict) and all(isinstance(v, str) for v in src.values()))
     ok = ok and all(k not in args or (_is_num(args[k]) and 0 <= args[k] < 1) for k in ("val_frac", "test_frac"))

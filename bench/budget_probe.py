@@ -10,7 +10,7 @@ import argparse
 from charrnn import budget
 from charrnn.corpus import load_corpus, split
 from charrnn.options import TrainOptions
-from charrnn.train import new_optimizer
+from charrnn.optim import new_optimizer
 
 
 def main() -> None:

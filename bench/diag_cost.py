@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charrnn.diagnostics import histograms, layer_stats, norms, update_ratios  # noqa: E402
-from charrnn.train import Trainer, TrainOptions, prepare_out_dir  # noqa: E402
+from charrnn.rundir import prepare_out_dir
+from charrnn.train import Trainer, TrainOptions  # noqa: E402
 
 
 def one_run(text: str, steps: int, diag: bool, every: int) -> tuple[float, Trainer]:

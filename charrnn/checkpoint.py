@@ -27,7 +27,7 @@ from charrnn.corpus import Vocab
 from charrnn.model import ModelConfig, Params, param_shapes
 from charrnn.progress import Progress
 from charrnn.optim import DEFAULTS, STATE_NAMES
-from charrnn.errors import CheckpointError
+from charrnn.errors import CheckpointError, InputError
 
 FORMAT = "charrnn"
 VERSION = 1
@@ -300,6 +300,25 @@ def weights_only(ck: Checkpoint, provenance: dict | None = None) -> Checkpoint:
                       provenance={**ck.provenance, **(provenance or {})})
 
 
+def export(source: str | None, output: str | os.PathLike, *, only_weights: bool = False, half: bool = False,
+           meta: dict | None = None) -> Checkpoint:
+    """`charrnn export`: the checkpoint SOURCE names (a file or a run directory's best) copied to
+    `output`, its provenance stamped with today's date (UTC) and `meta`; weights only (optionally
+    float16) or whole. Returns what was written."""
+    from datetime import datetime, timezone
+    if half and not only_weights:
+        raise InputError("--half needs --weights-only: resuming needs the float32 weights and moments")
+    extra = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+    if half:
+        extra["weights"] = "float16"
+    extra.update(meta or {})
+    ck = load(resolve(source))
+    out = weights_only(ck, extra) if only_weights else Checkpoint(**{**ck.__dict__,
+                                                                     "provenance": {**ck.provenance, **extra}})
+    save(output, out, half=half)
+    return out
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -328,7 +347,7 @@ def _check_progress(path, pr: dict) -> None:
 
 
 def _check_train_args(path, args: dict) -> None:
-    """What `eval` and `--resume` read without further checks; train.resume_options checks the rest."""
+    """What `eval` and `--resume` read without further checks; assemble.resume_options checks the rest."""
     src = args.get("source")
     ok = src is None or (isinstance(src, dict) and all(isinstance(v, str) for v in src.values()))
     ok = ok and all(k not in args or (_is_num(args[k]) and 0 <= args[k] < 1) for k in ("val_frac", "test_frac"))

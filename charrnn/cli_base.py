@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from charrnn.backends import DEFAULT_DEVICE, DEVICES
 from charrnn.errors import InputError, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -113,6 +114,10 @@ def silence_stdout() -> None:
     # Python's documented recipe: point stdout at devnull so the exit-time flush cannot fail again
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+# --device, as every command that runs a model takes it
+device_option = click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE, show_default=True)
 
 
 def write_page(path: str, html: str) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from charrnn.cli_base import CONTEXT, Finite, quiet_pipe, say
+from charrnn.cli_base import CONTEXT, Finite, device_option, quiet_pipe, say
 from charrnn.decoding import DEFAULTS as D
 from charrnn.errors import InputError
 from charrnn.options import DYNAMIC_LR, DYNAMIC_RULES, Dynamic
@@ -45,7 +45,7 @@ MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows f
               help="One JSON line per sample: text, seed, log-probability and bits/char under the model.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
            stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, adapt: str | None,
            **kw) -> None:
@@ -110,7 +110,7 @@ _DYN = Dynamic()
 @click.option("--dynamic-stats", type=click.Path(dir_okay=False, allow_dash=False), default=None,
               help="rms: compute the gradient statistics on FILE instead of the checkpoint's training split.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 def eval_(args: tuple[str, ...], which: str, dynamic: bool, dynamic_rule: str, dynamic_lr: str | None,
           dynamic_decay: float, dynamic_seq_len: int, dynamic_stats: str | None, as_json: bool, device: str) -> None:
     """Bits per character of a checkpoint on FILE, or on its training text's held-back split.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from charrnn.cli_base import CONTEXT, say
+from charrnn.cli_base import CONTEXT, device_option, say
 
 
 @click.command(context_settings=CONTEXT)
@@ -15,7 +15,7 @@ from charrnn.cli_base import CONTEXT, say
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", envvar="CHARRNN_API_KEY", default=None, metavar="KEY",
               help="Require 'Authorization: Bearer KEY' (also from CHARRNN_API_KEY).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--max-streams", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Sequences generated at once, all requests together; more get 429.")
 @click.option("--max-tokens", type=click.IntRange(1, 1_000_000), default=4096, show_default=True,

@@ -9,10 +9,11 @@ from typing import Callable
 
 import click
 
-from charrnn.cli_base import CONTEXT, Finite, say, write_page
+from charrnn.cli_base import CONTEXT, Finite, device_option, say, write_page
 from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
-from charrnn.options import DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, OPTIMIZER_DEFAULTS as _OPT, RANGES, TrainOptions
+from charrnn.options import (DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END, LR_FIND_MIN_STEPS, LR_FIND_START,
+                             LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES, TrainOptions)
 
 _D = TrainOptions()      # every default below is read from here, written once in options.py
 _CAPS = (INT_MAX, F32_MAX, 1e9)   # technical upper bounds: checked by TrainOptions.check, not shown in --help
@@ -125,7 +126,7 @@ OPTIMIZER_OPTIONS = [
               help="On a NaN/Inf loss or gradient, roll back to the last good state with half the rate, "
                    "at most this many times.")
 @click.option("--seed", type=_num("seed"), default=_D.seed, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory [checkpoints/<file stem>, or checkpoints/<stem>-2, -3, ... when that "
                    "holds a run].")
@@ -166,7 +167,8 @@ def train(text: str, name: str | None, overwrite: bool, encoding: str, byte_mode
     from click.core import ParameterSource
 
     from charrnn import dist
-    from charrnn.train import TrainingDiverged, TrainingInterrupted, prepare_run, summary_line
+    from charrnn.assemble import prepare_run
+    from charrnn.train import TrainingDiverged, TrainingInterrupted, summary_line
 
     ctx = click.get_current_context()
     given = {k for k in kw if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
@@ -195,16 +197,16 @@ def train(text: str, name: str | None, overwrite: bool, encoding: str, byte_mode
 @click.argument("text", metavar="FILE")
 @_options(MODEL_OPTIONS)
 @_options(OPTIMIZER_OPTIONS)
-@click.option("--steps", type=click.IntRange(13), default=300, show_default=True,
+@click.option("--steps", type=click.IntRange(LR_FIND_MIN_STEPS), default=LR_FIND_STEPS, show_default=True,
               help="Steps of the test (it may stop earlier, once the loss blows up).")
-@click.option("--start", type=Finite(0, min_open=True), default=1e-6, show_default=True,
+@click.option("--start", type=Finite(0, min_open=True), default=LR_FIND_START, show_default=True,
               help="The first learning rate.")
-@click.option("--end", type=Finite(0, min_open=True), default=1.0, show_default=True,
+@click.option("--end", type=Finite(0, min_open=True), default=LR_FIND_END, show_default=True,
               help="The last learning rate; the rate grows exponentially in between.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curve and the suggestion as JSON on stdout.")
 @click.option("-o", "--output", default=None, help="Also write an HTML page with the curve to this file.")
 @click.option("--seed", type=_num("seed"), default=_D.seed, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
 @click.option("--bytes", "byte_mode", is_flag=True, help="Read FILE as raw bytes (256 symbols).")
 def lr_find(text: str, steps: int, start: float, end: float, as_json: bool, output: str | None, encoding: str,

@@ -89,15 +89,9 @@ def viz(args: tuple[str, ...], output: str, cells: tuple[str, ...], state: str |
       charrnn viz checkpoints/shakespeare input.txt --find -o cells.html
       charrnn viz input.txt --cell 1:37 --cell 0:5 --gate forget
     """
-    from charrnn import checkpoint as ckpt
-    from charrnn.corpus import MODEL_HINT, read_input
-    from charrnn.viz import build
+    from charrnn.viz import page_for
 
     if not args or len(args) > 2:
         raise click.UsageError("give a TEXT_FILE, optionally after a CHECKPOINT")
     ck_arg, text_arg = (None, args[0]) if len(args) == 1 else args
-    ck = ckpt.load(ckpt.resolve(ck_arg))
-    text = read_input(text_arg, byte_mode=ck.vocab.byte_mode, hint=MODEL_HINT)
-    html, _ = build(ck, text, list(cells), state, gate, find or not cells, top, length, show,
-                    source="stdin" if text_arg == "-" else text_arg)
-    write_page(output, html)
+    write_page(output, page_for(ck_arg, text_arg, list(cells), state, gate, find or not cells, top, length, show))

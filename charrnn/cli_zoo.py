@@ -4,7 +4,6 @@ for sharing or shipping: weights only, with how it was made). Registered in the 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
 import click
 
@@ -33,24 +32,8 @@ def list_() -> None:
     Example:
       charrnn zoo list
     """
-    from charrnn import checkpoint as ckpt
-    from charrnn import zoo
-
-    rows = [("NAME", "MODEL", "SIZE", "TRAINED")]
-    for name in zoo.names():
-        path = zoo.path_of(name)
-        try:
-            ck = ckpt.load(path)
-        except ckpt.CheckpointError as err:
-            rows.append((name, f"damaged: {err}", "", ""))
-            continue
-        prov = ck.provenance
-        trained = " ".join(str(prov[k]) for k in ("date", "command") if prov.get(k))
-        rows.append((name, zoo.describe(ck), f"{path.stat().st_size / 1e6:.2f} MB", trained or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
-    click.echo(f"\nfolder: {zoo.zoo_dir()}")
+    from charrnn.zoo import listing
+    click.echo(listing())
 
 
 def _meta_value(text: str):
@@ -82,21 +65,14 @@ def export(source: str, output: str, weights_only: bool, half: bool, metas: tupl
       charrnn export run/last.safetensors --weights-only -o m.safetensors --meta commit=abc123
       charrnn export checkpoints/shakespeare --weights-only --half -o small.safetensors
     """
-    from charrnn import checkpoint as ckpt
+    from charrnn.checkpoint import export as export_checkpoint
 
-    if half and not weights_only:
-        raise InputError("--half needs --weights-only: resuming needs the float32 weights and moments")
-    extra = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
-    if half:
-        extra["weights"] = "float16"
+    meta = {}
     for item in metas:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise InputError(f"--meta takes KEY=VALUE, got {item!r}")
-        extra[key] = _meta_value(value)
-    ck = ckpt.load(ckpt.resolve(source))
-    out = ckpt.weights_only(ck, extra) if weights_only else ckpt.Checkpoint(
-        **{**ck.__dict__, "provenance": {**ck.provenance, **extra}})
-    ckpt.save(output, out, half=half)
+        meta[key] = _meta_value(value)
+    export_checkpoint(source, output, only_weights=weights_only, half=half, meta=meta)
     click.echo(f"wrote {output}" + (" (weights only, float16)" if half else " (weights only)" if weights_only else ""),
                err=True)

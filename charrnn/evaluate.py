@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from charrnn.backends import DEFAULT_DEVICE
 from charrnn.errors import InputError
 
 
@@ -109,7 +110,7 @@ def _encode(vocab, text, log) -> tuple[np.ndarray, int]:
     return vocab.encode(text, skip_unknown=True), skipped
 
 
-def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = "auto",
+def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = DEFAULT_DEVICE,
                         log: Callable[[str], None] = lambda m: None, dynamic=None, auto_lr: bool = False,
                         stats_text: str | None = None) -> dict:
     """`charrnn eval` as one call: args is [CHECKPOINT] [FILE|-] (one argument is taken for a

@@ -15,17 +15,19 @@ from typing import Callable
 
 import numpy as np
 
+from charrnn.assemble import new_options, resolve_text
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
 from charrnn.model import init_params
-from charrnn.optim import parse_clip
-from charrnn.step import train_step
-from charrnn.train import LOG2, TrainOptions, new_optimizer, new_options, resolve_text
+from charrnn.optim import new_optimizer, new_optimizer_slots, parse_clip
+from charrnn.options import (LR_FIND_END, LR_FIND_MIN_STEPS, LR_FIND_SKIP, LR_FIND_START, LR_FIND_STEPS,
+                             TrainOptions)
+from charrnn.step import LOG2, train_step
 
 SMOOTHING = 0.9        # weight of the past in the moving average of the loss
 DIVERGED = 4.0         # stop once the smoothed loss exceeds this multiple of its minimum
-SKIP_START = 10        # the first points: the average is still mostly one batch
+SKIP_START = LR_FIND_SKIP   # the first points: the average is still mostly one batch (options.py)
 
 
 @dataclass
@@ -61,7 +63,7 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, floa
     """(steepest-descent rate, min-loss rate) of a smoothed curve. The steepest descent is looked
     for between the warm-up points and the minimum, as a slope per decade of rate."""
     n = len(smoothed)
-    if n < SKIP_START + 3:
+    if n < LR_FIND_MIN_STEPS:
         return None, None
     s = np.asarray(smoothed, float)
     lo = SKIP_START
@@ -73,15 +75,15 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, floa
     return float(lrs[lo + int(np.argmin(slope))]), float(lrs[imin])
 
 
-def lr_find(opts: TrainOptions, text: str | bytes | Corpus, steps: int = 300, start: float = 1e-6,
-            end: float = 1.0, log: Callable[[str], None] = lambda m: None,
+def lr_find(opts: TrainOptions, text: str | bytes | Corpus, steps: int = LR_FIND_STEPS,
+            start: float = LR_FIND_START, end: float = LR_FIND_END, log: Callable[[str], None] = lambda m: None,
             progress: Callable[[int], None] | None = None) -> LrCurve:
     """Run the range test on a fresh model built from `opts` (architecture, batch shape,
     optimizer, clipping, seed, device); `opts.lr` and the schedule are ignored."""
     if not 0 < start < end:
         raise ValueError("the range must have 0 < --start < --end")
-    if steps < SKIP_START + 3:
-        raise ValueError(f"--steps must be at least {SKIP_START + 3}")
+    if steps < LR_FIND_MIN_STEPS:
+        raise ValueError(f"--steps must be at least {LR_FIND_MIN_STEPS}")
     if isinstance(text, Corpus):
         vocab, codes = text.vocab, text.codes
     else:
@@ -193,7 +195,6 @@ def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: boo
     opts.device = pick_device(opts.device, log)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
     from charrnn.memory import check_training      # a model that cannot fit: one line, before allocating
-    from charrnn.train import new_optimizer_slots
     check_training(opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts), len(data.codes))
     return opts, data
 

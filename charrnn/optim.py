@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from numba import njit
 
-from charrnn.options import OPTIMIZER_DEFAULTS
+from charrnn.options import OPTIMIZER_DEFAULTS, TrainOptions
 
 DEFAULTS = OPTIMIZER_DEFAULTS    # each rule's hyperparameters and their usual values (options.py)
 
@@ -260,6 +260,18 @@ class Optimizer:
         return opt
 
 
+def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:
+    """The update rule the options name, with the hyperparameters given for it, fresh state."""
+    hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
+    hyper = {k: v for k, v in hyper.items() if v is not None and k in OPTIMIZER_DEFAULTS[opts.optimizer]}
+    return Optimizer(opts.optimizer, size, np.float32, opts.weight_decay, opts.l1, **hyper)
+
+
+def new_optimizer_slots(opts: TrainOptions) -> int:
+    """Arrays of optimizer state, each the size of the weights, that the options' rule keeps."""
+    return len(STATE_NAMES[opts.optimizer])
+
+
 @dataclass
 class Schedule:
     """The learning rate of a run as plain data. `base` is the rate before annealing: epoch decay,
@@ -267,13 +279,19 @@ class Schedule:
     `rate()` anneals it over the run's progress, the larger of steps / horizon and elapsed /
     budget, so the rate reaches its floor whether the epochs or the minutes end the run."""
     base: float
-    kind: str = "cosine"           # cosine: anneal to floor * base by the end of the run; constant
-    floor: float = 0.1
-    decay: float = 1.0             # multiply base by this at each epoch from decay_after on
-    decay_after: int = 10
-    plateau: float = 1.0           # multiply base by this after a validation that did not improve
+    # the defaults are the run's (options.py): cosine anneals to floor * base by the end; constant
+    kind: str = TrainOptions.lr_schedule
+    floor: float = TrainOptions.lr_floor
+    decay: float = TrainOptions.lr_decay              # multiply base by this each epoch from decay_after on
+    decay_after: int = TrainOptions.lr_decay_after
+    plateau: float = TrainOptions.lr_plateau          # multiply base by this after a validation that did not improve
     horizon: float = math.inf      # steps in the run (inf: no epoch cap)
     budget: float = math.inf       # seconds in the run (inf: no time budget)
+
+    @classmethod
+    def of(cls, opts: TrainOptions) -> "Schedule":
+        """The schedule the run's options describe, at its base rate `opts.lr`."""
+        return cls(opts.lr, opts.lr_schedule, opts.lr_floor, opts.lr_decay, opts.lr_decay_after, opts.lr_plateau)
 
     def factor(self, progress: float) -> float:
         """The annealing factor on the base rate at `progress` in [0, 1] of the run."""

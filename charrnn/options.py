@@ -179,6 +179,13 @@ _FIELDS = {f.name for f in dataclasses.fields(TrainOptions)} - {"model"}
 TRAIN_OPTION_NAMES = frozenset(_FIELDS | set(MODEL_DEFAULTS))
 DEFAULT_MAX_EPOCHS = 50.0
 
+# charrnn lr-find's ramp (lrfind.lr_find; the command line's defaults): its steps, and the rates
+# it starts and ends at. Its first LR_FIND_SKIP points are not read (the moving average of the
+# loss is still mostly one batch), and three more are the fewest a slope is read from.
+LR_FIND_STEPS, LR_FIND_START, LR_FIND_END = 300, 1e-6, 1.0
+LR_FIND_SKIP = 10
+LR_FIND_MIN_STEPS = LR_FIND_SKIP + 3
+
 
 # ---------------------------------------------------------------- dynamic evaluation (charrnn/dynamic.py)
 DYNAMIC_RULES = ("rms", "sgd")

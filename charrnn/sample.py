@@ -20,6 +20,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
+from charrnn.backends import DEFAULT_DEVICE
 from charrnn.decoding import (DEFAULTS, Decoding, _as_units, distribution, draw, log_softmax_at,  # noqa: F401
                               prime_codes, stop_codes)
 from charrnn.errors import SampleError  # noqa: F401  (re-exported)
@@ -256,7 +257,7 @@ class Interrupted(Exception):
 
 
 def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prime_file: str | None = None,
-        unknown: str = "error", echo: bool = True, seed: int | None = None, device: str = "auto",
+        unknown: str = "error", echo: bool = True, seed: int | None = None, device: str = DEFAULT_DEVICE,
         num_samples: int = DEFAULTS.batch, length: int = DEFAULTS.length, temp: float = DEFAULTS.temperature,
         top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p,
         stop: str | None = None, as_json: bool = False, separator: str = "", adapt: str | None = None,

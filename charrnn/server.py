@@ -28,6 +28,7 @@ from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
+from charrnn.backends import DEFAULT_DEVICE
 from charrnn.decoding import prime_codes
 from charrnn.engine import BATCH_BUCKETS, Engine, Job, Metrics, Seq, Sessions, Settings
 from charrnn.errors import SampleError
@@ -540,7 +541,7 @@ def model_name(arg: str | None, path) -> str:
 
 
 def serve(checkpoints: tuple[str, ...], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          device: str = "auto", limits: Limits = Limits(), grace: float = 5.0,
+          device: str = DEFAULT_DEVICE, limits: Limits = Limits(), grace: float = 5.0,
           log: Callable[[str], None] = lambda m: None) -> None:
     """`charrnn serve` as one call: load the checkpoints (as `charrnn sample` resolves them), serve
     until SIGTERM or Ctrl-C, then let running streams finish for up to `grace` seconds."""

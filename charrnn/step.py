@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+LOG2 = math.log(2)   # a loss in nats per character over LOG2 is bits per character
+
 
 @dataclass
 class Step:

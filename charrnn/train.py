@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -32,18 +31,13 @@ from charrnn import diagnostics
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, codes_digest, describe_chars, split
-from charrnn.errors import InputError
 from charrnn.evaluate import evaluate, summary
 from charrnn.model import Params, init_params
-from charrnn.optim import Optimizer, Schedule, parse_clip
+from charrnn.optim import Optimizer, Schedule, new_optimizer, parse_clip
+from charrnn.options import TrainOptions
 from charrnn.progress import Progress
-from charrnn.rundir import check_free_space, prepare_out_dir  # noqa: F401 (prepare_out_dir: the library's)
-from charrnn.step import train_step
-from charrnn.options import OPTIMIZER_DEFAULTS, TRAIN_OPTION_NAMES, TrainOptions
-
-LOG2 = math.log(2)
-
-
+from charrnn.rundir import check_free_space
+from charrnn.step import LOG2, train_step
 
 
 class TrainingInterrupted(Exception):
@@ -115,62 +109,90 @@ class Trainer:
         self.source = source                     # where the text came from, so `eval --split` can find it
         self.show_progress = show_progress
         base = resume or init_from
+        codes = self._encode(text, base)
+        self._split_and_batch(codes)
+        # the order below is the random stream's: the weights are drawn from the seed's generator first
+        self.cfg = base.config if base else opts.model_config(self.vocab.size)
+        self.rng = np.random.default_rng(opts.seed)
+        params = self._initial_weights(base)
+        self.opt = new_optimizer(opts, params.flat.size)
+        self.clip = parse_clip(opts.clip)
+        self._start_counters()
+        if resume:
+            self._restore(resume)
+        if dist:
+            for arr in self.opt.state.values():
+                dist.bcast_(arr)
+        self._start_backend(params)
+        n = self.be.params_host().flat.size
+        check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state)) + (1 << 20))
+
+    # -- assembly, in the order __init__ takes the steps ------------------------------------
+    def _encode(self, text: str | bytes | Corpus, base: ckpt.Checkpoint | None) -> np.ndarray:
+        """The text as codes, in the checkpoint's vocabulary when there is one (or a new one);
+        sets `vocab` and `digest`."""
         if isinstance(text, Corpus):
             if base and text.vocab != base.vocab:
                 raise CorpusError("the text was encoded with a vocabulary other than the checkpoint's")
-            self.vocab, codes, self.digest = text.vocab, text.codes, text.digest
-        else:
-            self.vocab = base.vocab if base else Vocab.from_text(text)
-            missing = self.vocab.unknown(text)
-            if missing:
-                raise CorpusError(f"the text has {len(missing)} characters outside the checkpoint's vocabulary: "
-                                  f"{describe_chars(missing)}")
-            codes = self.vocab.encode(text)
-            self.digest = codes_digest(codes)
+            self.vocab, self.digest = text.vocab, text.digest
+            return text.codes
+        self.vocab = base.vocab if base else Vocab.from_text(text)
+        missing = self.vocab.unknown(text)
+        if missing:
+            raise CorpusError(f"the text has {len(missing)} characters outside the checkpoint's vocabulary: "
+                              f"{describe_chars(missing)}")
+        codes = self.vocab.encode(text)
+        self.digest = codes_digest(codes)
+        return codes
+
+    def _split_and_batch(self, codes: np.ndarray) -> None:
+        """The training, validation and test splits, and the windows of this rank's streams."""
+        o, dist = self.o, self.dist
         self.n_codes = len(codes)
-        self.train_codes, self.val_codes, self.test_codes = split(codes, opts.val_frac, opts.test_frac)
+        self.train_codes, self.val_codes, self.test_codes = split(codes, o.val_frac, o.test_frac)
         if len(self.train_codes) < 2:
             raise CorpusError(f"the text is too short to train on: the training split has {len(self.train_codes)} "
                               f"characters and needs at least 2")
         try:
-            self.batches = Batches(self.train_codes, opts.batch_size, opts.seq_len, warn=log,
+            self.batches = Batches(self.train_codes, o.batch_size, o.seq_len, warn=self.log,
                                    share=(dist.rank, dist.size) if dist else (0, 1))
         except ValueError as e:
             raise CorpusError(str(e)) from None
-        self.cfg = base.config if base else opts.model_config(self.vocab.size)
-        self.rng = np.random.default_rng(opts.seed)
+
+    def _initial_weights(self, base: ckpt.Checkpoint | None) -> Params:
+        """The checkpoint's weights, or fresh ones from the seed; data parallel, rank 0's everywhere."""
         params = base.params.astype(np.float32) if base else init_params(self.cfg, self.rng)
-        if dist:
-            dist.bcast_(params.flat)
-        self.opt = new_optimizer(opts, params.flat.size)
-        self.clip = parse_clip(opts.clip)
+        if self.dist:
+            self.dist.bcast_(params.flat)
+        return params
+
+    def _start_counters(self) -> None:
+        """The run's counters, schedule and reporting at step 0 (a resume then overwrites them)."""
+        o = self.o
         # the counters of the run; its `lr` is the schedule's base, filled in when saved or snapshotted
-        self.progress = Progress(digest=self.digest, n_codes=self.n_codes, world_size=dist.size if dist else 1)
-        self.sched = Schedule(opts.lr, opts.lr_schedule, opts.lr_floor, opts.lr_decay, opts.lr_decay_after,
-                              opts.lr_plateau)
+        self.progress = Progress(digest=self.digest, n_codes=self.n_codes,
+                                 world_size=self.dist.size if self.dist else 1)
+        self.sched = Schedule.of(o)
         self.lr_now, self.gnorm = self.sched.base, 0.0
         self.state = None
         self._stop_signal = 0           # data parallel: the largest signal any rank caught, reduced
         self._val_every = 0
         self._diag: dict | None = None     # the tensor diagnostics of the last step that took them
         self.live = None
-        if opts.report:
+        if o.report:
             from charrnn.live import LiveReport
             self.live = LiveReport(self.out)
         self._probe = diagnostics.probe_codes(self.val_codes if len(self.val_codes) >= 2 else self.train_codes)
-        if resume:
-            self._restore(resume)
-        if dist:
-            for arr in self.opt.state.values():
-                dist.bcast_(arr)
-        self.be = make_backend(opts.device, self.cfg, params, notify=self.notify)
+
+    def _start_backend(self, params: Params) -> None:
+        """The weights on the device, the carried state (zero unless resumed), and, data parallel,
+        the all-reduce buffer and the kernels compiled one rank per node at a time."""
+        self.be = make_backend(self.o.device, self.cfg, params, notify=self.notify)
         self._bind_backend()
         if self.state is None:
             self.state = self.be.zero_state(self.batches.local_batch)
-        if dist:
+        if self.dist:
             self._warm_up_in_turn()
-        n = self.be.params_host().flat.size
-        check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state)) + (1 << 20))
 
     @property
     def lr(self) -> float:
@@ -555,198 +577,8 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
 
-def new_optimizer(opts: TrainOptions, size: int) -> Optimizer:
-    """The update rule the options name, with the hyperparameters given for it, fresh state."""
-    hyper = {k: getattr(opts, k) for k in ("beta1", "beta2", "alpha", "momentum", "rho", "eps")}
-    hyper = {k: v for k, v in hyper.items() if v is not None and k in OPTIMIZER_DEFAULTS[opts.optimizer]}
-    return Optimizer(opts.optimizer, size, np.float32, opts.weight_decay, opts.l1, **hyper)
-
-
 def _finite_or_none(v: float) -> float | None:
     return v if math.isfinite(v) else None
-
-
-def resume_options(train_args: dict, overrides: dict) -> TrainOptions:
-    """The options of a resumed run: the checkpoint's own (nested as saved now, or flat as before),
-    then whatever was given on the command line. Architecture options are kept for the record
-    only (the checkpoint's config wins). Names this version no longer knows are dropped."""
-    known = {k: v for k, v in train_args.items() if k == "model" or k in TRAIN_OPTION_NAMES}
-    try:
-        return TrainOptions.from_dict({**known, **overrides})
-    except ValueError as e:
-        raise ckpt.CheckpointError(f"the checkpoint's training options are malformed ({e})") from None
-
-
-def resolve_text(text: str, log: Callable[[str], None]) -> tuple[str, str | None]:
-    """FILE as `train` and `lr-find` take it: "-", a path, or a catalogue name (resolved, fetched
-    or built, which `log` hears of). Returns the path to read and the catalogue name, if any."""
-    if text == "-":
-        return text, None
-    from charrnn import catalog
-    path, where = catalog.resolve(text)
-    corpus_name = None
-    if not Path(text).exists():
-        log(where)
-        entry = catalog.lookup(text)
-        corpus_name = entry["name"] if entry else None
-    return str(path), corpus_name
-
-
-def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = frozenset(), *,
-                name: str | None = None, encoding: str = "utf-8", byte_mode: bool = False,
-                resume: str | None = None, init_from: str | None = None, overwrite: bool = False,
-                dist_mode: str = "off", dist_timeout: float = 600.0,
-                log: Callable[[str], None] = lambda m: None) -> Trainer:
-    """Everything `charrnn train` does before the first step, as one call; `run()` the result.
-
-    text: a path, "-" for stdin, or a catalogue name. options: TrainOptions' fields by name (and
-    `out`, the run directory or None). given: the names among them the user set explicitly;
-    on --resume only those override the checkpoint's own options. dist_mode "auto" joins the
-    data-parallel job this process was started in, if any. `log` hears the progress lines (the
-    root rank's only). The run directory is claimed and locked here (charrnn/rundir.py): the
-    trainer holds the claim as `trainer.claim`; `release()` it when the run ends (the process's
-    end drops the lock in any case)."""
-    from charrnn import dist as distributed
-    from charrnn import rundir
-    from charrnn.backends import compile_notices, pick_device
-    from charrnn.corpus import check_encoding, check_source, load_corpus
-
-    comm = distributed.start(dist_timeout) if dist_mode == "auto" else None
-    tell = log if comm is None or comm.is_root else (lambda m: None)
-    if resume and init_from:
-        raise InputError("give --resume (continue a run) or --init-from (fine-tune on a new text), not both")
-    resume_path = ckpt.resolve(resume) if resume else None
-    out, fresh_name = rundir.choose(text, out=options.get("out"), name=name,
-                                    resume_dir=resume_path.parent if resume_path else None)
-    if overwrite and resume_path and Path(out).resolve() == resume_path.parent.resolve():
-        raise InputError("--overwrite starts a new run in place of the old; --resume continues it: not both")
-    settings = {k: v for k, v in options.items() if k != "out"}
-    new_options(settings)    # bad values fail before anything is read or written (the defaults are sound)
-    check_encoding(encoding)
-    if comm is not None and comm.local_rank:   # the node's first rank fetches or unpacks into the cache
-        comm.barrier(node_only=True)
-    source, corpus_name = resolve_text(text, tell)
-    if comm is not None and not comm.local_rank:
-        comm.barrier(node_only=True)
-    check_source(source)
-    base_resume = ckpt.load(resume_path) if resume_path else None
-    if init_from:
-        from charrnn import zoo
-        base_init = ckpt.load(zoo.resolve(init_from)[0])
-    else:
-        base_init = None
-    base = base_resume or base_init
-    if base_resume:   # the run's own options, except those given again on this command line
-        refuse_weights_only(base_resume, resume)
-        opts = resume_options(base_resume.train_args, {k: v for k, v in settings.items() if k in given})
-    else:
-        opts = new_options(settings)
-    if base:
-        keep_to_checkpoint(base, settings, given, byte_mode, "--resume" if base_resume else "--init-from", tell)
-    if comm is not None and text == "-":
-        raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
-    claim = None
-    if comm is None or comm.is_root:
-        claim = rundir.claim(out, fresh_name=fresh_name, overwrite=overwrite,
-                             resume_dir=resume_path.parent if resume_path else None, log=tell)
-    if comm is not None:        # every rank writes to the directory the root claimed
-        chosen = np.array([claim.n if claim else 0], np.int64)
-        comm.bcast_(chosen)
-        opts.out = str(rundir.numbered(Path(out), int(chosen[0])))
-    else:
-        opts.out = str(claim.path)
-    try:
-        # --device is resolved on this machine, even on resume: a run may move between CPU and GPU
-        opts.device = pick_device(settings.get("device", opts.device), log, announce=comm is None or comm.is_root)
-        if comm is not None:
-            if opts.device == "cuda":
-                comm.pick_gpu()
-            tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
-        run_dir = prepare_out_dir(opts.out)
-        data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
-                           spill_dir=run_dir)
-        if base is None and comm is None and opts.minutes > 0 and not given & SIZED_BY_BUDGET:
-            size_to_budget(opts, data, tell)
-        from charrnn.memory import check_training
-        check_training(base.config if base else opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts),
-                       len(data.codes))
-        where_from = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
-        if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
-            where_from["corpus"] = corpus_name
-        trainer = Trainer(opts, data, run_dir, log=tell, resume=base_resume, init_from=base_init, dist=comm,
-                          notify=compile_notices(tell), source=where_from)
-    except BaseException:
-        if claim is not None:
-            claim.abandon()
-        raise
-    trainer.claim = claim
-    if base_resume and "lr" in given:     # a rate given again replaces the run's (decays and halvings)
-        trainer.lr = opts.lr
-    return trainer
-
-
-def new_options(settings: dict) -> TrainOptions:
-    """The options of a new run from the command line's values, each checked (a bad one is a
-    usage error naming its flag)."""
-    try:
-        return TrainOptions.from_dict(settings)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-
-
-def new_optimizer_slots(opts: TrainOptions) -> int:
-    """Arrays of optimizer state, each the size of the weights, that the options' rule keeps."""
-    from charrnn.optim import STATE_NAMES
-    return len(STATE_NAMES[opts.optimizer])
-
-
-# the model flags that cannot change a checkpoint's weights: its shape, and how fresh weights are drawn
-SHAPE_FLAGS = ("hidden", "layers", "cell", "embed", "activation", "init", "forget_bias")
-
-
-def refuse_weights_only(ck: ckpt.Checkpoint, arg: str) -> None:
-    """--resume needs what only a full checkpoint has: the optimizer's state and the random stream."""
-    if ck.optimizer is None or ck.rng is None:
-        raise InputError(f"--resume {arg}: a weights-only file (no optimizer state or random stream) cannot "
-                         f"continue a run exactly; use --init-from {arg} to train on from its weights")
-
-
-def keep_to_checkpoint(base: ckpt.Checkpoint, settings: dict, given, byte_mode: bool, how: str,
-                       log: Callable[[str], None]) -> None:
-    """No flag is silently ignored next to a checkpoint: a shape flag that disagrees with it is an
-    error, a --dropout given takes effect (said on `log`), and text/byte mode must match."""
-    cfg = base.config
-    for k in SHAPE_FLAGS:
-        if k in given and settings.get(k) != getattr(cfg, k):
-            flag = "--" + k.replace("_", "-")
-            raise InputError(f"{flag} {settings[k]} disagrees with the checkpoint's {getattr(cfg, k)}: {how} keeps "
-                             f"the checkpoint's model; leave {flag} out, or train a new model without {how}")
-    if "dropout" in given and settings.get("dropout") != cfg.dropout:
-        log(f"--dropout {settings['dropout']:g} replaces the checkpoint's {cfg.dropout:g}")
-        base.config = dataclasses.replace(cfg, dropout=settings["dropout"])
-    if byte_mode and not base.vocab.byte_mode:
-        raise InputError(f"--bytes: the checkpoint of {how} is a text model; leave --bytes out")
-    if how == "--init-from" and base.vocab.byte_mode and not byte_mode:
-        raise InputError("--init-from: the checkpoint is a byte model (trained with --bytes); give --bytes to "
-                         "fine-tune it on raw bytes")
-
-
-# architecture flags: giving any of them (or --max-epochs, which may end the run before the budget)
-# keeps the defaults as they are instead of sizing the model to the budget
-SIZED_BY_BUDGET = frozenset({"hidden", "layers", "cell", "embed", "dropout", "max_epochs"})
-
-
-def size_to_budget(opts: TrainOptions, data: Corpus, log: Callable[[str], None]) -> None:
-    """Set the model's hidden and dropout from the speed of this machine and the length of the
-    text (charrnn/budget.py): a fresh run with a time budget and no architecture flags."""
-    from charrnn import budget
-    cfg = opts.model_config(data.vocab.size)
-    train_chars = len(split(data.codes, opts.val_frac, opts.test_frac)[0])
-    T, B = min(opts.seq_len, max(1, train_chars - 1)), opts.batch_size
-    sizing = budget.measure(cfg, opts.device, T, B, opts.minutes * 60.0, train_chars,
-                            lambda n: new_optimizer(opts, n))
-    opts.model = dataclasses.replace(opts.model, hidden=sizing.hidden, dropout=sizing.dropout)
-    log(sizing.describe(opts.minutes))
 
 
 def summary_line(result: dict, run_dir: Path) -> str:

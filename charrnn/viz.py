@@ -372,3 +372,17 @@ def build(ck, text: str | bytes, cells: list[str], state: str | None = None, gat
     sub = (f"{source} · {len(codes):,} characters analysed, first {min(show, len(codes)):,} shown · "
            f"colour: {what}")
     return render(tr, views, show, heading, sub, vocab_symbols, found, skipped, sats, cfg.cell), found or []
+
+
+def page_for(checkpoint: str | None, text_file: str, cells: list[str], state: str | None = None,
+             gate: str | None = None, find: bool = False, top: int = 3, length: int = 10000,
+             show: int = 2000) -> str:
+    """`charrnn viz` as one call: the checkpoint CHECKPOINT names (a file or run directory; None,
+    the newest best under ./checkpoints) read over TEXT_FILE ("-" for stdin), as build()'s page."""
+    from charrnn import checkpoint as ckpt
+    from charrnn.corpus import MODEL_HINT, read_input
+    ck = ckpt.load(ckpt.resolve(checkpoint))
+    text = read_input(text_file, byte_mode=ck.vocab.byte_mode, hint=MODEL_HINT)
+    html, _ = build(ck, text, cells, state, gate, find, top, length, show,
+                    source="stdin" if text_file == "-" else text_file)
+    return html

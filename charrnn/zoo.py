@@ -75,3 +75,23 @@ def load_checkpoint(arg: str | None, log: Callable[[str], None] = lambda m: None
     if note:
         log(note)
     return load(path)
+
+
+def listing() -> str:
+    """`charrnn zoo list`'s table: each shipped model's name, shape and scores, file size and how it
+    was trained (a damaged file says so in its row), then the folder they live in."""
+    from charrnn.checkpoint import load
+    rows = [("NAME", "MODEL", "SIZE", "TRAINED")]
+    for name in names():
+        path = zoo_dir() / f"{name}{SUFFIX}"
+        try:
+            ck = load(path)
+        except CheckpointError as err:
+            rows.append((name, f"damaged: {err}", "", ""))
+            continue
+        prov = ck.provenance
+        trained = " ".join(str(prov[k]) for k in ("date", "command") if prov.get(k))
+        rows.append((name, describe(ck), f"{path.stat().st_size / 1e6:.2f} MB", trained or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3] for row in rows]
+    return "\n".join(lines) + f"\n\nfolder: {zoo_dir()}"

@@ -112,7 +112,8 @@ def test_live_page_shows_a_new_validation_after_the_run_writes_one(tmp_path, mon
     import threading
 
     from charrnn import live, report
-    from charrnn.train import Trainer, TrainOptions, prepare_out_dir
+    from charrnn.rundir import prepare_out_dir
+    from charrnn.train import Trainer, TrainOptions
 
     monkeypatch.setattr(report, "RELOAD_S", 1)
     run = prepare_out_dir(tmp_path / "run")

@@ -45,3 +45,26 @@ def test_version_prints_the_version():
     from charrnn.cli import cli
     res = CliRunner().invoke(cli, ["--version"])
     assert res.exit_code == 0 and __version__ in res.output
+
+
+def test_every_device_option_offers_the_backends_choices_and_default():
+    from charrnn.backends import DEFAULT_DEVICE, DEVICES
+    from charrnn.cli import cli
+    seen = []
+    for name, cmd in cli.commands.items():
+        for p in cmd.params:
+            if p.name == "device":
+                seen.append(name)
+                assert tuple(p.type.choices) == DEVICES and p.default == DEFAULT_DEVICE, name
+    assert {"train", "lr-find", "sample", "eval"} <= set(seen)
+
+
+def test_lr_find_command_defaults_are_the_library_functions():
+    import inspect
+    from charrnn.cli import cli
+    from charrnn.lrfind import lr_find
+    defaults = {k: v.default for k, v in inspect.signature(lr_find).parameters.items()}
+    params = {p.name: p for p in cli.commands["lr-find"].params}
+    for k in ("steps", "start", "end"):
+        assert params[k].default == defaults[k], k
+    assert params["steps"].type.min == 13

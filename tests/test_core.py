@@ -1,4 +1,5 @@
-"""The core pieces end to end: corpus, batches, checkpoints, and the train/sample/eval commands."""
+"""The train/sample/eval commands end to end on a tiny model (the corpus, batches and checkpoints
+have their own files: tests/test_corpus.py, test_batches.py, test_checkpoint.py)."""
 import json
 from collections import Counter
 import os
@@ -8,11 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from charrnn import checkpoint as ckpt
-from charrnn.batches import Batches
-from charrnn.corpus import CorpusError, Vocab, read_input, split
-from charrnn.model import init_params
-from tiny_models import tiny_config
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -20,68 +16,6 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 def run(*args, input=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "charrnn", *args], input=input, capture_output=True,
                           cwd=cwd, env=ENV, timeout=300)
-
-
-# ---------------------------------------------------------------- corpus
-def test_bom_is_stripped_and_crlf_kept(tmp_path):
-    f = tmp_path / "t.txt"
-    f.write_bytes("\ufeffab\r\ncd".encode("utf-8"))
-    assert read_input(str(f)) == "ab\r\ncd"
-
-
-def test_vocab_is_sorted_distinct_chars_and_codes_are_compact():
-    v = Vocab.from_text("banana!")
-    assert v.chars == "!abn"
-    codes = v.encode("banana")
-    assert codes.dtype == np.uint8 and v.decode(codes) == "banana"
-    wide = Vocab.from_text("".join(chr(0x4E00 + i) for i in range(300)))
-    assert wide.encode(wide.chars).dtype == np.uint16
-
-
-def test_unknown_characters_are_named():
-    with pytest.raises(CorpusError, match="'z'"):
-        Vocab.from_text("abc").encode("abz")
-
-
-def test_split_is_positional_90_5_5():
-    tr, va, te = split(np.arange(1000), 0.05, 0.05)
-    assert (len(tr), len(va), len(te)) == (900, 50, 50)
-    assert tr[-1] + 1 == va[0] and va[-1] + 1 == te[0]
-
-
-# ---------------------------------------------------------------- batches
-def test_windows_continue_each_stream_so_state_can_carry():
-    b = Batches(np.arange(1001), batch=4, seq_len=10)
-    x0, y0 = b.window(0)
-    x1, _ = b.window(1)
-    assert x0.shape == (10, 4)
-    assert np.array_equal(x1[0], x0[-1] + 1)          # row b of window 1 continues row b of window 0
-    assert np.array_equal(y0, x0 + 1)
-
-
-def test_short_split_shrinks_batch_then_length_with_a_warning():
-    warnings = []
-    b = Batches(np.arange(30), batch=8, seq_len=10, warn=warnings.append)
-    assert (b.batch, b.seq_len) == (2, 10) and warnings
-    b = Batches(np.arange(6), batch=8, seq_len=10, warn=warnings.append)
-    assert (b.batch, b.seq_len) == (1, 5)
-
-
-# ---------------------------------------------------------------- checkpoints
-def test_checkpoint_round_trips_every_field(tmp_path):
-    cfg = tiny_config(vocab_size=4, hidden=3, layers=2, cell="gru")
-    p = init_params(cfg, np.random.default_rng(0))
-    rng = np.random.default_rng(5)
-    c = ckpt.Checkpoint(config=cfg, vocab=Vocab("abcd"), params=p, optimizer={"name": "adam", "t": 3},
-                        optim_state={"m": np.ones(p.flat.size, np.float32)},
-                        state=np.zeros((2, 1, 7, 3), np.float32), progress={"step": 3},
-                        rng=rng.bit_generator.state, train_args={"lr": 0.1}, metrics={"val_bpc": 2.0})
-    ckpt.save(tmp_path / "a.safetensors", c)
-    d = ckpt.load(tmp_path / "a.safetensors")
-    assert d.config == cfg and d.vocab == c.vocab and np.array_equal(d.params.flat, p.flat)
-    assert np.array_equal(d.optim_state["m"], c.optim_state["m"]) and d.state.shape == (2, 1, 7, 3)
-    assert d.progress == {"step": 3} and d.rng == rng.bit_generator.state and d.metrics == {"val_bpc": 2.0}
-    assert not [f for f in os.listdir(tmp_path) if f != "a.safetensors"]     # no temp file left
 
 
 # ---------------------------------------------------------------- the commands

@@ -12,7 +12,8 @@ from charrnn import checkpoint as ckpt
 from charrnn.diagnostics import histograms, layer_stats, norms, probe_codes, update_ratios
 from charrnn.model import Params, init_params, param_shapes
 from charrnn.report import build_report
-from charrnn.train import Trainer, TrainOptions, prepare_out_dir
+from charrnn.rundir import prepare_out_dir
+from charrnn.train import Trainer, TrainOptions
 from tiny_models import tiny_config
 from vizrun import synthetic_text
 

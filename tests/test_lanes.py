@@ -41,7 +41,13 @@ def test_tasks_run_side_by_side():
     """Two tasks that each wait for the other at a barrier both finish: the lanes are real threads."""
     pool = lanes(2)
     barrier = threading.Barrier(2, timeout=5)
-    run_graph(pool, [(barrier.wait, [], (0,)), (barrier.wait, [], (0,))])   # deadlocks (times out) if serial
+    met = []
+
+    def meet():     # run one after the other, the first wait would time out and break the barrier
+        met.append((barrier.wait(), threading.get_ident()))
+    run_graph(pool, [(meet, [], (0,)), (meet, [], (0,))])
+    assert sorted(i for i, _ in met) == [0, 1] and not barrier.broken     # both were at the barrier at once
+    assert len({t for _, t in met}) == 2                                   # on two threads
 
 
 def test_an_error_in_a_task_reaches_the_caller_and_the_rest_stop():

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from charrnn import live
 from charrnn.cli import cli
-from charrnn.train import Trainer, TrainOptions, prepare_out_dir
+from charrnn.rundir import prepare_out_dir
+from charrnn.train import Trainer, TrainOptions
 from vizrun import synthetic_text
 
 TEXT = synthetic_text(200)

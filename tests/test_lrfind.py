@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from charrnn.cli import cli
 from charrnn.lrfind import lr_find, rate_at, suggest
-from charrnn.train import TrainOptions, Trainer, prepare_out_dir
+from charrnn.rundir import prepare_out_dir
+from charrnn.train import TrainOptions, Trainer
 
 WORDS = ["the ", "cat ", "sat ", "on ", "a ", "mat.\n", "dog ", "ran ", "far, ", "so ", "quickly ", "under ",
          "big ", "red "]

@@ -290,3 +290,12 @@ def test_rule_scalars_are_the_rate_the_hyperparameters_then_step_or_corrections_
     assert rule.scalars(opt, 0.5, corrections=False) == (0.5, 0.8, 0.9, 1e-7, 2, 0.01)
     assert rule.scalars(opt, 0.5, corrections=True) == (0.5, 0.8, 0.9, 1e-7, 1 - 0.8 ** 2, 1 - 0.9 ** 2, 0.01)
     assert RULES["rmsprop"].scalars(Optimizer("rmsprop", 3), 0.1, corrections=True) == (0.1, 0.95, 1e-8)
+
+
+def test_a_schedule_made_bare_anneals_as_a_run_with_the_default_options_does():
+    from charrnn.optim import Schedule
+    from charrnn.options import TrainOptions
+    bare, run = Schedule(0.01, horizon=100), Schedule.of(TrainOptions(lr=0.01))
+    run.horizon = 100
+    assert bare == run
+    assert bare.rate(100, 0.0) == pytest.approx(0.01 * TrainOptions().lr_floor)

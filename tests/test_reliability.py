@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from charrnn import checkpoint as ckpt
-from charrnn.corpus import CorpusError, load_corpus
-from charrnn.train import Trainer, TrainingDiverged, TrainingInterrupted, TrainOptions, prepare_out_dir
+from charrnn.corpus import CorpusError
+from charrnn.rundir import prepare_out_dir
+from charrnn.train import Trainer, TrainingDiverged, TrainingInterrupted, TrainOptions
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "NUMBA_NUM_THREADS": "2"}
 
@@ -235,24 +236,6 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
 
 
 # ---------------------------------------------------------------- the run directory
-def test_stale_temp_files_of_killed_runs_are_swept_but_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
-    pid = int(dead.stdout)
-    for name in (f".last.safetensors.tmp-{pid}", f".write-probe-{pid}", f".codes-{pid}.bin",
-                 f".best.safetensors.tmp-{os.getpid()}"):
-        (tmp_path / name).write_bytes(b"x")
-    prepare_out_dir(tmp_path)
-    assert sorted(f.name for f in tmp_path.iterdir()) == [f".best.safetensors.tmp-{os.getpid()}"]
-
-
-def test_an_unwritable_run_directory_fails_at_start_up(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(CorpusError, match="cannot write checkpoints"):
-        prepare_out_dir(tmp_path / "file" / "run")
-    with pytest.raises(CorpusError, match="cannot write checkpoints"):
-        prepare_out_dir("/proc/charrnn-run")
-
-
 def test_a_full_disk_fails_at_start_up(tmp_path, monkeypatch):
     import errno
 
@@ -270,21 +253,6 @@ def test_a_full_disk_fails_at_start_up(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- large corpora
-def test_chunked_encoding_matches_the_whole_text_and_leaves_no_file(tmp_path, monkeypatch):
-    import charrnn.corpus as corpus
-    text = "\ufeff" + "héllo wörld – ☃\r\n" * 500 + words(2000)
-    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    monkeypatch.setattr(corpus, "CHUNK", 97)                  # pieces split multi-byte characters
-    c = load_corpus(str(tmp_path / "t.txt"), spill_dir=tmp_path, spill_over=100)
-    whole = corpus.Vocab.from_text(text[1:])
-    assert isinstance(c.codes, np.memmap) and c.vocab == whole
-    assert np.array_equal(c.codes, whole.encode(text[1:])) and c.digest == corpus.codes_digest(c.codes)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["t.txt"]
-    (tmp_path / "bad.txt").write_bytes(b"abc" * 100 + b"\xe9t\xe9")
-    with pytest.raises(CorpusError, match=r"bad byte 0xe9 at offset 300; use --bytes .* --encoding"):
-        load_corpus(str(tmp_path / "bad.txt"))
-
-
 RSS_PROBE = """
 import resource, subprocess, sys
 p = subprocess.run(sys.argv[1:], capture_output=True)

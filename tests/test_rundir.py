@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from charrnn import rundir
+from charrnn.errors import CorpusError
 from tiny_models import run_main
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "NUMBA_NUM_THREADS": "2"}
@@ -213,3 +214,22 @@ def test_what_a_directory_holds_is_summed_up_from_its_files(tmp_path):
     assert rundir.run_summary(tmp_path) == "step 7, no checkpoint"
     (tmp_path / "last.safetensors").write_bytes(b"garbage")          # unreadable: still a run, never replaced
     assert rundir.run_summary(tmp_path) == "step 7"
+
+
+# ---------------------------------------------------------------- hygiene (from tests/test_reliability.py)
+def test_stale_temp_files_of_killed_runs_are_swept_but_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    pid = int(dead.stdout)
+    for name in (f".last.safetensors.tmp-{pid}", f".write-probe-{pid}", f".codes-{pid}.bin",
+                 f".best.safetensors.tmp-{os.getpid()}"):
+        (tmp_path / name).write_bytes(b"x")
+    rundir.prepare_out_dir(tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == [f".best.safetensors.tmp-{os.getpid()}"]
+
+
+def test_an_unwritable_run_directory_fails_at_start_up(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CorpusError, match="cannot write checkpoints"):
+        rundir.prepare_out_dir(tmp_path / "file" / "run")
+    with pytest.raises(CorpusError, match="cannot write checkpoints"):
+        rundir.prepare_out_dir("/proc/charrnn-run")

@@ -21,7 +21,8 @@ from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.model import ModelConfig, init_params, param_shapes
 from charrnn.options import TRAIN_OPTION_NAMES
-from charrnn.train import Trainer, TrainOptions, prepare_out_dir
+from charrnn.rundir import prepare_out_dir
+from charrnn.train import Trainer, TrainOptions
 from tiny_models import tiny_config
 
 WORDS = ["the ", "cat ", "sat ", "on ", "a ", "mat.\n", "dog ", "ran ", "far, ", "so "]
@@ -353,7 +354,7 @@ def test_options_with_an_unknown_name_or_a_bad_value_are_refused(bad):
 
 
 def test_a_checkpoint_with_the_flat_training_record_of_earlier_versions_resumes_the_same(tmp_path):
-    from charrnn.train import resume_options
+    from charrnn.assemble import resume_options
     # the shipped model was saved before the model options were nested
     shipped = ckpt.load(Path(__file__).resolve().parent.parent / "corpora" / "shakespeare.safetensors")
     assert "hidden" in shipped.train_args and "model" not in shipped.train_args
@@ -386,7 +387,7 @@ def test_a_checkpoint_with_the_flat_training_record_of_earlier_versions_resumes_
 def test_every_option_is_checked_when_read_whether_given_or_from_a_checkpoint(field, value, why):
     with pytest.raises(ValueError, match=why.replace("(", r"\(")):
         TrainOptions.from_dict({field: value})
-    from charrnn.train import resume_options
+    from charrnn.assemble import resume_options
     with pytest.raises(ckpt.CheckpointError, match="the checkpoint's training options are malformed"):
         resume_options({**TrainOptions().to_dict(), field: value}, {})
     if field not in ("clip", "lr_schedule"):     # the model's fields nested, as to_dict saves them

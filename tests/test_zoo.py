@@ -225,3 +225,14 @@ def test_zoo_list_shows_the_shipped_model(monkeypatch, capsys):
     assert code == 0 and f"2x{ModelConfig.hidden} LSTM" in row and "bits/char" in row and "charrnn train shakespeare" in row
     code, out, _ = charrnn_inproc(["corpus", "list"], monkeypatch, capsys)
     assert code == 0 and "shipped models: shakespeare" in out
+
+
+def test_listing_marks_a_damaged_model_and_names_the_folder(tmp_path, monkeypatch):
+    (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
+    ckpt.save(tmp_path / "tiny.safetensors", ckpt.weights_only(full_checkpoint(), {"date": "2026-01-02"}))
+    monkeypatch.setattr(zoo, "zoo_dir", lambda: tmp_path)
+    lines = zoo.listing().splitlines()
+    assert lines[0].split() == ["NAME", "MODEL", "SIZE", "TRAINED"]
+    assert lines[1].startswith("broken") and "damaged:" in lines[1]
+    assert lines[2].startswith("tiny") and "1x4 LSTM" in lines[2] and lines[2].endswith("2026-01-02")
+    assert lines[-1] == f"folder: {tmp_path}"

@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from charrnn.errors import DeviceError
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")     # --device of every command; the CLI reads them here (no NumPy)
+DEFAULT_DEVICE = "auto"
 
 
 @runtime_checkable

@@ -1,0 +1,63 @@
+"""charrnn/assemble.py: what a run settles before its first step. FILE resolved, options checked
+(or a checkpoint's own, with the flags given again), --resume and --init-from held to the flags.
+(prepare_run end to end: tests/test_train_options.py, test_reliability.py and the CLI tests.)"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from charrnn import assemble
+from charrnn import checkpoint as ckpt
+from charrnn.corpus import Vocab
+from charrnn.errors import InputError
+from charrnn.model import init_params
+from charrnn.options import TrainOptions
+from tiny_models import tiny_config
+
+
+def base(byte_mode: bool = False, full: bool = True) -> ckpt.Checkpoint:
+    cfg = tiny_config(vocab_size=4, hidden=4, layers=1)
+    return ckpt.Checkpoint(config=cfg, vocab=Vocab("\nabc"), params=init_params(cfg, np.random.default_rng(0)),
+                           optimizer={"name": "adam", "t": 1} if full else None,
+                           rng=np.random.default_rng(0).bit_generator.state if full else None)
+
+
+def test_resume_options_are_the_checkpoints_with_the_given_ones_over_them_and_unknown_names_dropped():
+    saved = dict(TrainOptions(lr=0.5, seed=9).to_dict(), retired_option=1)
+    opts = assemble.resume_options(saved, {"seed": 4})
+    assert (opts.lr, opts.seed) == (0.5, 4)
+    with pytest.raises(ckpt.CheckpointError, match="malformed"):
+        assemble.resume_options({**saved, "lr": -1.0}, {})
+
+
+def test_a_bad_option_is_a_usage_error_naming_its_flag():
+    assert assemble.new_options({"hidden": 7}).model.hidden == 7
+    with pytest.raises(InputError, match="--batch-size"):
+        assemble.new_options({"batch_size": 0})
+
+
+def test_stdin_is_read_as_is_and_a_path_is_not_a_catalogue_name(tmp_path):
+    heard = []
+    assert assemble.resolve_text("-", heard.append) == ("-", None)
+    f = tmp_path / "notes.txt"
+    f.write_text("abc")
+    assert assemble.resolve_text(str(f), heard.append) == (str(f), None) and heard == []
+
+
+def test_resume_refuses_a_weights_only_file():
+    assemble.refuse_weights_only(base(), "run")
+    with pytest.raises(InputError, match="--init-from w.safetensors"):
+        assemble.refuse_weights_only(base(full=False), "w.safetensors")
+
+
+def test_flags_next_to_a_checkpoint_agree_with_it_or_say_what_they_change():
+    heard = []
+    b = base()
+    with pytest.raises(InputError, match="--hidden 8 disagrees with the checkpoint's 4"):
+        assemble.keep_to_checkpoint(b, {"hidden": 8}, {"hidden"}, False, "--resume", heard.append)
+    assemble.keep_to_checkpoint(b, {"hidden": 8}, set(), False, "--resume", heard.append)   # not given: no word
+    assemble.keep_to_checkpoint(b, {"dropout": 0.3}, {"dropout"}, False, "--init-from", heard.append)
+    assert b.config == dataclasses.replace(tiny_config(vocab_size=4, hidden=4, layers=1), dropout=0.3)
+    assert heard == ["--dropout 0.3 replaces the checkpoint's 0"]
+    with pytest.raises(InputError, match="--bytes"):
+        assemble.keep_to_checkpoint(base(), {}, set(), True, "--resume", heard.append)

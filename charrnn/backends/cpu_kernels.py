@@ -203,15 +203,20 @@ _mm = njit(inline="always", fastmath=_FM, error_model="numpy")(mm)
 mm = njit(nogil=True, fastmath=_FM, error_model="numpy")(mm)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def mm_exact(a, b, c, beta):
     """c = a @ b + beta * c with every element's sum in a fixed order, so a row's result is
     bit-identical whatever the other rows and their number: `charrnn serve` steps unrelated
     requests together, and a seeded one must not depend on its neighbours. BLAS does not
     promise that (it blocks and accumulates differently for a different number of rows), nor
     does a fast-math loop (reassociation lets the compiler sum differently in differently shaped
-    code), so this one is compiled without fast-math and not inlined into a fast-math kernel:
-    each element is c + (((x0 b0 + x1 b1) + x2 b2) + x3 b3) per four k, exactly as written.
+    code), so this one is compiled without fast-math's reassociation and not inlined into a
+    fast-math kernel: each element is c + (((x0 b0 + x1 b1) + x2 b2) + x3 b3) per four k, in
+    that order. It allows contraction only: a multiply and the add after it may become one
+    fused multiply-add. That reorders no sum, and every row runs the same code over n whatever
+    the number of rows, so a row's bits still do not depend on the batch; at batch 1 it is the
+    difference between 0.81x and 1.02x the sampling speed of the fast-math loop that batch-1
+    sampling used before (bench/ab_speed.py, config b, 2026-12-06).
     Four rows of b per pass, each pass over every row of c: b is read once, c stays in cache."""
     M, N = c.shape
     f = c.dtype.type

@@ -28,7 +28,8 @@ import numpy as np
 from charrnn.errors import InputError
 from charrnn.options import DYNAMIC_LR, Dynamic
 
-__all__ = ["Dynamic", "gradient_rms", "stats_file", "load_or_compute_stats", "dynamic_evaluate", "search_lr"]
+__all__ = ["Dynamic", "gradient_rms", "stats_file", "load_or_compute_stats", "checkpoint_stats", "dynamic_evaluate",
+           "search_lr", "adapt"]
 
 # ---------------------------------------------------------------- the gradient statistics
 STATS_CHARS = 200_000       # training characters the RMS statistics read (measured enough: bench/RESULTS.md)
@@ -108,6 +109,24 @@ def load_or_compute_stats(path: Path, backend, codes: np.ndarray, seq_len: int, 
     return ms
 
 
+def checkpoint_stats(ck, ck_path: Path, backend, seq_len: int, own: np.ndarray | None = None,
+                     stats_text: str | None = None, log: Callable[[str], None] = lambda m: None) -> np.ndarray:
+    """The rms rule's statistics for a checkpoint: over its training split (`own`: its text's
+    codes, when already read) or over the file `stats_text`, kept beside it (stats_file).
+    Raises InputError when the training text is not at hand."""
+    from charrnn import catalog
+    from charrnn.corpus import MODEL_HINT, read_input
+    from charrnn.evaluate import _encode, own_codes, split_of
+
+    if stats_text is not None:
+        codes, _ = _encode(ck.vocab, read_input(stats_text, byte_mode=ck.vocab.byte_mode, hint=MODEL_HINT), log)
+        source = stats_text
+    else:
+        codes = split_of(own_codes(ck)[0] if own is None else own, ck.train_args, "train")
+        source = "the training split"
+    return load_or_compute_stats(stats_file(Path(ck_path), catalog.cache_dir()), backend, codes, seq_len, source, log)
+
+
 # ---------------------------------------------------------------- adapting while scoring
 def dynamic_evaluate(backend, codes: np.ndarray, dyn: Dynamic, ms: np.ndarray | None = None,
                      progress: Callable[[int], None] | None = None, state=None) -> tuple[float, int, object]:
@@ -176,10 +195,9 @@ def adapt(ck, ck_path: Path, device: str, file_arg: str, dyn: Dynamic | None = N
     holding the adapted weights, FILE's codes), or None when FILE has nothing to learn from (the
     sample is then exactly what it is without --adapt). One line on `log` gives the characters
     read and FILE's bits/char under the trained and the adapted weights."""
-    from charrnn import catalog
     from charrnn.backends import compile_notices, make_backend
-    from charrnn.corpus import MODEL_HINT, read_input, split
-    from charrnn.evaluate import _encode, evaluate, training_text
+    from charrnn.corpus import MODEL_HINT, read_input
+    from charrnn.evaluate import _encode, evaluate
     from charrnn.model import Params
 
     codes, _ = _encode(ck.vocab, read_input(file_arg, byte_mode=ck.vocab.byte_mode, hint=MODEL_HINT,
@@ -194,10 +212,7 @@ def adapt(ck, ck_path: Path, device: str, file_arg: str, dyn: Dynamic | None = N
     ms = None
     if dyn.rule == "rms":
         try:
-            own, _ = _encode(ck.vocab, read_input(training_text(ck), byte_mode=ck.vocab.byte_mode), lambda m: None)
-            train = split(own, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))[0]
-            ms = load_or_compute_stats(stats_file(Path(ck_path), catalog.cache_dir()), be, train, dyn.seq_len,
-                                       "the training split", log)
+            ms = checkpoint_stats(ck, ck_path, be, dyn.seq_len, log=log)
         except InputError:
             dyn = Dynamic("sgd", lr=DYNAMIC_LR["sgd"], seq_len=dyn.seq_len)
             log("--adapt: the training text is not at hand for the rms rule's statistics; adapting with sgd")

@@ -77,13 +77,13 @@ def summary(nats_sum: float, count: int) -> dict:
 SPLITS = ("val", "test", "tail")
 
 
-def held_out(codes: np.ndarray, train_args: dict, which: str) -> np.ndarray:
-    """A checkpoint's held-out split of its text's codes: "val", "test", or "tail", both as one
-    stream (the last val_frac + test_frac of the text: tinyshakespeare's last 10%, the text
-    nanoGPT's shakespeare_char scores)."""
+def split_of(codes: np.ndarray, train_args: dict, which: str) -> np.ndarray:
+    """A part of a checkpoint's text by the checkpoint's own fractions: "train", "val", "test",
+    or "tail", validation and test as one stream (the last val_frac + test_frac of the text:
+    tinyshakespeare's last 10%, the text nanoGPT's shakespeare_char scores)."""
     from charrnn.corpus import split
-    _, val, test = split(codes, train_args.get("val_frac", 0.05), train_args.get("test_frac", 0.05))
-    return {"val": val, "test": test, "tail": codes[len(codes) - len(val) - len(test):]}[which]
+    train, val, test = split(codes, train_args.get("val_frac", 0.05), train_args.get("test_frac", 0.05))
+    return {"train": train, "val": val, "test": test, "tail": codes[len(train):]}[which]
 
 
 def training_text(ck) -> str:
@@ -108,6 +108,17 @@ def _encode(vocab, text, log) -> tuple[np.ndarray, int]:
         log(f"skipping {skipped} occurrences of {len(unknown)} characters outside the vocabulary: "
             f"{describe_chars(unknown)}")
     return vocab.encode(text, skip_unknown=True), skipped
+
+
+def own_codes(ck, log: Callable[[str], None] = lambda m: None) -> tuple[np.ndarray, int, str]:
+    """A checkpoint's training text found again, read in its recorded encoding and encoded:
+    (codes, characters skipped, its path)."""
+    from charrnn.corpus import read_input
+    path = training_text(ck)
+    text = read_input(path, byte_mode=ck.vocab.byte_mode,
+                      encoding=(ck.train_args.get("source") or {}).get("encoding", "utf-8"))
+    codes, skipped = _encode(ck.vocab, text, log)
+    return codes, skipped, path
 
 
 def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = DEFAULT_DEVICE,
@@ -148,11 +159,8 @@ def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: s
         codes, skipped = _encode(vocab, read_input(file_arg, byte_mode=vocab.byte_mode, hint=MODEL_HINT), log)
         what = "stdin" if file_arg == "-" else file_arg
     else:
-        path = training_text(ck)
-        text = read_input(path, byte_mode=vocab.byte_mode, encoding=(ck.train_args.get("source") or {}).get(
-            "encoding", "utf-8"))
-        own, skipped = _encode(vocab, text, log)
-        codes = held_out(own, ck.train_args, which)
+        own, skipped, path = own_codes(ck, log)
+        codes = split_of(own, ck.train_args, which)
         what = f"{which} split of {path}"
     if len(codes) < 2:
         raise InputError(f"{what} has fewer than two characters to score")
@@ -173,9 +181,8 @@ def _dynamic(ck, ck_path, device, codes, what, skipped, own, dyn, auto_lr, stats
     """evaluate_checkpoint's dynamic half: statistics, the rate search, the adapting score."""
     import dataclasses
 
-    from charrnn import catalog, dynamic as dy
+    from charrnn import dynamic as dy
     from charrnn.backends import compile_notices, make_backend
-    from charrnn.corpus import MODEL_HINT, read_input, split
     from charrnn.model import Params
 
     cfg = dataclasses.replace(ck.config, dropout=0.0)     # scoring: no dropout in the steps either
@@ -184,30 +191,24 @@ def _dynamic(ck, ck_path, device, codes, what, skipped, own, dyn, auto_lr, stats
     def fresh():
         return make_backend(device, cfg, Params(cfg, ck.params.flat.copy()), notify=notify)
 
-    if (auto_lr or (dyn.rule == "rms" and stats_text is None)) and own is None:
+    if auto_lr and own is None:
         try:
-            text = read_input(training_text(ck), byte_mode=ck.vocab.byte_mode)
-            own, _ = _encode(ck.vocab, text, lambda m: None)
+            own = own_codes(ck)[0]
         except InputError:
-            if auto_lr:
-                raise InputError("--dynamic-lr auto searches on the checkpoint's validation split, and its "
-                                 "training text is not at hand; give --dynamic-lr") from None
-            raise InputError("the rms rule needs gradient statistics from the training text, which is not "
-                             "at hand; give --dynamic-stats FILE or --dynamic-rule sgd") from None
+            raise InputError("--dynamic-lr auto searches on the checkpoint's validation split, and its "
+                             "training text is not at hand; give --dynamic-lr") from None
     ms = None
     if dyn.rule == "rms":
-        if stats_text is not None:
-            stats_codes, _ = _encode(ck.vocab, read_input(stats_text, byte_mode=ck.vocab.byte_mode,
-                                                          hint=MODEL_HINT), log)
-            source = stats_text
-        else:
-            stats_codes = split(own, ck.train_args.get("val_frac", 0.05), ck.train_args.get("test_frac", 0.05))[0]
-            source = "the training split"
-        ms = dy.load_or_compute_stats(dy.stats_file(Path(ck_path), catalog.cache_dir()), fresh(), stats_codes,
-                                      dyn.seq_len, source, log)
+        try:
+            ms = dy.checkpoint_stats(ck, ck_path, fresh(), dyn.seq_len, own, stats_text, log)
+        except InputError:
+            if stats_text is not None:
+                raise
+            raise InputError("the rms rule needs gradient statistics from the training text, which is not "
+                             "at hand; give --dynamic-stats FILE or --dynamic-rule sgd") from None
     searched = None
     if auto_lr:
-        val = held_out(own, ck.train_args, "val")
+        val = split_of(own, ck.train_args, "val")
         log(f"searching --dynamic-lr on the validation split ({len(val) - 1:,} characters)")
         lr, searched = dy.search_lr(fresh, val, dyn, ms, LR_GRID[dyn.rule], log)
         if not math.isfinite(min(b for _, b in searched)):

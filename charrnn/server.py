@@ -97,6 +97,33 @@ def _observe(counts: list[int], value: float) -> None:
     counts[-1] += 1
 
 
+class Mailbox:
+    """Hands the engines' events to the event loop with at most one wake-up pending: every
+    `loop.call_soon_threadsafe` writes to the loop's wake-up socket, and one per stream per step
+    (32 a step at 32 streams) cost the engine's thread a fifth of its time and fought the loop
+    for the GIL (bench/RESULTS.md, "charrnn serve under load", 2026-12-06 evening). Events
+    posted while a wake-up is pending ride along with it, in the order they were posted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue, list]] = []
+        self._lock = threading.Lock()
+
+    def post(self, queue: asyncio.Queue, events: list) -> None:
+        """From any thread: queue.put_nowait(events) on the loop."""
+        with self._lock:
+            self._items.append((queue, events))
+            if len(self._items) > 1:          # a wake-up is pending; it takes these too
+                return
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, events in items:
+            queue.put_nowait(events)
+
+
 # ---------------------------------------------------------------- the request
 @dataclass
 class Request:
@@ -280,6 +307,15 @@ def build_app(hub: Hub):
     from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
+    boxes: list[Mailbox] = []
+
+    def mailbox() -> Mailbox:
+        """The running loop's mailbox (one loop serves the app; a test may run it on another)."""
+        loop = asyncio.get_running_loop()
+        if not boxes or boxes[0].loop is not loop:
+            boxes[:] = [Mailbox(loop)]
+        return boxes[0]
+
     def fail(e: ApiError) -> Response:
         hub.count(e.status)
         return JSONResponse(_error_body(e), status_code=e.status)
@@ -332,10 +368,10 @@ def build_app(hub: Hub):
         if hub.in_flight + nseq > hub.limits.max_streams:
             return fail(ApiError(429, f"the server is generating its maximum of {hub.limits.max_streams} "
                                       "sequences; try again shortly", "too_many_streams"))
-        loop = asyncio.get_running_loop()
+        box = mailbox()
         queue: asyncio.Queue = asyncio.Queue()
         try:
-            job, echoes = make_job(hub, req, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+            job, echoes = make_job(hub, req, lambda ev: box.post(queue, ev))
         except ApiError as e:
             return fail(e)
         hub.in_flight += nseq

@@ -203,6 +203,9 @@ _mm = njit(inline="always", fastmath=_FM, error_model="numpy")(mm)
 mm = njit(nogil=True, fastmath=_FM, error_model="numpy")(mm)
 
 
+EXACT_COLS = 256   # columns per block of mm_exact's batched product: the block of c stays in L1/L2
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def mm_exact(a, b, c, beta):
     """c = a @ b + beta * c with every element's sum in a fixed order, so a row's result is
@@ -212,20 +215,35 @@ def mm_exact(a, b, c, beta):
     does a fast-math loop (reassociation lets the compiler sum differently in differently shaped
     code), so this one is compiled without fast-math's reassociation and not inlined into a
     fast-math kernel: each element is c + (((x0 b0 + x1 b1) + x2 b2) + x3 b3) per four k, in
-    that order. It allows contraction only: a multiply and the add after it may become one
-    fused multiply-add. That reorders no sum, and every row runs the same code over n whatever
-    the number of rows, so a row's bits still do not depend on the batch; at batch 1 it is the
-    difference between 0.81x and 1.02x the sampling speed of the fast-math loop that batch-1
-    sampling used before (bench/ab_speed.py, config b, 2026-12-06).
-    Four rows of b per pass, each pass over every row of c: b is read once, c stays in cache."""
+    that order, written out once per loop below in exactly that form. It allows contraction
+    only: a multiply and the add after it may become one fused multiply-add. That reorders no
+    sum, and the same expression contracts the same way in every loop (tests/test_cpu_kernels.py
+    compares every row count 1..37 with each row alone, at awkward sizes), so a row's bits still
+    do not depend on the batch; at batch 1 it is the difference between 0.81x and 1.02x the
+    sampling speed of the fast-math loop that batch-1 sampling used before (bench/ab_speed.py,
+    config b, 2026-12-06).
+    One or two rows (sampling) take `_mm_exact_rows`, a memory-bound pass over b; more take
+    `_mm_exact_blocked`, where each load of b serves two rows and c is walked in column blocks
+    that stay in cache."""
+    M = c.shape[0]
+    if beta == 0:
+        f = c.dtype.type
+        for m in range(M):
+            for n in range(c.shape[1]):
+                c[m, n] = f(0.0)
+    if M <= 2:
+        _mm_exact_rows(a, b, c)
+    else:
+        _mm_exact_blocked(a, b, c, EXACT_COLS)
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _mm_exact_rows(a, b, c):
+    """mm_exact's c += a @ b for a few rows: four rows of b per pass over every row of c, b read
+    once, c in L1."""
     M, N = c.shape
-    f = c.dtype.type
     Kd = a.shape[1]
     K4 = Kd - Kd % 4
-    if beta == 0:
-        for m in range(M):
-            for n in range(N):
-                c[m, n] = f(0.0)
     for k in range(0, K4, 4):
         for m in range(M):
             x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
@@ -236,6 +254,41 @@ def mm_exact(a, b, c, beta):
             x = a[m, k]
             for n in range(N):
                 c[m, n] += x * b[k, n]
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _mm_exact_blocked(a, b, c, width):
+    """mm_exact's c += a @ b for a batch: column blocks of `width`; in each, four rows of b at a
+    time, each vector of them loaded once for two rows of c (the batch's shared reads, which
+    halve the loads per multiply-add), and the block of c (rows x width) stays in cache over k.
+    The column index is unsigned so that Numba emits no negative-index wrap-around, which kept
+    LLVM from vectorising a loop that does not start at 0. Two rows at a time, not four: with
+    four, LLVM's run-time alias checks (eight row pointers) exceed its limit and the loop stays
+    scalar."""
+    M, N = c.shape
+    Kd = a.shape[1]
+    K4 = Kd - Kd % 4
+    for n0 in range(0, N, width):
+        u0, u1 = np.uint64(n0), np.uint64(min(n0 + width, N))
+        for k in range(0, K4, 4):
+            m = 0
+            while m + 2 <= M:
+                x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
+                z0, z1, z2, z3 = a[m + 1, k], a[m + 1, k + 1], a[m + 1, k + 2], a[m + 1, k + 3]
+                for n in range(u0, u1):
+                    y0, y1, y2, y3 = b[k, n], b[k + 1, n], b[k + 2, n], b[k + 3, n]
+                    c[m, n] += x0 * y0 + x1 * y1 + x2 * y2 + x3 * y3
+                    c[m + 1, n] += z0 * y0 + z1 * y1 + z2 * y2 + z3 * y3
+                m += 2
+            if m < M:
+                x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
+                for n in range(u0, u1):
+                    c[m, n] += x0 * b[k, n] + x1 * b[k + 1, n] + x2 * b[k + 2, n] + x3 * b[k + 3, n]
+        for k in range(K4, Kd):
+            for m in range(M):
+                x = a[m, k]
+                for n in range(u0, u1):
+                    c[m, n] += x * b[k, n]
 
 
 # ---------------------------------------------------------------- vectorisable exp and expm1

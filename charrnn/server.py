@@ -98,30 +98,38 @@ def _observe(counts: list[int], value: float) -> None:
 
 
 class Mailbox:
-    """Hands the engines' events to the event loop with at most one wake-up pending: every
-    `loop.call_soon_threadsafe` writes to the loop's wake-up socket, and one per stream per step
-    (32 a step at 32 streams) cost the engine's thread a fifth of its time and fought the loop
-    for the GIL (bench/RESULTS.md, "charrnn serve under load", 2026-12-06 evening). Events
-    posted while a wake-up is pending ride along with it, in the order they were posted."""
+    """Hands the engines' events to the event loop in batches, on a tick. Waking the loop from an
+    engine's thread (`loop.call_soon_threadsafe`, a write to the loop's wake-up socket) once per
+    stream per step cost that thread a fifth of its time at 32 streams, and once per step still
+    a sixth: the write gives up the GIL, and the engine then waits for the busy loop to hand it
+    back (bench/RESULTS.md, "charrnn serve under load", 2026-12-06 evening). So an engine only
+    appends; while anything is arriving the loop collects every `tick` seconds (well under the
+    streams' chunk interval), and the thread wakes the loop only for the first events after a
+    quiet spell. Events reach their queues in the order they were posted."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.005):
+        self.loop, self.tick = loop, tick
         self._items: list[tuple[asyncio.Queue, list]] = []
         self._lock = threading.Lock()
+        self._ticking = False
 
     def post(self, queue: asyncio.Queue, events: list) -> None:
-        """From any thread: queue.put_nowait(events) on the loop."""
+        """From any thread: queue.put_nowait(events) on the loop, within `tick` seconds."""
         with self._lock:
             self._items.append((queue, events))
-            if len(self._items) > 1:          # a wake-up is pending; it takes these too
+            if self._ticking:
                 return
-        self.loop.call_soon_threadsafe(self._deliver)
+            self._ticking = True
+        self.loop.call_soon_threadsafe(self._collect)
 
-    def _deliver(self) -> None:
+    def _collect(self) -> None:
         with self._lock:
             items, self._items = self._items, []
+            self._ticking = bool(items)
         for queue, events in items:
             queue.put_nowait(events)
+        if items:
+            self.loop.call_later(self.tick, self._collect)
 
 
 # ---------------------------------------------------------------- the request

@@ -379,3 +379,37 @@ def test_the_mailbox_delivers_each_queue_its_events_in_order_waking_the_loop_rar
     got, wakes = asyncio.run(main())
     assert got == [list(range(j, 600, 3)) for j in range(3)]
     assert 1 <= wakes < 50
+
+
+def test_a_stream_whose_client_stops_reading_ends_after_the_write_timeout():
+    """A write that does not complete within the timeout (the client stopped reading) ends the
+    stream and frees its slot; writes that complete are not cut short however long the stream."""
+    import asyncio
+
+    from charrnn.server import EventStream
+
+    async def main(stall_after: int) -> tuple[int, bool, float]:
+        closed = []
+        sent = []
+
+        async def chunks():
+            for i in range(10):
+                await asyncio.sleep(0.03)          # 0.3 s in all: longer than the timeout
+                yield b"data: %d\n\n" % i
+
+        async def receive():
+            await asyncio.sleep(3600)
+
+        async def send(msg):
+            sent.append(msg)
+            if len(sent) > stall_after:
+                await asyncio.sleep(3600)          # a client that stopped reading
+
+        t0 = time.perf_counter()
+        await EventStream(chunks(), lambda: closed.append(True), timeout=0.1)(None, receive, send)
+        return len(sent), bool(closed), time.perf_counter() - t0
+
+    n, closed, took = asyncio.run(main(stall_after=3))
+    assert n == 4 and closed and took < 2.0
+    n, closed, took = asyncio.run(main(stall_after=100))
+    assert n == 12 and closed                     # start, ten chunks, the end

@@ -204,11 +204,12 @@ def _mm_exact_row_by_row(a, b, c):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_exact_products_of_1_to_37_rows_match_the_plain_row_loop_bit_for_bit_at_awkward_sizes(dtype):
-    """mm_exact takes a different loop for a batch (column blocks, two rows per load of b) than for
-    one or two rows; every row must still come out as the plain loop writes it, so a row's bits do
-    not depend on the batch: hidden sizes not multiples of the column block or of the vector, a k
-    not a multiple of four, rows 1..37."""
+def test_batched_exact_products_of_1_to_37_rows_match_the_row_loop_bit_for_bit_at_awkward_sizes(dtype):
+    """mm_exact_batch (charrnn serve's steps) takes a different loop (column blocks, two rows per
+    load of b) from mm_exact (sampling) and the plain loop; every row must still come out with
+    their bits, so a row's text does not depend on the batch nor on which command wrote it:
+    column counts not multiples of the block or of the vector, a k not a multiple of four, rows
+    1..37, with and without accumulation."""
     r = np.random.default_rng(2)
     W = K.EXACT_COLS
     for Kd, N in ((37, W + 3), (6, 2 * W - 1), (40, 160), (3, 5)):
@@ -218,11 +219,12 @@ def test_exact_products_of_1_to_37_rows_match_the_plain_row_loop_bit_for_bit_at_
         want = c0.copy()
         _mm_exact_row_by_row(a, b, want)
         for M in range(1, 38):
-            got = c0[:M].copy()
-            K.mm_exact(a[:M], b, got, 1.0)
-            assert np.array_equal(got, want[:M]), (Kd, N, M)
+            for f in (K.mm_exact_batch, K.mm_exact):
+                got = c0[:M].copy()
+                f(a[:M], b, got, 1.0)
+                assert np.array_equal(got, want[:M]), (f, Kd, N, M)
             zero = np.full((M, N), np.nan, dtype)
-            K.mm_exact(a[:M], b, zero, 0.0)
+            K.mm_exact_batch(a[:M], b, zero, 0.0)
             plain = np.zeros((M, N), dtype)
             _mm_exact_row_by_row(a[:M], b, plain)
             assert np.array_equal(zero, plain), (Kd, N, M)

@@ -158,17 +158,18 @@ class CpuBackend:
     def step(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # a few rows (sampling) take step_rows' exact products, so `charrnn sample` and
         # `charrnn serve` write the same text for a seed; more go to BLAS
-        return self._step(codes, state, self.cfg.cell == "lstm" and np.size(codes) <= K.SMALL_M)
+        return self._step(codes, state, self.cfg.cell == "lstm" and np.size(codes) <= K.SMALL_M, False)
 
     def step_rows(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """step() where each row's result is bit-identical whatever the other rows and their
         number (`charrnn serve` batches unrelated requests; a seeded one must not depend on its
-        neighbours). An LSTM computes every product with cpu_kernels.mm_exact instead of BLAS
-        (a batch of tuning.rows_split_min rows or more in two halves, one lane each);
-        a GRU or RNN steps its rows one at a time."""
-        return self._step(codes, state, True)
+        neighbours). An LSTM computes every product with cpu_kernels.mm_exact_batch (the bits of
+        mm_exact, which sampling takes) instead of BLAS, a batch of tuning.rows_split_min rows or
+        more in two halves, one lane each; a GRU or RNN steps its rows one at a time."""
+        return self._step(codes, state, True, True)
 
-    def _step(self, codes: np.ndarray, state: np.ndarray, fixed: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _step(self, codes: np.ndarray, state: np.ndarray, fixed: bool,
+              batched: bool) -> tuple[np.ndarray, np.ndarray]:
         _warm_up(self, "step")
         codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
         state = np.ascontiguousarray(state, dtype=self.dtype)
@@ -183,7 +184,7 @@ class CpuBackend:
         n = min(2, K.blas_threads()) if fixed and codes.size >= self.tuning.rows_split_min else 1
         if n == 1:
             K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
-                        codes, state, new_state, logits, self.kind, cells, fixed)
+                        codes, state, new_state, logits, self.kind, cells, fixed, batched)
             return logits, new_state
         # the rows in n parts, one lane each: each part's state and new state contiguous
         edges = [codes.size * i // n for i in range(n + 1)]
@@ -193,7 +194,8 @@ class CpuBackend:
         def part(lane: int) -> None:
             lo, hi = edges[lane], edges[lane + 1]
             K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
-                        codes[lo:hi], parts[lane][0], parts[lane][1], logits[lo:hi], self.kind, cells, fixed)
+                        codes[lo:hi], parts[lane][0], parts[lane][1], logits[lo:hi], self.kind, cells, fixed,
+                        batched)
         lanes(n).run(part)
         for (lo, hi), (_, new) in zip(zip(edges, edges[1:]), parts):
             new_state[:, :, lo:hi] = new

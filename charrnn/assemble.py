@@ -115,6 +115,7 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
         refuse_weights_only(base_resume, resume)
         opts = resume_options(base_resume.train_args, {k: v for k, v in settings.items() if k in given})
     else:
+        standard_split(corpus_name, settings, given, tell)
         opts = new_options(settings)
     if base:
         keep_to_checkpoint(base, settings, given, byte_mode, "--resume" if base_resume else "--init-from", tell)
@@ -169,6 +170,20 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
     if base_resume and "lr" in given:     # a rate given again replaces the run's (decays and halvings)
         trainer.lr = opts.lr
     return trainer
+
+
+def standard_split(corpus_name: str | None, settings: dict, given, log: Callable[[str], None]) -> None:
+    """A catalogue corpus with a split the literature uses (its entry's `split`) takes it, unless
+    --val-frac or --test-frac was given."""
+    if not corpus_name or given & {"val_frac", "test_frac"}:
+        return
+    from charrnn import catalog
+    entry = catalog.lookup(corpus_name)
+    split = entry.get("split") if entry else None
+    if split:
+        settings["val_frac"], settings["test_frac"] = split["val_frac"], split["test_frac"]
+        log(f"corpus '{corpus_name}': its standard split, {split['val_frac']:g} validation and "
+            f"{split['test_frac']:g} test by position ({split.get('source', '')})")
 
 
 def split_documents(opts: TrainOptions, records: list[dict], log: Callable[[str], None]) -> None:

@@ -236,3 +236,14 @@ def test_split_by_document_on_one_file_and_strict_on_a_binary_file_are_usage_err
     res = run("train", root, "--strict", "--out", tmp_path / "r2", *TINY)
     assert res.exit_code == 2 and "d/x.bin is binary" in res.output
     assert "Traceback" not in res.output
+
+
+def test_a_run_of_documents_resumed_halfway_ends_with_the_same_weights(tmp_path):
+    root = write_folder(tmp_path / "d", 24)
+    flags = [*TINY[:TINY.index("--max-steps")], "--val-every", "3", "--dropout", "0", "--device", "cpu", "--no-diag"]
+    assert run("train", root, *flags, "--max-steps", "6", "--out", tmp_path / "whole").exit_code == 0
+    assert run("train", root, *flags, "--max-steps", "3", "--out", tmp_path / "half").exit_code == 0
+    res = run("train", root, *flags, "--max-steps", "6", "--resume", tmp_path / "half" / "last.safetensors")
+    assert res.exit_code == 0, res.output
+    a, b = (ckpt.load(tmp_path / d / "last.safetensors") for d in ("whole", "half"))
+    assert b.progress["step"] == 6 and np.array_equal(a.params.flat, b.params.flat)

@@ -75,9 +75,9 @@ def _walk_error(err: OSError) -> None:
 
 
 def _folder_name(arg: str) -> str:
-    """The name a folder's documents are recorded under: the folder's own name."""
-    name = Path(arg).name or Path(arg).resolve().name
-    return name if name not in ("", ".", "..") else Path(arg).resolve().name or "root"
+    """The name a folder's documents are recorded under: the folder's own name ("." and ".."
+    give the name of the folder they stand for)."""
+    return Path(os.path.abspath(arg)).name or "root"
 
 
 def find(paths: Sequence[str], glob: Sequence[str] = (), exclude: Sequence[str] = (),

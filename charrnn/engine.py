@@ -178,6 +178,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self._step = getattr(backend, "step_rows", backend.step)
         self._units = None if vocab.byte_mode else list(vocab.chars) + [""] * vocab.eod   # the end symbol: no text
+        self._end = vocab.eod_code if vocab.eod else -1     # a model of documents: a sequence ends with one
         self._cv = threading.Condition()
         self._incoming: list[Seq] = []
         self._active: list[Seq] = []
@@ -337,6 +338,8 @@ class Engine:
                 out, s.held = s.held[:cut], s.held[cut:]
                 if out:
                     ev.append(("text", s.index, out))
+        if reason is None and code == self._end:
+            reason = "stop"
         if reason is None and s.made >= st.max_tokens:
             reason = "length"
         if reason is None and not st.stop:

@@ -62,11 +62,11 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
 
     text: a path, "-" for stdin, or a catalogue name; or several of them, or a folder: then every
     file is a document (charrnn/documents.py; `glob`, `exclude` and `strict` choose and check
-    them) and the run's split (options' split_by) is settled by their number. options: TrainOptions' fields by name (and
-    `out`, the run directory or None). given: the names among them the user set explicitly;
-    on --resume only those override the checkpoint's own options. dist_mode "auto" joins the
-    data-parallel job this process was started in, if any. `log` hears the progress lines (the
-    root rank's only). The run directory is claimed and locked here (charrnn/rundir.py): the
+    them) and the run's split (options' split_by) is settled by their number. options:
+    TrainOptions' fields by name (and `out`, the run directory or None). given: the names among
+    them the user set explicitly; on --resume only those override the checkpoint's own options.
+    dist_mode "auto" joins the data-parallel job this process was started in, if any. `log`
+    hears the progress lines (the root rank's only). The run directory is claimed and locked here (charrnn/rundir.py): the
     trainer holds the claim as `trainer.claim`; `release()` it when the run ends (the process's
     end drops the lock in any case)."""
     from charrnn import dist as distributed

@@ -317,7 +317,8 @@ def _find_cached(entry: Entry) -> Path | None:
         return None
     expected = _expected(entry, path)
     if expected is None:
-        again = "build it again" if entry.get("build") else f"fetch it again: charrnn corpus get {entry['name']} --force"
+        again = ("build it again" if entry.get("build") else
+                 f"fetch it again: charrnn corpus get {entry['name']} --force")
         raise CorpusError(f"{path} has no valid record {_sidecar(path).name}; {again}")
     _verify(entry, path, expected)
     return path

@@ -71,7 +71,8 @@ def status(entry: cat.Entry) -> tuple[str, str, str]:
     if found is None:
         size = _size(entry["bytes"]) if entry.get("bytes") is not None else "?"
         if entry.get("build") is not None:
-            return "?", "to build", f"charrnn corpus {'build code DIR' if entry['build'] == 'code-dir' else 'get ' + entry['name']}"
+            how = "build code DIR" if entry["build"] == "code-dir" else f"get {entry['name']}"
+            return "?", "to build", f"charrnn corpus {how}"
         return size, "downloadable", entry["url"]
     path, where = found
     label = {"offline": "local", "cache": "cached", "shipped": "shipped"}[where]

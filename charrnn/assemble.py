@@ -66,9 +66,9 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
     TrainOptions' fields by name (and `out`, the run directory or None). given: the names among
     them the user set explicitly; on --resume only those override the checkpoint's own options.
     dist_mode "auto" joins the data-parallel job this process was started in, if any. `log`
-    hears the progress lines (the root rank's only). The run directory is claimed and locked here (charrnn/rundir.py): the
-    trainer holds the claim as `trainer.claim`; `release()` it when the run ends (the process's
-    end drops the lock in any case)."""
+    hears the progress lines (the root rank's only). The run directory is claimed and locked
+    here (charrnn/rundir.py): the trainer holds the claim as `trainer.claim`; `release()` it
+    when the run ends (the process's end drops the lock in any case)."""
     from charrnn import dist as distributed
     from charrnn import rundir
     from charrnn.backends import compile_notices, pick_device

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -52,25 +52,33 @@ def resolve_text(text: str, log: Callable[[str], None]) -> tuple[str, str | None
     return str(path), corpus_name
 
 
-def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = frozenset(), *,
+def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] | set[str] = frozenset(), *,
                 name: str | None = None, encoding: str = "utf-8", byte_mode: bool = False,
                 resume: str | None = None, init_from: str | None = None, overwrite: bool = False,
-                dist_mode: str = "off", dist_timeout: float = 600.0,
+                dist_mode: str = "off", dist_timeout: float = 600.0, glob: Sequence[str] = (),
+                exclude: Sequence[str] = (), strict: bool = False,
                 log: Callable[[str], None] = lambda m: None) -> "Trainer":
     """Everything `charrnn train` does before the first step, as one call; `run()` the result.
 
-    text: a path, "-" for stdin, or a catalogue name. options: TrainOptions' fields by name (and
-    `out`, the run directory or None). given: the names among them the user set explicitly;
-    on --resume only those override the checkpoint's own options. dist_mode "auto" joins the
-    data-parallel job this process was started in, if any. `log` hears the progress lines (the
-    root rank's only). The run directory is claimed and locked here (charrnn/rundir.py): the
-    trainer holds the claim as `trainer.claim`; `release()` it when the run ends (the process's
-    end drops the lock in any case)."""
+    text: a path, "-" for stdin, or a catalogue name; or several of them, or a folder: then every
+    file is a document (charrnn/documents.py; `glob`, `exclude` and `strict` choose and check
+    them) and the run's split (options' split_by) is settled by their number. options:
+    TrainOptions' fields by name (and `out`, the run directory or None). given: the names among
+    them the user set explicitly; on --resume only those override the checkpoint's own options.
+    dist_mode "auto" joins the data-parallel job this process was started in, if any. `log`
+    hears the progress lines (the root rank's only). The run directory is claimed and locked
+    here (charrnn/rundir.py): the trainer holds the claim as `trainer.claim`; `release()` it
+    when the run ends (the process's end drops the lock in any case)."""
     from charrnn import dist as distributed
     from charrnn import rundir
     from charrnn.backends import compile_notices, pick_device
     from charrnn.corpus import check_encoding, check_source, load_corpus
 
+    inputs = [text] if isinstance(text, str) else list(text)
+    if not inputs:
+        raise InputError("name a text to train on: a file, a folder, - for stdin, or a catalogue name")
+    many = len(inputs) > 1 or Path(inputs[0]).is_dir()
+    text = inputs[0]                     # one text: as before; several: the first names the run
     comm = distributed.start(dist_timeout) if dist_mode == "auto" else None
     tell = log if comm is None or comm.is_root else (lambda m: None)
     if resume and init_from:
@@ -85,10 +93,17 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     check_encoding(encoding)
     if comm is not None and comm.local_rank:   # the node's first rank fetches or unpacks into the cache
         comm.barrier(node_only=True)
-    source, corpus_name = resolve_text(text, tell)
+    sources = None
+    if many:
+        from charrnn import documents
+        sources = documents.find(inputs, glob, exclude, resolve=lambda a: resolve_text(a, tell)[0])
+        source, corpus_name = sources[0].path, None
+    else:
+        source, corpus_name = resolve_text(text, tell)
     if comm is not None and not comm.local_rank:
         comm.barrier(node_only=True)
-    check_source(source)
+    if not many:
+        check_source(source)
     base_resume = ckpt.load(resume_path) if resume_path else None
     if init_from:
         from charrnn import zoo
@@ -100,10 +115,11 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
         refuse_weights_only(base_resume, resume)
         opts = resume_options(base_resume.train_args, {k: v for k, v in settings.items() if k in given})
     else:
+        standard_split(corpus_name, settings, given, tell)
         opts = new_options(settings)
     if base:
         keep_to_checkpoint(base, settings, given, byte_mode, "--resume" if base_resume else "--init-from", tell)
-    if comm is not None and text == "-":
+    if comm is not None and "-" in inputs:
         raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
     claim = None
     if comm is None or comm.is_root:
@@ -123,13 +139,23 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
                 comm.pick_gpu()
             tell(f"data parallel: {comm.size} processes, {opts.batch_size} streams in all")
         run_dir = rundir.prepare_out_dir(opts.out)
-        data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
-                           spill_dir=run_dir)
+        if sources is None:
+            data = load_corpus(source, encoding=encoding, byte_mode=byte_mode, vocab=base.vocab if base else None,
+                               spill_dir=run_dir)
+        else:
+            data = documents.load(sources, strict=strict, encoding=encoding, byte_mode=byte_mode,
+                                  vocab=base.vocab if base else None, log=tell)
+            source = data.documents[0]["path"]       # the one document's, when it comes to one
+            split_documents(opts, data.documents, tell)
         if base is None and comm is None and opts.minutes > 0 and not given & SIZED_BY_BUDGET:
             size_to_budget(opts, data, tell)
         from charrnn.memory import check_training
         check_training(base.config if base else opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts),
                        len(data.codes))
+        if sources is None or len(data.documents) == 1:
+            if opts.split_by == "document":
+                raise InputError("--split-by document needs several documents (a folder, or several files)")
+            opts.split_by = "position"                  # one text: cut by position, as always
         where_from = {"path": os.path.abspath(source) if source != "-" else "-", "encoding": encoding}
         if corpus_name:       # lets `eval --split` find the text again after the cache is cleared
             where_from["corpus"] = corpus_name
@@ -144,6 +170,39 @@ def prepare_run(text: str, options: dict, given: frozenset[str] | set[str] = fro
     if base_resume and "lr" in given:     # a rate given again replaces the run's (decays and halvings)
         trainer.lr = opts.lr
     return trainer
+
+
+def standard_split(corpus_name: str | None, settings: dict, given, log: Callable[[str], None]) -> None:
+    """A catalogue corpus with a split the literature uses (its entry's `split`) takes it, unless
+    --val-frac or --test-frac was given."""
+    if not corpus_name or given & {"val_frac", "test_frac"}:
+        return
+    from charrnn import catalog
+    entry = catalog.lookup(corpus_name)
+    split = entry.get("split") if entry else None
+    if split:
+        settings["val_frac"], settings["test_frac"] = split["val_frac"], split["test_frac"]
+        log(f"corpus '{corpus_name}': its standard split, {split['val_frac']:g} validation and "
+            f"{split['test_frac']:g} test by position ({split.get('source', '')})")
+
+
+def split_documents(opts: TrainOptions, records: list[dict], log: Callable[[str], None]) -> None:
+    """Settle a run's split from its documents (--split-by, auto by their number) and mark each
+    document's part in its record; `log` hears how they fell."""
+    from charrnn import documents
+    if len(records) < 2:
+        return
+    opts.split_by = documents.choose_split(opts.split_by, len(records))
+    if opts.split_by == "document":
+        for r, which in zip(records, documents.assign([r["name"] for r in records], opts.val_frac,
+                                                      opts.test_frac, opts.seed)):
+            r["split"] = which
+        count = {k: sum(r["split"] == k for r in records) for k in documents.SPLITS}
+        log(f"{len(records)} documents, split by document: {count['train']} to train, {count['val']} to "
+            f"validation, {count['test']} to test")
+    else:
+        log(f"{len(records)} documents, split by position (the last {opts.val_frac + opts.test_frac:g} of the "
+            f"text is held out)")
 
 
 def new_options(settings: dict) -> TrainOptions:

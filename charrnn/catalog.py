@@ -8,8 +8,8 @@ texts to learn from without shipping them.  An entry is either downloadable
 
 1. an existing path, used as it is;
 2. ``$CHARRNN_CORPORA/NAME``, ``NAME.txt`` or one of the entry's ``filenames``;
-3. the cache (``$CHARRNN_CACHE``, else ``$XDG_CACHE_HOME/charrnn``, else
-   ``~/.cache/charrnn``);
+3. the cache (``$CHARRNN_CACHE``, else the platform's user cache folder from
+   platformdirs: ``$XDG_CACHE_HOME/charrnn`` or ``~/.cache/charrnn`` on Linux);
 4. the copy shipped inside the package (an entry's ``shipped`` gzip file, only
    tinyshakespeare), unpacked into the cache once its sha256 matches;
 5. the catalogue: build the corpus or download it into the cache.
@@ -41,6 +41,7 @@ from charrnn.corpus import CorpusError  # one error type for every "this text ca
 
 __all__ = [
     "CorpusError",
+    "build_code",
     "build_python",
     "cache_dir",
     "data_dir",
@@ -147,17 +148,25 @@ def _check_catalog(data: Any, origin: str, base: Path) -> Catalog:
             if entry["build"] not in BUILDERS:
                 raise CorpusError(f"{where}: unknown build {entry['build']!r} (known: {', '.join(BUILDERS)})")
         else:
+            size, sha = entry["bytes"], entry["sha256"]
             ok = (
                 isinstance(entry["url"], str)
                 and entry["url"]
-                and isinstance(entry["bytes"], int)
-                and not isinstance(entry["bytes"], bool)
-                and entry["bytes"] >= 0
-                and isinstance(entry["sha256"], str)
-                and _SHA_RE.match(entry["sha256"])
+                and (size is None or isinstance(size, int) and not isinstance(size, bool) and size >= 0)
+                and (sha is None or isinstance(sha, str) and _SHA_RE.match(sha))
             )
             if not ok:
-                raise CorpusError(f"{where}: a downloadable entry needs a url, bytes and a lower-case hex sha256")
+                raise CorpusError(f"{where}: a downloadable entry needs a url, and bytes and sha256 that are null "
+                                  "(recorded at the first download) or a count and a lower-case hex sha256")
+            archive = entry.setdefault("archive", None)
+            if archive is not None and (archive != "zip" or not isinstance(entry.get("member"), str)
+                                        or not entry["member"]):
+                raise CorpusError(f"{where}: 'archive' is \"zip\", with the file to take from it as 'member'")
+        split = entry.setdefault("split", None)
+        if split is not None and not (isinstance(split, Mapping) and all(
+                isinstance(split.get(k), (int, float)) and not isinstance(split.get(k), bool)
+                and 0 <= split[k] < 1 for k in ("val_frac", "test_frac"))):
+            raise CorpusError(f"{where}: 'split' is null or holds val_frac and test_frac, each in [0, 1)")
         names = entry.setdefault("filenames", [])
         if not isinstance(names, list) or not all(_is_bare(n) for n in names):
             raise CorpusError(f"{where}: 'filenames' must be a list of plain file names")
@@ -197,12 +206,14 @@ def _env_dir(var: str) -> Path | None:
 
 
 def cache_dir() -> Path:
-    """Where downloaded and built corpora are kept; not created here."""
+    """Where downloaded and built corpora are kept; not created here: $CHARRNN_CACHE, else the
+    platform's user cache folder (platformdirs: $XDG_CACHE_HOME/charrnn or ~/.cache/charrnn on
+    Linux, ~/Library/Caches/charrnn on macOS, %LOCALAPPDATA%\\charrnn\\Cache on Windows)."""
     explicit = _env_dir(CACHE_ENV)
     if explicit is not None:
         return explicit
-    xdg = _env_dir("XDG_CACHE_HOME")
-    return (xdg if xdg is not None else Path.home() / ".cache") / "charrnn"
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("charrnn", appauthor=False))
 
 
 def offline_dir() -> Path | None:
@@ -240,12 +251,21 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def pinned(entry: Entry) -> bool:
+    """Whether the catalogue itself holds the corpus file's size and sha256 (a plain download
+    with both). Otherwise a record beside the file holds them: written when it was built, taken
+    from an archive, or downloaded for the first time."""
+    return entry.get("build") is None and entry.get("archive") is None and entry.get("sha256") is not None \
+        and entry.get("bytes") is not None
+
+
 def _expected(entry: Entry, path: Path) -> tuple[int, str] | None:
-    """(bytes, sha256) that ``path`` must have, or None if a built corpus has no valid build record."""
-    if entry.get("build") is None:
+    """(bytes, sha256) that ``path`` must have, or None if a corpus that is not pinned has no valid record."""
+    if pinned(entry):
         return entry["bytes"], entry["sha256"]
-    # Built corpora differ between Python versions, so their size and hash live
-    # in a record written at build time rather than in the catalogue.
+    # Built corpora differ between Python versions, texts taken from an archive are not the
+    # download, and a text the catalogue holds no hash for (Project Gutenberg revises its
+    # files) is pinned when first fetched: their size and hash live in a record beside them.
     try:
         record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
         size, sha = record["bytes"], record["sha256"]
@@ -297,7 +317,9 @@ def _find_cached(entry: Entry) -> Path | None:
         return None
     expected = _expected(entry, path)
     if expected is None:
-        raise CorpusError(f"{path} has no valid build record {_sidecar(path).name}; build it again")
+        again = ("build it again" if entry.get("build") else
+                 f"fetch it again: charrnn corpus get {entry['name']} --force")
+        raise CorpusError(f"{path} has no valid record {_sidecar(path).name}; {again}")
     _verify(entry, path, expected)
     return path
 
@@ -365,9 +387,11 @@ def unpack_shipped(entry: Entry, dest_dir: str | os.PathLike[str] | None = None)
 def _manual_hint(entry: Entry) -> str:
     off = offline_dir()
     place = f"{off}/{_filename(entry)}" if off is not None else f"DIR/{_filename(entry)} and set {OFFLINE_ENV}=DIR"
+    known = f" ({entry['bytes']} bytes, sha256 {entry['sha256']})" if entry.get("sha256") else ""
+    what = f"its member {entry['member']}" if entry.get("archive") else "it"
     return (
-        f"to install it by hand, fetch {entry['url']} ({entry['bytes']} bytes, sha256 {entry['sha256']}) "
-        f"and save it as {place}, or as {cache_dir() / _filename(entry)}"
+        f"to install it by hand, fetch {entry['url']}{known}{', unzip it' if entry.get('archive') else ''} "
+        f"and save {what} as {place}, or as {cache_dir() / _filename(entry)}"
     )
 
 
@@ -418,24 +442,62 @@ def download(entry: Entry, dest_dir: str | os.PathLike[str], progress: bool = Tr
     dest = Path(dest_dir).expanduser()
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        return _download(entry, dest, progress)
+        if pinned(entry):
+            return _download(entry, dest / _filename(entry), progress)[0]
+        # an archive, or a file the catalogue holds no hash for: fetched whole, then its text
+        # and the record that vouches for it from now on
+        fetched = dest / (f"{entry['name']}.zip" if entry.get("archive") else _filename(entry))
+        path, size, sha = _download(entry, fetched, progress)
+        return _keep_with_record(entry, path, size, sha)
     except OSError as err:  # network errors are CorpusErrors by now: these are local ones
         raise CorpusError(f"cannot write corpus '{entry['name']}' into {dest}: {err}") from None
 
 
-def _download(entry: Entry, dest: Path, progress: bool) -> Path:
+def _keep_with_record(entry: Entry, fetched: Path, size: int, sha: str) -> Path:
+    """The corpus text from what was fetched (the file itself, or an archive's member, unzipped
+    and the archive removed) and its record: the text's bytes and sha256, and the download's."""
+    target = fetched.with_name(_filename(entry))
+    record_path = _sidecar(target)
+    record_path.unlink(missing_ok=True)          # a stale record must not vouch for a new file
+    record = {"name": entry["name"], "url": entry["url"], "download_bytes": size, "download_sha256": sha}
+    if entry.get("archive"):
+        import zipfile
+        part = target.with_name(f"{target.name}.{os.getpid()}.part")
+        try:
+            with zipfile.ZipFile(fetched) as z, z.open(entry["member"]) as src, open(part, "wb") as out:
+                while block := src.read(1 << 20):
+                    out.write(block)
+            os.replace(part, target)
+        except (KeyError, zipfile.BadZipFile) as err:
+            part.unlink(missing_ok=True)
+            fetched.unlink(missing_ok=True)
+            raise CorpusError(f"corpus '{entry['name']}': {entry['url']} is not a zip holding {entry['member']} "
+                              f"({err}); it was deleted") from None
+        fetched.unlink()
+        record["member"] = entry["member"]
+    else:
+        record["note"] = "no sha256 in the catalogue: recorded at the first download, verified from then on"
+    record.update({"bytes": target.stat().st_size, "sha256": file_sha256(target)})
+    tmp = record_path.with_name(f"{record_path.name}.{os.getpid()}.part")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, record_path)
+    return target
+
+
+def _download(entry: Entry, target: Path, progress: bool) -> tuple[Path, int, str]:
+    """Fetch the entry's URL into ``target`` through ``target.part``, resuming a partial file;
+    verified against the catalogue's size and sha256 where it has them. (path, bytes, sha256)."""
     name, url, size, sha = entry["name"], entry["url"], entry["bytes"], entry["sha256"]
-    target = dest / _filename(entry)
     part = target.with_name(target.name + ".part")
     have = part.stat().st_size if part.is_file() else 0
-    if have > size:
+    if size is not None and have > size:
         part.unlink()
         have = 0
-    if have == size:
+    if size is not None and have == size:
         # An earlier run got every byte but stopped before the rename: check, don't refetch.
-        if file_sha256(part) == sha:
+        if sha is None or file_sha256(part) == sha:
             os.replace(part, target)
-            return target
+            return target, size, file_sha256(target)
         part.unlink()
         have = 0
 
@@ -464,7 +526,7 @@ def _download(entry: Entry, dest: Path, progress: bool) -> Path:
             desc=name,
             disable=None if progress else True,
         ) as bar:
-            while got <= size:
+            while size is None or got <= size:
                 try:
                     chunk = resp.read(CHUNK)
                 except (OSError, http.client.HTTPException) as err:
@@ -474,7 +536,7 @@ def _download(entry: Entry, dest: Path, progress: bool) -> Path:
                     break
                 got += len(chunk)
                 body += len(chunk)
-                if got > size:
+                if size is not None and got > size:
                     break  # already too long: no need to read the rest
                 out.write(chunk)
                 hasher.update(chunk)
@@ -487,23 +549,24 @@ def _download(entry: Entry, dest: Path, progress: bool) -> Path:
     # (keep the .part to resume); a complete body of the wrong size or hash is a
     # mismatch (delete it).
     cut_short = broke is not None or (body_expected is not None and body < body_expected)
-    if got < size and (cut_short or body_expected is None):
+    if (size is None and cut_short) or (size is not None and got < size and (cut_short or body_expected is None)):
         reason = f" ({broke})" if broke else ""
         raise CorpusError(
-            f"download of corpus '{name}' from {url} broke off after {got} of {size} bytes{reason}; "
+            f"download of corpus '{name}' from {url} broke off after {got} of {size or body_expected or '?'} "
+            f"bytes{reason}; "
             f"run it again to resume from {part}, or {_manual_hint(entry)}"
         )
     digest = hasher.hexdigest()
-    if got != size or digest != sha:
+    if (size is not None and got != size) or (sha is not None and digest != sha):
         part.unlink(missing_ok=True)
-        got_text = f"more than {size}" if got > size else str(got)
+        got_text = f"more than {size}" if size is not None and got > size else str(got)
         detail = f"sha256 {digest}" if got == size else f"{got_text} bytes"
         raise CorpusError(
             f"checksum mismatch for corpus '{name}' from {url}: got {detail}, expected {size} bytes "
             f"with sha256 {sha}; the partial file was deleted"
         )
     os.replace(part, target)
-    return target
+    return target, got, digest
 
 
 # --------------------------------------------------------------------------- local builds
@@ -529,8 +592,34 @@ def build_python(dest_dir: str | os.PathLike[str]) -> Path:
     root = Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise CorpusError(f"the standard library directory {root} does not exist")
+    extra = {"build": "python-stdlib", "python": platform.python_version(),
+             "implementation": platform.python_implementation(), "stdlib": str(root)}
+    return _build_joined("python", root, _stdlib_sources(root), dest_dir, extra, refuse_nul=False)
+
+
+def build_code(dest_dir: str | os.PathLike[str], root: str | os.PathLike[str], glob: tuple[str, ...] = (),
+               exclude: tuple[str, ...] = ()) -> Path:
+    """Build the ``code`` corpus from the source tree at ``root`` (a kernel, a project) into
+    ``dest_dir``: its files in sorted order, hidden names and those `exclude` names left out,
+    only those `glob` matches if given (as `charrnn train FOLDER` chooses them,
+    charrnn/documents.py), each under a header line, as the python corpus is made."""
+    from charrnn import documents
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CorpusError(f"{root} is not a folder to build the code corpus from")
+    rels = [s.name.split("/", 1)[1] for s in documents.find([str(root)], glob, exclude)]
+    return _build_joined("code", root, rels, dest_dir, {"build": "code-dir", "root": str(root.resolve())},
+                         refuse_nul=True)
+
+
+def _build_joined(name: str, root: Path, rels: list[str], dest_dir: str | os.PathLike[str], extra: dict,
+                  refuse_nul: bool) -> Path:
+    """Write the files ``rels`` under ``root`` as one text, NAME.txt in ``dest_dir``, each preceded
+    by a line '# ==== relative/path ====' and ending with a newline; files that are not UTF-8
+    (or, `refuse_nul`, hold a NUL byte: binary) are left out and listed. The record NAME.txt.json beside it holds
+    the bytes, sha256 and file counts."""
     dest = Path(dest_dir).expanduser()
-    target = dest / "python.txt"
+    target = dest / f"{name}.txt"
     part = target.with_name(f"{target.name}.{os.getpid()}.part")   # processes may build side by side
     record_path = _sidecar(target)
     try:
@@ -538,11 +627,14 @@ def build_python(dest_dir: str | os.PathLike[str]) -> Path:
         record_path.unlink(missing_ok=True)  # a stale record must not vouch for the new file
         hasher, total, used, skipped = hashlib.sha256(), 0, 0, []
         with open(part, "wb") as out:
-            for rel in _stdlib_sources(root):
+            for rel in rels:
                 try:
                     data = (root / rel).read_bytes()
                     data.decode("utf-8")
                 except (OSError, UnicodeDecodeError):
+                    skipped.append(rel)
+                    continue
+                if refuse_nul and b"\0" in data:
                     skipped.append(rel)
                     continue
                 if data and not data.endswith(b"\n"):
@@ -554,27 +646,27 @@ def build_python(dest_dir: str | os.PathLike[str]) -> Path:
                 used += 1
             out.flush()
             os.fsync(out.fileno())
+        if not used:
+            part.unlink()
+            raise CorpusError(f"no UTF-8 text files under {root} to build corpus '{name}' from")
         os.replace(part, target)
-        record = {
-            "name": "python",
-            "build": "python-stdlib",
-            "bytes": total,
-            "sha256": hasher.hexdigest(),
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "stdlib": str(root),
-            "files": used,
-            "skipped": skipped,
-        }
+        record = {"name": name, **extra, "bytes": total, "sha256": hasher.hexdigest(), "files": used,
+                  "skipped": skipped}
         tmp = record_path.with_name(f"{record_path.name}.{os.getpid()}.part")
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, record_path)
     except OSError as err:
-        raise CorpusError(f"cannot build corpus 'python' into {dest}: {err}") from None
+        part.unlink(missing_ok=True)
+        raise CorpusError(f"cannot build corpus '{name}' into {dest}: {err}") from None
     return target
 
 
-BUILDERS: dict[str, Callable[[str | os.PathLike[str]], Path]] = {"python-stdlib": build_python}
+def _no_default_build(dest_dir: str | os.PathLike[str]) -> Path:
+    raise CorpusError("corpus 'code' is built from a folder you name: charrnn corpus build code DIR")
+
+
+BUILDERS: dict[str, Callable[[str | os.PathLike[str]], Path]] = {"python-stdlib": build_python,
+                                                                  "code-dir": _no_default_build}
 
 
 # --------------------------------------------------------------------------- resolution

@@ -351,6 +351,9 @@ def _check_train_args(path, args: dict) -> None:
     src = args.get("source")
     ok = src is None or (isinstance(src, dict) and all(isinstance(v, str) for v in src.values()))
     ok = ok and all(k not in args or (_is_num(args[k]) and 0 <= args[k] < 1) for k in ("val_frac", "test_frac"))
+    if ok and "documents" in args:
+        from charrnn.documents import check_record
+        ok = check_record(args["documents"])
     if not ok:
         raise CheckpointError(f"{path}: the recorded training options are malformed")
 

@@ -61,42 +61,82 @@ def corpus() -> None:
     """
 
 
+def status(entry: cat.Entry) -> tuple[str, str, str]:
+    """(size, status, where) of a catalogue corpus: local ($CHARRNN_CORPORA), cached, shipped,
+    downloadable or to build, and where it lies."""
+    try:
+        found = _cat().locate(entry)
+    except CorpusError as err:
+        return "?", "damaged", str(err)
+    if found is None:
+        size = _size(entry["bytes"]) if entry.get("bytes") is not None else "?"
+        if entry.get("build") is not None:
+            how = "build code DIR" if entry["build"] == "code-dir" else f"get {entry['name']}"
+            return "?", "to build", f"charrnn corpus {how}"
+        return size, "downloadable", entry["url"]
+    path, where = found
+    label = {"offline": "local", "cache": "cached", "shipped": "shipped"}[where]
+    size = _size(entry["bytes"] if where == "shipped" else path.stat().st_size)
+    return size, label, str(path) + (" (gzip, unpacked on first use)" if where == "shipped" else "")
+
+
 @corpus.command("list")
 def list_() -> None:
-    """List the corpora: size, licence, whether and where present.
+    """List the corpora: size, licence, status and where each lies.
 
-    One row per catalogue entry; WHERE is $CHARRNN_CORPORA, the cache or the
-    copy shipped with charrnn.
+    STATUS is local (in $CHARRNN_CORPORA), cached, shipped (inside charrnn),
+    downloadable or to build; SPLIT is the split the literature uses, where it
+    has one (a run on the corpus takes it unless --val-frac or --test-frac is
+    given).
 
     \b
     Example:
       charrnn corpus list
     """
     catalog = _load()
-    rows = [("NAME", "SIZE", "LICENCE", "LOCAL", "WHERE")]
+    rows = [("NAME", "SIZE", "LICENCE", "STATUS", "SPLIT", "WHERE")]
     for name, entry in catalog.items():
-        try:
-            found = _cat().locate(entry)
-        except CorpusError as err:
-            rows.append((name, "?", entry["licence"], "no", f"damaged: {err}"))
-            continue
-        if found is None:
-            size = _size(entry["bytes"]) if entry.get("bytes") is not None else "(built)"
-            rows.append((name, size, entry["licence"], "no", "-"))
-        else:
-            path, where = found
-            label = {"offline": f"${_cat().OFFLINE_ENV}", "shipped": "shipped (gzip)"}.get(where, where)
-            size = _size(entry["bytes"] if where == "shipped" else path.stat().st_size)
-            rows.append((name, size, entry["licence"], "yes", f"{label}: {path}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        size, state, where = status(entry)
+        split = entry.get("split")
+        frac = "-" if not split else f"{1 - split['val_frac'] - split['test_frac']:.0%}/{split['val_frac']:.0%}/" \
+                                     f"{split['test_frac']:.0%}"
+        rows.append((name, size, entry["licence"], state, frac, where))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[5])
     off = _cat().offline_dir()
     click.echo(f"\ncache: {_cat().cache_dir()}")
     click.echo(f"offline (${_cat().OFFLINE_ENV}): {off if off is not None else 'unset'}")
     from charrnn import zoo
     if zoo.names():
         click.echo(f"shipped models: {', '.join(zoo.names())} (`charrnn zoo list`)")
+
+
+@corpus.command("build")
+@click.argument("kind", type=click.Choice(["code"]))
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+              help="Only files whose name matches (a pattern with / matches the path inside FOLDER); repeatable.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave out files and folders whose name or path matches; repeatable.")
+def build(kind: str, folder: str, globs: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+    """Build corpus `code` from the source tree FOLDER into the cache; print its path.
+
+    The text files under FOLDER (a kernel, a project) in sorted path order,
+    each under a line '# ==== path ====', as one text that `charrnn train code`
+    then reads. Binary and non-UTF-8 files are skipped; hidden names are left
+    out. To keep the files as separate documents, train on FOLDER itself.
+
+    \b
+    Example:
+      charrnn corpus build code ~/src/linux --glob '*.[ch]' --exclude Documentation
+    """
+    path = _cat().build_code(_cat().cache_dir(), folder, globs, exclude)
+    import json
+    record = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+    click.echo(f"corpus 'code' built from {record['root']}: {record['files']} files, {_size(record['bytes'])}"
+               + (f", {len(record['skipped'])} skipped (not UTF-8 text)" if record["skipped"] else ""), err=True)
+    click.echo(os.path.abspath(path))
 
 
 @corpus.command("get")

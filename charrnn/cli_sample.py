@@ -43,16 +43,26 @@ MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows f
               help="Prime characters outside the vocabulary: stop with an error listing them, or drop them.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON line per sample: text, seed, log-probability and bits/char under the model.")
+@click.option("--documents", type=click.IntRange(1), default=None, metavar="N",
+              help="A model trained on several documents: write N whole documents, each ended by the model's "
+                   "end-of-document symbol (not written), a blank line between them; no length limit unless "
+                   "--length is given.")
+@click.option("--until-end", is_flag=True,
+              help="A model trained on several documents: run one sample to its document's end, with no "
+                   "length limit unless --length is given.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
 @device_option
 def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
            stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, adapt: str | None,
-           **kw) -> None:
+           documents: int | None, until_end: bool, **kw) -> None:
     """Stream generated text to stdout from CHECKPOINT (default: the newest best under ./checkpoints,
     else the shipped model).
 
     CHECKPOINT is a .safetensors file, a run directory or a shipped model's name (`charrnn zoo list`).
+
+    A model trained on several documents starts each sample at the beginning of a document and
+    ends it where the model ends the document (--documents N, --until-end), or at --length.
 
     A byte model (trained with --bytes) writes raw bytes, so `sample > out.bin` keeps them exactly.
 
@@ -64,7 +74,10 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
       printf 'To be' | charrnn sample --prime - --top-p 0.9 -n 200
       charrnn sample --adapt my_letter.txt -n 400  # learn from the letter, then continue it
       charrnn sample -N 8 --stop $'\\n' --json --temp 0.7    # eight lines, one JSON object each
+      charrnn sample checkpoints/poems --documents 3   # three whole poems
     """
+    from click.core import ParameterSource
+
     from charrnn import sample as smp
 
     if prime is not None and prime_file is not None:
@@ -75,13 +88,20 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
         raise InputError("stdout is closed: nowhere to write the samples (redirect it to a file or /dev/null)")
     if adapt == "-" and "-" in (prime, prime_file):
         raise click.UsageError("--adapt - and the prime cannot both read stdin")
-    if kw["length"] == 0 and not stop and (kw["as_json"] or kw["num_samples"] > 1):
+    ctx = click.get_current_context()
+    whole = bool(documents) or until_end          # the model's end symbol ends each sample
+    if documents and ctx.get_parameter_source("num_samples") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--documents N is N samples: give it or --num-samples, not both")
+    if whole and ctx.get_parameter_source("length") != ParameterSource.COMMANDLINE:
+        kw["length"] = 0
+    if kw["length"] == 0 and not stop and not whole and (kw["as_json"] or kw["num_samples"] > 1):
         raise click.UsageError("--length 0 (endless) streams one plain sample; with --json or "
                                "--num-samples give --stop STRING or a --length")
     try:
         with quiet_pipe():
             smp.run(checkpoint, sys.stdout.buffer, prime=prime, prime_file=prime_file, separator=separator,
-                    stop=stop, unknown=unknown, echo=echo, seed=seed, device=device, adapt=adapt, log=say, **kw)
+                    stop=stop, unknown=unknown, echo=echo, seed=seed, device=device, adapt=adapt,
+                    documents=documents or 0, until_end=until_end, log=say, **kw)
     except smp.Interrupted:                 # the usual end of endless output: quiet, exit 130
         sys.exit(130)
 

@@ -13,7 +13,7 @@ from charrnn.cli_base import CONTEXT, Finite, device_option, say, write_page
 from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
 from charrnn.options import (DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END, LR_FIND_MIN_STEPS, LR_FIND_START,
-                             LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES, TrainOptions)
+                             LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES, SPLIT_BY, TrainOptions)
 
 _D = TrainOptions()      # every default below is read from here, written once in options.py
 _CAPS = (INT_MAX, F32_MAX, 1e9)   # technical upper bounds: checked by TrainOptions.check, not shown in --help
@@ -86,7 +86,7 @@ OPTIMIZER_OPTIONS = [
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("text", metavar="FILE")
+@click.argument("text", metavar="PATH...", nargs=-1, required=True)
 @_options(MODEL_OPTIONS)
 @click.option("--lr", type=_num("lr"), default=_D.lr, show_default=True, help="Learning rate.")
 @_options(OPTIMIZER_OPTIONS)
@@ -128,15 +128,25 @@ OPTIMIZER_OPTIONS = [
 @click.option("--seed", type=_num("seed"), default=_D.seed, show_default=True)
 @device_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run directory [checkpoints/<file stem>, or checkpoints/<stem>-2, -3, ... when that "
+              help="Run directory [checkpoints/<file stem or folder name>, or checkpoints/<stem>-2, -3, ... when that "
                    "holds a run].")
 @click.option("--name", default=None, help="Run name: the directory checkpoints/<name>.")
 @click.option("--overwrite", is_flag=True,
               help="Start afresh in a run directory that holds a run, moving the old run aside to "
                    "DIR.old-N (nothing is deleted).")
-@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the files.")
 @click.option("--bytes", "byte_mode", is_flag=True,
               help="Train on raw bytes (256 symbols): any file works, binary or mixed encodings.")
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+              help="In folders, read only files whose name matches (a pattern with / matches the path "
+                   "inside the folder); repeatable. Files named on the command line are always read.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="In folders, leave out files and folders whose name or path matches; repeatable.")
+@click.option("--strict", is_flag=True,
+              help="Refuse a binary, undecodable or empty file among several inputs instead of skipping it.")
+@click.option("--split-by", type=click.Choice(SPLIT_BY), default=_D.split_by, show_default=True,
+              help="Several documents: hold out whole documents (chosen by a hash of their names) or the "
+                   "end of the joined text; auto is document from 20 documents on.")
 @click.option("--resume", type=click.Path(dir_okay=True), default=None,
               help="Continue a run exactly from its checkpoint.")
 @click.option("--init-from", type=click.Path(dir_okay=True), default=None,
@@ -146,9 +156,15 @@ OPTIMIZER_OPTIONS = [
               help="auto: under mpiexec or srun, train data-parallel across the ranks; off: one process.")
 @click.option("--dist-timeout", type=Finite(0, min_open=True), default=600.0, show_default=True,
               help="Seconds a rank waits for the others before ending the whole job.")
-def train(text: str, name: str | None, overwrite: bool, encoding: str, byte_mode: bool, resume: str | None,
+def train(text: tuple[str, ...], name: str | None, overwrite: bool, encoding: str, byte_mode: bool,
+          globs: tuple[str, ...], exclude: tuple[str, ...], strict: bool, resume: str | None,
           init_from: str | None, dist_mode: str, dist_timeout: float, **kw) -> None:
-    """Train on FILE (a path, - for stdin, or a catalogue name such as shakespeare).
+    """Train on PATH: a file, - for stdin, a catalogue name such as shakespeare, or several of
+    them, or a folder (read recursively, files in sorted order).
+
+    Several files are several documents: the model also learns where each ends (an end symbol
+    that `charrnn sample --documents N` stops at), and from 20 documents on whole documents are
+    held out for validation and test (--split-by). One file trains exactly as it always has.
 
     Progress goes to stderr; `best` and `last` checkpoints and metrics.jsonl (learning curves and
     diagnostics) go to the run directory, and with --report a live report.html. Pick --lr with
@@ -161,6 +177,7 @@ def train(text: str, name: str | None, overwrite: bool, encoding: str, byte_mode
       charrnn train shakespeare --report --lr 3e-3   # then: charrnn report --serve checkpoints/shakespeare
       charrnn train notes.txt --hidden 512 --layers 3 --dropout 0.2 --out runs/notes
       cat a.txt b.txt | charrnn train - --name ab
+      charrnn train poems/ --glob '*.txt' --exclude drafts   # each file a document
       charrnn train --bytes firmware.bin --out runs/bin
       mpiexec -n 4 charrnn train big.txt --batch-size 128   # data parallel, 4 processes
     """
@@ -173,9 +190,10 @@ def train(text: str, name: str | None, overwrite: bool, encoding: str, byte_mode
     ctx = click.get_current_context()
     given = {k for k in kw if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
                                                               ParameterSource.ENVIRONMENT)}
-    trainer = prepare_run(text, kw, given, name=name, encoding=encoding, byte_mode=byte_mode, resume=resume,
-                          init_from=init_from, overwrite=overwrite, dist_mode=dist_mode, dist_timeout=dist_timeout,
-                          log=say)
+    trainer = prepare_run(text[0] if len(text) == 1 else text, kw, given, name=name, encoding=encoding,
+                          byte_mode=byte_mode, resume=resume, init_from=init_from, overwrite=overwrite,
+                          dist_mode=dist_mode, dist_timeout=dist_timeout, glob=globs, exclude=exclude,
+                          strict=strict, log=say)
     try:
         result = trainer.run()
     except TrainingInterrupted as e:

@@ -1,7 +1,9 @@
 """Text in, integer codes out: reading, the vocabulary, encoding and the train/val/test split.
 
 The vocabulary is the sorted set of distinct code points of the text (or all 256 byte values
-in byte mode). Codes are uint8 when the vocabulary fits, uint16 otherwise; the corpus is never
+in byte mode). A text of several documents (charrnn/documents.py) adds one reserved symbol, the
+end of a document, as the last code (`Vocab.eod`): no character maps to it and it never
+decodes to output. Codes are uint8 when the vocabulary fits, uint16 otherwise; the corpus is never
 expanded into one-hot rows.
 """
 from __future__ import annotations
@@ -22,13 +24,20 @@ from charrnn.errors import CorpusError
 
 @dataclass(frozen=True)
 class Vocab:
-    """chars: the symbols in code order (text mode); byte_mode: 256 raw byte values instead."""
+    """chars: the symbols in code order (text mode); byte_mode: 256 raw byte values instead;
+    eod: one more code after them, the end-of-document symbol (`eod_code`)."""
     chars: str = ""
     byte_mode: bool = False
+    eod: bool = False
 
     @property
     def size(self) -> int:
-        return 256 if self.byte_mode else len(self.chars)
+        return (256 if self.byte_mode else len(self.chars)) + self.eod
+
+    @property
+    def eod_code(self) -> int | None:
+        """The end-of-document symbol's code (the last), or None when the vocabulary has none."""
+        return self.size - 1 if self.eod else None
 
     @property
     def dtype(self):
@@ -41,14 +50,17 @@ class Vocab:
         return cls(chars="".join(sorted(set(text))))
 
     def to_meta(self) -> dict:
-        return {"byte_mode": self.byte_mode, "chars": self.chars}
+        meta = {"byte_mode": self.byte_mode, "chars": self.chars}
+        if self.eod:          # written only when set: a one-document model's metadata is as before
+            meta["eod"] = True
+        return meta
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Vocab":
         if not isinstance(meta, dict) or not isinstance(meta.get("chars", ""), str) \
-                or not isinstance(meta.get("byte_mode", False), bool):
-            raise ValueError("vocabulary must be {'chars': str, 'byte_mode': bool}")
-        v = cls(chars=meta.get("chars", ""), byte_mode=meta.get("byte_mode", False))
+                or not isinstance(meta.get("byte_mode", False), bool) or not isinstance(meta.get("eod", False), bool):
+            raise ValueError("vocabulary must be {'chars': str, 'byte_mode': bool, 'eod': bool}")
+        v = cls(chars=meta.get("chars", ""), byte_mode=meta.get("byte_mode", False), eod=meta.get("eod", False))
         if not v.byte_mode and (len(set(v.chars)) != len(v.chars) or not v.chars):
             raise ValueError("vocabulary characters must be distinct and non-empty")
         if not v.byte_mode and list(v.chars) != sorted(v.chars):
@@ -84,6 +96,9 @@ class Vocab:
         return idx_c.astype(self.dtype)
 
     def decode(self, codes) -> str | bytes:
+        """The text of `codes`; the end-of-document symbol writes nothing."""
+        if self.eod:
+            codes = [c for c in np.asarray(codes).tolist() if c != self.eod_code]
         if self.byte_mode:
             return bytes(np.asarray(codes, dtype=np.uint8))
         return "".join(self.chars[int(c)] for c in codes)
@@ -162,10 +177,13 @@ SPILL_OVER = 16 << 20           # code arrays larger than this live in a memory-
 @dataclass
 class Corpus:
     """A text already encoded: its vocabulary, its codes (an array, or a read-only memory map for
-    large inputs) and a digest of the codes, so `--resume` can tell the same text from another."""
+    large inputs) and a digest of the codes, so `--resume` can tell the same text from another.
+    A text of several documents also carries their record (charrnn/documents.py): one dict per
+    document, in the order of the codes."""
     vocab: Vocab
     codes: np.ndarray
     digest: str
+    documents: list[dict] | None = None
 
 
 def codes_digest(codes: np.ndarray) -> str:

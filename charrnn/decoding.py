@@ -32,6 +32,7 @@ class Decoding:
     seed: int = 0               # row i draws from PCG64 seeded seed + i
     batch: int = 1              # samples drawn together
     stop: tuple[int, ...] = ()  # codes: a row ends right after its generated codes end with them
+    end: int = -1               # a code that ends a row when drawn (the end-of-document symbol); -1: none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(int(c) for c in self.stop))
@@ -39,8 +40,8 @@ class Decoding:
     @property
     def own_loop_ok(self) -> bool:
         """Whether a backend's own sampling loop (temperature and top-k, every row to `length`)
-        draws these samples: no top-p and no stop string."""
-        return self.top_p >= 1.0 and not self.stop
+        draws these samples: no top-p, no stop string, no end symbol."""
+        return self.top_p >= 1.0 and not self.stop and self.end < 0
 
 
 DEFAULTS = Decoding()
@@ -116,7 +117,17 @@ def _as_units(vocab, text: str | bytes) -> str | bytes:
 def prime_codes(vocab, prime: str | bytes, unknown: str = "error") -> tuple[np.ndarray, bytes, list[str]]:
     """(codes to feed, bytes to echo, characters skipped). `unknown` is "error" or "skip" for
     prime characters outside the vocabulary. With no prime the model starts from a newline
-    (or its first symbol), which is not echoed."""
+    (or its first symbol), which is not echoed. A model of documents (`vocab.eod`) starts a
+    document: its end symbol comes first, then the prime."""
+    import numpy as np
+    codes, echo, missing = _prime_codes(vocab, prime, unknown)
+    if getattr(vocab, "eod", False):
+        start = np.array([vocab.eod_code], np.int64)
+        codes = start if not echo else np.concatenate([start, codes])
+    return codes, echo, missing
+
+
+def _prime_codes(vocab, prime: str | bytes, unknown: str) -> tuple[np.ndarray, bytes, list[str]]:
     import numpy as np
     prime = _as_units(vocab, prime)
     missing = vocab.unknown(prime)

@@ -177,7 +177,8 @@ class Engine:
         self.name, self.backend, self.vocab, self.sessions = name, backend, vocab, sessions
         self.metrics = metrics or Metrics()
         self._step = getattr(backend, "step_rows", backend.step)
-        self._units = None if vocab.byte_mode else list(vocab.chars)
+        self._units = None if vocab.byte_mode else list(vocab.chars) + [""] * vocab.eod   # the end symbol: no text
+        self._end = vocab.eod_code if vocab.eod else -1     # a model of documents: a sequence ends with one
         self._cv = threading.Condition()
         self._incoming: list[Seq] = []
         self._active: list[Seq] = []
@@ -303,7 +304,8 @@ class Engine:
     def _emit_char(self, s: Seq, code: int, lp: float, logits: np.ndarray, ev: list) -> bool:
         """Add one drawn code to the sequence's output; append its events; True when it ends."""
         st = s.settings
-        text = self._units[code] if self._units is not None else s.decoder.decode(bytes([code]))
+        text = self._units[code] if self._units is not None else \
+            s.decoder.decode(bytes([code]) if code < 256 else b"")      # 256: a byte model's end symbol
         entry = None
         if st.logprobs is not None:
             z = logits.astype(np.float64)
@@ -336,6 +338,8 @@ class Engine:
                 out, s.held = s.held[:cut], s.held[cut:]
                 if out:
                     ev.append(("text", s.index, out))
+        if reason is None and code == self._end:
+            reason = "stop"
         if reason is None and s.made >= st.max_tokens:
             reason = "length"
         if reason is None and not st.stop:
@@ -352,4 +356,4 @@ class Engine:
     def _unit(self, code: int) -> str:
         if self._units is not None:
             return self._units[code]
-        return bytes([code]).decode("utf-8", "backslashreplace")
+        return bytes([code] if code < 256 else []).decode("utf-8", "backslashreplace")

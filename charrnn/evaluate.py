@@ -80,7 +80,15 @@ SPLITS = ("val", "test", "tail")
 def split_of(codes: np.ndarray, train_args: dict, which: str) -> np.ndarray:
     """A part of a checkpoint's text by the checkpoint's own fractions: "train", "val", "test",
     or "tail", validation and test as one stream (the last val_frac + test_frac of the text:
-    tinyshakespeare's last 10%, the text nanoGPT's shakespeare_char scores)."""
+    tinyshakespeare's last 10%, the text nanoGPT's shakespeare_char scores). A run split by
+    document takes the documents its record assigns (charrnn/documents.py); its tail is the
+    validation documents, then the test ones."""
+    docs = train_args.get("documents")
+    if docs and train_args.get("split_by") == "document":
+        from charrnn.documents import parts
+        cut = parts(codes, docs)
+        cut["tail"] = np.concatenate([cut["val"], cut["test"]])
+        return cut[which]
     from charrnn.corpus import split
     train, val, test = split(codes, train_args.get("val_frac", 0.05), train_args.get("test_frac", 0.05))
     return {"train": train, "val": val, "test": test, "tail": codes[len(train):]}[which]
@@ -114,9 +122,13 @@ def own_codes(ck, log: Callable[[str], None] = lambda m: None) -> tuple[np.ndarr
     """A checkpoint's training text found again, read in its recorded encoding and encoded:
     (codes, characters skipped, its path)."""
     from charrnn.corpus import read_input
+    encoding = (ck.train_args.get("source") or {}).get("encoding", "utf-8")
+    docs = ck.train_args.get("documents")
+    if docs:                        # several documents: each read again, checked and joined as in training
+        from charrnn.documents import reread
+        return reread(docs, ck.vocab, encoding), 0, f"{len(docs)} documents"
     path = training_text(ck)
-    text = read_input(path, byte_mode=ck.vocab.byte_mode,
-                      encoding=(ck.train_args.get("source") or {}).get("encoding", "utf-8"))
+    text = read_input(path, byte_mode=ck.vocab.byte_mode, encoding=encoding)
     codes, skipped = _encode(ck.vocab, text, log)
     return codes, skipped, path
 

@@ -34,6 +34,8 @@ class TrainOptions:
     batch_size: int = 50
     val_frac: float = 0.05
     test_frac: float = 0.05
+    split_by: str = "auto"         # several documents: "document" (whole ones held out), "position", or
+                                   # "auto": by document from documents.DOCUMENT_SPLIT_AT of them on
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-2             # the sweep in bench/RESULTS.md (issue 19); lr-find suggests about 2e-2
@@ -116,7 +118,8 @@ class TrainOptions:
             v = getattr(self.model if name in MODEL_DEFAULTS else self, name)
             if v is not None:
                 check_number(name, v, bounds)
-        for name, choices in (("optimizer", tuple(OPTIMIZER_DEFAULTS)), ("lr_schedule", LR_SCHEDULES)):
+        for name, choices in (("optimizer", tuple(OPTIMIZER_DEFAULTS)), ("lr_schedule", LR_SCHEDULES),
+                              ("split_by", SPLIT_BY)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{flag(name)}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
         from charrnn.optim import parse_clip     # NumPy comes with it: only when options are checked
@@ -128,6 +131,7 @@ class TrainOptions:
 
 
 LR_SCHEDULES = ("cosine", "constant")
+SPLIT_BY = ("auto", "document", "position")      # charrnn/documents.py reads them
 F32_MAX = 3.4028234663852886e38     # the kernels compute in float32: a larger number is inf there
 INT_MAX = 2 ** 62                   # a count that NumPy's int64 holds with room to add to it
 # (min, max, min excluded, max excluded) of every numeric option, the model's included: the command

@@ -76,6 +76,8 @@ def choose(text: str, *, out: str | None, name: str | None, resume_dir: Path | N
     if resume_dir is not None:
         return str(resume_dir), False
     stem = Path(text).stem if text != "-" else ""
+    if text != "-" and Path(text).is_dir():         # a folder of documents: the run takes its name
+        stem = Path(text).resolve().name
     if not stem or stem.startswith(".") or "\0" in stem:
         raise InputError("reading stdin: name the run with --out DIR or --name NAME" if text == "-" else
                          f"cannot name a run after {text!r}: give --out DIR or --name NAME")

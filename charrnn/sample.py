@@ -84,7 +84,7 @@ def step_loop(backend, prime_codes: np.ndarray, dec: Decoding) -> Iterator[Step]
         codes = draw(distribution(logits, temp, top_k, top_p), [rngs[r] for r in rows] if shrink else rngs)
         logp = log_softmax_at(logits, codes)
         count += 1
-        done = np.zeros(len(codes), dtype=bool)
+        done = codes == dec.end if dec.end >= 0 else np.zeros(len(codes), dtype=bool)
         if stop is not None:
             tail[:, :-1] = tail[:, 1:]
             tail[:, -1] = codes
@@ -142,10 +142,13 @@ def write_samples(backend, vocab, out: BinaryIO, codes: np.ndarray, dec: Decodin
 
 # ---------------------------------------------------------------- output
 def code_bytes(vocab) -> list[bytes]:
-    """The bytes each code writes: one raw byte in byte mode, the UTF-8 of its character otherwise."""
+    """The bytes each code writes: one raw byte in byte mode, the UTF-8 of its character otherwise;
+    the end-of-document symbol writes none."""
     if vocab.byte_mode:
-        return [bytes([i]) for i in range(256)]
-    return [c.encode("utf-8", "surrogatepass") for c in vocab.chars]
+        table = [bytes([i]) for i in range(256)]
+    else:
+        table = [c.encode("utf-8", "surrogatepass") for c in vocab.chars]
+    return table + [b""] * (vocab.size - len(table))
 
 
 class PlainWriter:
@@ -218,7 +221,7 @@ class JsonWriter:
         self.out, self.n, self.seed, self.prime = out, n, dec.seed, prime
         self.table = code_bytes(vocab)
         self.byte_mode = vocab.byte_mode
-        self.stop = list(dec.stop)
+        self.stop, self.end = list(dec.stop), dec.end
         self.codes: list[list[int]] = [[] for _ in range(n)]
         self.logp = np.zeros(n)
         self.finished: set[int] = set()
@@ -243,7 +246,8 @@ class JsonWriter:
                "text": raw.decode("utf-8", "replace"), "chars": n,
                "logprob": float(self.logp[i]),
                "bits_per_char": float(-self.logp[i] / math.log(2) / n) if n else None,
-               "stopped": bool(self.stop and codes[-len(self.stop):] == self.stop)}
+               "stopped": bool(self.stop and codes[-len(self.stop):] == self.stop)
+               or bool(codes and codes[-1] == self.end)}
         if self.byte_mode:
             rec["bytes_b64"] = base64.b64encode(raw).decode("ascii")
         return json.dumps(rec, ensure_ascii=False)
@@ -261,13 +265,18 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         num_samples: int = DEFAULTS.batch, length: int = DEFAULTS.length, temp: float = DEFAULTS.temperature,
         top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p,
         stop: str | None = None, as_json: bool = False, separator: str = "", adapt: str | None = None,
-        log: Callable[[str], None] = lambda m: None) -> None:
+        documents: int = 0, until_end: bool = False, log: Callable[[str], None] = lambda m: None) -> None:
     """`charrnn sample` as one call: load CHECKPOINT (see zoo.load_checkpoint), read the prime
     (`prime`, or "-" / `prime_file` for a file or stdin), and write the samples to `out`. A
     random seed is drawn when none is given. Ctrl-C while writing raises Interrupted.
 
     `adapt` names a file the model first reads with dynamic evaluation (charrnn/dynamic.py): the
-    samples come from the adapted weights, continuing the file (then the prime)."""
+    samples come from the adapted weights, continuing the file (then the prime).
+
+    A model trained on several documents begins each sample at the start of a document and ends
+    it at the document's end symbol (never written), or after `length` codes. `documents` N
+    writes N whole documents (N samples, no length limit unless `length` is given by the
+    caller); `until_end` lets one sample run to its document's end."""
     import secrets
 
     from charrnn import zoo
@@ -280,6 +289,11 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         log(note)
     ck = load(ck_path)
     vocab = ck.vocab
+    if (documents or until_end) and not vocab.eod:
+        raise SampleError(f"--{'documents' if documents else 'until-end'}: this model was trained on one text and "
+                          f"knows no end of a document; train on several files (a folder) to sample whole documents")
+    if documents:
+        num_samples = documents
     text: str | bytes = prime or ""
     if prime == "-" or prime_file is not None:
         text = read_input(prime_file or "-", byte_mode=vocab.byte_mode, hint=MODEL_HINT)
@@ -301,7 +315,8 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         codes = np.concatenate([file_codes.astype(np.int64), codes if echoed else codes[:0]])
     try:
         dec = Decoding(length=length, temperature=temp, top_k=top_k, top_p=top_p, batch=num_samples, stop=stop_at,
-                       seed=secrets.randbits(31) if seed is None else seed)
+                       seed=secrets.randbits(31) if seed is None else seed,
+                       end=vocab.eod_code if vocab.eod else -1)
         write_samples(be, vocab, out, codes, dec, echoed if echo else b"", as_json=as_json,
                       separator=separator.encode("utf-8", "surrogateescape"))
     except KeyboardInterrupt:

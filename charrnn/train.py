@@ -131,10 +131,13 @@ class Trainer:
     def _encode(self, text: str | bytes | Corpus, base: ckpt.Checkpoint | None) -> np.ndarray:
         """The text as codes, in the checkpoint's vocabulary when there is one (or a new one);
         sets `vocab` and `digest`."""
+        self.documents = None       # several documents: their record (charrnn/documents.py)
         if isinstance(text, Corpus):
             if base and text.vocab != base.vocab:
                 raise CorpusError("the text was encoded with a vocabulary other than the checkpoint's")
             self.vocab, self.digest = text.vocab, text.digest
+            if text.documents is not None and len(text.documents) > 1:
+                self.documents = text.documents
             return text.codes
         self.vocab = base.vocab if base else Vocab.from_text(text)
         missing = self.vocab.unknown(text)
@@ -149,7 +152,12 @@ class Trainer:
         """The training, validation and test splits, and the windows of this rank's streams."""
         o, dist = self.o, self.dist
         self.n_codes = len(codes)
-        self.train_codes, self.val_codes, self.test_codes = split(codes, o.val_frac, o.test_frac)
+        if o.split_by == "document" and self.documents:
+            from charrnn.documents import parts
+            cut = parts(codes, self.documents)
+            self.train_codes, self.val_codes, self.test_codes = cut["train"], cut["val"], cut["test"]
+        else:
+            self.train_codes, self.val_codes, self.test_codes = split(codes, o.val_frac, o.test_frac)
         if len(self.train_codes) < 2:
             raise CorpusError(f"the text is too short to train on: the training split has {len(self.train_codes)} "
                               f"characters and needs at least 2")
@@ -268,8 +276,15 @@ class Trainer:
                                optimizer=self.opt.to_meta(), optim_state=self.opt.state,
                                state=state, progress=progress,
                                rng=self.rng.bit_generator.state,
-                               train_args=dict(self.o.to_dict(), model=self.cfg.to_dict(), source=self.source),
+                               train_args=self._train_args(),
                                metrics=metrics)
+
+    def _train_args(self) -> dict:
+        """The options, the model and where the text came from; several documents add their record."""
+        args = dict(self.o.to_dict(), model=self.cfg.to_dict(), source=self.source)
+        if self.documents:
+            args["documents"] = self.documents
+        return args
 
     def save(self, name: str, metrics: dict | None = None) -> Path:
         """Rank 0 writes; with several ranks this is a collective (the carried state of every
@@ -559,7 +574,10 @@ class Trainer:
             return
         from charrnn.sample import Decoding, generate
         v = self.vocab
-        start = v.encode(b"\n") if v.byte_mode else v.encode("\n" if "\n" in v.chars else v.chars[0])
+        if v.eod:                 # a model of documents: the sample begins one
+            start = np.array([v.eod_code], np.int64)
+        else:
+            start = v.encode(b"\n") if v.byte_mode else v.encode("\n" if "\n" in v.chars else v.chars[0])
         codes = [int(c[0]) for c, _ in generate(self.be, start, Decoding(
             length=self.sample_chars, temperature=self.sample_temp, seed=self.sample_seed))]
         text = v.decode(codes)

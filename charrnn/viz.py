@@ -344,6 +344,7 @@ def build(ck, text: str | bytes, cells: list[str], state: str | None = None, gat
         symbols = [ch for ch in text if ch in known][:length]
         codes = vocab.encode("".join(symbols))
         vocab_symbols = list(vocab.chars)
+    vocab_symbols += ["<end of document>"] * vocab.eod       # a model of documents predicts it too
     if len(codes) < 2:
         raise VizError("the text has fewer than two characters the model knows")
     tr = trace(cfg, ck.params, codes, symbols)

@@ -61,3 +61,17 @@ def test_flags_next_to_a_checkpoint_agree_with_it_or_say_what_they_change():
     assert heard == ["--dropout 0.3 replaces the checkpoint's 0"]
     with pytest.raises(InputError, match="--bytes"):
         assemble.keep_to_checkpoint(base(), {}, set(), True, "--resume", heard.append)
+
+
+def test_a_catalogue_corpus_takes_its_standard_split_unless_a_fraction_is_given(monkeypatch):
+    monkeypatch.setattr("charrnn.catalog.load_catalog", lambda source=None: {
+        "wp": {"name": "wp", "split": {"val_frac": 0.1, "test_frac": 0.1, "source": "a paper"}},
+        "plain": {"name": "plain", "split": None}})
+    heard = []
+    settings = {"val_frac": 0.05, "test_frac": 0.05}
+    assemble.standard_split("wp", settings, set(), heard.append)
+    assert settings == {"val_frac": 0.1, "test_frac": 0.1} and "standard split" in heard[0]
+    given = {"val_frac": 0.02, "test_frac": 0.05}
+    assemble.standard_split("wp", given, {"val_frac"}, heard.append)
+    assemble.standard_split("plain", settings := {"val_frac": 0.05, "test_frac": 0.05}, set(), heard.append)
+    assert given["val_frac"] == 0.02 and settings["val_frac"] == 0.05 and len(heard) == 1

@@ -24,28 +24,42 @@ from charrnn.cli_corpus import corpus
 BODY = b"".join(f"{i:05d} the quick brown fox jumps over the lazy dog\n".encode() for i in range(4000))
 SHA = hashlib.sha256(BODY).hexdigest()
 HALF = len(BODY) // 2
+
+
+def _zipped(member: str, data: bytes) -> bytes:
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(member, data)
+    return buf.getvalue()
+
+
+ZIP = _zipped("tiny", BODY)          # an archive holding the corpus, as enwik8.zip holds enwik8
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     """Routes: /file.txt honours Range, /norange.txt ignores it, /short.txt promises
     the whole body but sends half and hangs up, /wrong.txt sends other bytes of the
-    same length; anything else is 404."""
+    same length; /corpus.zip and /short.zip are the same for a zip holding BODY;
+    anything else is 404."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         rng = self.headers.get("Range")
         self.server.log.append((self.path, rng))
-        body, status, extra = BODY, 200, {}
-        if self.path == "/file.txt" and rng:
+        full = ZIP if self.path.endswith(".zip") else BODY
+        body, status, extra = full, 200, {}
+        if self.path in ("/file.txt", "/corpus.zip") and rng:
             start = int(rng.removeprefix("bytes=").rstrip("-"))
-            if start >= len(BODY):
+            if start >= len(full):
                 self.send_error(416)
                 return
-            body, status = BODY[start:], 206
-            extra["Content-Range"] = f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"
+            body, status = full[start:], 206
+            extra["Content-Range"] = f"bytes {start}-{len(full) - 1}/{len(full)}"
         elif self.path == "/wrong.txt":
             body = BODY.upper()
-        elif self.path not in ("/file.txt", "/norange.txt", "/short.txt"):
+        elif self.path not in ("/file.txt", "/norange.txt", "/short.txt", "/corpus.zip", "/short.zip"):
             self.send_error(404)
             return
         self.send_response(status)
@@ -54,8 +68,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for key, value in extra.items():
             self.send_header(key, value)
         self.end_headers()
-        if self.path == "/short.txt":
-            body = body[:HALF]  # Content-Length says more: the client must notice
+        if self.path.startswith("/short."):
+            body = body[:len(full) // 2]  # Content-Length says more: the client must notice
             self.close_connection = True
         self.wfile.write(body)
         self.server.sent += len(body)
@@ -378,7 +392,8 @@ def test_catalogue_checks(tmp_path, monkeypatch):
 
 def test_shipped_catalogue():
     shipped = cat.load_catalog()
-    assert list(shipped) == ["shakespeare", "python"]
+    assert list(shipped) == ["shakespeare", "python", "warandpeace", "shakespeare-complete", "enwik8", "text8",
+                             "code"]
     sh = shipped["shakespeare"]
     assert sh["bytes"] == 1115394
     assert sh["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -408,6 +423,84 @@ def test_cache_dir_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cat.cache_dir() == tmp_path / "home" / ".cache" / "charrnn"
     assert cat.offline_dir() is None
+
+
+# --------------------------------------------------------------------------- unpinned and archived corpora
+
+
+def test_a_corpus_without_a_catalogue_hash_is_pinned_by_its_first_download(server, tmp_path, monkeypatch):
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/file.txt", size=None, sha=None))
+    path, _ = cat.resolve("tiny")
+    record = json.loads((cache(tmp_path) / "tiny.txt.json").read_text())
+    assert path.read_bytes() == BODY and record["sha256"] == SHA and record["bytes"] == len(BODY)
+    assert leftovers(tmp_path) == ["tiny.txt", "tiny.txt.json"]
+    assert cat.resolve("tiny")[0] == path and len(server.log) == 1        # from the cache, checked
+    path.write_bytes(BODY.upper())                                          # same size, other bytes
+    with pytest.raises(cat.CorpusError, match="has sha256"):
+        cat.resolve("tiny", fetch=False)
+
+
+def test_an_archived_corpus_keeps_its_member_and_a_record_and_drops_the_zip(server, tmp_path, monkeypatch):
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/corpus.zip", size=len(ZIP), sha=None,
+                                             archive="zip", member="tiny"))
+    path, _ = cat.resolve("tiny")
+    assert path == cache(tmp_path) / "tiny.txt" and path.read_bytes() == BODY
+    record = json.loads((cache(tmp_path) / "tiny.txt.json").read_text())
+    assert record["sha256"] == SHA and record["download_bytes"] == len(ZIP) and record["member"] == "tiny"
+    assert leftovers(tmp_path) == ["tiny.txt", "tiny.txt.json"]
+
+
+def test_an_archive_cut_off_halfway_resumes_and_a_wrong_member_leaves_nothing(server, tmp_path, monkeypatch):
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/short.zip", size=len(ZIP), sha=None,
+                                             archive="zip", member="tiny"))
+    with pytest.raises(cat.CorpusError, match="broke off.*run it again to resume"):
+        cat.resolve("tiny")
+    assert leftovers(tmp_path) == ["tiny.zip.part"]
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/corpus.zip", size=len(ZIP), sha=None,
+                                             archive="zip", member="tiny"))
+    server.sent = 0
+    assert cat.resolve("tiny")[0].read_bytes() == BODY
+    assert server.sent == len(ZIP) - len(ZIP) // 2                      # only the rest came
+    for p in cache(tmp_path).iterdir():
+        p.unlink()
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/corpus.zip", size=len(ZIP), sha=None,
+                                             archive="zip", member="enwik8"))
+    with pytest.raises(cat.CorpusError, match="not a zip holding enwik8"):
+        cat.resolve("tiny")
+    assert leftovers(tmp_path) == []
+
+
+def test_a_catalogue_split_and_archive_are_checked(tmp_path, monkeypatch):
+    for bad in ({"split": {"val_frac": 1.5, "test_frac": 0.1}}, {"archive": "tar"}, {"archive": "zip"}):
+        use_catalog(tmp_path, monkeypatch, entry("http://127.0.0.1:1/x", **bad))
+        with pytest.raises(cat.CorpusError):
+            cat.load_catalog()
+
+
+def test_the_shipped_catalogue_names_the_classic_corpora_with_their_splits():
+    c = cat.load_catalog()
+    assert {"warandpeace", "shakespeare-complete", "enwik8", "text8", "code"} <= set(c)
+    assert c["enwik8"]["split"]["val_frac"] == c["enwik8"]["split"]["test_frac"] == 0.05   # 90M/5M/5M
+    assert c["enwik8"]["archive"] == "zip" and c["text8"]["member"] == "text8"
+    assert all(c[n]["url"].startswith("https://www.gutenberg.org/cache/epub/")
+               for n in ("warandpeace", "shakespeare-complete"))
+
+
+def test_corpus_build_code_joins_a_folders_text_files_and_train_finds_it(tmp_path, monkeypatch):
+    src = tmp_path / "proj"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "b.c").write_text("int b;\n")
+    (src / "a.c").write_text("int a;")
+    (src / "logo.png").write_bytes(b"\x89PNG\0")
+    (src / "notes.md").write_text("# notes\n")
+    res = CliRunner().invoke(corpus, ["build", "code", str(src), "--glob", "*.c"])
+    assert res.exit_code == 0, res.output
+    path = Path(res.stdout.strip())
+    assert path.read_text() == "# ==== a.c ====\nint a;\n# ==== pkg/b.c ====\nint b;\n"
+    assert cat.resolve("code")[0] == path
+    listed = CliRunner().invoke(corpus, ["list"])
+    row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("code "))
+    assert row[1:3] == [str(path.stat().st_size), "B"] and "cached" in row and row[-1] == str(path)
 
 
 # --------------------------------------------------------------------------- the python corpus
@@ -454,8 +547,8 @@ def test_cli_list_get_path(server, tmp_path, monkeypatch):
     listed = runner.invoke(corpus, ["list"])
     assert listed.exit_code == 0
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:3]}
-    assert rows["tiny"][1:5] == ["200.0", "kB", "CC0", "no"]
-    assert rows["gone"][4] == "no"
+    assert rows["tiny"][1:5] == ["200.0", "kB", "CC0", "downloadable"]
+    assert rows["gone"][4] == "downloadable"
 
     path = runner.invoke(corpus, ["path", "tiny"])
     assert path.exit_code == 2 and "not present locally" in path.stderr and "Traceback" not in path.output
@@ -468,7 +561,7 @@ def test_cli_list_get_path(server, tmp_path, monkeypatch):
     path = runner.invoke(corpus, ["path", "tiny.txt"])
     assert path.exit_code == 0 and path.stdout.strip() == str(cache(tmp_path) / "tiny.txt")
     listed = runner.invoke(corpus, ["list"])
-    assert f"yes    cache: {cache(tmp_path) / 'tiny.txt'}" in listed.stdout
+    assert f"cached        -      {cache(tmp_path) / 'tiny.txt'}" in listed.stdout
 
     unknown = runner.invoke(corpus, ["get", "nope"])
     assert unknown.exit_code == 2 and "no catalogue corpus 'nope'" in unknown.stderr

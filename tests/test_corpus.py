@@ -51,3 +51,14 @@ def test_chunked_encoding_matches_the_whole_text_and_leaves_no_file(tmp_path, mo
     (tmp_path / "bad.txt").write_bytes(b"abc" * 100 + b"\xe9t\xe9")
     with pytest.raises(CorpusError, match=r"bad byte 0xe9 at offset 300; use --bytes .* --encoding"):
         load_corpus(str(tmp_path / "bad.txt"))
+
+
+def test_the_end_of_document_symbol_is_the_last_code_round_trips_and_decodes_to_nothing():
+    v = Vocab(chars="ab", eod=True)
+    assert v.size == 3 and v.eod_code == 2
+    assert Vocab.from_meta(v.to_meta()) == v
+    assert "eod" not in Vocab(chars="ab").to_meta()          # a model of one text: metadata as before
+    assert v.decode([0, 2, 1, 2]) == "ab"
+    assert Vocab(byte_mode=True, eod=True).size == 257 and Vocab(byte_mode=True, eod=True).dtype == np.uint16
+    with pytest.raises(ValueError):
+        Vocab.from_meta({"chars": "ab", "byte_mode": False, "eod": "yes"})

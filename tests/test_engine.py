@@ -85,6 +85,20 @@ def test_sequences_with_different_settings_in_one_batch_each_write_their_own_tex
         assert together[i] == alone[0] and len(alone[0]) == st.max_tokens and reasons[i] == "length"
 
 
+def test_a_model_of_documents_ends_a_sequence_at_its_end_symbol_and_writes_nothing_for_it():
+    cfg = tiny_config(vocab_size=4, hidden=8, layers=1)
+    p, _, _, _ = random_case(cfg, 1, 1, np.float32)
+    p["out.b"][...] = np.log([0.3, 0.3, 0.2, 0.2])       # the end symbol (code 3) one time in five
+    p["out.W"][...] *= 0.1
+    e = Engine("d", CpuBackend(cfg, p.astype(np.float32)), Vocab("abc", eod=True), Sessions(), Metrics())
+    e.start()
+    try:
+        texts, reasons = run_job(e, [Settings(max_tokens=500)] * 4, seed=3)
+    finally:
+        e.close()
+    assert all(r == "stop" for r in reasons.values()) and all(set(t) <= set("abc") for t in texts.values())
+
+
 _ON_CUDA = """
 import threading, numpy as np
 from charrnn.backends.cuda import CudaBackend

@@ -314,3 +314,40 @@ def test_cpu_sampling_loop_without_end_streams_what_a_capped_run_gives():
     endless = [c.copy() for c, _ in islice(generate(be, np.array([0]), Decoding(length=0, seed=9)), 30)]
     capped = [c.copy() for c, _ in generate(be, np.array([0]), Decoding(length=30, seed=9))]
     np.testing.assert_array_equal(endless, capped)
+
+
+# ---------------------------------------------------------------- documents (a model with the end symbol)
+@pytest.fixture(scope="module")
+def doc_model(tmp_path_factory):
+    """A model of documents: "abc" and the end symbol, drawn one time in five."""
+    return known_model(tmp_path_factory.mktemp("docs") / "doc.safetensors", "abc", [0.3, 0.3, 0.2, 0.2], eod=True)
+
+
+def test_documents_n_writes_n_whole_documents_and_stops(doc_model):
+    lines = [json.loads(x) for x in sample(doc_model, "--documents", "3", "--seed", "5", "--json").splitlines()]
+    assert [x["index"] for x in lines] == [0, 1, 2] and all(x["stopped"] for x in lines)
+    assert all(set(x["text"]) <= set("abc") for x in lines)     # the end symbol is never written
+    plain = sample(doc_model, "--documents", "3", "--seed", "5").decode()
+    assert plain == "\n".join(x["text"] + "\n" for x in lines)      # a blank line between documents
+
+
+def test_until_end_runs_one_sample_past_the_default_length_to_its_documents_end(tmp_path):
+    rare = known_model(tmp_path / "rare.safetensors", "abc", [0.333, 0.333, 0.333, 0.001], eod=True)
+    line = json.loads(sample(rare, "--until-end", "--seed", "3", "--json"))
+    assert line["stopped"] and line["chars"] > 0
+    capped = json.loads(sample(rare, "--until-end", "--seed", "3", "--json", "-n", "5"))
+    assert capped["chars"] == 5 and capped["text"] == line["text"][:5]
+
+
+def test_a_sample_of_a_document_model_starts_after_the_end_symbol(doc_model):
+    ck = ckpt.load(doc_model)
+    codes, echo, _ = prime_codes(ck.vocab, "ab")
+    assert codes.tolist() == [3, 0, 1] and echo == b"ab"
+    assert prime_codes(ck.vocab, "")[0].tolist() == [3]
+
+
+def test_documents_on_a_model_of_one_text_is_a_one_line_error(models):
+    res = run("sample", models["uni"], "--documents", "2")
+    assert res.exit_code == 2 and "knows no end of a document" in res.output
+    res = run("sample", models["uni"], "--documents", "2", "-N", "2")
+    assert res.exit_code == 2 and "not both" in res.output

@@ -331,7 +331,8 @@ def test_train_options_nest_the_model_config_and_the_cli_takes_their_defaults():
         if name not in ("device", "out", "max_epochs"):   # auto, a directory from the text, a budget-aware None
             assert params[name] == defaults[name], name
     assert not set(params) - TRAIN_OPTION_NAMES - {"text", "name", "encoding", "byte_mode", "resume",
-                                                   "init_from", "overwrite", "dist_mode", "dist_timeout"}
+                                                   "init_from", "overwrite", "dist_mode", "dist_timeout",
+                                                   "globs", "exclude", "strict"}    # how the documents are found
 
 
 def test_options_read_back_nested_as_saved_or_flat_as_given_on_the_command_line():

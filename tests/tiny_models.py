@@ -96,15 +96,16 @@ def skewed_bytes(n: int, seed: int = 0) -> bytes:
     return bytes(np.frombuffer(BYTE_VALUES, np.uint8)[r.choice(len(BYTE_VALUES), n, p=BYTE_PROBS)])
 
 
-def known_model(path: Path, chars: str, probs, hidden: int = 8, seed: int = 0) -> Path:
+def known_model(path: Path, chars: str, probs, hidden: int = 8, seed: int = 0, eod: bool = False) -> Path:
     """A random LSTM whose output bias is log(probs) and whose output weights are small, so its
-    next-character distribution is near `probs` but still depends on the input."""
-    cfg = tiny_config(vocab_size=len(chars), hidden=hidden, layers=1)
+    next-character distribution is near `probs` but still depends on the input. With `eod` the
+    vocabulary has the end-of-document symbol after `chars` (the last of `probs` is its)."""
+    cfg = tiny_config(vocab_size=len(chars) + eod, hidden=hidden, layers=1)
     params = init_params(cfg, np.random.default_rng(seed))
     params["out.b"][...] = np.log(np.asarray(probs, dtype=np.float64)).astype(np.float32)
     params["out.W"][...] *= 0.5
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.save(path, ckpt.Checkpoint(config=cfg, vocab=Vocab(chars=chars), params=params))
+    ckpt.save(path, ckpt.Checkpoint(config=cfg, vocab=Vocab(chars=chars, eod=eod), params=params))
     return path
 
 

@@ -133,7 +133,7 @@ class Trainer:
                 dist.bcast_(arr)
         self._start_backend(params)
         n = self.be.params_host().flat.size
-        check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state)) + (1 << 20))
+        check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state) + (self.average is not None)) + (1 << 20))
 
     # -- assembly, in the order __init__ takes the steps ------------------------------------
     def _encode(self, text: str | bytes | Corpus, base: ckpt.Checkpoint | None) -> np.ndarray:

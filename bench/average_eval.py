@@ -4,13 +4,17 @@ the raw one being what the same run without averaging would have trained.
 
     python bench/average_eval.py /tmp/runs/ts-s1 /tmp/runs/ts-s2 [--no-dynamic] [--log FILE]
 
-For each run directory, the last checkpoint's raw weights and its average are written weights-only
-beside it (raw.safetensors, average.safetensors), then each is scored by `charrnn eval --split
-val|test --json` and `charrnn eval --split test --dynamic --json` (the default rms rule), and the
-CPU seconds of each eval process are taken from the kernel (user + system: the machine is shared,
-wall time is not the cost). The dynamic eval's first run on each file includes computing the
-training-gradient statistics it then keeps beside the file (about 15 s of CPU). Prints a markdown
-table and, with --log, appends one JSON line per model.
+For each run directory: its best checkpoint as it is (the raw weights or the average, whichever
+validated better), and the other kind's weights from the last checkpoint, written weights-only
+beside it (raw.safetensors or average.safetensors); the step column says where each comes from,
+and the JSON lines give the step of each kind's best validation. Each is scored by `charrnn eval
+--split val|test --json` and `charrnn eval --split test --dynamic --json` (the default rms rule),
+and the CPU seconds of each eval process are taken from the kernel (user + system: the machine
+is shared, wall time is not the cost; each process's start-up, about a second, is in both, so
+the extra CPU per character of dynamic over static evaluation is given too). The dynamic eval's
+first run on each file includes computing the training-gradient statistics it then keeps beside
+the file (about 15 s of CPU). Prints a markdown table and, with --log, appends one JSON line per
+model.
 """
 from __future__ import annotations
 
@@ -41,18 +45,30 @@ def evaluate(model: Path, *flags: str) -> tuple[dict, float]:
     return json.loads(r.stdout), cpu_children() - c0
 
 
-def split_models(run: Path) -> dict[str, Path]:
-    """The last checkpoint's raw and averaged weights as two weights-only files in `run`."""
-    last = ckpt.load(run / "last.safetensors")
+def best_steps(run: Path) -> dict[str, tuple[int, float]]:
+    """The step and figure of each kind's best validation in metrics.jsonl (raw, average)."""
+    best: dict[str, tuple[int, float]] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        for kind, key in (("raw", "val_bpc"), ("average", "val_bpc_average")):
+            if r.get(key) is not None and (kind not in best or r[key] < best[kind][1]):
+                best[kind] = (r["step"], r[key])
+    return best
+
+
+def models(run: Path) -> dict[str, tuple[Path, int]]:
+    """The run's best checkpoint as it is (the weights that scored better, raw or average), and
+    the other kind's weights from the last checkpoint, written weights-only beside it."""
+    best, last = ckpt.load(run / "best.safetensors"), ckpt.load(run / "last.safetensors")
     if last.average is None:
         raise SystemExit(f"{run}: the last checkpoint holds no averaged weights (train with --average ema)")
-    out = {}
-    for name, flat in (("raw", last.params.flat), ("average", last.average)):
-        w = ckpt.weights_only(dataclasses.replace(last, params=Params(last.config, flat.copy())),
-                              {"weights": name})
-        ckpt.save(run / f"{name}.safetensors", w)
-        out[name] = run / f"{name}.safetensors"
-    return out
+    kind = best.metrics.get("weights", "raw")
+    other = "average" if kind == "raw" else "raw"
+    flat = last.average if other == "average" else last.params.flat
+    w = ckpt.weights_only(dataclasses.replace(last, params=Params(last.config, flat.copy())), {"weights": other})
+    ckpt.save(run / f"{other}.safetensors", w)
+    return {kind: (run / "best.safetensors", best.progress["step"]),
+            other: (run / f"{other}.safetensors", last.progress["step"])}
 
 
 def main() -> None:
@@ -63,9 +79,10 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     for run in a.runs:
-        step = ckpt.load(run / "last.safetensors").progress["step"]
-        for name, model in split_models(run).items():
-            row = {"run": str(run), "weights": name, "step": step}
+        at = best_steps(run)
+        for name, (model, step) in models(run).items():
+            row = {"run": str(run), "weights": name, "step": step, "best_val_step": at[name][0],
+                   "best_val_logged": at[name][1]}
             for split in ("val", "test"):
                 res, cpu = evaluate(model, "--split", split)
                 row[split], row[f"{split}_chars"], row[f"{split}_cpu_s"] = res["bits_per_char"], res["chars"], cpu

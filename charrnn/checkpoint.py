@@ -6,8 +6,9 @@ library and NumPy alone, so loading a file from a stranger can never run code (n
     rest      raw little-endian tensor data, packed in header order
 
 Tensors: "param/<name>" for every weight (model.py's names), "optim/<name>" for optimizer
-moments (flat), "state" for the carried hidden state; a weights-only export has only the
-first. Metadata (JSON strings): format and version, model config, vocabulary, optimizer,
+moments (flat), "average" for the averaged weights of a run with --average (flat, in the
+weights' layout: charrnn/average.py), "state" for the carried hidden state; a weights-only
+export has only the first. Metadata (JSON strings): format and version, model config, vocabulary, optimizer,
 training progress, RNG state, metrics, and for an export its provenance.
 Every field is validated on load; any problem is a CheckpointError with one sentence.
 Files are written to a temporary name in the same directory, fsynced, then renamed.
@@ -46,6 +47,7 @@ class Checkpoint:
     optimizer: dict | None = None                    # Optimizer.to_meta()
     optim_state: dict[str, np.ndarray] = field(default_factory=dict)
     state: np.ndarray | None = None                  # carried hidden state (L, S, B, H)
+    average: np.ndarray | None = None                # --average: the averaged weights, flat (average.py)
     progress: dict = field(default_factory=dict)     # progress.Progress.to_dict(): step, epoch, cursor, ...
     rng: dict | None = None                          # numpy bit_generator.state
     train_args: dict = field(default_factory=dict)   # the training flags, for the record and resume
@@ -60,7 +62,7 @@ def save(path: str | os.PathLike, ck: Checkpoint, half: bool = False) -> None:
     evaluate; loading widens them to float32), only in a file without optimizer moments or state."""
     if not np.all(np.isfinite(ck.params.flat)):
         raise CheckpointError("refusing to write a checkpoint with non-finite weights")
-    if half and (ck.optim_state or ck.state is not None):
+    if half and (ck.optim_state or ck.state is not None or ck.average is not None):
         raise CheckpointError("float16 weights are for weights-only files: resuming needs the float32 ones")
     if half and np.abs(ck.params.flat).max(initial=0.0) > HALF_MAX:
         raise CheckpointError(f"a weight exceeds float16's range ({HALF_MAX:g}); keep this model in float32")
@@ -69,6 +71,10 @@ def save(path: str | os.PathLike, ck: Checkpoint, half: bool = False) -> None:
         tensors[f"param/{name}"] = np.ascontiguousarray(ck.params[name], dtype="<f2" if half else "<f4")
     for name, arr in ck.optim_state.items():
         tensors[f"optim/{name}"] = np.ascontiguousarray(arr, dtype="<f4")
+    if ck.average is not None:
+        if ck.average.shape != ck.params.flat.shape or not np.all(np.isfinite(ck.average)):
+            raise CheckpointError("refusing to write a checkpoint with malformed averaged weights")
+        tensors["average"] = np.ascontiguousarray(ck.average, dtype="<f4")
     if ck.state is not None:
         tensors["state"] = np.ascontiguousarray(ck.state, dtype="<f4")
     meta = {
@@ -214,7 +220,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
     """Read and validate a checkpoint; raises CheckpointError with one sentence on any problem."""
     meta, tensors = read_raw(path)
     for k in tensors:
-        if not (k.startswith(("param/", "optim/")) or k == "state"):
+        if not (k.startswith(("param/", "optim/")) or k in ("state", "average")):
             raise CheckpointError(f"{path}: unexpected tensor {k!r}")
     try:
         config = ModelConfig.from_dict(_meta_json(meta, "config", dict))
@@ -253,7 +259,8 @@ def load(path: str | os.PathLike) -> Checkpoint:
     optimizer = _meta_json(meta, "optimizer", (dict, type(None)))
     _check_optimizer(path, optimizer)
     half = any(tensors[f"param/{name}"].dtype == DTYPES["F16"] for name, _ in shapes)
-    if half and (optimizer or any(k.startswith("optim/") for k in tensors) or "state" in tensors):
+    if half and (optimizer or any(k.startswith("optim/") for k in tensors) or "state" in tensors
+                 or "average" in tensors):
         raise CheckpointError(f"{path}: float16 weights with optimizer state (only weights-only files are half)")
     optim_state = {}
     allowed = STATE_NAMES[optimizer["name"]] if optimizer else ()
@@ -263,6 +270,11 @@ def load(path: str | os.PathLike) -> Checkpoint:
                     or not np.all(np.isfinite(arr)):
                 raise CheckpointError(f"{path}: optimizer state {k[6:]} is malformed")
             optim_state[k[6:]] = arr.copy()
+    average = tensors.get("average")
+    if average is not None:
+        if average.dtype != DTYPES["F32"] or average.shape != (params.flat.size,) or not np.all(np.isfinite(average)):
+            raise CheckpointError(f"{path}: the averaged weights are malformed")
+        average = average.copy()
     state = tensors.get("state")
     if state is not None:
         want = (config.layers, config.n_states)
@@ -281,13 +293,14 @@ def load(path: str | os.PathLike) -> Checkpoint:
     train_args = _meta_json(meta, "train_args", dict)
     _check_train_args(path, train_args)
     return Checkpoint(config=config, vocab=vocab, params=params, optimizer=optimizer,
-                      optim_state=optim_state, state=state, progress=progress, rng=rng,
+                      optim_state=optim_state, state=state, average=average, progress=progress, rng=rng,
                       train_args=train_args, metrics=_meta_json(meta, "metrics", dict),
                       provenance=_meta_json(meta, "provenance", dict) if "provenance" in meta else {})
 
 
 def weights_only(ck: Checkpoint, provenance: dict | None = None) -> Checkpoint:
-    """The checkpoint without what only resuming needs (optimizer moments, carried state, RNG):
+    """The checkpoint without what only resuming needs (optimizer moments, carried state, RNG,
+    averaged weights):
     enough to sample, evaluate and fine-tune (--init-from), at a third of the size."""
     keep = ("step", "epoch", "chars_seen", "best_val", "elapsed", "n_codes")
     args = dict(ck.train_args)

@@ -12,8 +12,8 @@ import click
 from charrnn.cli_base import CONTEXT, Finite, device_option, say, write_page
 from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
-from charrnn.options import (DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END, LR_FIND_MIN_STEPS, LR_FIND_START,
-                             LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES, SPLIT_BY, TrainOptions)
+from charrnn.options import (AVERAGES, DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END, LR_FIND_MIN_STEPS,
+                             LR_FIND_START, LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES, SPLIT_BY, TrainOptions)
 
 _D = TrainOptions()      # every default below is read from here, written once in options.py
 _CAPS = (INT_MAX, F32_MAX, 1e9)   # technical upper bounds: checked by TrainOptions.check, not shown in --help
@@ -113,6 +113,11 @@ OPTIMIZER_OPTIONS = [
 @click.option("--val-streams", type=_num("val_streams"), default=_D.val_streams, show_default=True,
               help="Score validation as this many contiguous pieces side by side in one batch: faster "
                    "where batch 1 is slow, a little higher than the one-stream figure of `charrnn eval`.")
+@click.option("--average", type=click.Choice(AVERAGES), default=_D.average, show_default=True,
+              help="ema: keep an exponential moving average of the weights beside them; each validation "
+                   "scores both, and best.safetensors keeps the better (its metrics say which).")
+@click.option("--average-decay", type=_num("average_decay"), default=_D.average_decay, show_default=True,
+              help="The average's forgetting factor per step (0.998: about the last 500 steps).")
 @click.option("--diag/--no-diag", default=_D.diag, show_default=True,
               help="Log Deeplearning4j-style diagnostics to metrics.jsonl at each validation: update:parameter "
                    "ratios, weight and gradient norms per tensor, mean |h| and |c| and saturated gates per "

@@ -65,6 +65,9 @@ class TrainOptions:
     report: bool = False           # keep report.html current in the run directory (live.py)
     val_streams: int = 1           # >1: validation scores the split as this many contiguous streams in
                                    # one batch (evaluate.py), a little higher than `charrnn eval`'s figure
+    average: str = "off"           # ema: keep an exponential moving average of the weights (average.py);
+                                   # each validation scores both, `best` keeps the better
+    average_decay: float = 0.998   # its forgetting factor per step: about 1 / (1 - 0.998) = 500 steps
     seed: int = 0
     device: str = "cpu"
     out: str = ""
@@ -119,7 +122,7 @@ class TrainOptions:
             if v is not None:
                 check_number(name, v, bounds)
         for name, choices in (("optimizer", tuple(OPTIMIZER_DEFAULTS)), ("lr_schedule", LR_SCHEDULES),
-                              ("split_by", SPLIT_BY)):
+                              ("split_by", SPLIT_BY), ("average", AVERAGES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{flag(name)}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
         from charrnn.optim import parse_clip     # NumPy comes with it: only when options are checked
@@ -132,6 +135,7 @@ class TrainOptions:
 
 LR_SCHEDULES = ("cosine", "constant")
 SPLIT_BY = ("auto", "document", "position")      # charrnn/documents.py reads them
+AVERAGES = ("off", "ema")          # --average: none, or an exponential moving average (charrnn/average.py)
 F32_MAX = 3.4028234663852886e38     # the kernels compute in float32: a larger number is inf there
 INT_MAX = 2 ** 62                   # a count that NumPy's int64 holds with room to add to it
 # (min, max, min excluded, max excluded) of every numeric option, the model's included: the command
@@ -154,6 +158,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "max_steps": (0, INT_MAX, False, False), "max_nan_retries": (0, INT_MAX, False, False),
     "val_every": (0, INT_MAX, False, False), "diag_every": (0, INT_MAX, False, False),
     "val_streams": (1, INT_MAX, False, False), "seed": (0, INT_MAX, False, False),
+    "average_decay": (0, 1, True, True),
 }
 
 

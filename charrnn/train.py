@@ -7,6 +7,10 @@ learning rate (at most `max_nan_retries` times); `--resume` repeats an uninterru
 for bit, because the step, epoch, cursor, rates, validation counters, RNG, optimizer moments
 and carried state all travel in the checkpoint.
 
+Averaged weights (--average ema, charrnn/average.py): an exponential moving average of the
+weights follows every step; each validation scores the raw weights and the average, and
+`best` holds whichever scored better (its metrics' "weights" says which: "raw" or "average").
+
 Data parallel (`dist`, a charrnn.dist.Comm): each rank trains its contiguous share of the B
 streams; the gradient, the loss and the stop signals travel in one all-reduced buffer per step,
 so every decision is taken on the same numbers everywhere and no rank skips a collective.
@@ -26,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from charrnn import average as averaging
 from charrnn import checkpoint as ckpt
 from charrnn import diagnostics
 from charrnn.backends import make_backend
@@ -66,6 +71,7 @@ class _Snapshot:
     opt_t: int
     rng: dict
     state: np.ndarray
+    average: np.ndarray | None
 
 
 class _Signals:
@@ -115,6 +121,8 @@ class Trainer:
         self.cfg = base.config if base else opts.model_config(self.vocab.size)
         self.rng = np.random.default_rng(opts.seed)
         params = self._initial_weights(base)
+        # the average starts from the weights the run starts from (a resume then loads its own)
+        self.average = params.flat.copy() if opts.average == "ema" else None
         self.opt = new_optimizer(opts, params.flat.size)
         self.clip = parse_clip(opts.clip)
         self._start_counters()
@@ -125,7 +133,7 @@ class Trainer:
                 dist.bcast_(arr)
         self._start_backend(params)
         n = self.be.params_host().flat.size
-        check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state)) + (1 << 20))
+        check_free_space(self.out, 3 * 4 * n * (1 + len(self.opt.state) + (self.average is not None)) + (1 << 20))
 
     # -- assembly, in the order __init__ takes the steps ------------------------------------
     def _encode(self, text: str | bytes | Corpus, base: ckpt.Checkpoint | None) -> np.ndarray:
@@ -229,6 +237,10 @@ class Trainer:
                     self.opt.state[k][:] = arr
         if ck.rng:
             self.rng.bit_generator.state = ck.rng
+        if self.average is not None and ck.average is not None:
+            self.average[:] = ck.average
+        elif self.average is not None and self.root:
+            self.log("the checkpoint holds no averaged weights: the average starts from its weights")
         bt = self.batches
         if ck.state is not None and ck.state.shape[2] == bt.batch:
             self.state = ck.state[:, :, bt.lo:bt.hi].copy()
@@ -270,11 +282,11 @@ class Trainer:
             d.barrier(node_only=True)
 
     # -- checkpoints ----------------------------------------------------------------
-    def _checkpoint(self, metrics: dict, state: np.ndarray) -> ckpt.Checkpoint:
+    def _checkpoint(self, metrics: dict, state: np.ndarray, params: Params | None = None) -> ckpt.Checkpoint:
         progress = dataclasses.replace(self.progress, lr=self.lr).to_dict()
-        return ckpt.Checkpoint(config=self.cfg, vocab=self.vocab, params=self.be.params_host(),
+        return ckpt.Checkpoint(config=self.cfg, vocab=self.vocab, params=params or self.be.params_host(),
                                optimizer=self.opt.to_meta(), optim_state=self.opt.state,
-                               state=state, progress=progress,
+                               state=state, average=self.average, progress=progress,
                                rng=self.rng.bit_generator.state,
                                train_args=self._train_args(),
                                metrics=metrics)
@@ -286,15 +298,16 @@ class Trainer:
             args["documents"] = self.documents
         return args
 
-    def save(self, name: str, metrics: dict | None = None) -> Path:
+    def save(self, name: str, metrics: dict | None = None, params: Params | None = None) -> Path:
         """Rank 0 writes; with several ranks this is a collective (the carried state of every
-        stream is gathered), and nobody leaves it before the file is in place."""
+        stream is gathered), and nobody leaves it before the file is in place. `params`: the
+        weights to write in place of the raw ones (`best` when the average scored better)."""
         path = self.out / f"{name}.safetensors"
         state = np.asarray(self.state, np.float32)
         if self.dist:
             state = self.dist.gather_streams(state, 2)
         if self.root:
-            ckpt.save(path, self._checkpoint(metrics or {}, state))
+            ckpt.save(path, self._checkpoint(metrics or {}, state, params))
         if self.dist:
             self.dist.barrier()
         return path
@@ -315,11 +328,22 @@ class Trainer:
         d.allreduce_(sums)
         return summary(float(sums[0]), int(sums[1]))["bits_per_char"]
 
+    def validate_average(self, progress: Callable[[int], None] | None = None) -> float | None:
+        """Bits/char of the averaged weights on the validation split: they take the raw weights'
+        place in the backend for the scoring, and the raw weights are put back bit for bit."""
+        raw = self.be.params_host().flat.copy()
+        self.be.set_params(self.average)
+        try:
+            return self.validate(progress)
+        finally:
+            self.be.set_params(raw)
+
     # -- numerical faults -------------------------------------------------------------
     def _snapshot(self) -> _Snapshot:
         return _Snapshot(dataclasses.replace(self.progress, lr=self.lr),
                          self.be.params_host().flat.copy(), {k: v.copy() for k, v in self.opt.state.items()},
-                         self.opt.t, self.rng.bit_generator.state, np.array(self.state, copy=True))
+                         self.opt.t, self.rng.bit_generator.state, np.array(self.state, copy=True),
+                         None if self.average is None else self.average.copy())
 
     def _weights_finite(self) -> bool:
         return bool(np.isfinite(self.be.params_host().flat).all())
@@ -344,6 +368,8 @@ class Trainer:
         self.opt.t = sn.opt_t
         self.rng.bit_generator.state = sn.rng
         self.state = sn.state.copy()
+        if sn.average is not None:
+            self.average[:] = sn.average
         self.lr = lr
         self._diag = None
         self.be = make_backend(self.o.device, self.cfg, Params(self.cfg, sn.flat.copy()), notify=self.notify)
@@ -391,6 +417,8 @@ class Trainer:
         chars = bt.batch * bt.seq_len
         self.state, self.lr_now, self.gnorm = state, lr_now, gnorm
         self.progress.step += 1
+        if self.average is not None:
+            averaging.update_(self.average, self.be.params_host().flat, self.o.average_decay, self.progress.step)
         self.progress.cursor += 1
         self.progress.chars_seen += chars
         bpc = loss / chars / LOG2
@@ -431,7 +459,11 @@ class Trainer:
         def check(_):       # one process alone may stop mid-validation; ranks stop only between steps
             if sig.signum:
                 raise TrainingInterrupted(sig.signum)
-        val_bpc = self.validate(progress=check)
+        val_bpc = raw_bpc = self.validate(progress=check)
+        avg_bpc = self.validate_average(progress=check) if self.average is not None else None
+        use_average = avg_bpc is not None and avg_bpc < raw_bpc
+        if use_average:         # the run's figure is the better one's: best, plateau and patience go by it
+            val_bpc = avg_bpc
         o = self.o
         if scheduled and val_bpc is not None:
             improved = val_bpc < self.progress.sched_best
@@ -444,8 +476,10 @@ class Trainer:
         rec = {"step": self.progress.step, "epoch": round(self._epochs(), 4),
                "chars": self.progress.chars_seen, "elapsed_s": round(self.progress.elapsed, 2),
                "train_bpc": None if self.progress.ema is None else round(self.progress.ema, 5),
-               "val_bpc": None if val_bpc is None else round(val_bpc, 5),
+               "val_bpc": None if raw_bpc is None else round(raw_bpc, 5),
                "lr": self.lr_now, "grad_norm": round(self.gnorm, 5)}
+        if avg_bpc is not None:
+            rec["val_bpc_average"] = round(avg_bpc, 5)
         if not scheduled:
             rec["scheduled"] = False
         if o.diag and self._diag is not None:
@@ -456,14 +490,19 @@ class Trainer:
             self._record_sample(rec)
         if bar is not None:
             bar.write(f"step {self.progress.step}  epoch {rec['epoch']:.2f}  train {ema:.4f}  "
-                      f"val {'n/a' if val_bpc is None else f'{val_bpc:.4f}'} bpc", file=sys.stderr)
+                      f"val {'n/a' if raw_bpc is None else f'{raw_bpc:.4f}'}"
+                      + ("" if avg_bpc is None else f", averaged {avg_bpc:.4f}") + " bpc", file=sys.stderr)
         best = (val_bpc is not None and val_bpc < self.progress.best_val) or \
             (val_bpc is None and not (self.out / "best.safetensors").exists())
         if best and val_bpc is not None:
             self.progress.best_val = val_bpc
         self.save("last", rec)
-        if best:
+        if best and self.average is None:
             self.save("best", rec)
+        elif best:              # the winner's weights and figure, and which they were
+            self.save("best", dict(rec, val_bpc=None if val_bpc is None else round(val_bpc, 5),
+                                   weights="average" if use_average else "raw"),
+                      params=Params(self.cfg, self.average.copy()) if use_average else None)
         self.last_val_bpc = val_bpc
         self._snap = self._snapshot()
         if self.live:

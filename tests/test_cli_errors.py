@@ -216,6 +216,7 @@ def test_an_unwritable_out_dir_is_one_line_at_start_up(good, tmp_path, monkeypat
     ["train", "x.txt", "--lr", "0"], ["train", "x.txt", "--val-frac", "1.2"], ["train", "x.txt", "--test-frac", "-0.1"],
     ["train", "x.txt", "--beta1", "1.5"], ["train", "x.txt", "--max-epochs", "-2"], ["train", "x.txt", "--minutes", "-1"],
     ["train", "x.txt", "--max-nan-retries", "-1"], ["train", "x.txt", "--hidden", "lots"],
+    ["train", "x.txt", "--average", "sma"], ["train", "x.txt", "--average-decay", "1"],
     ["sample", "--temp", "-0.5"], ["sample", "--top-p", "1.5"], ["sample", "--top-p", "0"], ["sample", "--top-k", "-1"],
     ["sample", "--length", "-5"], ["eval", "--split", "train"],
 ])

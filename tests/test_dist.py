@@ -165,8 +165,9 @@ def test_two_ranks_take_the_same_steps_as_one_process(tmp_path):
 
 @needs_mpi
 def test_two_rank_training_matches_one_process_in_float32(small_text, tmp_path):
-    """The whole trainer through the CLI: weights after 20 steps agree to 1e-5."""
-    common = ["train", str(small_text), *TINY, "--max-steps", "20"]
+    """The whole trainer through the CLI: weights and their average (--average ema) after 20
+    steps agree to 1e-5."""
+    common = ["train", str(small_text), *TINY, "--max-steps", "20", "--average", "ema", "--average-decay", "0.5"]
     one = _run(_charrnn(*common, "--dist", "off", "--out", str(tmp_path / "one")))
     two = _run(_mpi(2, *_charrnn(*common, "--out", str(tmp_path / "two"))))
     assert one.returncode == 0, one.stderr
@@ -178,12 +179,15 @@ def test_two_rank_training_matches_one_process_in_float32(small_text, tmp_path):
     print(f"trainer, float32: weights after 20 steps, 2 ranks vs 1, max relative difference {rel:.2e}")
     assert rel <= 1e-5
     np.testing.assert_allclose(b.state, a.state, atol=1e-4)
+    assert np.abs(b.average - a.average).max() <= 1e-5 * np.abs(a.average).max()
+    assert np.abs(a.average - w1).max() > 1e-3           # the average is not the weights themselves
 
 
 @needs_mpi
 def test_two_ranks_resume_after_ctrl_c_bit_for_bit(small_text, tmp_path):
-    """SIGINT to mpiexec at a random step; the resumed run ends on the uninterrupted run's weights."""
-    common = ["train", str(small_text), *TINY, "--max-steps", "30"]
+    """SIGINT to mpiexec at a random step; the resumed run ends on the uninterrupted run's weights
+    and their average (--average ema)."""
+    common = ["train", str(small_text), *TINY, "--max-steps", "30", "--average", "ema"]
     ref_run = _run(_mpi(2, *_charrnn(*common, "--out", str(tmp_path / "ref"))))
     assert ref_run.returncode == 0, ref_run.stderr
     step = random.Random().randint(3, 25)
@@ -208,6 +212,7 @@ def test_two_ranks_resume_after_ctrl_c_bit_for_bit(small_text, tmp_path):
     a, b = (ckpt.load(tmp_path / d / "last.safetensors") for d in ("ref", "cut"))
     assert b.progress["step"] == a.progress["step"] == 30
     np.testing.assert_array_equal(b.params.flat, a.params.flat)
+    np.testing.assert_array_equal(b.average, a.average)
     np.testing.assert_array_equal(b.state, a.state)
     c = ckpt.load(tmp_path / "one" / "last.safetensors")     # 2 ranks, then 1 process: close, not equal
     assert c.progress["world_size"] == 1 and c.progress["step"] == 30

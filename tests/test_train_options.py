@@ -384,6 +384,7 @@ def test_a_checkpoint_with_the_flat_training_record_of_earlier_versions_resumes_
     ("forget_bias", math.inf, "--forget-bias: inf"), ("max_epochs", 1e300, "--max-epochs"),
     ("seed", -1, "--seed"), ("clip", "norm:abc", "--clip: must be"), ("lr_schedule", "wavy", "--lr-schedule"),
     ("layers", 100000, "--layers: 100000 is out of range"), ("val_streams", 0, "--val-streams"),
+    ("average", "sma", "--average: 'sma' is not one of off, ema"), ("average_decay", 1.0, "--average-decay: 1 is out"),
 ])
 def test_every_option_is_checked_when_read_whether_given_or_from_a_checkpoint(field, value, why):
     with pytest.raises(ValueError, match=why.replace("(", r"\(")):

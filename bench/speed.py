@@ -337,17 +337,24 @@ def measure(workers: list[Worker], op: str, args_for, windows: int, target_s: fl
     return rates
 
 
-def run_config(name: str, threads: int, sides: list[str], quick: bool, cell: str = "lstm") -> dict:
+METRICS = ("train", "eval", "sample1", "sample64")
+
+
+def run_config(name: str, threads: int, sides: list[str], quick: bool, cell: str = "lstm",
+               metrics: tuple = METRICS) -> dict:
     layers, hidden, T, B = CONFIGS[name]
     windows, target, pause = (3, 0.3, 0.15) if quick else (5, 0.8, 0.25)
     ws = [Worker(s, (layers, hidden, T, B, cell), threads) for s in sides]
     res = {}
     try:
-        res["train"] = measure(ws, "train", lambda w, k: (k,), windows, target, pause)
+        if "train" in metrics:
+            res["train"] = measure(ws, "train", lambda w, k: (k,), windows, target, pause)
         eval_chars = EVAL_WINDOW * 4
-        res["eval"] = measure(ws, "eval", lambda w, k: (min(eval_chars * k, TEXT // 2),), windows, target / 2, pause)
+        if "eval" in metrics:
+            res["eval"] = measure(ws, "eval", lambda w, k: (min(eval_chars * k, TEXT // 2),), windows, target / 2,
+                                  pause)
         if name == "b":
-            for batch in (1, 64):
+            for batch in (b for b in (1, 64) if f"sample{b}" in metrics):
                 res[f"sample{batch}"] = measure(ws, "sample", lambda w, k, b=batch: (b, 20 * k),
                                                 windows, target / 2, pause)
         info = {w.side: w.ask("rss") for w in ws}
@@ -525,6 +532,8 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="replace the CPU speed section of bench/RESULTS.md")
     ap.add_argument("--native-blas", action="store_true",
                     help=f"drop {' and '.join(PINNED_BLAS_ENV)} for the benchmark's processes")
+    ap.add_argument("--metrics", default=",".join(METRICS),
+                    help="comma-separated subset of " + ",".join(METRICS) + " (sampling runs on config b only)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -538,6 +547,9 @@ def main() -> None:
     if bad:
         ap.error(f"unknown config {bad[0]!r} (choose from {', '.join(CONFIGS)})")
     threads = [int(t) for t in a.threads.split(",")]
+    metrics = tuple(m for m in a.metrics.split(",") if m)
+    if any(m not in METRICS for m in metrics):
+        ap.error(f"unknown metric in {a.metrics!r} (choose from {', '.join(METRICS)})")
     torch_version = None if a.no_torch else have_torch()
     sides = ["charrnn"] + (["pytorch"] if torch_version else [])
     if not torch_version:
@@ -557,7 +569,7 @@ def main() -> None:
     for n in threads:
         for c in configs:
             print(f"config {c}, {n} thread(s)...", file=sys.stderr, flush=True)
-            results[(c, n)] = run_config(c, n, sides, a.quick, a.cell)
+            results[(c, n)] = run_config(c, n, sides, a.quick, a.cell, metrics)
             print(table({(c, n): results[(c, n)]}, torch_version, peaks, a.cell), file=sys.stderr, flush=True)
     extra = []
     if not a.quick:

@@ -52,10 +52,12 @@ class CpuTuning:
     # below these sizes the lanes' hand-offs (tens of microseconds a task) cost more than they save
     lanes_min_chunk_macs: int = 2_000_000    # recurrent multiply-adds of one layer over one chunk
     lanes_min_params: int = 500_000          # the optimizer splits its buffer over the lanes from this size
-    # one stream of an LSTM (cpu_batch1.py): evaluation windows take the batch-1 kernels from
-    # this width (16-bit weights always do), and from batch1_parts_min_h run on up to
-    # batch1_parts workers (None: the BLAS thread count), each owning a block of the units
-    batch1_min_h: int = 256
+    # one stream of an LSTM (cpu_batch1.py): 16-bit weights always take the batch-1 kernels,
+    # float32 evaluation windows from batch1_min_h units (None: never; they measured within
+    # the noise of the window driver's path at 1 worker, bench/RESULTS.md "Batch 1"); from
+    # batch1_parts_min_h units on up to batch1_parts workers (None: the BLAS thread count),
+    # each owning a block of the units, cpu_batch1.Pick choosing 1 or that many by speed
+    batch1_min_h: int | None = None
     batch1_parts_min_h: int = 128
     batch1_parts: int | None = None
 
@@ -93,7 +95,8 @@ class CpuBackend:
     def _batch1_for(self, B: int) -> B1.Batch1 | None:
         """The batch-1 kernels (cpu_batch1.py) for one stream of an LSTM, else None."""
         cfg, tu = self.cfg, self.tuning
-        if B != 1 or cfg.cell != "lstm" or (self._words is None and cfg.hidden < tu.batch1_min_h):
+        if B != 1 or cfg.cell != "lstm" or (self._words is None and (tu.batch1_min_h is None
+                                                                        or cfg.hidden < tu.batch1_min_h)):
             return None
         if self._batch1 is None:
             parts = tu.batch1_parts if tu.batch1_parts is not None else K.blas_threads()

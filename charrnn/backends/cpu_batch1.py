@@ -33,7 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from charrnn.backends import cpu_kernels as K
-from charrnn.backends.cpu_kernels import (_call_cells, _cell_buffers, _draw_rows, add_bias, gather_rows, gemm,
+from charrnn.backends.cpu_kernels import (_call_cells, _cell_buffers, add_bias, draw_rows, gather_rows, gemm,
                                            softmax_xent)
 from charrnn.backends.lanes import lanes
 
@@ -192,10 +192,12 @@ _bounds = njit(inline="always")(part_bounds)
 
 
 # ---------------------------------------------------------------- products on a block of columns
-@njit(inline="always", fastmath=_EXACT, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=_EXACT, error_model="numpy")
 def _gemv_cols(x, W, a, stride, j0, w, nb):
     """a[g*w + n] += x @ W[:, g*stride + j0 + n] for blocks g < nb and n < w, each element in
-    the fixed order of the module's docstring. x (K,), W (K, N) of any weight type, a (nb*w,)."""
+    the fixed order of the module's docstring. x (K,), W (K, N) of any weight type, a (nb*w,).
+    Called, not inlined: the kernels call it at up to four places, each inlined copy compiled
+    again (seconds on a cold cache), and a call per product costs nothing measurable."""
     Kd = x.shape[0]
     K4 = Kd - Kd % 4
     for k in range(0, K4, 4):            # views, indexed from 0 by the loop variable: an offset
@@ -352,7 +354,7 @@ def lstm_generate_part(part, parts, flat, wflat, offs, embed_off, embed, out_w, 
             _gemv_cols(hbuf[nxt, L - 1], wflat[out_w:out_w + H * V].reshape(H, V), logits[0], 0, 0, V, 1)
             for k in range(V):
                 logits[0, k] += flat[out_w + H * V + k]
-            _draw_rows(logits, u[s], temp, top_k, out_codes[s], out_logp[s])
+            draw_rows(logits, u[s], temp, top_k, out_codes[s], out_logp[s])
             code[0] = out_codes[s, 0]
         if parts > 1:
             phase += 1
@@ -391,23 +393,34 @@ def run_parts(parts: int, fn) -> None:
 class Pick:
     """Which worker count runs the next call: `parts` or 1, by the speed each last had here.
     Both give the same bits, so only the time depends on the choice: on a busy machine, where
-    a partner descheduled at a barrier costs a time slice every step, one worker wins, and
-    the other count is tried again every `probe` calls in case the machine got quiet."""
+    a partner descheduled at a barrier costs a time slice every step, one worker wins (5x
+    at load 10 on 2 cores, bench/RESULTS.md), and the other count is tried again after `probe`
+    calls, twice as many after each try it loses (up to 64x), in case the machine got quiet."""
 
-    def __init__(self, parts: int, probe: int = 16):
-        self.parts, self.probe, self.calls = parts, probe, 0
+    def __init__(self, parts: int, probe: int = 8):
+        self.parts, self.probe, self.wait, self.left = parts, probe, probe, probe
         self.rate: dict[int, float] = {}
+        self._trying: int | None = None
 
     def next(self) -> int:
-        self.calls += 1
         for p in (self.parts, 1):
             if p not in self.rate:
                 return p
         best = max(self.rate, key=self.rate.get)
-        return (1 if best != 1 else self.parts) if self.calls % self.probe == 0 else best
+        self.left -= 1
+        if self.left <= 0:
+            self.left = self.wait
+            self._trying = 1 if best != 1 else self.parts
+            return self._trying
+        return best
 
     def record(self, parts: int, chars: int, seconds: float) -> None:
-        self.rate[parts] = chars / max(seconds, 1e-9)
+        self.rate[parts] = rate = chars / max(seconds, 1e-9)
+        if parts == self._trying:
+            self._trying = None
+            won = rate >= max(r for p, r in self.rate.items() if p != parts)
+            self.wait = self.probe if won else min(2 * self.wait, 64 * self.probe)
+            self.left = self.wait
 
 
 class Batch1:

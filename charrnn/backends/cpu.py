@@ -4,7 +4,9 @@ The backend contract (backends/__init__.py) on the CPU: `train_step` and `loss` 
 through the one window driver (cpu_window.py), which composes each cell's chunk forward and
 backward (cpu_layers.py) into a task graph and runs it on several lanes (lanes.py) or on the
 calling thread; sampling runs every layer of an LSTM step in one compiled call (cpu_kernels.
-lstm_step, lstm_generate), and a GRU's or RNN's step as a one-step window. This module decides
+lstm_step, lstm_generate), and a GRU's or RNN's step as a one-step window. One stream with
+16-bit weights (`weights="bf16"|"f16"`, sampling and evaluation only) runs cpu_batch1.py's
+kernels on per-core workers (float32 evaluation too where CpuTuning.batch1_min_h asks). This module decides
 which path a window takes (`CpuTuning`, measured in bench/RESULTS.md) and compiles each path
 before its first use (`_warm_up`). Works in float32 (training) and float64 (tests against
 reference.py).

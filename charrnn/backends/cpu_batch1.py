@@ -37,7 +37,6 @@ from charrnn.backends.cpu_kernels import (_call_cells, _cell_buffers, add_bias, 
                                            softmax_xent)
 from charrnn.backends.lanes import lanes
 
-FORMATS = ("f32", "bf16", "f16")
 _EXACT = {"contract"}
 SPIN = 2000               # barrier spins (each a `pause`) before each sched_yield
 ABORT = 8                 # sync[ABORT], a cache line away from the counter at sync[0]
@@ -252,6 +251,9 @@ def lstm_window_part(part, parts, flat, wflat, offs, embed_off, embed, out_w, co
     for l in range(L):
         o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
         Wh = wflat[o_h:o_h + H * G].reshape(H, G)
+        x = np.empty((T if l == 0 and embed_off >= 0 else 0, embed), dt)
+        if x.shape[0]:                           # the embedded codes, once for the four gate blocks
+            gather_rows(flat[embed_off:embed_off + V * embed].reshape(V, embed), codes, x)
         for g in range(4):                       # this worker's columns of the input projections
             c0 = g * H + j0
             if l == 0 and embed_off < 0:
@@ -260,8 +262,6 @@ def lstm_window_part(part, parts, flat, wflat, offs, embed_off, embed, out_w, co
                     for n in range(w):
                         pre[t, c0 + n] = flat[r + n]
             elif l == 0:
-                x = np.empty((T, embed), dt)
-                gather_rows(flat[embed_off:embed_off + V * embed].reshape(V, embed), codes, x)
                 gemm(x, flat[o_x:o_x + embed * G].reshape(embed, G)[:, c0:c0 + w], pre[:, c0:c0 + w],
                      False, False, 0.0)
             else:

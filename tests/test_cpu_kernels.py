@@ -193,3 +193,25 @@ def test_blas_core_names_the_kernels_that_openblas_coretype_pins():
         env = dict(os.environ, OPENBLAS_CORETYPE=core)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == core
+
+
+_ASIDE = """
+import numpy as np
+from charrnn.backends import cpu_kernels as K
+f32 = np.dtype(np.float32)
+assert K._cells_cached(f32) is False
+assert K.compile_cells_aside(f32) is True
+assert K.compile_cells_aside(f32) is False          # one process per dtype
+child = K._COMPILING[f32]
+at = K.lstm_cells_at(f32)
+assert at and child.returncode == 0 and not K._COMPILING
+assert K._cells_cached(f32) is True
+assert K.compile_cells_aside(f32) is False          # loaded: nothing to do
+print("ok")
+"""
+
+
+def test_a_cold_cell_compiles_in_a_second_process_into_the_cache_and_is_loaded_from_there(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", _ASIDE], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -249,7 +249,10 @@ class CpuBackend:
         if not dec.own_loop_ok:
             raise ValueError("top-p and stop strings are drawn by sample.step_loop")
         length, batch = dec.length, dec.batch
-        _warm_up(self, "generate1" if batch == 1 and self._words is not None else "generate")
+        if batch == 1 and self._words is not None:
+            _warm_up(self, "generate1")
+        else:
+            _warm_up(self, "generate", many_rows=batch > K.SMALL_M)
         rngs = [np.random.default_rng(dec.seed + i) for i in range(batch)]
         prime = np.asarray(prime_codes, dtype=np.int64).reshape(-1)
         if state is None:
@@ -271,9 +274,11 @@ class CpuBackend:
             if batch == 1 and self._words is not None:     # 16-bit weights: cpu_batch1's workers
                 self._batch1_for(1).generate(codes, state, u, temp, top_k, out_codes, out_logp)
             elif self.cfg.cell == "lstm":
-                K.lstm_generate(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
-                                state, logits, self.kind, u, temp, top_k, out_codes, out_logp,
-                                K.lstm_cells_at(self.dtype))
+                gen = K.lstm_generate if batch <= K.SMALL_M else K.lstm_generate_many
+                args = (self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
+                        state, logits, self.kind, u, temp, top_k, out_codes, out_logp)
+                K.compile_first(gen, *args, 0)
+                gen(*args, K.lstm_cells_at(self.dtype))
             else:
                 for s in range(steps):
                     lg, state = self.step(codes, state)
@@ -330,7 +335,7 @@ _PATHS = {"generate": ("sampling", 5), "step": ("sampling", 5), "loss": ("scorin
 
 
 def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None = None,
-             transposed: bool = False) -> None:
+             transposed: bool = False, many_rows: bool = False) -> None:
     """Before a path's first real call in this process, run it once on a tiny model so its
     kernels compile (or load from the on-disk cache) up front, and say so on stderr, in one
     line with the time it expects, if that takes long instead of looking hung (once per
@@ -338,9 +343,10 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     cell, product orientation and (for an update) optimizer and penalties, so a command compiles
     only what it uses: on a cold cache every kernel left out is seconds saved. n_lanes and
     transposed: the lanes and the LSTM product the real call will use (the tiny model takes
-    the same path)."""
+    the same path); many_rows: sampling more than SMALL_M rows, which has a kernel of its own."""
     rule = (opt.name, bool(opt.weight_decay or opt.l1)) if opt is not None else None
-    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1, transposed, rule, be.weights)
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1, transposed, many_rows, rule,
+           be.weights)
     if key in _warmed:
         return
     _warmed.add(key)                   # first, so the tiny model's own calls do not recurse
@@ -355,11 +361,15 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
 
     watcher = threading.Thread(target=tell, daemon=True)
     watcher.start()
+    if be.cfg.cell == "lstm":
+        from charrnn import dist
+        if dist.current() is None:     # not beside MPI ranks: one more process per rank is no gain
+            K.compile_cells_aside(be.dtype)
     from charrnn.model import ModelConfig as MC, init_params
     tiny = MC(vocab_size=3, hidden=2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
               dropout=0.5 if be.cfg.dropout else 0.0)
     tuning = replace(be.tuning, lanes=n_lanes)
-    B = 1
+    B = K.SMALL_M + 1 if many_rows else 1
     if transposed:                     # the tiny model's batch and width must take that product too
         B = K.SMALL_M + 1
         tuning = replace(tuning, transposed_min_h=0, transposed_max_b=max(B, tuning.transposed_max_b))
@@ -375,7 +385,7 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
         tb.step(x[0], tb.zero_state(B))
     elif path in ("generate", "generate1"):
         from charrnn.decoding import Decoding
-        for _ in tb.generate(x[:1, 0], Decoding(length=2, top_k=1)):   # one prime code: no step() before
+        for _ in tb.generate(x[:1, 0], Decoding(length=2, top_k=1, batch=B)):   # one prime code: no step() before
             pass
     else:
         tb.optimizer_step(Optimizer(opt.name, tb.p.flat.size, be.dtype, weight_decay=1e-9 if rule[1] else 0.0),

@@ -20,7 +20,10 @@
   one C function per float type whose address the kernels take (`lstm_cells_at`), and `mm` is
   called; the kernels for the two product orientations (`lstm_forward`/`lstm_forward_t`,
   `lstm_backward`/`lstm_backward_t`) are apart, so a run compiles only the one it takes; and
-  `lstm_generate` inlines the step and the draw, which it would otherwise compile twice.
+  `lstm_generate` inlines the step and the draw, which it would otherwise compile twice, and
+  takes only the exact products (`lstm_generate_many`, more than SMALL_M rows, takes BLAS's).
+  On a cold cache the cell compiles in a second process while this one compiles the kernels
+  (`compile_cells_aside`, `compile_first`): the two largest pieces on two cores.
 Every kernel is serial (the calling thread), and those the lanes call (cpu_window.py) release
 the GIL. The cores belong either to BLAS, whose thread count `set_blas_threads` sets, or to the
 lanes, each calling BLAS on one thread. Serial loops keep every float reduction in a fixed order.
@@ -31,6 +34,7 @@ import ctypes
 import glob
 import math
 import os
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -418,6 +422,49 @@ def _lstm_cells_c64(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B,
 
 
 _CELLS: dict = {}
+_COMPILING: dict = {}     # dtype -> the subprocess compiling its cell into the cache (compile_cells_aside)
+_CELLS_LOCK = threading.Lock()   # lanes ask for the cell at once: one waits or compiles, the rest reuse it
+
+
+def _cells_py(dt: np.dtype):
+    return (_lstm_cells_c32, types.float32) if dt == np.float32 else (_lstm_cells_c64, types.float64)
+
+
+def _cells_cached(dt: np.dtype) -> bool | None:
+    """Whether Numba's on-disk cache holds the cell's C function for `dt` on this machine: the
+    lookup Numba itself makes, without loading the code. None when that cannot be told (caching
+    off, or a Numba whose cache internals differ): then nothing is compiled aside."""
+    try:
+        from numba.core.caching import FunctionCache
+        from numba.core.registry import cpu_target
+        py, f = _cells_py(dt)
+        cache = FunctionCache(py)
+        key = cache._index_key(_cells_sig(f), cpu_target.target_context.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:
+        return None
+
+
+def compile_cells_aside(dtype) -> bool:
+    """On a cold cache, start compiling the LSTM cell's C function for `dtype` into Numba's
+    cache in a second process, so that the kernels compiling here meanwhile (they take the cell
+    by address, not its code) and the cell use both cores: the two largest pieces of a first
+    `charrnn sample` or training step. lstm_cells_at then waits for that process and loads the
+    result, which is what every later run loads too. Returns whether a process was started."""
+    dt = np.dtype(dtype)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or dt in _CELLS or dt in _COMPILING or _cells_cached(dt) is not False:
+        return False      # one core: the two would take turns, and the second process costs its start
+    import subprocess
+    import sys
+    code = ("import numpy; from charrnn.backends.cpu_kernels import lstm_cells_at; "
+            f"lstm_cells_at(numpy.dtype('{dt.str}'))")
+    try:
+        _COMPILING[dt] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return False
+    return True
 
 
 def lstm_cells_at(dtype) -> int:
@@ -431,11 +478,29 @@ def lstm_cells_at(dtype) -> int:
     caller passes the address for its arrays' dtype; the kernels cannot check it."""
     dt = np.dtype(dtype)
     at = _CELLS.get(dt)
-    if at is None:
-        py = _lstm_cells_c32 if dt == np.float32 else _lstm_cells_c64
-        f = types.float32 if dt == np.float32 else types.float64
+    if at is not None:
+        return at
+    with _CELLS_LOCK:
+        at = _CELLS.get(dt)
+        if at is not None:
+            return at
+        aside = _COMPILING.pop(dt, None)
+        if aside is not None:            # its result is in the cache unless it failed: then compile here
+            try:
+                aside.wait(timeout=300)
+            except Exception:
+                aside.kill()
+        py, f = _cells_py(dt)
         at = _CELLS[dt] = cfunc(_cells_sig(f), cache=True, fastmath=_FM, error_model="numpy")(py).address
     return at
+
+
+def compile_first(kernel, *args) -> None:
+    """Compile `kernel` for these arguments without running it, when the cell is still being
+    compiled aside: a kernel that takes the cell's address is compiled before the address is
+    asked for, which is what lets the two compile at once."""
+    if _COMPILING:
+        kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
 
 
 @intrinsic
@@ -736,18 +801,17 @@ _draw_rows = njit(inline="always", error_model="numpy")(draw_rows)
 draw_rows = njit(cache=True, nogil=True, error_model="numpy")(draw_rows)
 
 
-@njit(cache=True, error_model="numpy")
-def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
-                  out_codes, out_logp, cells):
+def _generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
+              out_codes, out_logp, cells, fixed):
     """len(u) sampling steps of the whole model in one call: lstm_step, then draw_rows with
     u[s] (one uniform per row). codes (B,) holds the last code and state (L,2,B,H) the state
     on entry; both hold the newest on return. logits (B,V) is a work buffer. Writes
     out_codes, out_logp (steps, B). The step and the draw are inlined: compiled here once
-    rather than each on its own and again as part of this kernel."""
+    rather than each on its own and again as part of this kernel. `fixed` is a constant in
+    each kernel below, so each compiles only its own products (Numba prunes the other branch)."""
     nxt = np.empty_like(state)
     for st in range(u.shape[0]):
-        _lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, cells,
-                   codes.shape[0] <= SMALL_M)
+        _lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, cells, fixed)
         # element by element, like draw_rows' copies: slice assignment compiles shape-error formatting
         s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
         for i in range(s_flat.shape[0]):
@@ -755,6 +819,27 @@ def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kin
         _draw_rows(logits, u[st], temp, top_k, out_codes[st], out_logp[st])
         for bi in range(codes.shape[0]):
             codes[bi] = out_codes[st, bi]
+
+
+_generate = njit(inline="always", error_model="numpy")(_generate)
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
+                  out_codes, out_logp, cells):
+    """_generate for at most SMALL_M rows: every product in mm_exact, so a row's text does not
+    depend on the batch (`charrnn sample` writes what `charrnn serve` writes for a seed). The
+    first `charrnn sample` compiles only this: no BLAS path (issue 28)."""
+    _generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
+              out_codes, out_logp, cells, True)
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_generate_many(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
+                       out_codes, out_logp, cells):
+    """_generate for more than SMALL_M rows: products through mm (BLAS)."""
+    _generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
+              out_codes, out_logp, cells, False)
 
 
 # ---------------------------------------------------------------- input and output sides

@@ -48,11 +48,10 @@ class Layer:
 
 # ---------------------------------------------------------------- LSTM
 def lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
-    cells = K.lstm_cells_at(ly.pre.dtype)
-    if transposed:
-        K.lstm_forward_t(ly.pre[t0:t1], ly.b, ly.WhT, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1], kind, cells)
-    else:
-        K.lstm_forward(ly.pre[t0:t1], ly.b, ly.Wh, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1], kind, cells)
+    kernel, W = (K.lstm_forward_t, ly.WhT) if transposed else (K.lstm_forward, ly.Wh)
+    args = (ly.pre[t0:t1], ly.b, W, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1], kind)
+    K.compile_first(kernel, *args, 0)
+    kernel(*args, K.lstm_cells_at(ly.pre.dtype))
 
 
 def lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,

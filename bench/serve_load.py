@@ -9,7 +9,10 @@ stops after --max-seconds, and the soak (--soak SECONDS, 64 clients requesting i
 its time. Reports per level: aggregate characters/s (all characters over the level's wall time),
 per-request time to the first character (p50, p99), and inter-character time (p50, p99: a chunk
 of k characters arriving t after the last gives each of its characters t/k), and the batch-size
-histogram /metrics gained during the level. The soak reports the server's RSS every 10 s.
+histogram /metrics gained during the level, and the CPU time the server process used per 1000
+characters (user + system, from /proc): on a shared machine the wall-clock rates move with the
+other tenants' load, the CPU time a character costs much less. The soak reports the server's
+RSS every 10 s.
 
     python bench/serve_load.py                       # the four levels (~1-2 min on 2 cores)
     python bench/serve_load.py --soak 300            # and 5 minutes at 64 clients
@@ -78,7 +81,14 @@ def metrics(port: int) -> dict[str, float]:
     return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))}
 
 
-async def level(port: int, clients: int, rounds: int, chars: int, max_seconds: float) -> dict:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def level(port: int, pid: int, clients: int, rounds: int, chars: int, max_seconds: float) -> dict:
     deadline = time.perf_counter() + max_seconds
     results: list[dict] = []
 
@@ -90,9 +100,9 @@ async def level(port: int, clients: int, rounds: int, chars: int, max_seconds: f
                                                     "temperature": 0.8}))
 
     before = metrics(port)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_s(pid)
     await asyncio.gather(*(client(i) for i in range(clients)))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_s(pid) - cpu0
     after = metrics(port)
     ttfc = np.array([r["ttfc"] for r in results])
     gaps = np.concatenate([r["gaps"] for r in results])
@@ -100,6 +110,7 @@ async def level(port: int, clients: int, rounds: int, chars: int, max_seconds: f
             for k in after if k.startswith("charrnn_batch_size_bucket")}
     return {"clients": clients, "requests": len(results), "chars": int(sum(r["chars"] for r in results)),
             "wall_s": wall, "chars_per_s": sum(r["chars"] for r in results) / wall,
+            "server_cpu_ms_per_1000_chars": 1e6 * cpu / max(1, sum(r["chars"] for r in results)),
             "ttfc_p50_ms": 1e3 * float(np.percentile(ttfc, 50)), "ttfc_p99_ms": 1e3 * float(np.percentile(ttfc, 99)),
             "gap_p50_ms": 1e3 * float(np.percentile(gaps, 50)), "gap_p99_ms": 1e3 * float(np.percentile(gaps, 99)),
             "batch_size_histogram": hist}
@@ -157,11 +168,12 @@ def main() -> None:
                 time.sleep(0.5)
         out = {"levels": [], "load_before": os.getloadavg()}
         for c in map(int, args.levels.split(",")):
-            res = asyncio.run(level(port, c, max(args.rounds, -(-16 // c)), args.chars, args.max_seconds))
+            res = asyncio.run(level(port, server.pid, c, max(args.rounds, -(-16 // c)), args.chars, args.max_seconds))
             out["levels"].append(res)
             print(f"{c:3d} clients: {res['chars_per_s']:8.0f} chars/s  first char p50 {res['ttfc_p50_ms']:7.1f} "
                   f"p99 {res['ttfc_p99_ms']:7.1f} ms  between chars p50 {res['gap_p50_ms']:6.2f} "
-                  f"p99 {res['gap_p99_ms']:6.2f} ms  ({res['requests']} requests, {res['wall_s']:.1f} s)",
+                  f"p99 {res['gap_p99_ms']:6.2f} ms  server CPU {res['server_cpu_ms_per_1000_chars']:5.0f} ms "
+                  f"per 1000 chars  ({res['requests']} requests, {res['wall_s']:.1f} s)",
                   file=sys.stderr)
         if args.soak:
             out["soak_rss_mib"] = asyncio.run(soak(port, server.pid, args.soak, args.chars))

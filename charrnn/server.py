@@ -97,6 +97,41 @@ def _observe(counts: list[int], value: float) -> None:
     counts[-1] += 1
 
 
+class Mailbox:
+    """Hands the engines' events to the event loop in batches, on a tick. Waking the loop from an
+    engine's thread (`loop.call_soon_threadsafe`, a write to the loop's wake-up socket) once per
+    stream per step cost that thread a fifth of its time at 32 streams, and once per step still
+    a sixth: the write gives up the GIL, and the engine then waits for the busy loop to hand it
+    back (bench/RESULTS.md, "charrnn serve under load", 2026-12-06 evening). So an engine only
+    appends; while anything is arriving the loop collects every `tick` seconds (well under the
+    streams' chunk interval), and the thread wakes the loop only for the first events after a
+    quiet spell. Events reach their queues in the order they were posted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.005):
+        self.loop, self.tick = loop, tick
+        self._items: list[tuple[asyncio.Queue, list]] = []
+        self._lock = threading.Lock()
+        self._ticking = False
+
+    def post(self, queue: asyncio.Queue, events: list) -> None:
+        """From any thread: queue.put_nowait(events) on the loop, within `tick` seconds."""
+        with self._lock:
+            self._items.append((queue, events))
+            if self._ticking:
+                return
+            self._ticking = True
+        self.loop.call_soon_threadsafe(self._collect)
+
+    def _collect(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._ticking = bool(items)
+        for queue, events in items:
+            queue.put_nowait(events)
+        if items:
+            self.loop.call_later(self.tick, self._collect)
+
+
 # ---------------------------------------------------------------- the request
 @dataclass
 class Request:
@@ -247,25 +282,40 @@ class EventStream:
         self.chunks, self.close, self.timeout = chunks, close, timeout
 
     async def __call__(self, scope, receive, send) -> None:
+        loop = asyncio.get_running_loop()
+        began: list[float | None] = [None]     # when the write under way began; None between writes
+
         async def write():
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
                                     (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
             async for chunk in self.chunks:
-                await asyncio.wait_for(send({"type": "http.response.body", "body": chunk, "more_body": True}),
-                                       self.timeout)
+                began[0] = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                began[0] = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         async def watch():
             while (await receive())["type"] != "http.disconnect":
                 pass
 
+        # The deadline of each write is checked by one timer per stream rather than by wrapping
+        # every write in asyncio.wait_for, whose task and timer cost 65 us a chunk on the busy
+        # machine, most of what a chunk costs the event loop at 32 streams.
+        def check() -> None:
+            if began[0] is not None and loop.time() - began[0] > self.timeout:
+                tasks[0].cancel()                # the client stopped reading
+            else:
+                timer[0] = loop.call_later(self.timeout / 4, check)
+
         tasks = [asyncio.ensure_future(write()), asyncio.ensure_future(watch())]
+        timer = [loop.call_later(self.timeout / 4, check)]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if tasks[0] in done and not tasks[0].cancelled():
                 tasks[0].exception()           # retrieved: a timeout or a closed socket ends it quietly
         finally:
+            timer[0].cancel()
             self.close()
             for t in tasks:
                 t.cancel()
@@ -279,6 +329,15 @@ def build_app(hub: Hub):
     from starlette.requests import Request as HttpRequest
     from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
+
+    boxes: list[Mailbox] = []
+
+    def mailbox() -> Mailbox:
+        """The running loop's mailbox (one loop serves the app; a test may run it on another)."""
+        loop = asyncio.get_running_loop()
+        if not boxes or boxes[0].loop is not loop:
+            boxes[:] = [Mailbox(loop)]
+        return boxes[0]
 
     def fail(e: ApiError) -> Response:
         hub.count(e.status)
@@ -332,10 +391,10 @@ def build_app(hub: Hub):
         if hub.in_flight + nseq > hub.limits.max_streams:
             return fail(ApiError(429, f"the server is generating its maximum of {hub.limits.max_streams} "
                                       "sequences; try again shortly", "too_many_streams"))
-        loop = asyncio.get_running_loop()
+        box = mailbox()
         queue: asyncio.Queue = asyncio.Queue()
         try:
-            job, echoes = make_job(hub, req, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+            job, echoes = make_job(hub, req, lambda ev: box.post(queue, ev))
         except ApiError as e:
             return fail(e)
         hub.in_flight += nseq
@@ -395,7 +454,12 @@ def build_app(hub: Hub):
 
     async def sse(req: Request, job: Job, queue: asyncio.Queue, head: dict, echoes: list[str],
                   t0: float) -> AsyncIterator[bytes]:
+        opening = "data: " + json.dumps(head, ensure_ascii=False)[:-1] + ', "choices": [{"text": '
+
         def chunk(i: int, text: str, lp=None, reason=None) -> bytes:
+            if lp is None and reason is None:     # most chunks: the same bytes, without the dicts
+                return (opening + json.dumps(text, ensure_ascii=False)
+                        + f', "index": {i}, "logprobs": null, "finish_reason": null}}]}}\n\n').encode("utf-8")
             c = {**head, "choices": [{"text": text, "index": i, "logprobs": lp, "finish_reason": reason}]}
             return b"data: " + json.dumps(c, ensure_ascii=False).encode("utf-8") + b"\n\n"
 

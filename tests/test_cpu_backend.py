@@ -270,3 +270,27 @@ def test_step_rows_gives_each_row_bit_identically_alone_or_in_any_batch(cell, em
     one, _ = be.step(x[0, :1], state[:, :, :1])          # one row: the sampler's own step
     assert np.array_equal(one, logits[:1])
     np.testing.assert_allclose(be.step(x[0], state)[0], logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("embed", [0, 6])
+def test_step_rows_split_over_two_lanes_gives_the_bits_of_one_lane(embed):
+    """A large batch's rows run in two halves on two lanes (when two BLAS threads own the cores);
+    the halves' rows must come out as the whole batch's on one thread, every split point."""
+    from charrnn.backends import cpu_kernels as K
+
+    cfg = tiny_config(vocab_size=11, hidden=40, layers=2, cell="lstm", embed=embed)
+    p, x, _, state = random_case(cfg, 1, 37, np.float32)
+    state = state.astype(np.float32)
+    whole = CpuBackend(cfg, p.astype(np.float32), tuning=CpuTuning(rows_split_min=1 << 30))
+    want = whole.step_rows(x[0], state)
+    threads = K.blas_threads()
+    if threads < 2 and not K.set_blas_threads(2):
+        pytest.skip("one BLAS thread and no way to set two: step_rows does not split")
+    try:
+        split = CpuBackend(cfg, p.astype(np.float32), tuning=CpuTuning(rows_split_min=2))
+        for B in (2, 3, 17, 37):
+            got = split.step_rows(x[0, :B], state[:, :, :B])
+            assert np.array_equal(got[0], want[0][:B]) and np.array_equal(got[1], want[1][:, :, :B])
+    finally:
+        if threads < 2:
+            K.set_blas_threads(threads)

@@ -186,6 +186,50 @@ def test_exact_products_match_blas_and_give_each_row_bit_identically_whatever_th
             assert np.array_equal(part, whole[lo:hi])
 
 
+@njit(fastmath={"contract"}, error_model="numpy")
+def _mm_exact_row_by_row(a, b, c):
+    """The exact product's order written plainly, one row at a time: c += a @ b with each element
+    c + (((x0 b0 + x1 b1) + x2 b2) + x3 b3) per four k, the last k % 4 one by one."""
+    M, N = c.shape
+    Kd = a.shape[1]
+    K4 = Kd - Kd % 4
+    for m in range(M):
+        for k in range(0, K4, 4):
+            for n in range(N):
+                c[m, n] += a[m, k] * b[k, n] + a[m, k + 1] * b[k + 1, n] + a[m, k + 2] * b[k + 2, n] \
+                    + a[m, k + 3] * b[k + 3, n]
+        for k in range(K4, Kd):
+            for n in range(N):
+                c[m, n] += a[m, k] * b[k, n]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_exact_products_of_1_to_37_rows_match_the_row_loop_bit_for_bit_at_awkward_sizes(dtype):
+    """mm_exact_batch (charrnn serve's steps) takes a different loop (column blocks, two rows per
+    load of b) from mm_exact (sampling) and the plain loop; every row must still come out with
+    their bits, so a row's text does not depend on the batch nor on which command wrote it:
+    column counts not multiples of the block or of the vector, a k not a multiple of four, rows
+    1..37, with and without accumulation."""
+    r = np.random.default_rng(2)
+    W = K.EXACT_COLS
+    for Kd, N in ((37, W + 3), (6, 2 * W - 1), (40, 160), (3, 5)):
+        b = r.normal(size=(Kd, N)).astype(dtype)
+        a = r.normal(size=(37, Kd)).astype(dtype)
+        c0 = r.normal(size=(37, N)).astype(dtype)
+        want = c0.copy()
+        _mm_exact_row_by_row(a, b, want)
+        for M in range(1, 38):
+            for f in (K.mm_exact_batch, K.mm_exact):
+                got = c0[:M].copy()
+                f(a[:M], b, got, 1.0)
+                assert np.array_equal(got, want[:M]), (f, Kd, N, M)
+            zero = np.full((M, N), np.nan, dtype)
+            K.mm_exact_batch(a[:M], b, zero, 0.0)
+            plain = np.zeros((M, N), dtype)
+            _mm_exact_row_by_row(a[:M], b, plain)
+            assert np.array_equal(zero, plain), (Kd, N, M)
+
+
 @pytest.mark.skipif(not K.HAVE_BLAS or platform.machine() != "x86_64", reason="NumPy's OpenBLAS on x86-64")
 def test_blas_core_names_the_kernels_that_openblas_coretype_pins():
     code = "from charrnn.backends.cpu_kernels import blas_core; print(blas_core())"

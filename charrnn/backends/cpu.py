@@ -62,6 +62,9 @@ class CpuTuning:
     batch1_min_h: int | None = None
     batch1_parts_min_h: int = 128
     batch1_parts: int | None = None
+    # step_rows runs the two halves of a batch this large on two lanes (rows are independent,
+    # so a row's bits do not change); below it the hand-off costs more than it saves
+    rows_split_min: int = 16
 
 
 class CpuBackend:
@@ -194,16 +197,18 @@ class CpuBackend:
     def step(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # a few rows (sampling) take step_rows' exact products, so `charrnn sample` and
         # `charrnn serve` write the same text for a seed; more go to BLAS
-        return self._step(codes, state, self.cfg.cell == "lstm" and np.size(codes) <= K.SMALL_M)
+        return self._step(codes, state, self.cfg.cell == "lstm" and np.size(codes) <= K.SMALL_M, False)
 
     def step_rows(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """step() where each row's result is bit-identical whatever the other rows and their
         number (`charrnn serve` batches unrelated requests; a seeded one must not depend on its
-        neighbours). An LSTM computes every product with cpu_kernels.mm_exact instead of BLAS;
-        a GRU or RNN steps its rows one at a time."""
-        return self._step(codes, state, True)
+        neighbours). An LSTM computes every product with cpu_kernels.mm_exact_batch (the bits of
+        mm_exact, which sampling takes) instead of BLAS, a batch of tuning.rows_split_min rows or
+        more in two halves, one lane each; a GRU or RNN steps its rows one at a time."""
+        return self._step(codes, state, True, True)
 
-    def _step(self, codes: np.ndarray, state: np.ndarray, fixed: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _step(self, codes: np.ndarray, state: np.ndarray, fixed: bool,
+              batched: bool) -> tuple[np.ndarray, np.ndarray]:
         _warm_up(self, "step")
         codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
         state = np.ascontiguousarray(state, dtype=self.dtype)
@@ -214,8 +219,25 @@ class CpuBackend:
             return np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows], axis=2)
         new_state = np.empty_like(state)
         logits = np.empty((codes.size, self.cfg.vocab_size), self.dtype)
-        K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
-                    codes, state, new_state, logits, self.kind, K.lstm_cells_at(self.dtype), fixed)
+        cells = K.lstm_cells_at(self.dtype)
+        n = min(2, K.blas_threads()) if fixed and codes.size >= self.tuning.rows_split_min else 1
+        if n == 1:
+            K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
+                        codes, state, new_state, logits, self.kind, cells, fixed, batched)
+            return logits, new_state
+        # the rows in n parts, one lane each: each part's state and new state contiguous
+        edges = [codes.size * i // n for i in range(n + 1)]
+        parts = [(np.ascontiguousarray(state[:, :, lo:hi]), np.empty_like(state[:, :, lo:hi]))
+                 for lo, hi in zip(edges, edges[1:])]
+
+        def part(lane: int) -> None:
+            lo, hi = edges[lane], edges[lane + 1]
+            K.lstm_step(self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off,
+                        codes[lo:hi], parts[lane][0], parts[lane][1], logits[lo:hi], self.kind, cells, fixed,
+                        batched)
+        lanes(n).run(part)
+        for (lo, hi), (_, new) in zip(zip(edges, edges[1:]), parts):
+            new_state[:, :, lo:hi] = new
         return logits, new_state
 
     def _step_recurrent(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

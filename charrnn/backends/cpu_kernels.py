@@ -221,15 +221,48 @@ def mm_exact(a, b, c, beta):
     the number of rows, so a row's bits still do not depend on the batch; at batch 1 it is the
     difference between 0.81x and 1.02x the sampling speed of the fast-math loop that batch-1
     sampling used before (bench/ab_speed.py, config b, 2026-12-06).
-    Four rows of b per pass, each pass over every row of c: b is read once, c stays in cache."""
-    M, N = c.shape
+    Sampling's few rows take this; a batch takes `mm_exact_batch`, whose rows come out with the
+    same bits."""
+    if beta == 0:
+        _zero(c)
+    _mm_exact_rows(a, b, c)
+
+
+EXACT_COLS = 256   # columns per block of mm_exact_batch: the block of c stays in L1/L2
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def mm_exact_batch(a, b, c, beta):
+    """mm_exact for a batch (`charrnn serve`'s steps): the same expression per element, written
+    out once per loop below in exactly mm_exact's form, so it contracts the same way and every
+    row comes out bit-identical to mm_exact's (tests/test_cpu_kernels.py compares every row count
+    1..37 at awkward sizes). Three rows or more take `_mm_exact_blocked`, where each load of b
+    serves two rows and c is walked in column blocks that stay in cache; one or two take
+    mm_exact's row loop. A kernel of its own, so that `charrnn sample` (lstm_generate) does not
+    compile it on a cold cache (0.6 s of CPU)."""
+    if beta == 0:
+        _zero(c)
+    if c.shape[0] <= 2:
+        _mm_exact_rows(a, b, c)
+    else:
+        _mm_exact_blocked(a, b, c, EXACT_COLS)
+
+
+@njit(inline="always", error_model="numpy")
+def _zero(c):
     f = c.dtype.type
+    for m in range(c.shape[0]):
+        for n in range(c.shape[1]):
+            c[m, n] = f(0.0)
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _mm_exact_rows(a, b, c):
+    """mm_exact's c += a @ b: four rows of b per pass over every row of c, b read once, c in L1
+    for a few rows."""
+    M, N = c.shape
     Kd = a.shape[1]
     K4 = Kd - Kd % 4
-    if beta == 0:
-        for m in range(M):
-            for n in range(N):
-                c[m, n] = f(0.0)
     for k in range(0, K4, 4):
         for m in range(M):
             x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
@@ -240,6 +273,41 @@ def mm_exact(a, b, c, beta):
             x = a[m, k]
             for n in range(N):
                 c[m, n] += x * b[k, n]
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _mm_exact_blocked(a, b, c, width):
+    """mm_exact_batch's c += a @ b for three rows or more: column blocks of `width`; in each, four rows of b at a
+    time, each vector of them loaded once for two rows of c (the batch's shared reads, which
+    halve the loads per multiply-add), and the block of c (rows x width) stays in cache over k.
+    The column index is unsigned so that Numba emits no negative-index wrap-around, which kept
+    LLVM from vectorising a loop that does not start at 0. Two rows at a time, not four: with
+    four, LLVM's run-time alias checks (eight row pointers) exceed its limit and the loop stays
+    scalar."""
+    M, N = c.shape
+    Kd = a.shape[1]
+    K4 = Kd - Kd % 4
+    for n0 in range(0, N, width):
+        u0, u1 = np.uint64(n0), np.uint64(min(n0 + width, N))
+        for k in range(0, K4, 4):
+            m = 0
+            while m + 2 <= M:
+                x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
+                z0, z1, z2, z3 = a[m + 1, k], a[m + 1, k + 1], a[m + 1, k + 2], a[m + 1, k + 3]
+                for n in range(u0, u1):
+                    y0, y1, y2, y3 = b[k, n], b[k + 1, n], b[k + 2, n], b[k + 3, n]
+                    c[m, n] += x0 * y0 + x1 * y1 + x2 * y2 + x3 * y3
+                    c[m + 1, n] += z0 * y0 + z1 * y1 + z2 * y2 + z3 * y3
+                m += 2
+            if m < M:
+                x0, x1, x2, x3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
+                for n in range(u0, u1):
+                    c[m, n] += x0 * b[k, n] + x1 * b[k + 1, n] + x2 * b[k + 2, n] + x3 * b[k + 3, n]
+        for k in range(K4, Kd):
+            for m in range(M):
+                x = a[m, k]
+                for n in range(u0, u1):
+                    c[m, n] += x * b[k, n]
 
 
 # ---------------------------------------------------------------- vectorisable exp and expm1
@@ -674,20 +742,26 @@ def lstm_backward_t(dh_out, Wh, cs, gates, tcs, kind, da, dh, dc, carry):
 
 
 @njit(inline="always", error_model="numpy")
-def _mm_step(a, b, c, beta, fixed):
-    """lstm_step's products: mm_exact when `fixed`, else mm (BLAS above SMALL_M rows)."""
+def _mm_step(a, b, c, beta, fixed, batched):
+    """lstm_step's products: mm_exact when `fixed` (mm_exact_batch, the same bits, when also
+    `batched`), else mm (BLAS above SMALL_M rows)."""
     if fixed:
-        mm_exact(a, b, c, beta)
+        if batched:
+            mm_exact_batch(a, b, c, beta)
+        else:
+            mm_exact(a, b, c, beta)
     else:
         mm(a, b, c, beta)
 
 
-def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind, cells, fixed):
+def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind, cells, fixed,
+              batched):
     """One step of the whole model for sampling, every layer in this one call.
     offs[l] = (Wx, Wh, b) offsets into flat; embed_off < 0 means one-hot input.
     state, new_state (L,2,B,H); logits (B,V) gets the output layer with its bias; cells:
     lstm_cells_at(flat.dtype). fixed: every product in mm_exact and the cells row by row, so each
-    row's result is independent of the batch (charrnn serve's batches, and batch 1)."""
+    row's result is independent of the batch (charrnn serve's batches, and batch 1); batched:
+    the products in mm_exact_batch (charrnn serve's step_rows), which gives the same bits."""
     L, _, B, H = state.shape
     G = 4 * H
     V = logits.shape[1]
@@ -711,10 +785,10 @@ def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logi
                 r = embed_off + codes[bi] * embed
                 for j in range(embed):
                     x[bi, j] = flat[r + j]
-            _mm_step(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0, fixed)
+            _mm_step(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0, fixed, batched)
         else:
-            _mm_step(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0, fixed)
-        _mm_step(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0, fixed)
+            _mm_step(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0, fixed, batched)
+        _mm_step(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0, fixed, batched)
         if fixed:       # row by row: a row's exps take the same vector lanes whatever the batch
             for bi in range(B):
                 _call_cells(cells, pre[bi:bi + 1], flat[o_b:o_b + G], state[l, 1, bi:bi + 1], kind,
@@ -722,7 +796,7 @@ def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logi
         else:
             _call_cells(cells, pre, flat[o_b:o_b + G], state[l, 1], kind, new_state[l, 1], tc, new_state[l, 0],
                         v, w, q, ib)
-    _mm_step(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0, fixed)
+    _mm_step(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0, fixed, batched)
     ob = out_w + H * V
     for bi in range(B):
         for k in range(V):
@@ -811,7 +885,7 @@ def _generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u
     each kernel below, so each compiles only its own products (Numba prunes the other branch)."""
     nxt = np.empty_like(state)
     for st in range(u.shape[0]):
-        _lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, cells, fixed)
+        _lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, cells, fixed, False)
         # element by element, like draw_rows' copies: slice assignment compiles shape-error formatting
         s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
         for i in range(s_flat.shape[0]):

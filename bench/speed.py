@@ -56,16 +56,17 @@ EVAL_WINDOW = 256
 TEXT = 1 << 20          # evaluation text; a window reads at most half of it
 
 
-def batch1_bytes_per_char(metric: str, layers: int, hidden: int, gates: int = 4, vocab: int = VOCAB) -> int:
-    """float32 weight bytes one character at batch 1 must read (issue 33): sampling reads every
+def batch1_bytes_per_char(metric: str, layers: int, hidden: int, gates: int = 4, vocab: int = VOCAB,
+                          word: int = 4) -> int:
+    """Weight bytes (`word` bytes a weight) one character at batch 1 must read (issue 33): sampling reads every
     layer's recurrent and input matrix (layer 0's input is one row: one-hot) and the output layer
     per step; evaluation runs the input and output products over whole windows, so per character
     only the recurrent matrices are read again. At batch 1 these reads bound the speed."""
     G = gates * hidden
     recurrent = layers * hidden * G
     if metric == "eval":
-        return 4 * recurrent
-    return 4 * (recurrent + (layers - 1) * hidden * G + G + hidden * vocab)
+        return word * recurrent
+    return word * (recurrent + (layers - 1) * hidden * G + G + hidden * vocab)
 
 
 def train_flops_per_char(layers: int, hidden: int, gates: int = 4) -> float:
@@ -80,7 +81,7 @@ def train_flops_per_char(layers: int, hidden: int, gates: int = 4) -> float:
 class CharrnnSide:
     name = "charrnn"
 
-    def __init__(self, layers, hidden, T, B, seed=0, cell="lstm"):
+    def __init__(self, layers, hidden, T, B, seed=0, cell="lstm", weights="f32"):
         try:                     # first: CHARRNN_THREADS must act before NumPy loads
             from charrnn.threads import setup_threads
             setup_threads()
@@ -92,7 +93,8 @@ class CharrnnSide:
         from charrnn.optim import Optimizer
         self.np = np
         self.cfg = ModelConfig(vocab_size=VOCAB, hidden=hidden, layers=layers, dropout=0.0, cell=cell)
-        self.be = CpuBackend(self.cfg, init_params(self.cfg, np.random.default_rng(seed)))
+        kw = {"weights": weights} if weights != "f32" else {}   # an older tree (ab_speed.py) has no weights
+        self.be = CpuBackend(self.cfg, init_params(self.cfg, np.random.default_rng(seed)), **kw)
         self.opt = Optimizer("adam", self.be.p.flat.size, np.float32)
         self.T, self.B = T, B
         self.rng = np.random.default_rng(seed)
@@ -245,8 +247,9 @@ def worker_main(side: str, spec: str) -> None:
         import torch
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
         w = TorchSide(layers, hidden, T, B, cell=cell[0] if cell else "lstm")
-    else:
-        w = CharrnnSide(layers, hidden, T, B, cell=cell[0] if cell else "lstm")
+    else:                 # "charrnn" or "charrnn-bf16" / "charrnn-f16": 16-bit weights (sampling, eval)
+        w = CharrnnSide(layers, hidden, T, B, cell=cell[0] if cell else "lstm",
+                        weights=side.split("-")[1] if "-" in side else "f32")
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing else may write on the protocol channel
     print(json.dumps({"ready": True}), file=out, flush=True)
@@ -258,12 +261,17 @@ def worker_main(side: str, spec: str) -> None:
             import resource
             reply = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      "variant": getattr(w, "variant", {})}
-            if side == "charrnn":
+            if side == "charrnn":           # the 16-bit sides take the same paths but for batch 1
                 from charrnn.backends.cpu_kernels import blas_core
                 lanes = w.be._lanes_for(T, B)
                 reply["variant"] = dict(reply["variant"], blas=f"OpenBLAS {blas_core()} kernels",
                                         train=f"{lanes} lanes, 1 BLAS thread each" if lanes > 1 else
                                         "1 lane, BLAS threads the products")
+                b1 = getattr(w.be, "_batch1", None)       # cpu_batch1, when evaluation took it
+                if b1 is not None:
+                    rates = ", ".join(f"{p} worker(s) {r:,.0f} chars/s" for p, r in sorted(b1.pick.rate.items()))
+                    reply["variant"]["eval B=1"] = f"cpu_batch1, up to {b1.parts} workers" + (
+                        f" (last window: {rates})" if rates else "")
         else:
             t = time.perf_counter()
             n = getattr(w, cmd["op"])(*cmd["args"])
@@ -337,20 +345,29 @@ def measure(workers: list[Worker], op: str, args_for, windows: int, target_s: fl
     return rates
 
 
-def run_config(name: str, threads: int, sides: list[str], quick: bool, cell: str = "lstm") -> dict:
+METRICS = ("train", "eval", "sample1", "sample64")
+
+
+def run_config(name: str, threads: int, sides: list[str], quick: bool, cell: str = "lstm",
+               metrics: tuple = METRICS) -> dict:
     layers, hidden, T, B = CONFIGS[name]
     windows, target, pause = (3, 0.3, 0.15) if quick else (5, 0.8, 0.25)
     ws = [Worker(s, (layers, hidden, T, B, cell), threads) for s in sides]
     res = {}
     try:
-        res["train"] = measure(ws, "train", lambda w, k: (k,), windows, target, pause)
+        if "train" in metrics and any("-" in w.side for w in ws):
+            raise ValueError("--weights sides run evaluation and sampling only (--metrics eval,sample1)")
+        if "train" in metrics:
+            res["train"] = measure(ws, "train", lambda w, k: (k,), windows, target, pause)
         eval_chars = EVAL_WINDOW * 4
-        res["eval"] = measure(ws, "eval", lambda w, k: (min(eval_chars * k, TEXT // 2),), windows, target / 2, pause)
+        if "eval" in metrics:
+            res["eval"] = measure(ws, "eval", lambda w, k: (min(eval_chars * k, TEXT // 2),), windows, target / 2,
+                                  pause)
         if name == "b":
-            for batch in (1, 64):
+            for batch in (b for b in (1, 64) if f"sample{b}" in metrics):
                 res[f"sample{batch}"] = measure(ws, "sample", lambda w, k, b=batch: (b, 20 * k),
                                                 windows, target / 2, pause)
-        info = {w.side: w.ask("rss") for w in ws}
+        info = {w.side: w.ask("rss") for w in ws if "-" not in w.side}
         res["rss"] = {s: [i["rss_mb"]] for s, i in info.items()}
         res["variants"] = {s: i["variant"] for s, i in info.items() if i["variant"]}
     finally:
@@ -475,6 +492,14 @@ def table(results: dict, torch_version: str | None, peaks: dict, cell: str = "ls
                 if pt:
                     label += f", PyTorch {statistics.median(pt) * per / 1e9:.1f}"
             rows.append(f"| {desc} | {threads} | {label} | {fmt_rate(cr) if cr else '–'} | {pt_s} | {ratio} | {tgt} |")
+            for side in sorted(s for s in res[metric] if s.startswith("charrnn-") and metric != "rss"):
+                v = res[metric][side]
+                per = batch1_bytes_per_char(metric, layers, hidden, GATES[cell], word=2)
+                vs32 = f"; {statistics.median(v) / statistics.median(cr):.2f}x float32" if cr else ""
+                ratio16 = f"{statistics.median(v) / statistics.median(pt):.2f}x" if pt else "–"
+                rows.append(f"| {desc} | {threads} | {labels[metric]}, {side[8:]} weights; {per / 1e6:.2f} MB a "
+                            f"character, {statistics.median(v) * per / 1e9:.1f} GB/s{vs32} | {fmt_rate(v)} | "
+                            f"{pt_s} | {ratio16} | |")
         for side, v in res.get("variants", {}).items():
             what = ", ".join(f"{k}: {x}" for k, x in v.items())
             cells = f"{what} | " if side == "charrnn" else f" | {what}"
@@ -525,6 +550,10 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="replace the CPU speed section of bench/RESULTS.md")
     ap.add_argument("--native-blas", action="store_true",
                     help=f"drop {' and '.join(PINNED_BLAS_ENV)} for the benchmark's processes")
+    ap.add_argument("--metrics", default=",".join(METRICS),
+                    help="comma-separated subset of " + ",".join(METRICS) + " (sampling runs on config b only)")
+    ap.add_argument("--weights", default="",
+                    help="comma-separated bf16,f16: also time charrnn with 16-bit weights (eval and sample1 only)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -538,8 +567,14 @@ def main() -> None:
     if bad:
         ap.error(f"unknown config {bad[0]!r} (choose from {', '.join(CONFIGS)})")
     threads = [int(t) for t in a.threads.split(",")]
+    metrics = tuple(m for m in a.metrics.split(",") if m)
+    if any(m not in METRICS for m in metrics):
+        ap.error(f"unknown metric in {a.metrics!r} (choose from {', '.join(METRICS)})")
     torch_version = None if a.no_torch else have_torch()
-    sides = ["charrnn"] + (["pytorch"] if torch_version else [])
+    sixteen = [w for w in a.weights.split(",") if w]
+    if any(w not in ("bf16", "f16") for w in sixteen):
+        ap.error("--weights takes bf16 and/or f16")
+    sides = ["charrnn"] + [f"charrnn-{w}" for w in sixteen] + (["pytorch"] if torch_version else [])
     if not torch_version:
         print("PyTorch not installed (pip install torch==2.13.0): its side is skipped", file=sys.stderr)
     t0 = time.perf_counter()
@@ -557,7 +592,7 @@ def main() -> None:
     for n in threads:
         for c in configs:
             print(f"config {c}, {n} thread(s)...", file=sys.stderr, flush=True)
-            results[(c, n)] = run_config(c, n, sides, a.quick, a.cell)
+            results[(c, n)] = run_config(c, n, sides, a.quick, a.cell, metrics)
             print(table({(c, n): results[(c, n)]}, torch_version, peaks, a.cell), file=sys.stderr, flush=True)
     extra = []
     if not a.quick:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from charrnn.backends import DEFAULT_DEVICE, DEVICES
+from charrnn.backends import DEFAULT_DEVICE, DEVICES, WEIGHTS
 from charrnn.errors import InputError, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -118,6 +118,10 @@ def silence_stdout() -> None:
 
 # --device, as every command that runs a model takes it
 device_option = click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE, show_default=True)
+weights_option = click.option(
+    "--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True,
+    help="Round the weights to 16 bits (bfloat16 or IEEE half) when loading: half the bytes a character reads, "
+         "sums still in float32 (CPU, LSTM models; bench/RESULTS.md states the bits/char cost).")
 
 
 def write_page(path: str, html: str) -> None:

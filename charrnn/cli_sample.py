@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from charrnn.cli_base import CONTEXT, Finite, device_option, quiet_pipe, say
+from charrnn.cli_base import CONTEXT, Finite, device_option, quiet_pipe, say, weights_option
 from charrnn.decoding import DEFAULTS as D
 from charrnn.errors import InputError
 from charrnn.options import DYNAMIC_LR, DYNAMIC_RULES, Dynamic
@@ -53,6 +53,7 @@ MIN_TEMP = 1e-4             # below this (but above 0) logits / temp overflows f
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Random seed (sample i uses SEED+i); the same seed gives the same text [random].")
 @device_option
+@weights_option
 def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, separator: str,
            stop: str | None, unknown: str, echo: bool, seed: int | None, device: str, adapt: str | None,
            documents: int | None, until_end: bool, **kw) -> None:
@@ -86,6 +87,8 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: str | None, se
         raise InputError(f"--temp: {kw['temp']:g} is too small to compute; 0 is greedy argmax, the same draw")
     if sys.stdout is None:          # started with stdout closed (`>&-`)
         raise InputError("stdout is closed: nowhere to write the samples (redirect it to a file or /dev/null)")
+    if adapt is not None and kw["weights"] != "f32":
+        raise click.UsageError("--adapt changes the weights as it reads; it takes float32 weights, not --weights")
     if adapt == "-" and "-" in (prime, prime_file):
         raise click.UsageError("--adapt - and the prime cannot both read stdin")
     ctx = click.get_current_context()
@@ -131,8 +134,10 @@ _DYN = Dynamic()
               help="rms: compute the gradient statistics on FILE instead of the checkpoint's training split.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @device_option
+@weights_option
 def eval_(args: tuple[str, ...], which: str, dynamic: bool, dynamic_rule: str, dynamic_lr: str | None,
-          dynamic_decay: float, dynamic_seq_len: int, dynamic_stats: str | None, as_json: bool, device: str) -> None:
+          dynamic_decay: float, dynamic_seq_len: int, dynamic_stats: str | None, as_json: bool, device: str,
+          weights: str) -> None:
     """Bits per character of a checkpoint on FILE, or on its training text's held-back split.
 
     \b
@@ -153,6 +158,8 @@ def eval_(args: tuple[str, ...], which: str, dynamic: bool, dynamic_rule: str, d
     given = [n for n, v in (("--dynamic-lr", dynamic_lr), ("--dynamic-stats", dynamic_stats)) if v is not None]
     if given and not dynamic:
         raise InputError(f"{given[0]} needs --dynamic")
+    if dynamic and weights != "f32":
+        raise click.UsageError("--dynamic changes the weights as it reads; it takes float32 weights, not --weights")
     if dynamic:
         auto = dynamic_lr == "auto"
         try:
@@ -163,7 +170,8 @@ def eval_(args: tuple[str, ...], which: str, dynamic: bool, dynamic_rule: str, d
         except ValueError as e:
             msg = str(e) if "--dynamic" in str(e) else f"--dynamic-lr must be a number or auto, not {dynamic_lr!r}"
             raise InputError(msg) from None
-    res = evaluate_checkpoint(args, which, device, log=say, dynamic=dyn, auto_lr=auto, stats_text=dynamic_stats)
+    res = evaluate_checkpoint(args, which, device, log=say, dynamic=dyn, auto_lr=auto, stats_text=dynamic_stats,
+                              weights=weights)
     with quiet_pipe():
         if as_json:
             click.echo(json.dumps(res))

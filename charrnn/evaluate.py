@@ -135,7 +135,7 @@ def own_codes(ck, log: Callable[[str], None] = lambda m: None) -> tuple[np.ndarr
 
 def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: str = DEFAULT_DEVICE,
                         log: Callable[[str], None] = lambda m: None, dynamic=None, auto_lr: bool = False,
-                        stats_text: str | None = None) -> dict:
+                        stats_text: str | None = None, weights: str = "f32") -> dict:
     """`charrnn eval` as one call: args is [CHECKPOINT] [FILE|-] (one argument is taken for a
     checkpoint when it is a directory, a .safetensors file or a shipped model's name). Without a
     FILE the checkpoint's own training text is found again and its `which` split (SPLITS)
@@ -143,7 +143,8 @@ def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: s
 
     `dynamic` (a dynamic.Dynamic) scores with dynamic evaluation instead; `auto_lr` first picks
     its rate on the validation split; the "rms" rule's gradient statistics come from the training
-    split (or the file `stats_text`). Returns summary()'s numbers plus `text` (what was scored),
+    split (or the file `stats_text`). `weights`: "f32", or "bf16"/"f16" for 16-bit copies (not
+    with `dynamic`; on the CPU). Returns summary()'s numbers plus `text` (what was scored),
     `skipped_chars`, and with `dynamic` the settings used."""
     from charrnn import zoo
     from charrnn.backends import compile_notices, make_backend, pick_device
@@ -176,9 +177,9 @@ def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: s
         what = f"{which} split of {path}"
     if len(codes) < 2:
         raise InputError(f"{what} has fewer than two characters to score")
-    device = pick_device(device, log, announce=False)
+    device = pick_device("cpu" if weights != "f32" and device == "auto" else device, log, announce=False)
     if dynamic is None:
-        be = make_backend(device, ck.config, ck.params, notify=compile_notices(log))
+        be = make_backend(device, ck.config, ck.params, notify=compile_notices(log), weights=weights)
         nats, n = evaluate(be, codes)
         res = summary(nats, n)
         res.update({"text": what, "skipped_chars": skipped})

@@ -265,13 +265,15 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         num_samples: int = DEFAULTS.batch, length: int = DEFAULTS.length, temp: float = DEFAULTS.temperature,
         top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p,
         stop: str | None = None, as_json: bool = False, separator: str = "", adapt: str | None = None,
-        documents: int = 0, until_end: bool = False, log: Callable[[str], None] = lambda m: None) -> None:
+        documents: int = 0, until_end: bool = False, weights: str = "f32",
+        log: Callable[[str], None] = lambda m: None) -> None:
     """`charrnn sample` as one call: load CHECKPOINT (see zoo.load_checkpoint), read the prime
     (`prime`, or "-" / `prime_file` for a file or stdin), and write the samples to `out`. A
     random seed is drawn when none is given. Ctrl-C while writing raises Interrupted.
 
     `adapt` names a file the model first reads with dynamic evaluation (charrnn/dynamic.py): the
-    samples come from the adapted weights, continuing the file (then the prime).
+    samples come from the adapted weights, continuing the file (then the prime). `weights`: "f32",
+    or "bf16"/"f16" for 16-bit copies (backends.make_backend; on the CPU: "auto" means cpu).
 
     A model trained on several documents begins each sample at the start of a document and ends
     it at the document's end symbol (never written), or after `length` codes. `documents` N
@@ -303,13 +305,13 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         log(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
     from charrnn.memory import check_sampling
     check_sampling(ck.config, num_samples)
-    device = pick_device(device, log, announce=False)
+    device = pick_device("cpu" if weights != "f32" and device == "auto" else device, log, announce=False)
     adapted = None
     if adapt is not None:
         from charrnn.dynamic import adapt as read_and_adapt
         adapted = read_and_adapt(ck, ck_path, device, adapt, log=log)
     if adapted is None:
-        be = make_backend(device, ck.config, ck.params, notify=compile_notices(log))
+        be = make_backend(device, ck.config, ck.params, notify=compile_notices(log), weights=weights)
     else:                           # continue the file: its codes, then the prime's (if one was given)
         be, file_codes = adapted
         codes = np.concatenate([file_codes.astype(np.int64), codes if echoed else codes[:0]])

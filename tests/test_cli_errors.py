@@ -386,3 +386,20 @@ def test_init_from_a_byte_model_keeps_a_text_run_text_or_refuses(tmp_path, monke
     code, _, err = run_main(["train", str(tmp_path / "t.txt"), "--init-from", str(byte_run), "--bytes", "--device",
                              "cpu", "--max-steps", "1", "--out", str(tmp_path / "x")], monkeypatch, capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "{ck}", "{text}", "--weights", "bf16", "--dynamic"],
+    ["sample", "{ck}", "--weights", "f16", "--adapt", "{text}"],
+    ["sample", "{gru}", "--weights", "bf16", "-n", "5"],
+    ["eval", "{ck}", "{text}", "--weights", "f8"],
+])
+def test_16_bit_weights_with_adapting_weights_a_gru_or_an_unknown_format_are_one_line(good, args, monkeypatch,
+                                                                                     capsys):
+    gru = tiny_config(vocab_size=4, hidden=4, layers=1, cell="gru")
+    ckpt.save(good / "gru.safetensors", ckpt.Checkpoint(config=gru, vocab=Vocab("\nabc"),
+                                                        params=init_params(gru, np.random.default_rng(0))))
+    where = {"ck": good / "good.safetensors", "text": good / "text.txt", "gru": good / "gru.safetensors"}
+    code, out, err = run_main([a.format(**where) for a in args], monkeypatch, capsys)
+    one_line_error(code, err)
+    assert out == "" and "--weights" in err, err

@@ -257,3 +257,59 @@ def test_one_sampling_step_from_a_state_of_ten_thousand_matches_the_reference(dt
     logits, s = CpuBackend(cfg, p.astype(dtype)).step(codes, state.astype(dtype))
     want_logits, want_s = RefStep(cfg, p).step(codes, state)
     assert _rel(logits, want_logits) < TOL[dtype] and _rel(s, want_s) < TOL[dtype]
+
+
+# ---------------------------------------------------------------- one stream on cpu_batch1's workers
+B1_TWO = CpuTuning(batch1_min_h=0, batch1_parts_min_h=0, batch1_parts=2)   # its kernels and two workers at any width
+
+
+@pytest.mark.slow         # float32 evaluation takes these kernels only when CpuTuning asks (compiling: ~20 s)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("embed", [0, 8])
+def test_batch1_workers_match_the_reference_from_states_of_ten_thousand_over_512_steps(dtype, embed):
+    """cpu_batch1's evaluation window, one stream on two workers (40 units: blocks of 32 and 8),
+    over 512 steps from cell states up to 1e4, pre-activations up to +-60, a top layer that
+    forgets nothing; two windows in a row carry the state."""
+    cfg = tiny_config(vocab_size=11, hidden=40, layers=2, embed=embed)
+    p = trained_like(cfg, 9, scale=12.0)
+    p["l1.b"][cfg.hidden:2 * cfg.hidden] = 20.0
+    be = CpuBackend(cfg, p.astype(dtype), tuning=B1_TWO)
+    state = carried_state(cfg, 1, 9, 1e4)
+    for i in range(2):
+        x, y = _data(cfg, 512 if i == 0 else 100, 1, 9 + i)
+        _check_loss(be, cfg, p, x, y, state, dtype)
+        _, _, state = _reference(p, cfg, x, y, state, np.float64)
+    assert be._batch1.parts == 2 and 2 in be._batch1.pick.rate    # the path this test claims
+
+
+@pytest.mark.parametrize("weights", ["bf16", pytest.param("f16", marks=pytest.mark.slow)])
+def test_batch1_with_16_bit_weights_matches_the_reference_on_the_same_rounded_weights(weights):
+    """16-bit weights: the backend's loss and state are the float64 reference's on the weights
+    rounded to 16 bits (what the words hold), within float32's tolerance, from huge states."""
+    from charrnn.backends import cpu_batch1 as B1
+    cfg = tiny_config(vocab_size=11, hidden=40, layers=2)
+    p = trained_like(cfg, 10, scale=12.0)
+    p.flat[:] = B1.widen(B1.narrow(p.flat.astype(np.float32), weights))
+    be = CpuBackend(cfg, p.astype(np.float32), tuning=B1_TWO, weights=weights)
+    x, y = _data(cfg, 300, 1, 10)
+    _check_loss(be, cfg, p, x, y, carried_state(cfg, 1, 10, 1e4), np.float32)
+
+
+@pytest.mark.parametrize("weights", ["bf16", pytest.param("f16", marks=pytest.mark.slow)])
+def test_batch1_16_bit_sampling_draws_what_the_reference_draws_on_the_rounded_weights(weights):
+    """generate with 16-bit weights (cpu_batch1's sampling kernel on two workers) against the
+    float64 reference stepped in NumPy on the same rounded weights: the same codes over 300
+    steps that drive |c| past 44, log-probabilities within float32's rounding."""
+    from charrnn.backends import cpu_batch1 as B1
+    cfg = tiny_config(vocab_size=12, hidden=40, layers=2, embed=6)
+    p = trained_like(cfg, 7, scale=10.0)
+    p["l1.b"][:3 * cfg.hidden] = 8.0
+    p.flat[:] = B1.widen(B1.narrow(p.flat.astype(np.float32), weights))
+    prime = np.array([1, 4, 2, 0])
+    dec = Decoding(batch=1, length=300, temperature=0.8, top_k=0, seed=3)
+    be = CpuBackend(cfg, p.astype(np.float32), tuning=B1_TWO, weights=weights)
+    fast = [(st.codes.copy(), st.logp.copy()) for st in stream(be, prime, dec)]
+    slow = [(st.codes.copy(), st.logp.copy()) for st in stream(RefStep(cfg, p), prime, dec)]
+    np.testing.assert_array_equal([c for c, _ in fast], [c for c, _ in slow])
+    np.testing.assert_allclose([lp for _, lp in fast], [lp for _, lp in slow], rtol=1e-4, atol=1e-4)
+    assert be._batch1.parts == 2 and 2 in be._batch1.gen_pick.rate and len(np.unique([c for c, _ in fast])) > 3

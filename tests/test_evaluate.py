@@ -75,3 +75,19 @@ def test_training_validates_with_its_streams_option(tmp_path):
 def test_the_perplexity_of_a_wild_model_is_infinite_not_an_overflow():
     assert summary(1e6, 10)["perplexity"] == float("inf")
     assert summary(10.0, 10)["perplexity"] == pytest.approx(np.e)
+
+
+def test_evaluate_checkpoint_with_16_bit_weights_scores_within_a_hair_of_float32(tmp_path):
+    """--weights bf16 / f16 (cpu_batch1.py): the same text scored with the weights rounded to
+    16 bits, within 0.002 bits/char of float32 (issue 33's bound) on a small trained-like model."""
+    from charrnn import checkpoint as ckpt
+    from charrnn.corpus import Vocab
+    from charrnn.evaluate import evaluate_checkpoint
+    cfg = tiny_config(vocab_size=4, hidden=32, layers=2)
+    ckpt.save(tmp_path / "m.safetensors", ckpt.Checkpoint(config=cfg, vocab=Vocab("\nabc"),
+                                                          params=init_params(cfg, np.random.default_rng(0))))
+    (tmp_path / "t.txt").write_text("abcab\ncba\n" * 30)
+    got = {w: evaluate_checkpoint([str(tmp_path / "m.safetensors"), str(tmp_path / "t.txt")], weights=w)
+           for w in ("f32", "bf16")}
+    assert got["f32"]["chars"] == got["bf16"]["chars"] == 299
+    assert 0 < abs(got["bf16"]["bits_per_char"] - got["f32"]["bits_per_char"]) < 0.002

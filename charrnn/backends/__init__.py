@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
-from charrnn.errors import DeviceError
+from charrnn.errors import DeviceError, InputError
 
 DEVICES = ("auto", "cpu", "cuda")     # --device of every command; the CLI reads them here (no NumPy)
 DEFAULT_DEVICE = "auto"
+WEIGHTS = ("f32", "bf16", "f16")      # --weights of sample and eval: 16-bit copies for the CPU (cpu_batch1.py)
 
 
 @runtime_checkable
@@ -154,10 +155,19 @@ def compile_notices(tell: Callable[[str], None]) -> Callable[[str], None]:
     return notify
 
 
-def make_backend(device: str, cfg, params, notify: Callable[[str], None] | None = None):
-    """Build the backend for an already-resolved device ('cpu' or 'cuda')."""
+def make_backend(device: str, cfg, params, notify: Callable[[str], None] | None = None, weights: str = "f32"):
+    """Build the backend for an already-resolved device ('cpu' or 'cuda'). weights: one of
+    WEIGHTS; the 16-bit ones (sampling and evaluation only) run on the CPU, for LSTM models."""
+    if weights != "f32":
+        if device == "cuda":
+            raise InputError(f"--weights {weights} runs on the CPU: give --device cpu")
+        if cfg.cell != "lstm":
+            raise InputError(f"--weights {weights} is for LSTM models; this one is a {cfg.cell.upper()}")
     if device == "cuda":
         from charrnn.backends.cuda import CudaBackend
         return CudaBackend(cfg, params, notify=notify)
     from charrnn.backends.cpu import CpuBackend
-    return CpuBackend(cfg, params, notify=notify)
+    try:
+        return CpuBackend(cfg, params, notify=notify, weights=weights)
+    except ValueError as e:                  # f16 out of range
+        raise InputError(str(e)) from None

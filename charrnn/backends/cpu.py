@@ -4,7 +4,9 @@ The backend contract (backends/__init__.py) on the CPU: `train_step` and `loss` 
 through the one window driver (cpu_window.py), which composes each cell's chunk forward and
 backward (cpu_layers.py) into a task graph and runs it on several lanes (lanes.py) or on the
 calling thread; sampling runs every layer of an LSTM step in one compiled call (cpu_kernels.
-lstm_step, lstm_generate), and a GRU's or RNN's step as a one-step window. This module decides
+lstm_step, lstm_generate), and a GRU's or RNN's step as a one-step window. One stream with
+16-bit weights (`weights="bf16"|"f16"`, sampling and evaluation only) runs cpu_batch1.py's
+kernels on per-core workers (float32 evaluation too where CpuTuning.batch1_min_h asks). This module decides
 which path a window takes (`CpuTuning`, measured in bench/RESULTS.md) and compiles each path
 before its first use (`_warm_up`). Works in float32 (training) and float64 (tests against
 reference.py).
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
+from charrnn.backends import cpu_batch1 as B1
 from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu_window import Dropout, WindowDriver, chunk_bounds
 from charrnn.backends.lanes import lanes, run_graph
@@ -51,6 +54,14 @@ class CpuTuning:
     # below these sizes the lanes' hand-offs (tens of microseconds a task) cost more than they save
     lanes_min_chunk_macs: int = 2_000_000    # recurrent multiply-adds of one layer over one chunk
     lanes_min_params: int = 500_000          # the optimizer splits its buffer over the lanes from this size
+    # one stream of an LSTM (cpu_batch1.py): 16-bit weights always take the batch-1 kernels,
+    # float32 evaluation windows from batch1_min_h units (None: never; they measured within
+    # the noise of the window driver's path at 1 worker, bench/RESULTS.md "Batch 1"); from
+    # batch1_parts_min_h units on up to batch1_parts workers (None: the BLAS thread count),
+    # each owning a block of the units, cpu_batch1.Pick choosing 1 or that many by speed
+    batch1_min_h: int | None = None
+    batch1_parts_min_h: int = 128
+    batch1_parts: int | None = None
     # step_rows runs the two halves of a batch this large on two lanes (rows are independent,
     # so a row's bits do not change); below it the hand-off costs more than it saves
     rows_split_min: int = 16
@@ -62,9 +73,17 @@ class CpuBackend:
     name = "cpu"
 
     def __init__(self, cfg: ModelConfig, params: Params, notify: Callable[[str], None] | None = None,
-                 tuning: CpuTuning = CpuTuning()):
+                 tuning: CpuTuning = CpuTuning(), weights: str = "f32"):
+        """weights: "bf16" or "f16" rounds every weight to 16 bits once, here, for sampling and
+        evaluation (cpu_batch1.py); such a backend refuses to train."""
         self.tuning = tuning
         self.cfg = cfg
+        self.weights, self._words = weights, None
+        if weights != "f32":
+            if cfg.cell != "lstm" or params.flat.dtype != np.float32:
+                raise ValueError("16-bit weights are for float32 LSTM models")
+            self._words = B1.narrow(params.flat, weights)
+            params = Params(cfg, B1.widen(self._words))
         self.p = params
         self.grad = params.like()
         self.dtype = params.flat.dtype
@@ -76,6 +95,20 @@ class CpuBackend:
         self._out_off = where["out.W"]
         self._driver = WindowDriver(cfg, params, self.kind)
         self._notify = notify
+        self._batch1: B1.Batch1 | None = None
+
+    def _batch1_for(self, B: int) -> B1.Batch1 | None:
+        """The batch-1 kernels (cpu_batch1.py) for one stream of an LSTM, else None."""
+        cfg, tu = self.cfg, self.tuning
+        if B != 1 or cfg.cell != "lstm" or (self._words is None and (tu.batch1_min_h is None
+                                                                        or cfg.hidden < tu.batch1_min_h)):
+            return None
+        if self._batch1 is None:
+            parts = tu.batch1_parts if tu.batch1_parts is not None else K.blas_threads()
+            parts = max(1, min(parts, cfg.hidden // 16)) if cfg.hidden >= tu.batch1_parts_min_h else 1
+            self._batch1 = B1.Batch1(self.p.flat, self._words, self._offs, self._embed_off, cfg.embed, self._out_off,
+                                     cfg.hidden, cfg.layers, cfg.vocab_size, self.kind, parts)
+        return self._batch1
 
     def _step_threads(self, B: int) -> int:
         """BLAS threads for the per-step recurrent products: one for tiny products, where waking
@@ -125,6 +158,10 @@ class CpuBackend:
                                 self._step_threads(B) if n_lanes == 1 else 1, total)
 
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
+        b1 = self._batch1_for(x.shape[1])
+        if b1 is not None:
+            _warm_up(self, "loss1")
+            return b1.loss(x, y, np.ascontiguousarray(state, dtype=self.dtype))
         n_lanes = self._lanes_for(*x.shape)
         _warm_up(self, "loss", n_lanes, transposed=self._transposed(x.shape[1]))
         state = np.ascontiguousarray(state, dtype=self.dtype)
@@ -134,6 +171,8 @@ class CpuBackend:
     def train_step(self, x: np.ndarray, y: np.ndarray, state: np.ndarray, dropout_seed: int = 0,
                    streams: tuple[int, int] | None = None) -> tuple[float, np.ndarray]:
         cfg = self.cfg
+        if self._words is not None:
+            raise ValueError("16-bit weights are for sampling and evaluation, not training")
         T, B = x.shape
         total = streams[1] if streams else B
         n_lanes = self._lanes_for(T, B)
@@ -151,7 +190,7 @@ class CpuBackend:
         optimizer `opt` takes."""
         _warm_up(self, "train_step", self._lanes_for(T, B), transposed=self._transposed(B))
         _warm_up(self, "optimizer_step", self._lanes_for_update(), opt)
-        _warm_up(self, "loss", self._lanes_for(256, 1))
+        _warm_up(self, "loss1" if self._batch1_for(1) else "loss", self._lanes_for(256, 1))
         _warm_up(self, "generate")
 
     # -- one step, for sampling ---------------------------------------------------------
@@ -232,7 +271,10 @@ class CpuBackend:
         if not dec.own_loop_ok:
             raise ValueError("top-p and stop strings are drawn by sample.step_loop")
         length, batch = dec.length, dec.batch
-        _warm_up(self, "generate", many_rows=batch > K.SMALL_M)
+        if batch == 1 and self._words is not None:
+            _warm_up(self, "generate1")
+        else:
+            _warm_up(self, "generate", many_rows=batch > K.SMALL_M)
         rngs = [np.random.default_rng(dec.seed + i) for i in range(batch)]
         prime = np.asarray(prime_codes, dtype=np.int64).reshape(-1)
         if state is None:
@@ -251,7 +293,9 @@ class CpuBackend:
                 u[:, i] = r.random(steps)
             out_codes = np.empty((steps, batch), np.int64)
             out_logp = np.empty((steps, batch))
-            if self.cfg.cell == "lstm":
+            if batch == 1 and self._words is not None:     # 16-bit weights: cpu_batch1's workers
+                self._batch1_for(1).generate(codes, state, u, temp, top_k, out_codes, out_logp)
+            elif self.cfg.cell == "lstm":
                 gen = K.lstm_generate if batch <= K.SMALL_M else K.lstm_generate_many
                 args = (self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
                         state, logits, self.kind, u, temp, top_k, out_codes, out_logp)
@@ -308,6 +352,7 @@ _told: list = []      # a compile notice was given in this process: the first pa
 # seconds measured on a 2-core AMD EPYC (bench/RESULTS.md, "Cold start"), rounded up; a training
 # step's includes the update that follows it. A loaded machine takes longer: "about".
 _PATHS = {"generate": ("sampling", 5), "step": ("sampling", 5), "loss": ("scoring", 4),
+          "generate1": ("sampling", 5), "loss1": ("scoring", 5),
           "train_step": ("training", 8), "optimizer_step": ("the update", 1)}
 
 
@@ -322,7 +367,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     transposed: the lanes and the LSTM product the real call will use (the tiny model takes
     the same path); many_rows: sampling more than SMALL_M rows, which has a kernel of its own."""
     rule = (opt.name, bool(opt.weight_decay or opt.l1)) if opt is not None else None
-    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1, transposed, many_rows, rule)
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1, transposed, many_rows, rule,
+           be.weights)
     if key in _warmed:
         return
     _warmed.add(key)                   # first, so the tiny model's own calls do not recurse
@@ -349,15 +395,17 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     if transposed:                     # the tiny model's batch and width must take that product too
         B = K.SMALL_M + 1
         tuning = replace(tuning, transposed_min_h=0, transposed_max_b=max(B, tuning.transposed_max_b))
-    tb = CpuBackend(tiny, init_params(tiny, np.random.default_rng(0), be.dtype), tuning=tuning)
+    if path in ("loss1", "generate1"):     # cpu_batch1's kernels, in the weights' format
+        tuning = replace(tuning, batch1_min_h=0)
+    tb = CpuBackend(tiny, init_params(tiny, np.random.default_rng(0), be.dtype), tuning=tuning, weights=be.weights)
     x = np.zeros((2, B), np.int64)
     if path == "train_step":
         tb.train_step(x, x, tb.zero_state(B))
-    elif path == "loss":
+    elif path in ("loss", "loss1"):
         tb.loss(x, x, tb.zero_state(B))
     elif path == "step":
         tb.step(x[0], tb.zero_state(B))
-    elif path == "generate":
+    elif path in ("generate", "generate1"):
         from charrnn.decoding import Decoding
         for _ in tb.generate(x[:1, 0], Decoding(length=2, top_k=1, batch=B)):   # one prime code: no step() before
             pass

@@ -299,8 +299,7 @@ class CpuBackend:
                 gen = K.lstm_generate if batch <= K.SMALL_M else K.lstm_generate_many
                 args = (self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
                         state, logits, self.kind, u, temp, top_k, out_codes, out_logp)
-                K.compile_first(gen, *args, 0)
-                gen(*args, K.lstm_cells_at(self.dtype))
+                K.call_with_cells(gen, self.dtype, *args)
             else:
                 for s in range(steps):
                     lg, state = self.step(codes, state)

@@ -23,7 +23,7 @@
   `lstm_generate` inlines the step and the draw, which it would otherwise compile twice, and
   takes only the exact products (`lstm_generate_many`, more than SMALL_M rows, takes BLAS's).
   On a cold cache the cell compiles in a second process while this one compiles the kernels
-  (`compile_cells_aside`, `compile_first`): the two largest pieces on two cores.
+  (`compile_cells_aside`, `call_with_cells`): the two largest pieces on two cores.
 Every kernel is serial (the calling thread), and those the lanes call (cpu_window.py) release
 the GIL. The cores belong either to BLAS, whose thread count `set_blas_threads` sets, or to the
 lanes, each calling BLAS on one thread. Serial loops keep every float reduction in a fixed order.
@@ -563,12 +563,13 @@ def lstm_cells_at(dtype) -> int:
     return at
 
 
-def compile_first(kernel, *args) -> None:
-    """Compile `kernel` for these arguments without running it, when the cell is still being
-    compiled aside: a kernel that takes the cell's address is compiled before the address is
-    asked for, which is what lets the two compile at once."""
+def call_with_cells(kernel, dtype, *args) -> None:
+    """kernel(*args, lstm_cells_at(dtype)). While the cell is still being compiled aside, the
+    kernel is compiled for these arguments first (the address is an int64 like any other), and
+    only then is the address asked for: that is what lets the two compile at once."""
     if _COMPILING:
-        kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+        kernel.compile(tuple(kernel.typeof_pyval(a) for a in args) + (kernel.typeof_pyval(0),))
+    kernel(*args, lstm_cells_at(dtype))
 
 
 @intrinsic

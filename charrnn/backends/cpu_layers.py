@@ -50,8 +50,7 @@ class Layer:
 def lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
     kernel, W = (K.lstm_forward_t, ly.WhT) if transposed else (K.lstm_forward, ly.Wh)
     args = (ly.pre[t0:t1], ly.b, W, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1], ly.tcs[t0:t1], kind)
-    K.compile_first(kernel, *args, 0)
-    kernel(*args, K.lstm_cells_at(ly.pre.dtype))
+    K.call_with_cells(kernel, ly.pre.dtype, *args)
 
 
 def lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,

@@ -162,6 +162,12 @@ def _check_catalog(data: Any, origin: str, base: Path) -> Catalog:
             if archive is not None and (archive != "zip" or not isinstance(entry.get("member"), str)
                                         or not entry["member"]):
                 raise CorpusError(f"{where}: 'archive' is \"zip\", with the file to take from it as 'member'")
+            m_size, m_sha = entry.setdefault("member_bytes", None), entry.setdefault("member_sha256", None)
+            if (m_size is None) != (m_sha is None) or (m_size is not None and (
+                    archive is None or not isinstance(m_size, int) or isinstance(m_size, bool) or m_size < 0
+                    or not isinstance(m_sha, str) or not _SHA_RE.match(m_sha))):
+                raise CorpusError(f"{where}: 'member_bytes' and 'member_sha256' are both null, or an archive "
+                                  "member's size and lower-case hex sha256")
         split = entry.setdefault("split", None)
         if split is not None and not (isinstance(split, Mapping) and all(
                 isinstance(split.get(k), (int, float)) and not isinstance(split.get(k), bool)
@@ -263,6 +269,8 @@ def _expected(entry: Entry, path: Path) -> tuple[int, str] | None:
     """(bytes, sha256) that ``path`` must have, or None if a corpus that is not pinned has no valid record."""
     if pinned(entry):
         return entry["bytes"], entry["sha256"]
+    if entry.get("member_sha256") is not None:   # an archive whose member the catalogue pins
+        return entry["member_bytes"], entry["member_sha256"]
     # Built corpora differ between Python versions, texts taken from an archive are not the
     # download, and a text the catalogue holds no hash for (Project Gutenberg revises its
     # files) is pinned when first fetched: their size and hash live in a record beside them.
@@ -477,7 +485,15 @@ def _keep_with_record(entry: Entry, fetched: Path, size: int, sha: str) -> Path:
         record["member"] = entry["member"]
     else:
         record["note"] = "no sha256 in the catalogue: recorded at the first download, verified from then on"
-    record.update({"bytes": target.stat().st_size, "sha256": file_sha256(target)})
+    got = (target.stat().st_size, file_sha256(target))
+    if entry.get("archive"):
+        pin = (entry["member_bytes"], entry["member_sha256"])
+        if pin[1] is not None and got != pin:
+            target.unlink()
+            raise CorpusError(f"checksum mismatch for corpus '{entry['name']}': {entry['member']} in {entry['url']} "
+                              f"is {got[0]} bytes with sha256 {got[1]}, expected {pin[0]} bytes with sha256 "
+                              f"{pin[1]}; it was deleted")
+    record.update({"bytes": got[0], "sha256": got[1]})
     tmp = record_path.with_name(f"{record_path.name}.{os.getpid()}.part")
     tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, record_path)

@@ -470,8 +470,31 @@ def test_an_archive_cut_off_halfway_resumes_and_a_wrong_member_leaves_nothing(se
     assert leftovers(tmp_path) == []
 
 
+def test_an_archive_whose_member_is_pinned_is_verified_and_a_wrong_member_is_deleted(server, tmp_path, monkeypatch):
+    zipped = dict(size=len(ZIP), sha=hashlib.sha256(ZIP).hexdigest(), archive="zip", member="tiny")
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/corpus.zip", member_bytes=len(BODY),
+                                             member_sha256=SHA, **zipped))
+    path, _ = cat.resolve("tiny")
+    assert path.read_bytes() == BODY and leftovers(tmp_path) == ["tiny.txt", "tiny.txt.json"]
+    path.write_bytes(BODY.upper())                           # the pin, not the record, now vouches
+    (cache(tmp_path) / "tiny.txt.json").unlink()
+    with pytest.raises(cat.CorpusError, match="has sha256"):
+        cat.resolve("tiny", fetch=False)
+    for p in cache(tmp_path).iterdir():
+        p.unlink()
+    other = hashlib.sha256(BODY.upper()).hexdigest()
+    use_catalog(tmp_path, monkeypatch, entry(server.base + "/corpus.zip", member_bytes=len(BODY),
+                                             member_sha256=other, **zipped))
+    with pytest.raises(cat.CorpusError, match="checksum mismatch for corpus 'tiny': tiny in .*deleted"):
+        cat.resolve("tiny")
+    assert leftovers(tmp_path) == []
+
+
 def test_a_catalogue_split_and_archive_are_checked(tmp_path, monkeypatch):
-    for bad in ({"split": {"val_frac": 1.5, "test_frac": 0.1}}, {"archive": "tar"}, {"archive": "zip"}):
+    for bad in ({"split": {"val_frac": 1.5, "test_frac": 0.1}}, {"archive": "tar"}, {"archive": "zip"},
+                {"archive": "zip", "member": "m", "member_bytes": 3, "member_sha256": None},
+                {"archive": "zip", "member": "m", "member_bytes": 3, "member_sha256": "ABC"},
+                {"member_bytes": 3, "member_sha256": SHA}):
         use_catalog(tmp_path, monkeypatch, entry("http://127.0.0.1:1/x", **bad))
         with pytest.raises(cat.CorpusError):
             cat.load_catalog()
@@ -482,6 +505,8 @@ def test_the_shipped_catalogue_names_the_classic_corpora_with_their_splits():
     assert {"warandpeace", "shakespeare-complete", "enwik8", "text8", "code"} <= set(c)
     assert c["enwik8"]["split"]["val_frac"] == c["enwik8"]["split"]["test_frac"] == 0.05   # 90M/5M/5M
     assert c["enwik8"]["archive"] == "zip" and c["text8"]["member"] == "text8"
+    for name in ("enwik8", "text8"):    # the Hutter Prize zips and their members are pinned
+        assert c[name]["sha256"] and c[name]["member_sha256"] and c[name]["member_bytes"] == 100_000_000
     assert all(c[n]["url"].startswith("https://www.gutenberg.org/cache/epub/")
                for n in ("warandpeace", "shakespeare-complete"))
 

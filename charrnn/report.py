@@ -110,9 +110,12 @@ def curves(evals: list[dict]) -> str:
     val = [_num(r.get("val_bpc")) for r in evals]
     lr = [_num(r.get("lr")) for r in evals]
     gn = [_num(r.get("grad_norm")) for r in evals]
+    bpc = [Series("train (EMA)", xs, train, markers=mk), Series("validation", xs, val, markers=mk)]
+    avg = [_num(r.get("val_bpc_average")) for r in evals]
+    if any(v is not None for v in avg):          # a run with --average ema scores both weights
+        bpc.append(Series("validation, averaged weights", xs, avg, markers=mk))
     charts = [
-        line_chart([Series("train (EMA)", xs, train, markers=mk), Series("validation", xs, val, markers=mk)],
-                   "Bits per character", "characters seen", "bits/char"),
+        line_chart(bpc, "Bits per character", "characters seen", "bits/char"),
         line_chart([Series("learning rate", xs, lr, markers=mk)], "Learning rate", "characters seen", "lr",
                    logy=_spread(lr)),
         line_chart([Series("gradient norm", xs, gn, markers=mk)], "Gradient norm (last step before each validation)",
@@ -202,6 +205,7 @@ def final_table(evals: list[dict], ck_progress: dict, n_params: int | None) -> s
             add("characters / second", round(last["chars"] / max(el, 1e-9)))
     add("final train bits/char (EMA)", _num(last.get("train_bpc")))
     add("final validation bits/char", _num(last.get("val_bpc")))
+    add("final validation bits/char, averaged weights", _num(last.get("val_bpc_average")))
     if best[0] is not None:
         add("best validation bits/char", f"{best[0]:.4f} (step {best[1]})")
     add("final learning rate", _num(last.get("lr")))

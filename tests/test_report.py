@@ -236,6 +236,20 @@ def test_report_without_checkpoint_or_validation_split_still_draws(tmp_path):
     assert "No readable checkpoint" in html and "No samples recorded" in html
 
 
+def test_report_draws_and_tables_the_averaged_weights_only_when_the_run_scored_them(tmp_path):
+    rows = [{"step": s, "epoch": s / 10, "chars": 64 * s, "elapsed_s": s, "train_bpc": 5 - s / 10,
+             "val_bpc": 4 - s / 10, "lr": 0.002, "grad_norm": 1.0} for s in (10, 20, 30)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "averaged weights" not in build_report(tmp_path)
+    for r, v in zip(rows, (None, 2.25, 1.125)):
+        if v is not None:
+            r["val_bpc_average"] = v
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = build_report(tmp_path)
+    assert 'data-series="validation, averaged weights" data-points="2"' in html
+    assert "final validation bits/char, averaged weights" in html and "1.125" in html
+
+
 def test_report_shows_an_even_selection_of_many_samples(tmp_path):
     from charrnn.report import MAX_SAMPLES
     n = 3 * MAX_SAMPLES

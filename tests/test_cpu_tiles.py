@@ -16,9 +16,9 @@ def _exact(a, b, c):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tiles_of_5_to_37_rows_give_mm_exacts_bits_on_the_columns_they_cover(dtype):
-    """Every row count the tiles take (tiles of 4..8 rows of even size), column counts with a
-    wide panel, a single vector and a partial one after them, k with and without a remainder
-    of four: the covered columns bit for bit as mm_exact, the rest untouched."""
+    """Every row count the tiles take (tiles of 4..8 rows of even size), column counts with
+    panels of two vectors and a single vector or a partial one after them, k with and without a
+    remainder of four: the covered columns bit for bit as mm_exact, the rest untouched."""
     r = np.random.default_rng(7)
     W = T.VEC_BYTES // np.dtype(dtype).itemsize
     for Kd, N in ((37, 4 * W + W + 5), (6, 2 * W), (1, W + 1), (40, 3 * W - 3)):
@@ -29,7 +29,7 @@ def test_tiles_of_5_to_37_rows_give_mm_exacts_bits_on_the_columns_they_cover(dty
         for M in range(T.TILE_MIN_ROWS, 38):
             got = c0[:M].copy()
             done = T.mm_exact_tiled(a[:M], b, got)
-            assert done == N - N % W, (Kd, N, M)
+            assert done == N - N % (2 * W), (Kd, N, M)
             assert np.array_equal(got[:, :done], want[:M, :done]), (Kd, N, M)
             assert np.array_equal(got[:, done:], c0[:M, done:]), (Kd, N, M)
 
@@ -39,13 +39,13 @@ def test_tiles_follow_row_strides_of_views_into_wider_arrays():
     r = np.random.default_rng(8)
     W = T.VEC_BYTES // 4
     big_a = r.normal(size=(9, 50)).astype(np.float32)
-    big_b = r.normal(size=(45, 3 * W + 7)).astype(np.float32)
-    big_c = r.normal(size=(9, 3 * W + 9)).astype(np.float32)
-    a, b, c = big_a[:, 3:48], big_b[:, 7:], big_c[:, 2:2 + 3 * W]
+    big_b = r.normal(size=(45, 4 * W + 7)).astype(np.float32)
+    big_c = r.normal(size=(9, 4 * W + 9)).astype(np.float32)
+    a, b, c = big_a[:, 3:48], big_b[:, 7:], big_c[:, 2:2 + 4 * W]
     want, before = _exact(a, b, c), big_c.copy()
-    assert T.mm_exact_tiled(a, b, c) == 3 * W
-    assert np.array_equal(big_c[:, 2:2 + 3 * W], want)
-    assert np.array_equal(big_c[:, :2], before[:, :2]) and np.array_equal(big_c[:, 2 + 3 * W:], before[:, 2 + 3 * W:])
+    assert T.mm_exact_tiled(a, b, c) == 4 * W
+    assert np.array_equal(big_c[:, 2:2 + 4 * W], want)
+    assert np.array_equal(big_c[:, :2], before[:, :2]) and np.array_equal(big_c[:, 2 + 4 * W:], before[:, 2 + 4 * W:])
 
 
 def test_tiles_refuse_too_few_rows_and_strided_columns():

@@ -1,8 +1,8 @@
 """Register tiles for the batched exact product (`cpu_kernels.mm_exact_batch`, `charrnn serve`'s
 steps), written as LLVM IR because Numba's loops did not vectorise them.
 
-A tile is a few rows x one or two vectors of columns of c (a vector: 64 bytes with AVX-512,
-else 32), held in registers over the whole of k: each vector of b is loaded once for every row
+A tile is 4 to 8 rows x two vectors of columns of c (a vector: 64 bytes with AVX-512, else
+32), held in registers over the whole of k: each vector of b is loaded once for every row
 of the tile and each element of a once for every vector. Every element is summed in exactly
 `cpu_kernels.mm_exact`'s order: per four k, c + (((x0 y0 + x1 y1) + x2 y2) + x3 y3), then
 c + x y for each k left over. The IR holds the same operations, in the same order and with the
@@ -144,59 +144,43 @@ def _make_tile(R: int, C: int):
 
 
 _t4, _t5, _t6, _t7, _t8 = (_make_tile(r, 2) for r in range(4, 9))
-_u4, _u5, _u6, _u7, _u8 = (_make_tile(r, 1) for r in range(4, 9))
 
 
 @njit(inline="always", error_model="numpy")
-def _tile(a, b, c, m, r, n0, wide):
-    """c[m:m+r, n0:] += a[m:m+r] @ b[:, n0:] over two vectors of columns (`wide`) or one; r in 4..8."""
+def _tile(a, b, c, m, r, n0):
+    """c[m:m+r, n0:n0+2 vectors] += a[m:m+r] @ b[:, n0:n0+2 vectors]; r in 4..8."""
     pa, pb, pc, k = _at(a, m, 0), _at(b, 0, n0), _at(c, m, n0), a.shape[1]
     sz = a.itemsize
     lda, ldb, ldc = a.strides[0] // sz, b.strides[0] // sz, c.strides[0] // sz
-    if wide:
-        if r == 8:
-            _t8(pa, lda, pb, ldb, pc, ldc, k)
-        elif r == 7:
-            _t7(pa, lda, pb, ldb, pc, ldc, k)
-        elif r == 6:
-            _t6(pa, lda, pb, ldb, pc, ldc, k)
-        elif r == 5:
-            _t5(pa, lda, pb, ldb, pc, ldc, k)
-        else:
-            _t4(pa, lda, pb, ldb, pc, ldc, k)
-    elif r == 8:
-        _u8(pa, lda, pb, ldb, pc, ldc, k)
+    if r == 8:
+        _t8(pa, lda, pb, ldb, pc, ldc, k)
     elif r == 7:
-        _u7(pa, lda, pb, ldb, pc, ldc, k)
+        _t7(pa, lda, pb, ldb, pc, ldc, k)
     elif r == 6:
-        _u6(pa, lda, pb, ldb, pc, ldc, k)
+        _t6(pa, lda, pb, ldb, pc, ldc, k)
     elif r == 5:
-        _u5(pa, lda, pb, ldb, pc, ldc, k)
+        _t5(pa, lda, pb, ldb, pc, ldc, k)
     else:
-        _u4(pa, lda, pb, ldb, pc, ldc, k)
+        _t4(pa, lda, pb, ldb, pc, ldc, k)
 
 
 @njit(inline="always", error_model="numpy")
 def mm_exact_tiled(a, b, c):
-    """c += a @ b in mm_exact's order for the columns whole vectors cover; returns where they
-    end (the caller sums the columns after it). c has at least TILE_MIN_ROWS rows, cut into
-    tiles of 4..8 rows of even size; every tile of a panel of two vectors runs before the
-    next panel, so the panel of b is read from memory once and from cache by the other tiles.
-    Unit column strides (the caller's arrays are C-contiguous rows)."""
+    """c += a @ b in mm_exact's order for the columns that panels of two whole vectors cover;
+    returns where they end (the caller sums the fewer than two vectors' columns after it: none
+    for the served shapes, 4H with H a multiple of 8, and 64 of 65 characters). c has at least
+    TILE_MIN_ROWS rows, cut into tiles of 4..8 rows of even size; every tile of a panel runs
+    before the next panel, so the panel of b is read from memory once and from cache by the
+    other tiles. Unit column strides (the caller's arrays are C-contiguous rows)."""
     M, N = c.shape
     sz = a.itemsize
     if M < TILE_MIN_ROWS or a.strides[1] != sz or b.strides[1] != sz or c.strides[1] != sz:
         raise ValueError("mm_exact_tiled: fewer than TILE_MIN_ROWS rows, or columns not contiguous")
-    W = VEC_BYTES // sz
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
-    n_wide = N - N % (2 * W)
-    for n0 in range(0, n_wide, 2 * W):
+    P = 2 * (VEC_BYTES // sz)
+    n_wide = N - N % P
+    for n0 in range(0, n_wide, P):
         for t in range(tiles):
             m0, m1 = M * t // tiles, M * (t + 1) // tiles
-            _tile(a, b, c, m0, m1 - m0, n0, True)
-    if N - n_wide >= W:
-        for t in range(tiles):
-            m0, m1 = M * t // tiles, M * (t + 1) // tiles
-            _tile(a, b, c, m0, m1 - m0, n_wide, False)
-        return n_wide + W
+            _tile(a, b, c, m0, m1 - m0, n0)
     return n_wide

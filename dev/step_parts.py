@@ -1,6 +1,7 @@
 """Where a batched exact step (`CpuBackend.step_rows`, one lane) spends its time on the served
 model: the whole lstm_step against its products alone (mm_exact_batch) and its per-row cell
-calls alone, for 8, 16 and 32 rows on one thread.
+calls alone, for 8, 16 and 32 rows on one thread; then what two lanes add: two 16-row steps
+on `Lanes.run` against one alone, `step_rows` on 32 rows, and an empty `Lanes.run`.
 
     python dev/step_parts.py
 """
@@ -17,6 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from charrnn import zoo  # noqa: E402
 from charrnn.backends import cpu_kernels as K  # noqa: E402
 from charrnn.backends.cpu import CpuBackend  # noqa: E402
+from charrnn.backends.lanes import lanes  # noqa: E402
 from mm_exact_tiles import best_s  # noqa: E402
 
 
@@ -69,6 +71,19 @@ def main():
         ts, tp, tc = (best_s(f) * 1e6 for f in (step, prods, cl))
         print(f"{B:2d} rows, one thread: lstm_step {ts:.0f} us, its products {tp:.0f} us ({tp / ts:.0%}), "
               f"its cells {tc:.0f} us ({tc / ts:.0%}), the rest {ts - tp - tc:.0f} us", flush=True)
+    steps = []
+    for _ in range(2):
+        state = (rng.standard_normal((L, 2, 16, H)) * 0.5).astype(np.float32)
+        new, codes, logits = np.empty_like(state), rng.integers(0, V, 16), np.empty((16, V), np.float32)
+        steps.append(lambda s=state, n=new, c=codes, o=logits: K.lstm_step(
+            W, be._offs, be._embed_off, cfg.embed, be._out_off, c, s, n, o, be.kind, cells, True, True))
+    pool = lanes(2)
+    state = (rng.standard_normal((L, 2, 32, H)) * 0.5).astype(np.float32)
+    codes = rng.integers(0, V, 32)
+    one, two = best_s(steps[0]) * 1e6, best_s(lambda: pool.run(lambda lane: steps[lane]())) * 1e6
+    rows, empty = best_s(lambda: be.step_rows(codes, state)) * 1e6, best_s(lambda: pool.run(lambda lane: None)) * 1e6
+    print(f"one 16-row lstm_step {one:.0f} us, two on two lanes {two:.0f} us, step_rows of 32 rows {rows:.0f} us, "
+          f"an empty Lanes.run {empty:.0f} us")
     print("load average", os.getloadavg())
 
 

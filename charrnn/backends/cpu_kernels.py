@@ -237,17 +237,18 @@ def mm_exact_batch(a, b, c, beta):
     """mm_exact for a batch (`charrnn serve`'s steps): the same expression per element, written
     out once per loop below in exactly mm_exact's form, so it contracts the same way and every
     row comes out bit-identical to mm_exact's (tests/test_cpu_kernels.py compares every row count
-    1..37 at awkward sizes). cpu_tiles.TILE_MIN_ROWS rows or more take cpu_tiles' register tiles
-    (the same operations as LLVM IR, ~2x the loops' speed at 16 rows) for the columns their
-    panels cover; three rows or more take `_mm_exact_blocked` (for the columns after those),
-    where each load of b serves two rows and c is walked in column blocks that stay in cache;
-    one or two take mm_exact's row loop. A kernel of its own, so that `charrnn sample`
-    (lstm_generate) does not compile it on a cold cache (~2 s of CPU with the tiles, 1.2 s without)."""
+    1..37 at awkward sizes). With AVX-512, cpu_tiles.TILE_MIN_ROWS rows or more take cpu_tiles'
+    register tiles (the same operations as LLVM IR, ~2x the loops' speed at 16 rows) for the
+    columns their panels cover; three rows or more take `_mm_exact_blocked` (for the columns
+    after those), where each load of b serves two rows and c is walked in column blocks that
+    stay in cache; one or two take mm_exact's row loop. A kernel of its own, so that `charrnn
+    sample` (lstm_generate) does not compile it on a cold cache (~2 s of CPU with the tiles,
+    1.2 s without)."""
     if beta == 0:
         _zero(c)
     if c.shape[0] <= 2:
         _mm_exact_rows(a, b, c)
-    elif c.shape[0] < tiles.TILE_MIN_ROWS:
+    elif c.shape[0] < tiles.TILE_MIN_ROWS or not tiles.TILES_FASTER:
         _mm_exact_blocked(a, b, c, EXACT_COLS, 0)
     else:
         done = tiles.mm_exact_tiled(a, b, c)

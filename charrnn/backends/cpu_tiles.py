@@ -28,6 +28,10 @@ from numba.extending import intrinsic
 
 # one vector of c: a zmm register with AVX-512; two ymm halves of it would spill a tile of 8 x 2
 VEC_BYTES = 64 if _ll.get_host_cpu_features().get("avx512f", False) else 32
+# where the tiles were measured (dev/mm_exact_tiles.py, Zen 4): with AVX2's 16 ymm registers a
+# tile of 8 x 2 would spill, so there mm_exact_batch keeps its loops (the tiles still give the
+# same bits, and the tests call them on every machine)
+TILES_FASTER = VEC_BYTES == 64
 TILE_ROWS = 8          # most rows in a tile: 16 accumulators of 8 x 2 vectors, the rest for b and a
 TILE_MIN_ROWS = 5      # mm_exact_batch tiles products of this many rows or more: tiles of 4..8 rows
 _CONTRACT = ("contract",)

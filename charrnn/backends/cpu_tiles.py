@@ -17,6 +17,10 @@ dev/mm_exact_tiles.py proved the shapes on the served model (16 rows per lane, k
 b in L1, against ~50 for the column-blocked loop it replaces there. Fewer rows per tile read the
 strided columns of b for less work, so a batch is cut into tiles of 4 to 8 rows of even size
 (9 rows: 4 + 5, not 8 + 1).
+
+Numba's on-disk cache of mm_exact_batch (cache=True, in cpu_kernels.py) sees changes to
+cpu_kernels.py only: after editing this file, touch cpu_kernels.py (or clear its __pycache__),
+or the cached kernel keeps the old tiles.
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ shipped model, for 1, 8, 32 and 64 rows, with BLAS on its default threads and on
 (bench/RESULTS.md, "charrnn serve under load"). Best of three interleaved 0.3 s runs each; it
 first checks that step_rows gives each row alone what it gives in the batch. Then the exact
 product alone on the model's recurrent shape (rows x hidden @ hidden x 4 hidden):
-mm_exact_batch (column blocks, two rows per load of b) against mm_exact (the row loop, which
-step_rows took for every row count before), interleaved, the two checked bit-identical.
+mm_exact_batch (cpu_tiles' register tiles from 5 rows, column blocks for 3-4) against mm_exact
+(the row loop, which step_rows took for every row count before), interleaved, the two checked
+bit-identical. dev/mm_exact_tiles.py compares the tile shapes themselves.
 
     python bench/batch_step.py
 """

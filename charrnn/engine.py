@@ -271,6 +271,9 @@ class Engine:
             st = s.settings
             groups.setdefault((st.temperature, st.top_k, st.top_p), []).append(i)
         for (temp, top_k, top_p), rows in groups.items():
+            if top_p >= 1.0 and len(groups) == 1:    # every row alike (the usual batch): no gather
+                draw_rows(np.ascontiguousarray(logits), u, temp, top_k, codes, logp)
+                continue
             idx = np.array(rows)
             if top_p >= 1.0:       # the compiled draw, row by row in a fixed order: as `charrnn sample`
                 c, lp = np.empty(len(rows), np.int64), np.empty(len(rows))
@@ -286,11 +289,11 @@ class Engine:
         self._state = np.asarray(new_state)    # a device state (CUDA) comes home: rows join and leave here
         events: dict[int, tuple[Job, list]] = {}
         ended = []
-        for i, s in enumerate(act):
-            s.code = int(codes[i])
+        for i, (s, code, lp) in enumerate(zip(act, codes.tolist(), logp.tolist())):
+            s.code = code
             s.made += 1
             ev = events.setdefault(id(s.job), (s.job, []))[1]
-            done = self._emit_char(s, s.code, float(logp[i]), logits[i], ev)
+            done = self._emit_char(s, code, lp, logits, i, ev)
             if done:
                 ended.append(s)
                 if s.session is not None:
@@ -301,14 +304,15 @@ class Engine:
             job.emit(ev)
         self._drop(ended)
 
-    def _emit_char(self, s: Seq, code: int, lp: float, logits: np.ndarray, ev: list) -> bool:
-        """Add one drawn code to the sequence's output; append its events; True when it ends."""
+    def _emit_char(self, s: Seq, code: int, lp: float, logits: np.ndarray, row: int, ev: list) -> bool:
+        """Add one drawn code (of logits[row]) to the sequence's output; append its events; True
+        when it ends."""
         st = s.settings
         text = self._units[code] if self._units is not None else \
             s.decoder.decode(bytes([code]) if code < 256 else b"")      # 256: a byte model's end symbol
         entry = None
         if st.logprobs is not None:
-            z = logits.astype(np.float64)
+            z = logits[row].astype(np.float64)
             z = z - z.max()
             z = z - math.log(np.exp(z).sum())
             top = np.argsort(-z, kind="stable")[:st.logprobs]

@@ -520,15 +520,14 @@ class Pick:
     `keep` calls here (the median, so one call that lost a time slice does not switch: on an
     idle machine one window in a few lost half its speed to a partner descheduled once, and a
     choice by the last call alone then ran on one worker, 0.55x, for the next eight or more).
-    One worker must be `margin` times faster to be chosen: with the help of the evaluation
-    barrier, workers lose little to a partner that is away, and a single call's rate is noisy.
+    One worker must be `margin` times faster to be chosen.
     Both give the same bits, so only the time depends on the choice: on a busy machine, where
     a partner descheduled at a barrier costs a time slice every step, one worker wins (5x
     at load 10 on 2 cores, bench/RESULTS.md), and the other count is tried again after `probe`
     calls, twice as many after each try it loses (up to 16x: a try costs one window, a wait too
     long keeps one worker for seconds after the machine got quiet), in case the machine got quiet."""
 
-    def __init__(self, parts: int, probe: int = 8, keep: int = 3, margin: float = 1.25):
+    def __init__(self, parts: int, probe: int = 8, keep: int = 3, margin: float = 1.0):
         self.parts, self.probe, self.wait, self.left, self.keep = parts, probe, probe, probe, keep
         self.margin = margin
         self.rate: dict[int, float] = {}
@@ -561,7 +560,8 @@ class Pick:
 
 
 class Batch1:
-    """The batch-1 paths of one LSTM model on up to `parts` workers (Pick chooses per call):
+    """The batch-1 paths of one LSTM model on `parts` workers (evaluation always on all of them,
+    `pick` only keeping their rates for reports; sampling on 1 or all, gen_pick choosing per call):
     `loss` over a window of one stream, `generate` over sampling steps. flat: the parameters
     (float32 or float64); words: narrow()'s 16-bit words of the same buffer, or None (the
     products read flat)."""
@@ -600,7 +600,10 @@ class Batch1:
         codes = np.ascontiguousarray(x.reshape(-1), dtype=np.int64)
         ys = np.ascontiguousarray(y.reshape(-1), dtype=np.int64)
         losses = np.empty(T)
-        parts = self.pick.next() if self.parts > 1 else 1
+        # every worker, always: with the barrier's help a partner away costs about what one
+        # worker alone would (lstm_window_part), while Pick's choice by a few windows' noisy
+        # rates ran one worker for half the windows of a quiet machine (0.66x PyTorch, not 1.0x)
+        parts = self.parts
         t0 = time.perf_counter()
 
         packs = self._packs(parts)

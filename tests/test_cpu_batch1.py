@@ -1,8 +1,9 @@
-"""charrnn/backends/cpu_batch1.py: 16-bit words, the worker count's choice, the barrier's abort,
-and seeded 16-bit sampling. The kernels against reference.py: tests/test_cpu_regimes.py."""
+"""charrnn/backends/cpu_batch1.py: 16-bit words, the worker count's choice, the barrier's abort
+and its help for a late worker, and seeded 16-bit sampling. The kernels against reference.py: tests/test_cpu_regimes.py."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -77,12 +78,41 @@ def test_a_worker_that_fails_releases_the_others_from_the_barrier():
         hs = np.zeros((1, 51, 32), np.float32)
         B1.lstm_window_part(0, 2, b1.flat, b1.wflat, b1.offs, -1, 0, b1.out_w, codes, codes, hs, hs.copy(),
                             np.empty((50, 128), np.float32), np.empty((50, 7), np.float32), np.empty(50), b1.kind,
-                            b1.cells, sync, 10)
+                            b1.cells, sync, 10, b1._packs(2)[0])
     done = []
     t = threading.Thread(target=lambda: done.append(pytest.raises(RuntimeError, B1.run_parts, 2, fn)), daemon=True)
     t.start()
     t.join(60)
     assert done and "worker 1 failed" in str(done[0].value)
+
+
+def test_a_late_worker_has_its_units_done_by_the_other_and_the_window_keeps_the_bits_of_one_worker(monkeypatch):
+    """Worker 1 starts 0.3 s late: worker 0 claims its share of both layers' input projections
+    and does its share of every step (the barrier's help), worker 1 then finds every phase done
+    and begins none itself; loss and state are the bits of one worker alone."""
+    cfg = tiny_config(vocab_size=7, hidden=40, layers=2)           # blocks of 32 and 8 units
+    p = trained_like(cfg, 4, 3.0).astype(np.float32)
+    x = np.random.default_rng(4).integers(0, 7, (80, 1))
+    y = np.random.default_rng(5).integers(0, 7, (80, 1))
+    one = CpuBackend(cfg, p, tuning=CpuTuning(batch1_parts=1), weights="bf16")
+    want = one.loss(x, y, one.zero_state(1))
+    be = CpuBackend(cfg, p, tuning=TWO, weights="bf16")
+    be.loss(x, y, be.zero_state(1))                                # compiled, and the path taken
+    be._batch1.pick.next = lambda: 2
+    run_parts, words = B1.run_parts, []
+
+    def late_partner(parts, fn):
+        def slow(part, sync):
+            words.append(sync)
+            if part == 1:
+                time.sleep(0.3)
+            fn(part, sync)
+        run_parts(parts, slow)
+    monkeypatch.setattr(B1, "run_parts", late_partner)
+    got = be.loss(x, y, be.zero_state(1))
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    began = words[0][B1.FIN + 8 * (2 * 2 + 1)]                     # the last step worker 1 began itself
+    assert began == 0 and words[0][B1.FIN + 8] == 2 * (1 + 80)     # ... none; all of its phases done
 
 
 @pytest.mark.parametrize("weights", ["bf16", pytest.param("f16", marks=pytest.mark.slow)])

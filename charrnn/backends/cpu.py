@@ -55,11 +55,15 @@ class CpuTuning:
     lanes_min_chunk_macs: int = 2_000_000    # recurrent multiply-adds of one layer over one chunk
     lanes_min_params: int = 500_000          # the optimizer splits its buffer over the lanes from this size
     # one stream of an LSTM (cpu_batch1.py): 16-bit weights always take the batch-1 kernels,
-    # float32 evaluation windows from batch1_min_h units (None: never; they measured within
-    # the noise of the window driver's path at 1 worker, bench/RESULTS.md "Batch 1"); from
-    # batch1_parts_min_h units on up to batch1_parts workers (None: the BLAS thread count),
-    # each owning a block of the units, cpu_batch1.Pick choosing 1 or that many by speed
-    batch1_min_h: int | None = None
+    # float32 evaluation windows from batch1_min_h units (None: never) where the window driver
+    # would run them on one lane: two workers, each with its half of Wh in its own L2, measured
+    # 1.4-1.8x the driver at 1x256-1x512 on an idle machine, one worker (what Pick falls back
+    # to under load) 0.9-1.0x; below 256 units the driver won (the matrix fits one L2), and a
+    # stacked model on two lanes already keeps both cores busy (one worker there: 0.5x)
+    # (bench/RESULTS.md, "Batch 1 in float32"). From batch1_parts_min_h units on up to
+    # batch1_parts workers (None: the BLAS thread count), each owning a block of the units,
+    # cpu_batch1.Pick choosing 1 or that many by speed
+    batch1_min_h: int | None = 256
     batch1_parts_min_h: int = 128
     batch1_parts: int | None = None
     # step_rows runs the two halves of a batch this large on two lanes (rows are independent,
@@ -97,15 +101,19 @@ class CpuBackend:
         self._notify = notify
         self._batch1: B1.Batch1 | None = None
 
-    def _batch1_for(self, B: int) -> B1.Batch1 | None:
-        """The batch-1 kernels (cpu_batch1.py) for one stream of an LSTM, else None."""
+    def _batch1_for(self, B: int, T: int = 256) -> B1.Batch1 | None:
+        """The batch-1 kernels (cpu_batch1.py) for a window of T steps of one stream of an LSTM,
+        else None: always with 16-bit weights; in float32 (or float64) only where CpuTuning.
+        batch1_min_h asks and there are two workers or more to share the units."""
         cfg, tu = self.cfg, self.tuning
-        if B != 1 or cfg.cell != "lstm" or (self._words is None and (tu.batch1_min_h is None
-                                                                        or cfg.hidden < tu.batch1_min_h)):
+        if B != 1 or cfg.cell != "lstm":
+            return None
+        parts = tu.batch1_parts if tu.batch1_parts is not None else K.blas_threads()
+        parts = max(1, min(parts, cfg.hidden // 16)) if cfg.hidden >= tu.batch1_parts_min_h else 1
+        if self._words is None and (tu.batch1_min_h is None or cfg.hidden < tu.batch1_min_h or parts < 2
+                                    or self._lanes_for(T, 1) > 1):
             return None
         if self._batch1 is None:
-            parts = tu.batch1_parts if tu.batch1_parts is not None else K.blas_threads()
-            parts = max(1, min(parts, cfg.hidden // 16)) if cfg.hidden >= tu.batch1_parts_min_h else 1
             self._batch1 = B1.Batch1(self.p.flat, self._words, self._offs, self._embed_off, cfg.embed, self._out_off,
                                      cfg.hidden, cfg.layers, cfg.vocab_size, self.kind, parts)
         return self._batch1
@@ -158,7 +166,7 @@ class CpuBackend:
                                 self._step_threads(B) if n_lanes == 1 else 1, total)
 
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
-        b1 = self._batch1_for(x.shape[1])
+        b1 = self._batch1_for(x.shape[1], x.shape[0])
         if b1 is not None:
             _warm_up(self, "loss1")
             return b1.loss(x, y, np.ascontiguousarray(state, dtype=self.dtype))
@@ -387,15 +395,16 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
         if dist.current() is None:     # not beside MPI ranks: one more process per rank is no gain
             K.compile_cells_aside(be.dtype)
     from charrnn.model import ModelConfig as MC, init_params
-    tiny = MC(vocab_size=3, hidden=2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell, embed=2 if be.cfg.embed else 0,
-              dropout=0.5 if be.cfg.dropout else 0.0)
+    b1 = path in ("loss1", "generate1")    # cpu_batch1's kernels in the weights' format, on workers of 16 units
+    tiny = MC(vocab_size=3, hidden=32 if b1 else 2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell,
+              embed=2 if be.cfg.embed else 0, dropout=0.5 if be.cfg.dropout else 0.0)
     tuning = replace(be.tuning, lanes=n_lanes)
     B = K.SMALL_M + 1 if many_rows else 1
     if transposed:                     # the tiny model's batch and width must take that product too
         B = K.SMALL_M + 1
         tuning = replace(tuning, transposed_min_h=0, transposed_max_b=max(B, tuning.transposed_max_b))
-    if path in ("loss1", "generate1"):     # cpu_batch1's kernels, in the weights' format
-        tuning = replace(tuning, batch1_min_h=0)
+    if b1:
+        tuning = replace(tuning, batch1_min_h=0, batch1_parts_min_h=0)
     tb = CpuBackend(tiny, init_params(tiny, np.random.default_rng(0), be.dtype), tuning=tuning, weights=be.weights)
     x = np.zeros((2, B), np.int64)
     if path == "train_step":

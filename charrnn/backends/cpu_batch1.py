@@ -40,6 +40,14 @@ from charrnn.backends.lanes import lanes
 _EXACT = {"contract"}
 SPIN = 2000               # barrier spins (each a `pause`) before each sched_yield
 ABORT = 8                 # sync[ABORT], a cache line away from the counter at sync[0]
+FIN = 16                  # sync[FIN + 8q]: the last phase whose units of worker q are done (evaluation), and
+                          # sync[FIN + 8(parts + q)]: the last projection phase claimed for q's units, and
+                          # sync[FIN + 8(2 parts + q)]: the last step phase worker q began itself
+
+
+def sync_words(parts: int) -> np.ndarray:
+    """The barrier's words for `parts` workers, each on a cache line of its own."""
+    return np.zeros(FIN + 24 * parts, np.int64)
 
 
 # ---------------------------------------------------------------- 16-bit weights
@@ -105,30 +113,52 @@ def _wide_impl(w):
 
 
 # ---------------------------------------------------------------- the barrier
+def _word(context, builder, sig, args):
+    """In an intrinsic's code: the address of arr[i], for arr, i = its first two arguments."""
+    a = context.make_array(sig.args[0])(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, sig.args[0], a, [args[1]])
+
+
+def _words(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.dtype == types.int64
+
+
+def _rmw(op: str):
+    """The code of arr[i] = op(arr[i], v) atomically (acquire-release), returning the old value."""
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw(op, _word(context, builder, sig, args), v, "acq_rel")
+    return codegen
+
+
 @intrinsic
 def _atomic_add(typingctx, arr, i, v):
     """arr[i] += v atomically (acquire-release); returns the old value. arr: int64, C."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
-        return None
+    return (types.int64(arr, i, v), _rmw("add")) if _words(arr) else None
 
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], a, [args[1]])
-        return builder.atomic_rmw("add", ptr, context.cast(builder, args[2], sig.args[2], types.int64), "acq_rel")
-    return types.int64(arr, i, v), codegen
+
+@intrinsic
+def _atomic_max(typingctx, arr, i, v):
+    """arr[i] = max(arr[i], v) atomically (acquire-release); returns the old value. arr: int64, C."""
+    return (types.int64(arr, i, v), _rmw("max")) if _words(arr) else None
 
 
 @intrinsic
 def _atomic_load(typingctx, arr, i):
     """arr[i], an acquiring atomic load. arr: int64, C."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
-        return None
-
     def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], a, [args[1]])
-        return builder.load_atomic(ptr, "acquire", 8)
-    return types.int64(arr, i), codegen
+        return builder.load_atomic(_word(context, builder, sig, args), "acquire", 8)
+    return (types.int64(arr, i), codegen) if _words(arr) else None
+
+
+@intrinsic
+def _cas(typingctx, arr, i, old, new):
+    """arr[i] = new if arr[i] == old, atomically (acquire-release); True when it was. arr: int64, C."""
+    def codegen(context, builder, sig, args):
+        res = builder.cmpxchg(_word(context, builder, sig, args), context.cast(builder, args[2], sig.args[2], types.int64),
+                              context.cast(builder, args[3], sig.args[3], types.int64), "acq_rel", "acquire")
+        return builder.extract_value(res, 1)
+    return (types.boolean(arr, i, old, new), codegen) if _words(arr) else None
 
 
 @intrinsic
@@ -180,6 +210,15 @@ def _arrive(sync, target, spin):
     return True
 
 
+@njit(inline="always", error_model="numpy")
+def _late(sync, parts, phase):
+    """The first worker whose units of `phase` are not done (sync[FIN + 8q]), else -1."""
+    for q in range(parts):
+        if _atomic_load(sync, FIN + 8 * q) < phase:
+            return q
+    return -1
+
+
 def part_bounds(part: int, parts: int, H: int) -> tuple[int, int]:
     """Worker `part`'s hidden units [j0, j1) of H, cut at multiples of 16 (a cache line of
     float32, one AVX-512 vector)."""
@@ -229,62 +268,148 @@ def _part_buffers(part, parts, H, dt):
 
 
 # ---------------------------------------------------------------- evaluation: a window of one stream
+@njit(inline="always", error_model="numpy")
+def _proj_unit(q, parts, l, flat, offs, embed_off, embed, V, codes, hs, pre, x):
+    """Worker q's columns of layer l's input projections over the window, into pre (no bias):
+    the gathered rows of Wx for one-hot codes, else a GEMM (x: a buffer for the embedded codes)."""
+    H = hs.shape[2]
+    T, G = pre.shape
+    j0, j1 = _bounds(q, parts, H)
+    w = j1 - j0
+    o_x = offs[l, 0]
+    if l == 0 and embed_off >= 0:                # the embedded codes, once for the four gate blocks
+        gather_rows(flat[embed_off:embed_off + V * embed].reshape(V, embed), codes, x)
+    for g in range(4):
+        c0 = g * H + j0
+        if l == 0 and embed_off < 0:
+            for t in range(T):
+                r = o_x + codes[t] * G + c0
+                for n in range(w):
+                    pre[t, c0 + n] = flat[r + n]
+        elif l == 0:
+            gemm(x, flat[o_x:o_x + embed * G].reshape(embed, G)[:, c0:c0 + w], pre[:, c0:c0 + w], False, False, 0.0)
+        else:
+            gemm(hs[l - 1, 1:], flat[o_x:o_x + H * G].reshape(H, G)[:, c0:c0 + w], pre[:, c0:c0 + w],
+                 False, False, 0.0)
+
+
+@njit(inline="always", error_model="numpy")
+def _step_unit(q, parts, l, t, hs, cs, pre, W, stride, bias, kind, cells, bufs):
+    """Step t of layer l for worker q's units: its gates from pre[t] and h = hs[l, t] by W
+    (stride 0: q's own packed (H, 4w) block; stride H: all of Wh, q's columns read in place),
+    the cell from c = cs[l, t], the results into hs, cs[l, t + 1]. Each element's sum is the
+    same whichever worker computes it, through either W, so the values written are the same
+    bits: two workers may both compute a unit (a late one's, below) and write it twice."""
+    H = hs.shape[2]
+    j0, j1 = _bounds(q, parts, H)
+    w = j1 - j0
+    fa, fc, fh, ft, fv, fw, fq, fi = bufs
+    a = fa[:4 * w].reshape(1, 4 * w)
+    for g in range(4):
+        for n in range(w):
+            a[0, g * w + n] = pre[t, g * H + j0 + n]
+    _gemv_cols(hs[l, t], W, a[0], stride, j0 if stride else 0, w if stride else 4 * w, 4 if stride else 1)
+    cn, hn = fc[:w].reshape(1, w), fh[:w].reshape(1, w)
+    _call_cells(cells, a, bias[q, :4 * w], cs[l, t, j0:j1], kind, cn, ft[:w].reshape(1, w), hn,
+                fv[:4 * w].reshape(1, 4 * w), fw[:w].reshape(1, w), fq[:4 * w], fi[:4 * w])
+    for n in range(w):
+        hs[l, t + 1, j0 + n] = hn[0, n]
+        cs[l, t + 1, j0 + n] = cn[0, n]
+
+
 @njit(cache=True, nogil=True, fastmath=_EXACT, error_model="numpy")
 def lstm_window_part(part, parts, flat, wflat, offs, embed_off, embed, out_w, codes, ys, hs, cs, pre, logits,
-                     losses, kind, cells, sync, spin):
+                     losses, kind, cells, sync, spin, wp):
     """Worker `part` of `parts` over one window of one stream: T = len(codes) steps of every
     layer, then the loss of rows part*T//parts.. of the window. flat: the float32 (or float64)
     parameters; wflat: the same or narrow()'s words, read by the recurrent products; offs[l] =
     (Wx, Wh, b) offsets; hs, cs (L, T+1, H) hold the entering state at [:, 0] and get every
     step's; pre (T, 4H) and logits (T, V) are shared work buffers (each worker writes its own
     columns, then its own rows). losses (T,) gets each row's loss: the caller sums them in one
-    order, so the total is the same for any number of workers."""
+    order, so the total is the same for any number of workers. wp: this worker's own buffer of
+    at least H * 4w words of wflat's type, where it copies its columns of each layer's Wh at the
+    layer's start (with more than one worker), so that its per-step product reads one contiguous
+    (H, 4w) block that stays in its core's L2, in rows of 4w, not four strided pieces of w (the
+    pieces cost 2x in loop overhead at w = 128).
+
+    The phases (per layer: the input projections, then each step) end when every worker's
+    units are done (sync[FIN + 8q] >= the phase). A worker that waits there more than spin // 8
+    pauses (at once, for a step, where the late worker began neither this step nor the one
+    before: it is away) does the late worker's units itself: a projection after claiming it (sync[FIN +
+    8(parts + q)]; a GEMM's transient partial sums must not be written twice), a step without claiming
+    (_step_unit writes the same bits whoever computes it). So a partner descheduled on a busy
+    machine costs a few microseconds a step, not a time slice; when it runs again it skips the
+    phases already done (their units' flags say so) and takes its share again."""
     L, T1, H = hs.shape
     T = T1 - 1
     G = 4 * H
     V = logits.shape[1]
     dt = flat.dtype
-    j0, w, a, cn, hn, tc, v, ww, q, ib = _part_buffers(part, parts, H, dt)
-    bl = np.empty(4 * w, dt)
-    cp = np.empty((1, w), dt)
-    phase = 0
+    wmax = 0
+    for q in range(parts):
+        b0, b1 = _bounds(q, parts, H)
+        wmax = max(wmax, b1 - b0)
+    j0, j1 = _bounds(part, parts, H)
+    w = j1 - j0
+    bufs = (np.empty(4 * wmax, dt), np.empty(wmax, dt), np.empty(wmax, dt), np.empty(wmax, dt),
+            np.empty(4 * wmax, dt), np.empty(wmax, dt), np.empty(4 * wmax, dt), np.empty(4 * wmax, np.int32))
+    bias = np.empty((parts, 4 * wmax), dt)
+    x = np.empty((T if embed_off >= 0 else 0, embed), dt)
+    late = spin // 8
+    phase = claimed = 0                          # claimed: the last projection phase (the claim words' value)
     for l in range(L):
-        o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
+        o_h, o_b = offs[l, 1], offs[l, 2]
         Wh = wflat[o_h:o_h + H * G].reshape(H, G)
-        x = np.empty((T if l == 0 and embed_off >= 0 else 0, embed), dt)
-        if x.shape[0]:                           # the embedded codes, once for the four gate blocks
-            gather_rows(flat[embed_off:embed_off + V * embed].reshape(V, embed), codes, x)
-        for g in range(4):                       # this worker's columns of the input projections
-            c0 = g * H + j0
-            if l == 0 and embed_off < 0:
-                for t in range(T):
-                    r = o_x + codes[t] * G + c0
+        if parts > 1:                            # this worker's columns, contiguous (see wp above)
+            Wp = wp[:H * 4 * w].reshape(H, 4 * w)
+            for k in range(H):
+                for g in range(4):
                     for n in range(w):
-                        pre[t, c0 + n] = flat[r + n]
-            elif l == 0:
-                gemm(x, flat[o_x:o_x + embed * G].reshape(embed, G)[:, c0:c0 + w], pre[:, c0:c0 + w],
-                     False, False, 0.0)
-            else:
-                gemm(hs[l - 1, 1:], flat[o_x:o_x + H * G].reshape(H, G)[:, c0:c0 + w], pre[:, c0:c0 + w],
-                     False, False, 0.0)
-            for n in range(w):
-                bl[g * w + n] = flat[o_b + c0 + n]
-        for n in range(w):
-            cp[0, n] = cs[l, 0, j0 + n]
-        for t in range(T):
+                        Wp[k, g * w + n] = Wh[k, g * H + j0 + n]
+        else:                                    # one worker: its columns are Wh's, contiguous already
+            Wp = Wh
+        for q in range(parts):                   # every worker's biases, for the units it may do
+            b0, b1 = _bounds(q, parts, H)
             for g in range(4):
-                for n in range(w):
-                    a[0, g * w + n] = pre[t, g * H + j0 + n]
-            _gemv_cols(hs[l, t], Wh, a[0], H, j0, w, 4)
-            _call_cells(cells, a, bl, cp, kind, cn, tc, hn, v, ww, q, ib)
-            for n in range(w):
-                hs[l, t + 1, j0 + n] = hn[0, n]
-                cs[l, t + 1, j0 + n] = cn[0, n]
-                cp[0, n] = cn[0, n]
-            if parts > 1:
-                phase += 1
-                if not _arrive(sync, parts * phase, spin):
+                for n in range(b1 - b0):
+                    bias[q, g * (b1 - b0) + n] = flat[o_b + g * H + b0 + n]
+        for t in range(-1, T):                   # t = -1: the input projections' phase
+            phase += 1
+            if parts == 1:
+                if t < 0:
+                    _proj_unit(0, 1, l, flat, offs, embed_off, embed, V, codes, hs, pre, x)
+                else:
+                    _step_unit(0, 1, l, t, hs, cs, pre, Wp, 0, bias, kind, cells, bufs)
+                continue
+            if t < 0:
+                if _cas(sync, FIN + 8 * (parts + part), claimed, phase):
+                    _proj_unit(part, parts, l, flat, offs, embed_off, embed, V, codes, hs, pre, x)
+                    _atomic_max(sync, FIN + 8 * part, phase)
+            elif _atomic_load(sync, FIN + 8 * part) < phase:    # not done for us while we were away
+                _atomic_max(sync, FIN + 8 * (2 * parts + part), phase)
+                _step_unit(part, parts, l, t, hs, cs, pre, Wp, 0, bias, kind, cells, bufs)
+                _atomic_max(sync, FIN + 8 * part, phase)
+            n = 0
+            while True:
+                q = _late(sync, parts, phase)
+                if q < 0:
+                    break
+                if _atomic_load(sync, ABORT) != 0:
                     return
+                n += 1
+                if t < 0 and n > late and _cas(sync, FIN + 8 * (parts + q), claimed, phase):
+                    _proj_unit(q, parts, l, flat, offs, embed_off, embed, V, codes, hs, pre, x)
+                    _atomic_max(sync, FIN + 8 * q, phase)
+                elif t >= 0 and (n > late or _atomic_load(sync, FIN + 8 * (2 * parts + q)) < phase - 1):
+                    _step_unit(q, parts, l, t, hs, cs, pre, Wh, H, bias, kind, cells, bufs)   # (or q is away)
+                    _atomic_max(sync, FIN + 8 * q, phase)
+                    n = 0
+                elif n < spin:
+                    _pause()
+                else:                            # a projection claimed by a worker that is away
+                    _sched_yield()
+            if t < 0:
+                claimed = phase
     r0, r1 = T * part // parts, T * (part + 1) // parts
     if r1 > r0:
         lg = logits[r0:r1]
@@ -374,7 +499,7 @@ def run_parts(parts: int, fn) -> None:
     """fn(part, sync) on `parts` lanes at once (lanes.py), BLAS on one thread in each; sync is
     the barrier's word array. A worker that fails raises the abort word, so the others leave
     their barrier, and the error reaches the caller."""
-    sync = np.zeros(2 * ABORT, np.int64)
+    sync = sync_words(parts)
     if parts == 1:
         with K.blas_threads_at_most(1):    # an idle BLAS thread would spin on the other core
             fn(0, sync)
@@ -391,22 +516,29 @@ def run_parts(parts: int, fn) -> None:
 
 
 class Pick:
-    """Which worker count runs the next call: `parts` or 1, by the speed each last had here.
+    """Which worker count runs the next call: `parts` or 1, by the speed each had in its last
+    `keep` calls here (the median, so one call that lost a time slice does not switch: on an
+    idle machine one window in a few lost half its speed to a partner descheduled once, and a
+    choice by the last call alone then ran on one worker, 0.55x, for the next eight or more).
+    One worker must be `margin` times faster to be chosen.
     Both give the same bits, so only the time depends on the choice: on a busy machine, where
     a partner descheduled at a barrier costs a time slice every step, one worker wins (5x
     at load 10 on 2 cores, bench/RESULTS.md), and the other count is tried again after `probe`
-    calls, twice as many after each try it loses (up to 64x), in case the machine got quiet."""
+    calls, twice as many after each try it loses (up to 16x: a try costs one window, a wait too
+    long keeps one worker for seconds after the machine got quiet), in case the machine got quiet."""
 
-    def __init__(self, parts: int, probe: int = 8):
-        self.parts, self.probe, self.wait, self.left = parts, probe, probe, probe
+    def __init__(self, parts: int, probe: int = 8, keep: int = 3, margin: float = 1.0):
+        self.parts, self.probe, self.wait, self.left, self.keep = parts, probe, probe, probe, keep
+        self.margin = margin
         self.rate: dict[int, float] = {}
+        self._seen: dict[int, list[float]] = {}
         self._trying: int | None = None
 
     def next(self) -> int:
         for p in (self.parts, 1):
             if p not in self.rate:
                 return p
-        best = max(self.rate, key=self.rate.get)
+        best = 1 if self.rate[1] > self.margin * self.rate[self.parts] else self.parts
         self.left -= 1
         if self.left <= 0:
             self.left = self.wait
@@ -415,16 +547,21 @@ class Pick:
         return best
 
     def record(self, parts: int, chars: int, seconds: float) -> None:
-        self.rate[parts] = rate = chars / max(seconds, 1e-9)
+        seen = self._seen.setdefault(parts, [])
+        seen.append(chars / max(seconds, 1e-9))
+        del seen[:-self.keep]
+        self.rate[parts] = rate = float(np.median(seen))
         if parts == self._trying:
             self._trying = None
-            won = rate >= max(r for p, r in self.rate.items() if p != parts)
-            self.wait = self.probe if won else min(2 * self.wait, 64 * self.probe)
+            other = max(r for p, r in self.rate.items() if p != parts)
+            won = rate * (self.margin if parts == self.parts else 1 / self.margin) >= other
+            self.wait = self.probe if won else min(2 * self.wait, 16 * self.probe)
             self.left = self.wait
 
 
 class Batch1:
-    """The batch-1 paths of one LSTM model on up to `parts` workers (Pick chooses per call):
+    """The batch-1 paths of one LSTM model on `parts` workers (evaluation always on all of them,
+    `pick` only keeping their rates for reports; sampling on 1 or all, gen_pick choosing per call):
     `loss` over a window of one stream, `generate` over sampling steps. flat: the parameters
     (float32 or float64); words: narrow()'s 16-bit words of the same buffer, or None (the
     products read flat)."""
@@ -437,6 +574,17 @@ class Batch1:
         self.cells = K.lstm_cells_at(flat.dtype)
         self._bufs: dict = {}
         self.pick, self.gen_pick = Pick(parts), Pick(parts)
+        self._pack: list = []
+
+    def _packs(self, parts: int) -> list:
+        """Each of `parts` workers' buffer for its columns of a recurrent matrix
+        (lstm_window_part's wp), kept from call to call; empty for one worker."""
+        if parts == 1:
+            return [self.wflat[:0]]
+        if len(self._pack) != parts:
+            widths = [j1 - j0 for j0, j1 in (part_bounds(i, parts, self.H) for i in range(parts))]
+            self._pack = [np.empty(self.H * 4 * w, self.wflat.dtype) for w in widths]
+        return self._pack
 
     def loss(self, x: np.ndarray, y: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
         """CpuBackend.loss at B = 1: x, y (T, 1) codes and targets, state (L, 2, 1, H)."""
@@ -452,12 +600,18 @@ class Batch1:
         codes = np.ascontiguousarray(x.reshape(-1), dtype=np.int64)
         ys = np.ascontiguousarray(y.reshape(-1), dtype=np.int64)
         losses = np.empty(T)
-        parts = self.pick.next() if self.parts > 1 else 1
+        # every worker, always: with the barrier's help a partner away costs about what one
+        # worker alone would (lstm_window_part), while Pick's choice by a few windows' noisy
+        # rates ran one worker for half the windows of a quiet machine (0.66x PyTorch, not 1.0x)
+        parts = self.parts
         t0 = time.perf_counter()
+
+        packs = self._packs(parts)
 
         def fn(part, sync):
             lstm_window_part(part, parts, self.flat, self.wflat, self.offs, self.embed_off, self.embed, self.out_w,
-                             codes, ys, hs, cs, pre, logits, losses, self.kind, self.cells, sync, self.spin)
+                             codes, ys, hs, cs, pre, logits, losses, self.kind, self.cells, sync, self.spin,
+                             packs[part])
         run_parts(parts, fn)
         if self.parts > 1:
             self.pick.record(parts, T, time.perf_counter() - t0)

@@ -578,10 +578,10 @@ def c_function_at(name: str, dtype) -> int:
     """The address of C function `name` of _C_FUNCS for `dtype` (float32 or float64), compiled
     (or loaded from the cache) on first use, after the process compiling it aside (if any) has
     finished."""
-    dt = np.dtype(dtype)
-    at = _ADDRESS.get((name, dt))
+    at = _ADDRESS.get((name, dtype))     # the kernels' callers pass an np.dtype; a type (np.float32) goes on below
     if at is not None:
         return at
+    dt = np.dtype(dtype)
     with _CELLS_LOCK:
         at = _ADDRESS.get((name, dt))
         if at is not None:
@@ -638,14 +638,16 @@ def call_with_cells(kernel, dtype, *args, draw: bool = False, stand_in: bool = F
     (an address is an int64 like any other), and only then are the addresses asked for: that is
     what lets the two compile at once. `stand_in` (a warm-up's tiny model, training only): while
     the cell is still compiling aside, run through _stand_in_at's zeros instead of waiting."""
-    dt = np.dtype(dtype)
-    names = ("cells", "draw") if draw else ("cells",)
     if _COMPILING:
-        kernel.compile(tuple(kernel.typeof_pyval(a) for a in args) + (kernel.typeof_pyval(0),) * len(names))
+        dt = np.dtype(dtype)
+        kernel.compile(tuple(kernel.typeof_pyval(a) for a in args) + (kernel.typeof_pyval(0),) * (2 if draw else 1))
         if stand_in and not draw and dt in _COMPILING:
             kernel(*args, _stand_in_at(dt))
             return
-    kernel(*args, *(c_function_at(n, dt) for n in names))
+    if draw:
+        kernel(*args, c_function_at("cells", dtype), c_function_at("draw", dtype))
+    else:
+        kernel(*args, c_function_at("cells", dtype))
 
 
 @intrinsic

@@ -349,10 +349,12 @@ _told: list = []      # a compile notice was given in this process: the first pa
 
 # What each path compiles on an empty cache, for the notice, and about how long it takes: CPU
 # seconds measured on a 2-core AMD EPYC (bench/RESULTS.md, "Cold start"), rounded up; a training
-# step's includes the update that follows it. A loaded machine takes longer: "about".
+# step's includes the update that follows it, and it and sampling's are the wall seconds to the
+# first output on two cores, where a second process compiles part (compile_cells_aside). A
+# loaded machine takes longer: "about".
 _PATHS = {"generate": ("sampling", 5), "step": ("sampling", 5), "loss": ("scoring", 4),
           "generate1": ("sampling", 5), "loss1": ("scoring", 5),
-          "train_step": ("training", 8), "optimizer_step": ("the update", 1)}
+          "train_step": ("training", 7), "optimizer_step": ("the update", 1)}
 
 
 def _aside_first(path: str, transposed: bool) -> str:

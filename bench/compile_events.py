@@ -5,9 +5,10 @@
 
 Runs the CLI in this process and prints, on stderr, the wall and CPU seconds of the whole
 command and the 25 largest compiles: CPU seconds exclusive of the compiles nested in each, then
-inclusive, then the function. The LSTM cell's C function is not a dispatcher compile and does
-not show; on a cold cache it compiles in a second process (cpu_kernels.compile_cells_aside),
-whose CPU is not counted here.
+inclusive, then the function. The LSTM cell's and the draw's C functions are not dispatcher
+compiles and do not show; on a cold cache they compile in a second process
+(cpu_kernels.compile_cells_aside), with, for training, the LSTM backward, and that process's
+CPU is not counted here (what it put in the cache in time is loaded here and does not show).
 """
 import os
 import sys

@@ -243,19 +243,56 @@ _ASIDE = """
 import numpy as np
 from charrnn.backends import cpu_kernels as K
 f32 = np.dtype(np.float32)
-assert K._cells_cached(f32) is False
-assert K.compile_cells_aside(f32) is True
+assert K._cells_cached(f32) is False and K._c_cached("draw", f32) is False
+first = "K.add_bias(np.zeros((1, 1), dt), np.zeros(1, dt))"
+assert K.compile_cells_aside(f32, draw=True, first=first) is True
 assert K.compile_cells_aside(f32) is False          # one process per dtype
-child = K._COMPILING[f32]
+child, names = K._COMPILING[f32]
+assert names == {"cells", "draw"}
 at = K.lstm_cells_at(f32)
 assert at and child.returncode == 0 and not K._COMPILING
-assert K._cells_cached(f32) is True
-assert K.compile_cells_aside(f32) is False          # loaded: nothing to do
+assert K._cells_cached(f32) is True and K._c_cached("draw", f32) is True
+assert K.compile_cells_aside(f32, draw=True) is False   # loaded: nothing to do
+K.add_bias(np.zeros((1, 1), f32), np.zeros(1, f32))
+assert sum(K.add_bias.stats.cache_hits.values()) == 1 and not K.add_bias.stats.cache_misses   # `first` ran there
 print("ok")
 """
 
 
-def test_a_cold_cell_compiles_in_a_second_process_into_the_cache_and_is_loaded_from_there(tmp_path):
+def test_cold_c_functions_and_the_first_kernels_compile_in_a_second_process_into_the_cache(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     r = subprocess.run([sys.executable, "-c", _ASIDE], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_draw_called_by_address_draws_what_draw_rows_draws_bit_for_bit(dtype):
+    """lstm_generate calls the draw as a C function (compiled aside on a cold cache): the same
+    code without fast-math, so the same codes and log-probabilities to the bit."""
+    import ctypes
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    draw = ctypes.CFUNCTYPE(None, vp, vp, ctypes.c_double, i64, vp, vp, i64, i64)(K.c_function_at("draw", dtype))
+    r = np.random.default_rng(5)
+    B, V = 3, 65
+    for temp, top_k in ((1.0, 0), (0.7, 5), (0.0, 0), (1.3, V)):
+        logits = (r.normal(size=(B, V)) * 4).astype(dtype)
+        u = r.random(B)
+        want_c, want_lp = np.empty(B, np.int64), np.empty(B)
+        K.draw_rows(logits, u, temp, top_k, want_c, want_lp)
+        got_c, got_lp = np.empty(B, np.int64), np.empty(B)
+        draw(logits.ctypes.data, u.ctypes.data, temp, top_k, got_c.ctypes.data, got_lp.ctypes.data, B, V)
+        assert np.array_equal(got_c, want_c) and np.array_equal(got_lp, want_lp), (temp, top_k)
+
+
+def test_the_stand_in_cell_writes_zeros_where_the_cell_writes_and_nothing_else():
+    """A warm-up's tiny model runs through it while the cell compiles aside: its outputs must
+    be finite (zeros) for the backward that follows, and it must not touch the inputs."""
+    r = np.random.default_rng(6)
+    T, B, H = 3, 2, 5
+    gates = r.normal(size=(T, B, 4 * H))
+    bias, Wh = r.normal(size=4 * H), r.normal(size=(H, 4 * H))
+    hs, cs, tcs = r.normal(size=(T + 1, B, H)), r.normal(size=(T + 1, B, H)), r.normal(size=(T, B, H))
+    h0, c0 = hs[0].copy(), cs[0].copy()
+    K.lstm_forward(gates, bias, Wh, hs, cs, tcs, 0, K._stand_in_at(np.dtype(np.float64)))
+    assert not gates.any() and not hs[1:].any() and not cs[1:].any() and not tcs.any()
+    assert np.array_equal(hs[0], h0) and np.array_equal(cs[0], c0)

@@ -307,7 +307,7 @@ class CpuBackend:
                 gen = K.lstm_generate if batch <= K.SMALL_M else K.lstm_generate_many
                 args = (self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
                         state, logits, self.kind, u, temp, top_k, out_codes, out_logp)
-                K.call_with_cells(gen, self.dtype, *args)
+                K.call_with_cells(gen, self.dtype, *args, draw=True)
             else:
                 for s in range(steps):
                     lg, state = self.step(codes, state)
@@ -357,10 +357,29 @@ _told: list = []      # a compile notice was given in this process: the first pa
 
 # What each path compiles on an empty cache, for the notice, and about how long it takes: CPU
 # seconds measured on a 2-core AMD EPYC (bench/RESULTS.md, "Cold start"), rounded up; a training
-# step's includes the update that follows it. A loaded machine takes longer: "about".
+# step's includes the update that follows it, and it and sampling's are the wall seconds to the
+# first output on two cores, where a second process compiles part (compile_cells_aside). A
+# loaded machine takes longer: "about".
 _PATHS = {"generate": ("sampling", 5), "step": ("sampling", 5), "loss": ("scoring", 4),
           "generate1": ("sampling", 5), "loss1": ("scoring", 5),
-          "train_step": ("training", 8), "optimizer_step": ("the update", 1)}
+          "train_step": ("training", 7), "optimizer_step": ("the update", 1)}
+
+
+def _aside_first(path: str, transposed: bool) -> str:
+    """What the second process compiles before the cell (cpu_kernels.compile_cells_aside's
+    `first`), so that both cores stay busy up to the first training step: with the forward run
+    through a stand-in cell (cpu_kernels._stand_in_at), this process compiles the step's kernels
+    one after another, 7-8 s of CPU on a cold cache, while the cell takes the other core for 3-4
+    s. The LSTM backward (1.5-2 s), with the argument types the window driver gives it (all
+    C-contiguous), is compiled there first, before this process comes to it after the forward
+    and the softmax, and is loaded from the cache here; the softmax is reached too early to go
+    there. Tiny consistent shapes (T = B = H = 1), no carry: nothing is read out of bounds."""
+    if path != "train_step":
+        return ""
+    kernel, W = ("lstm_backward_t", "(1, 4)") if transposed else ("lstm_backward", "(4, 1)")
+    return ("z = lambda *s: np.zeros(s, dt)\n"
+            f"K.{kernel}(z(1, 1, 1), np.zeros({W}, dt), z(1, 1, 1), z(1, 1, 4), z(1, 1, 1), 0, z(1, 1, 4), "
+            "z(1, 1), z(1, 1), False)")
 
 
 def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None = None,
@@ -393,7 +412,7 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     if be.cfg.cell == "lstm":
         from charrnn import dist
         if dist.current() is None:     # not beside MPI ranks: one more process per rank is no gain
-            K.compile_cells_aside(be.dtype)
+            K.compile_cells_aside(be.dtype, draw=path == "generate", first=_aside_first(path, transposed))
     from charrnn.model import ModelConfig as MC, init_params
     b1 = path in ("loss1", "generate1")    # cpu_batch1's kernels in the weights' format, on workers of 16 units
     tiny = MC(vocab_size=3, hidden=32 if b1 else 2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell,
@@ -406,6 +425,7 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     if b1:
         tuning = replace(tuning, batch1_min_h=0, batch1_parts_min_h=0)
     tb = CpuBackend(tiny, init_params(tiny, np.random.default_rng(0), be.dtype), tuning=tuning, weights=be.weights)
+    tb._driver.stand_in = True         # its windows need not wait for a cell compiling aside (cpu_kernels._stand_in_at)
     x = np.zeros((2, B), np.int64)
     if path == "train_step":
         tb.train_step(x, x, tb.zero_state(B))

@@ -20,10 +20,11 @@
   one C function per float type whose address the kernels take (`lstm_cells_at`), and `mm` is
   called; the kernels for the two product orientations (`lstm_forward`/`lstm_forward_t`,
   `lstm_backward`/`lstm_backward_t`) are apart, so a run compiles only the one it takes; and
-  `lstm_generate` inlines the step and the draw, which it would otherwise compile twice, and
-  takes only the exact products (`lstm_generate_many`, more than SMALL_M rows, takes BLAS's).
-  On a cold cache the cell compiles in a second process while this one compiles the kernels
-  (`compile_cells_aside`, `call_with_cells`): the two largest pieces on two cores.
+  `lstm_generate` inlines the step, calls the draw by address as it calls the cell
+  (`c_function_at`), and takes only the exact products (`lstm_generate_many`, more than
+  SMALL_M rows, takes BLAS's). On a cold cache the C functions compile in a second process
+  while this one compiles the kernels (`compile_cells_aside`, `call_with_cells`): the largest
+  pieces on two cores.
 Every kernel is serial (the calling thread), and those the lanes call (cpu_window.py) release
 the GIL. The cores belong either to BLAS, whose thread count `set_blas_threads` sets, or to the
 lanes, each calling BLAS on one thread. Serial loops keep every float reduction in a fixed order.
@@ -39,6 +40,7 @@ import threading
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from charrnn import dropout
@@ -498,50 +500,111 @@ def _lstm_cells_c64(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B,
     _cells_at(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H)
 
 
-_CELLS: dict = {}
-_COMPILING: dict = {}     # dtype -> the subprocess compiling its cell into the cache (compile_cells_aside)
+def _draw_sig(f):
+    """The C signature of _draw_rows_c32/_c64: draw_rows's arrays by address, then B rows of V."""
+    p, f64 = types.CPointer, types.float64
+    return types.void(p(f), p(f64), f64, _i64, p(_i64), p(f64), _i64, _i64)
+
+
+@njit(inline="always", error_model="numpy")
+def _draw_at(logits, u, temp, top_k, codes, logp, B, V):
+    """draw_rows on buffers given by address."""
+    _draw_rows(carray(logits, (B, V)), carray(u, (B,)), temp, top_k, carray(codes, (B,)), carray(logp, (B,)))
+
+
+def _draw_rows_c32(logits, u, temp, top_k, codes, logp, B, V):
+    _draw_at(logits, u, temp, top_k, codes, logp, B, V)
+
+
+def _draw_rows_c64(logits, u, temp, top_k, codes, logp, B, V):
+    _draw_at(logits, u, temp, top_k, codes, logp, B, V)
+
+
+# The C functions the kernels call by address: name -> (the Python function per float type,
+# float32 first; its C signature for a float type; its fast-math flags, those of the code it
+# held when inlined: the draw has none, its sums must not be reassociated).
+_C_FUNCS = {"cells": ((_lstm_cells_c32, _lstm_cells_c64), _cells_sig, _FM),
+            "draw": ((_draw_rows_c32, _draw_rows_c64), _draw_sig, False)}
+_ADDRESS: dict = {}       # (name, dtype) -> the compiled C function's address
+_COMPILING: dict = {}     # dtype -> (the subprocess compiling C functions into the cache, their names)
 _CELLS_LOCK = threading.Lock()   # lanes ask for the cell at once: one waits or compiles, the rest reuse it
 
 
-def _cells_py(dt: np.dtype):
-    return (_lstm_cells_c32, types.float32) if dt == np.float32 else (_lstm_cells_c64, types.float64)
+def _c_py(name: str, dt: np.dtype):
+    pys, sig, _ = _C_FUNCS[name]
+    return (pys[0], sig(types.float32)) if dt == np.float32 else (pys[1], sig(types.float64))
 
 
-def _cells_cached(dt: np.dtype) -> bool | None:
-    """Whether Numba's on-disk cache holds the cell's C function for `dt` on this machine: the
+def _c_cached(name: str, dt: np.dtype) -> bool | None:
+    """Whether Numba's on-disk cache holds C function `name` for `dt` on this machine: the
     lookup Numba itself makes, without loading the code. None when that cannot be told (caching
     off, or a Numba whose cache internals differ): then nothing is compiled aside."""
     try:
         from numba.core.caching import FunctionCache
         from numba.core.registry import cpu_target
-        py, f = _cells_py(dt)
+        py, sig = _c_py(name, dt)
         cache = FunctionCache(py)
-        key = cache._index_key(_cells_sig(f), cpu_target.target_context.codegen())
+        key = cache._index_key(sig, cpu_target.target_context.codegen())
         return key in cache._cache_file._load_index()
     except Exception:
         return None
 
 
-def compile_cells_aside(dtype) -> bool:
-    """On a cold cache, start compiling the LSTM cell's C function for `dtype` into Numba's
-    cache in a second process, so that the kernels compiling here meanwhile (they take the cell
-    by address, not its code) and the cell use both cores: the two largest pieces of a first
-    `charrnn sample` or training step. lstm_cells_at then waits for that process and loads the
-    result, which is what every later run loads too. Returns whether a process was started."""
+def _cells_cached(dt: np.dtype) -> bool | None:
+    """_c_cached for the LSTM cell."""
+    return _c_cached("cells", dt)
+
+
+def compile_cells_aside(dtype, draw: bool = False, first: str = "") -> bool:
+    """On a cold cache, start compiling the LSTM cell's C function for `dtype` (and, with
+    `draw`, sampling's draw_rows as one) into Numba's cache in a second process, so that the
+    kernels compiling here meanwhile (they take these by address, not their code) and the C
+    functions use both cores: the largest pieces of a first `charrnn sample` or training step.
+    c_function_at then waits for that process and loads the result, which is what every later
+    run loads too. `first`: Python statements the second process runs before (with np, K = this
+    module and dt = the dtype): calls that compile kernels into the cache which this process
+    will load when it comes to them, if they are there by then (else it compiles them too: the
+    same code either way). Returns whether a process was started."""
     dt = np.dtype(dtype)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < 2 or dt in _CELLS or dt in _COMPILING or _cells_cached(dt) is not False:
+    names = [n for n in (("cells", "draw") if draw else ("cells",))
+             if (n, dt) not in _ADDRESS and _c_cached(n, dt) is False]
+    if cores < 2 or dt in _COMPILING or not names:
         return False      # one core: the two would take turns, and the second process costs its start
     import subprocess
     import sys
-    code = ("import numpy; from charrnn.backends.cpu_kernels import lstm_cells_at; "
-            f"lstm_cells_at(numpy.dtype('{dt.str}'))")
+    code = (f"import numpy as np; from charrnn.backends import cpu_kernels as K; dt = np.dtype('{dt.str}')\n"
+            f"{first}\n" + "\n".join(f"K.c_function_at('{n}', dt)" for n in names))
     try:
-        _COMPILING[dt] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _COMPILING[dt] = (subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), set(names))
     except OSError:
         return False
     return True
+
+
+def c_function_at(name: str, dtype) -> int:
+    """The address of C function `name` of _C_FUNCS for `dtype` (float32 or float64), compiled
+    (or loaded from the cache) on first use, after the process compiling it aside (if any) has
+    finished."""
+    at = _ADDRESS.get((name, dtype))     # the kernels' callers pass an np.dtype; a type (np.float32) goes on below
+    if at is not None:
+        return at
+    dt = np.dtype(dtype)
+    with _CELLS_LOCK:
+        at = _ADDRESS.get((name, dt))
+        if at is not None:
+            return at
+        aside = _COMPILING.get(dt)
+        if aside is not None and name in aside[1]:   # its result is in the cache unless it failed: then compile here
+            del _COMPILING[dt]
+            try:
+                aside[0].wait(timeout=300)
+            except Exception:
+                aside[0].kill()
+        py, sig = _c_py(name, dt)
+        at = _ADDRESS[(name, dt)] = cfunc(sig, cache=True, fastmath=_C_FUNCS[name][2], error_model="numpy")(py).address
+    return at
 
 
 def lstm_cells_at(dtype) -> int:
@@ -553,54 +616,76 @@ def lstm_cells_at(dtype) -> int:
     object: a plain integer keeps the kernels' dispatch fast (a compiled function as an argument
     costs ~25 us a call to type), and the call per time step costs nothing measurable. The
     caller passes the address for its arrays' dtype; the kernels cannot check it."""
-    dt = np.dtype(dtype)
-    at = _CELLS.get(dt)
-    if at is not None:
-        return at
+    return c_function_at("cells", dtype)
+
+
+_STAND_INS: dict = {}     # dtype -> a ctypes callback (kept alive here) with the cell's signature
+
+
+def _stand_in_at(dt: np.dtype) -> int:
+    """The address of a stand-in for the cell that only writes zeros where the cell writes (the
+    activations, c, act(c), h): a C-callable Python function, so it costs no compiling. The
+    warm-up's tiny model runs its first training step through it while the real cell compiles
+    aside, so that the step's other kernels (backward, softmax, ...) compile meanwhile instead of
+    after waiting for the cell; zeros keep everything after it finite. Never used for results."""
     with _CELLS_LOCK:
-        at = _CELLS.get(dt)
-        if at is not None:
-            return at
-        aside = _COMPILING.pop(dt, None)
-        if aside is not None:            # its result is in the cache unless it failed: then compile here
-            try:
-                aside.wait(timeout=300)
-            except Exception:
-                aside.kill()
-        py, f = _cells_py(dt)
-        at = _CELLS[dt] = cfunc(_cells_sig(f), cache=True, fastmath=_FM, error_model="numpy")(py).address
-    return at
+        fn = _STAND_INS.get(dt)
+        if fn is None:
+            size = dt.itemsize
+
+            def zeros(a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H):
+                for at, n in ((a, 4 * B * H), (c_out, B * H), (tc_out, B * H), (h_out, B * H)):
+                    ctypes.memset(at, 0, n * size)
+            vp, i64 = ctypes.c_void_p, ctypes.c_int64
+            fn = _STAND_INS[dt] = ctypes.CFUNCTYPE(None, vp, vp, vp, i64, vp, vp, vp, vp, vp, vp, vp, i64, i64)(zeros)
+    return ctypes.cast(fn, ctypes.c_void_p).value
 
 
-def call_with_cells(kernel, dtype, *args) -> None:
-    """kernel(*args, lstm_cells_at(dtype)). While the cell is still being compiled aside, the
-    kernel is compiled for these arguments first (the address is an int64 like any other), and
-    only then is the address asked for: that is what lets the two compile at once."""
+def call_with_cells(kernel, dtype, *args, draw: bool = False, stand_in: bool = False) -> None:
+    """kernel(*args, lstm_cells_at(dtype)), and the draw's address after it with `draw`. While
+    C functions are still being compiled aside, the kernel is compiled for these arguments first
+    (an address is an int64 like any other), and only then are the addresses asked for: that is
+    what lets the two compile at once. `stand_in` (a warm-up's tiny model, training only): while
+    the cell is still compiling aside, run through _stand_in_at's zeros instead of waiting."""
     if _COMPILING:
-        kernel.compile(tuple(kernel.typeof_pyval(a) for a in args) + (kernel.typeof_pyval(0),))
-    kernel(*args, lstm_cells_at(dtype))
+        dt = np.dtype(dtype)
+        kernel.compile(tuple(kernel.typeof_pyval(a) for a in args) + (kernel.typeof_pyval(0),) * (2 if draw else 1))
+        if stand_in and not draw and dt in _COMPILING:
+            kernel(*args, _stand_in_at(dt))
+            return
+    if draw:
+        kernel(*args, c_function_at("cells", dtype), c_function_at("draw", dtype))
+    else:
+        kernel(*args, c_function_at("cells", dtype))
 
 
 @intrinsic
-def _call_cells_c(typingctx, at, a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H):
-    """Call the C function at address `at` (an integer) with the other arguments (typed
-    pointers and int64s, _cells_sig's)."""
-    args = (a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib, B, H)
+def _call_c(typingctx, at, *args):
+    """Call the C function at address `at` (an integer) with `args` (typed pointers, integers,
+    floats: its C signature's), for nothing back."""
     if not isinstance(at, types.Integer):
         return None
+    tup = types.StarArgTuple(args)
 
     def codegen(context, builder, sig, llargs):
-        fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in sig.args[1:]])
-        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), llargs[1:])
+        fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in tup.types])
+        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), cgutils.unpack_tuple(builder, llargs[1]))
         return context.get_dummy_value()
-    return types.void(at, *args), codegen
+    return types.void(at, tup), codegen
 
 
 @njit(inline="always", error_model="numpy")
 def _call_cells(cells, a, bias, c_prev, kind, c_out, tc_out, h_out, v, w, q, ib):
     """_lstm_cells's arguments, through the C function at address `cells` (lstm_cells_at)."""
-    _call_cells_c(cells, _ptr(a), _ptr(bias), _ptr(c_prev), np.int64(kind), _ptr(c_out), _ptr(tc_out), _ptr(h_out),
+    _call_c(cells, _ptr(a), _ptr(bias), _ptr(c_prev), np.int64(kind), _ptr(c_out), _ptr(tc_out), _ptr(h_out),
             _ptr(v), _ptr(w), _ptr(q), _ptr(ib), np.int64(a.shape[0]), np.int64(a.shape[1] // 4))
+
+
+@njit(inline="always", error_model="numpy")
+def _call_draw(draw, logits, u, temp, top_k, codes, logp):
+    """draw_rows's arguments, through the C function at address `draw` (c_function_at("draw"))."""
+    _call_c(draw, _ptr(logits), _ptr(u), np.float64(temp), np.int64(top_k), _ptr(codes), _ptr(logp),
+            np.int64(logits.shape[0]), np.int64(logits.shape[1]))
 
 
 @njit(inline="always", error_model="numpy")
@@ -886,13 +971,17 @@ draw_rows = njit(cache=True, nogil=True, error_model="numpy")(draw_rows)
 
 
 def _generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
-              out_codes, out_logp, cells, fixed):
+              out_codes, out_logp, cells, draw, fixed):
     """len(u) sampling steps of the whole model in one call: lstm_step, then draw_rows with
     u[s] (one uniform per row). codes (B,) holds the last code and state (L,2,B,H) the state
     on entry; both hold the newest on return. logits (B,V) is a work buffer. Writes
-    out_codes, out_logp (steps, B). The step and the draw are inlined: compiled here once
-    rather than each on its own and again as part of this kernel. `fixed` is a constant in
-    each kernel below, so each compiles only its own products (Numba prunes the other branch)."""
+    out_codes, out_logp (steps, B). The step is inlined (compiled here once rather than on its
+    own and again as part of this kernel); the draw is called by address (`draw`:
+    c_function_at("draw", dtype)) like the cell, so on a cold cache it compiles in the second
+    process with the cell (compile_cells_aside) while this kernel compiles here: inlined, it was
+    a quarter of this kernel's compile time, on the first `charrnn sample`'s critical path
+    (issue 28). `fixed` is a constant in each kernel below, so each compiles only its own
+    products (Numba prunes the other branch)."""
     nxt = np.empty_like(state)
     for st in range(u.shape[0]):
         _lstm_step(flat, offs, embed_off, embed, out_w, codes, state, nxt, logits, kind, cells, fixed, False)
@@ -900,7 +989,7 @@ def _generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u
         s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
         for i in range(s_flat.shape[0]):
             s_flat[i] = n_flat[i]
-        _draw_rows(logits, u[st], temp, top_k, out_codes[st], out_logp[st])
+        _call_draw(draw, logits, u[st], temp, top_k, out_codes[st], out_logp[st])
         for bi in range(codes.shape[0]):
             codes[bi] = out_codes[st, bi]
 
@@ -910,20 +999,20 @@ _generate = njit(inline="always", error_model="numpy")(_generate)
 
 @njit(cache=True, error_model="numpy")
 def lstm_generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
-                  out_codes, out_logp, cells):
+                  out_codes, out_logp, cells, draw):
     """_generate for at most SMALL_M rows: every product in mm_exact, so a row's text does not
     depend on the batch (`charrnn sample` writes what `charrnn serve` writes for a seed). The
     first `charrnn sample` compiles only this: no BLAS path (issue 28)."""
     _generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
-              out_codes, out_logp, cells, True)
+              out_codes, out_logp, cells, draw, True)
 
 
 @njit(cache=True, error_model="numpy")
 def lstm_generate_many(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
-                       out_codes, out_logp, cells):
+                       out_codes, out_logp, cells, draw):
     """_generate for more than SMALL_M rows: products through mm (BLAS)."""
     _generate(flat, offs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
-              out_codes, out_logp, cells, False)
+              out_codes, out_logp, cells, draw, False)
 
 
 # ---------------------------------------------------------------- input and output sides

@@ -116,12 +116,15 @@ class WindowDriver:
     def __init__(self, cfg: ModelConfig, p: Params, kind: int):
         self.cfg, self.p, self.kind = cfg, p, kind
         self._bufs: dict = {}
+        self.stand_in = False      # a warm-up's tiny model: its layers may run a stand-in cell (Layer.stand_in)
 
     def _buffers(self, T: int, B: int, shared: bool) -> Buffers:
         key = (T, B, shared)
         buf = self._bufs.pop(key, None)
         if buf is None:
             buf = Buffers(self.cfg, self.p, T, B, self.p.flat.dtype, shared)
+            for ly in buf.layers:
+                ly.stand_in = self.stand_in
             while len(self._bufs) >= 2:
                 self._bufs.pop(next(iter(self._bufs)))
         self._bufs[key] = buf

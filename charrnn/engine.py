@@ -271,11 +271,11 @@ class Engine:
             st = s.settings
             groups.setdefault((st.temperature, st.top_k, st.top_p), []).append(i)
         for (temp, top_k, top_p), rows in groups.items():
-            if top_p >= 1.0 and len(groups) == 1:    # every row alike (the usual batch): no gather
-                draw_rows(np.ascontiguousarray(logits), u, temp, top_k, codes, logp)
-                continue
-            idx = np.array(rows)
             if top_p >= 1.0:       # the compiled draw, row by row in a fixed order: as `charrnn sample`
+                if len(rows) == B:     # every row alike (the usual batch): no gather
+                    draw_rows(np.ascontiguousarray(logits), u, temp, top_k, codes, logp)
+                    continue
+                idx = np.array(rows)
                 c, lp = np.empty(len(rows), np.int64), np.empty(len(rows))
                 draw_rows(np.ascontiguousarray(logits[idx]), u[idx], temp, top_k, c, lp)
                 codes[idx], logp[idx] = c, lp

@@ -98,7 +98,6 @@ def test_a_late_worker_has_its_units_done_by_the_other_and_the_window_keeps_the_
     want = one.loss(x, y, one.zero_state(1))
     be = CpuBackend(cfg, p, tuning=TWO, weights="bf16")
     be.loss(x, y, be.zero_state(1))                                # compiled, and the path taken
-    be._batch1.pick.next = lambda: 2
     run_parts, words = B1.run_parts, []
 
     def late_partner(parts, fn):

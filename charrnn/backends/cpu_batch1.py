@@ -520,16 +520,14 @@ class Pick:
     `keep` calls here (the median, so one call that lost a time slice does not switch: on an
     idle machine one window in a few lost half its speed to a partner descheduled once, and a
     choice by the last call alone then ran on one worker, 0.55x, for the next eight or more).
-    One worker must be `margin` times faster to be chosen.
     Both give the same bits, so only the time depends on the choice: on a busy machine, where
     a partner descheduled at a barrier costs a time slice every step, one worker wins (5x
     at load 10 on 2 cores, bench/RESULTS.md), and the other count is tried again after `probe`
     calls, twice as many after each try it loses (up to 16x: a try costs one window, a wait too
     long keeps one worker for seconds after the machine got quiet), in case the machine got quiet."""
 
-    def __init__(self, parts: int, probe: int = 8, keep: int = 3, margin: float = 1.0):
+    def __init__(self, parts: int, probe: int = 8, keep: int = 3):
         self.parts, self.probe, self.wait, self.left, self.keep = parts, probe, probe, probe, keep
-        self.margin = margin
         self.rate: dict[int, float] = {}
         self._seen: dict[int, list[float]] = {}
         self._trying: int | None = None
@@ -538,7 +536,7 @@ class Pick:
         for p in (self.parts, 1):
             if p not in self.rate:
                 return p
-        best = 1 if self.rate[1] > self.margin * self.rate[self.parts] else self.parts
+        best = 1 if self.rate[1] > self.rate[self.parts] else self.parts     # a tie keeps every worker
         self.left -= 1
         if self.left <= 0:
             self.left = self.wait
@@ -554,7 +552,7 @@ class Pick:
         if parts == self._trying:
             self._trying = None
             other = max(r for p, r in self.rate.items() if p != parts)
-            won = rate * (self.margin if parts == self.parts else 1 / self.margin) >= other
+            won = rate >= other
             self.wait = self.probe if won else min(2 * self.wait, 16 * self.probe)
             self.left = self.wait
 

@@ -94,53 +94,58 @@ def _make_tile(R: int, C: int):
                 return out
 
             grid = [(r, v) for r in range(R) for v in range(C)]
+
+            def counted(block, start, stop, step, acc_in, came_from, leave_to, body):
+                """The loop `block`: k from start while k < stop by step, the tile's accumulators
+                carried in phis from acc_in (reaching it from came_from); body(k, acc) gives the
+                new ones. Returns them and the block they come from."""
+                builder.position_at_end(block)
+                k = builder.phi(i64)
+                acc = phis([(acc_in, came_from)])
+                new = body(k, acc)
+                k_next, end = builder.add(k, n(step)), builder.block
+                k.add_incoming(start, came_from)
+                k.add_incoming(k_next, end)
+                for r, v in grid:
+                    acc[r][v].add_incoming(new[r][v], end)
+                builder.cbranch(builder.icmp_signed("<", k_next, stop), block, leave_to)
+                return new, end
+
+            def four(k, acc):
+                """Four k at a time: the sum of four products, then added to c (mm_exact's expression)."""
+                ys = [[builder.load(vec_at(pb, builder.add(k, n(j)), ldb, v), align=size) for v in range(C)]
+                      for j in range(4)]
+                new = [[None] * C for _ in range(R)]
+                for r in range(R):
+                    xs = [a_at(r, builder.add(k, n(j))) for j in range(4)]
+                    for v in range(C):
+                        p = [builder.fmul(xs[j], ys[j][v], flags=_CONTRACT) for j in range(4)]
+                        s = builder.fadd(builder.fadd(builder.fadd(p[0], p[1], flags=_CONTRACT), p[2],
+                                                      flags=_CONTRACT), p[3], flags=_CONTRACT)
+                        new[r][v] = builder.fadd(acc[r][v], s, flags=_CONTRACT)
+                return new
+
+            def one(k, acc):
+                """The k left over, one at a time: c + x y."""
+                y = [builder.load(vec_at(pb, k, ldb, v), align=size) for v in range(C)]
+                new = [[None] * C for _ in range(R)]
+                for r in range(R):
+                    x = a_at(r, k)
+                    for v in range(C):
+                        new[r][v] = builder.fadd(acc[r][v], builder.fmul(x, y[v], flags=_CONTRACT), flags=_CONTRACT)
+                return new
+
             acc0 = [[builder.load(vec_at(pc, n(r), ldc, v), align=size) for v in range(C)] for r in range(R)]
             k4 = builder.and_(kk, n(-4))
             fn, entry = builder.function, builder.block
             b4, m4, b1, e1 = (fn.append_basic_block(s) for s in ("tile.k4", "tile.k4.end", "tile.k1", "tile.end"))
             builder.cbranch(builder.icmp_signed(">", k4, n(0)), b4, m4)
-
-            # four k at a time: the sum of four products, then added to c (mm_exact's expression)
-            builder.position_at_end(b4)
-            k = builder.phi(i64)
-            acc = phis([(acc0, entry)])
-            ys = [[builder.load(vec_at(pb, builder.add(k, n(j)), ldb, v), align=size) for v in range(C)]
-                  for j in range(4)]
-            new = [[None] * C for _ in range(R)]
-            for r in range(R):
-                xs = [a_at(r, builder.add(k, n(j))) for j in range(4)]
-                for v in range(C):
-                    p = [builder.fmul(xs[j], ys[j][v], flags=_CONTRACT) for j in range(4)]
-                    s = builder.fadd(builder.fadd(builder.fadd(p[0], p[1], flags=_CONTRACT), p[2], flags=_CONTRACT),
-                                     p[3], flags=_CONTRACT)
-                    new[r][v] = builder.fadd(acc[r][v], s, flags=_CONTRACT)
-            k_next, end4 = builder.add(k, n(4)), builder.block
-            k.add_incoming(n(0), entry)
-            k.add_incoming(k_next, end4)
-            for r, v in grid:
-                acc[r][v].add_incoming(new[r][v], end4)
-            builder.cbranch(builder.icmp_signed("<", k_next, k4), b4, m4)
+            new, end4 = counted(b4, n(0), k4, 4, acc0, entry, m4, four)
 
             builder.position_at_end(m4)
             mid = phis([(acc0, entry), (new, end4)])
             builder.cbranch(builder.icmp_signed("<", k4, kk), b1, e1)
-
-            # the k left over, one at a time: c + x y
-            builder.position_at_end(b1)
-            k1 = builder.phi(i64)
-            acc1 = phis([(mid, m4)])
-            y1 = [builder.load(vec_at(pb, k1, ldb, v), align=size) for v in range(C)]
-            new1 = [[None] * C for _ in range(R)]
-            for r in range(R):
-                x = a_at(r, k1)
-                for v in range(C):
-                    new1[r][v] = builder.fadd(acc1[r][v], builder.fmul(x, y1[v], flags=_CONTRACT), flags=_CONTRACT)
-            k1_next, end1 = builder.add(k1, n(1)), builder.block
-            k1.add_incoming(k4, m4)
-            k1.add_incoming(k1_next, end1)
-            for r, v in grid:
-                acc1[r][v].add_incoming(new1[r][v], end1)
-            builder.cbranch(builder.icmp_signed("<", k1_next, kk), b1, e1)
+            new1, end1 = counted(b1, k4, kk, 1, mid, m4, e1, one)
 
             builder.position_at_end(e1)
             fin = phis([(mid, m4), (new1, end1)])

@@ -21,7 +21,11 @@ the barrier's flag updates and its wait. Variants (bits of `v`):
 - 4, 8: skip the product, skip the cell (timing only: the results are then wrong).
 
 Every variant that computes is checked bit for bit against the package kernel, then each is
-timed (median us a step over windows, interleaved) through cpu_batch1.run_parts.
+timed (median us a step over windows, interleaved) through cpu_batch1.run_parts. Bits 2, 16, 64
+and 256 are what the package kernel does now; 1 and 128 gained nothing, 32 doubled the product. On the
+2-core EPYC (Zen 4), load 1.5-1.8, 2026-12-07: a window's kernel 2611 -> 2332 us with 2 (its
+projection phase took 196-233 us), packing 113 -> 82 us with 16, the product 6.69 -> 6.09 us a step
+with 256; the rest of a step: the cell and its copies 1.1-1.6 us, the barrier's wait 0.8-1.1 us.
 
     python dev/batch1_step.py
 """
@@ -264,7 +268,7 @@ def main() -> None:
         B1.run_parts(parts, fn)
         return float(np.sum(losses))
 
-    variants = [82, 338]
+    variants = [0, 82, 338]   # before this work (less the helping barrier); 2 + 16 + 64; and aligned: the package's
     for v in variants:
         prof = np.zeros((parts, 10), np.int64)
         loss = run(v, prof)

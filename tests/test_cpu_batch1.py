@@ -87,7 +87,7 @@ def test_a_worker_that_fails_releases_the_others_from_the_barrier():
 
 
 def test_a_late_worker_has_its_units_done_by_the_other_and_the_window_keeps_the_bits_of_one_worker(monkeypatch):
-    """Worker 1 starts 0.3 s late: worker 0 claims its share of both layers' input projections
+    """Worker 1 starts 0.3 s late: worker 0 claims its share of layer 1's input projections
     and does its share of every step (the barrier's help), worker 1 then finds every phase done
     and begins none itself; loss and state are the bits of one worker alone."""
     cfg = tiny_config(vocab_size=7, hidden=40, layers=2)           # blocks of 32 and 8 units
@@ -111,7 +111,8 @@ def test_a_late_worker_has_its_units_done_by_the_other_and_the_window_keeps_the_
     got = be.loss(x, y, be.zero_state(1))
     assert got[0] == want[0] and np.array_equal(got[1], want[1])
     began = words[0][B1.FIN + 8 * (2 * 2 + 1)]                     # the last step worker 1 began itself
-    assert began == 0 and words[0][B1.FIN + 8] == 2 * (1 + 80)     # ... none; all of its phases done
+    # ... none; all of its phases done: layer 0's 80 steps (one-hot: no projection phase), layer 1's projection and 80
+    assert began == 0 and words[0][B1.FIN + 8] == 80 + 1 + 80
 
 
 @pytest.mark.parametrize("weights", ["bf16", pytest.param("f16", marks=pytest.mark.slow)])

@@ -11,8 +11,10 @@ per-request time to the first character (p50, p99), and inter-character time (p5
 of k characters arriving t after the last gives each of its characters t/k), and the batch-size
 histogram /metrics gained during the level, and the CPU time the server process used per 1000
 characters (user + system, from /proc): on a shared machine the wall-clock rates move with the
-other tenants' load, the CPU time a character costs much less. The soak reports the server's
-RSS every 10 s.
+other tenants' load, the CPU time a character costs much less; and the cores each server
+thread kept busy, the load generator's own, and the engine's steps/s (where a step cycle goes).
+The soak reports the server's RSS every 10 s. --chunk-interval passes the server's own (the
+pacing bounds one client's rate: bench/RESULTS.md).
 
     python bench/serve_load.py                       # the four levels (~1-2 min on 2 cores)
     python bench/serve_load.py --soak 300            # and 5 minutes at 64 clients
@@ -88,6 +90,23 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds by thread of process `pid`: where the server's CPU goes. The main thread
+    (the event loop) is "main", the others "t" and their thread id (Python does not give the
+    kernel its thread names; the engine and the step's second lane are the busy ones)."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:                # the thread ended
+            continue
+        name = "main" if int(tid) == pid else f"t{tid}"
+        fields = text.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 async def level(port: int, pid: int, clients: int, rounds: int, chars: int, max_seconds: float) -> dict:
     deadline = time.perf_counter() + max_seconds
     results: list[dict] = []
@@ -100,9 +119,11 @@ async def level(port: int, pid: int, clients: int, rounds: int, chars: int, max_
                                                     "temperature": 0.8}))
 
     before = metrics(port)
-    t0, cpu0 = time.perf_counter(), cpu_s(pid)
+    t0, cpu0, threads0, own0 = time.perf_counter(), cpu_s(pid), thread_cpu_s(pid), time.process_time()
     await asyncio.gather(*(client(i) for i in range(clients)))
     wall, cpu = time.perf_counter() - t0, cpu_s(pid) - cpu0
+    own = time.process_time() - own0
+    threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu_s(pid).items()}
     after = metrics(port)
     ttfc = np.array([r["ttfc"] for r in results])
     gaps = np.concatenate([r["gaps"] for r in results])
@@ -113,7 +134,10 @@ async def level(port: int, pid: int, clients: int, rounds: int, chars: int, max_
             "server_cpu_ms_per_1000_chars": 1e6 * cpu / max(1, sum(r["chars"] for r in results)),
             "ttfc_p50_ms": 1e3 * float(np.percentile(ttfc, 50)), "ttfc_p99_ms": 1e3 * float(np.percentile(ttfc, 99)),
             "gap_p50_ms": 1e3 * float(np.percentile(gaps, 50)), "gap_p99_ms": 1e3 * float(np.percentile(gaps, 99)),
-            "batch_size_histogram": hist}
+            "batch_size_histogram": hist, "steps": after.get("charrnn_engine_steps_total", 0)
+            - before.get("charrnn_engine_steps_total", 0),
+            "server_cores": cpu / wall, "client_cores": own / wall,
+            "server_thread_cores": {k: round(v / wall, 3) for k, v in threads.items() if v > 0}}
 
 
 def rss_mib(pid: int) -> float:
@@ -153,12 +177,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     ap.add_argument("--max-seconds", type=float, default=120.0)
     ap.add_argument("--soak", type=float, default=0.0, help="seconds at 64 clients, watching RSS (0: none)")
+    ap.add_argument("--chunk-interval", type=float, default=0.02, help="the server's --chunk-interval")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "charrnn", "serve", args.model, "--port", str(port),
-                               "--max-streams", "64"], stdout=subprocess.DEVNULL)
+                               "--max-streams", "64", "--chunk-interval", str(args.chunk_interval)],
+                              stdout=subprocess.DEVNULL)
     try:
         for _ in range(600):
             try:
@@ -173,7 +199,10 @@ def main() -> None:
             print(f"{c:3d} clients: {res['chars_per_s']:8.0f} chars/s  first char p50 {res['ttfc_p50_ms']:7.1f} "
                   f"p99 {res['ttfc_p99_ms']:7.1f} ms  between chars p50 {res['gap_p50_ms']:6.2f} "
                   f"p99 {res['gap_p99_ms']:6.2f} ms  server CPU {res['server_cpu_ms_per_1000_chars']:5.0f} ms "
-                  f"per 1000 chars  ({res['requests']} requests, {res['wall_s']:.1f} s)",
+                  f"per 1000 chars  ({res['requests']} requests, {res['wall_s']:.1f} s)\n"
+                  f"             cores busy: server {res['server_cores']:.2f} "
+                  f"({', '.join(f'{k} {v:.2f}' for k, v in sorted(res['server_thread_cores'].items(), key=lambda kv: -kv[1]))}), "
+                  f"load generator {res['client_cores']:.2f}; {res['steps'] / res['wall_s']:.0f} steps/s",
                   file=sys.stderr)
         if args.soak:
             out["soak_rss_mib"] = asyncio.run(soak(port, server.pid, args.soak, args.chars))

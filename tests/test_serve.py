@@ -309,6 +309,24 @@ def test_sigterm_lets_a_running_stream_finish_then_exits_0(keyed):
     assert keyed.proc.wait(30) == 0
 
 
+def test_the_chunk_pacing_coalesces_a_stream_but_never_holds_back_its_end():
+    """Chunks of a stream go out at most every --chunk-interval, yet the last one leaves as soon
+    as the completion ends: with 10 s pacing a 300-character completion takes two text chunks,
+    not 10 s."""
+    s = Server("--chunk-interval", "10")
+    try:
+        t0 = time.monotonic()
+        c, r = s.open_stream(prompt="ROMEO:", max_tokens=300, seed=3)
+        evs = list(events(r))
+        c.close()
+        took = time.monotonic() - t0
+    finally:
+        assert s.stop() == 0
+    texts = [e["choices"][0]["text"] for e in evs if e != "[DONE]" and e["choices"][0]["text"]]
+    assert evs[-1] == "[DONE]" and evs[-2]["choices"][0]["finish_reason"] == "length"
+    assert len("".join(texts)) == 300 and len(texts) <= 2 and took < 8
+
+
 def test_health_is_503_until_the_kernels_are_ready_and_completions_wait_for_it():
     """In process, over ASGI (the window before readiness is too short to catch over HTTP)."""
     import asyncio

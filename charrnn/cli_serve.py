@@ -27,7 +27,8 @@ from charrnn.cli_base import CONTEXT, device_option, say
 @click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
               help="Seconds a client may take to send its request or to take one chunk of a stream.")
 @click.option("--chunk-interval", type=click.FloatRange(0, 10), default=0.02, show_default=True,
-              help="Seconds between two chunks of a stream at least; characters made meanwhile go together.")
+              help="Seconds between two chunks of a stream at least; characters made meanwhile go "
+                   "together (the last chunk goes as soon as the completion ends).")
 @click.option("--grace", type=click.FloatRange(0), default=5.0, show_default=True,
               help="On SIGTERM, seconds running streams may take to finish.")
 def serve(checkpoints: tuple[str, ...], host: str, port: int, api_key: str | None, device: str, max_streams: int,

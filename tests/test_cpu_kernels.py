@@ -243,7 +243,7 @@ _ASIDE = """
 import numpy as np
 from charrnn.backends import cpu_kernels as K
 f32 = np.dtype(np.float32)
-assert K._cells_cached(f32) is False and K._c_cached("draw", f32) is False
+assert K._c_cached("cells", f32) is False and K._c_cached("draw", f32) is False
 first = "K.add_bias(np.zeros((1, 1), dt), np.zeros(1, dt))"
 assert K.compile_cells_aside(f32, draw=True, first=first) is True
 assert K.compile_cells_aside(f32) is False          # one process per dtype
@@ -251,7 +251,7 @@ child, names = K._COMPILING[f32]
 assert names == {"cells", "draw"}
 at = K.lstm_cells_at(f32)
 assert at and child.returncode == 0 and not K._COMPILING
-assert K._cells_cached(f32) is True and K._c_cached("draw", f32) is True
+assert K._c_cached("cells", f32) is True and K._c_cached("draw", f32) is True
 assert K.compile_cells_aside(f32, draw=True) is False   # loaded: nothing to do
 K.add_bias(np.zeros((1, 1), f32), np.zeros(1, f32))
 assert sum(K.add_bias.stats.cache_hits.values()) == 1 and not K.add_bias.stats.cache_misses   # `first` ran there

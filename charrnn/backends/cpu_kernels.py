@@ -550,11 +550,6 @@ def _c_cached(name: str, dt: np.dtype) -> bool | None:
         return None
 
 
-def _cells_cached(dt: np.dtype) -> bool | None:
-    """_c_cached for the LSTM cell."""
-    return _c_cached("cells", dt)
-
-
 def compile_cells_aside(dtype, draw: bool = False, first: str = "") -> bool:
     """On a cold cache, start compiling the LSTM cell's C function for `dtype` (and, with
     `draw`, sampling's draw_rows as one) into Numba's cache in a second process, so that the

@@ -210,15 +210,24 @@ def score(name: str, seed: int) -> float:
 
 def assign(names: Sequence[str], val_frac: float, test_frac: float, seed: int) -> list[str]:
     """Each document's split: validation below val_frac, test below val_frac + test_frac, by
-    score(). Only when a split asked for would be empty does it take the lowest-scored
-    training document, so a file added later moves no other file, unless it fills such a gap."""
+    score(). Only when a split asked for would be empty does it take the lowest-scored document
+    of training, or, where training has only one, of the other held-out split if that has two or
+    more (three documents scored into train, test, test give train, val, test); and when none
+    would train, the highest-scored document of a held-out split of two or more trains. So a
+    file added later moves no other file, unless it fills such a gap."""
     s = [score(n, seed) for n in names]
     out = ["val" if x < val_frac else "test" if x < val_frac + test_frac else "train" for x in s]
-    for which, frac in (("val", val_frac), ("test", test_frac)):
+    if "train" not in out:               # every document scored held out: the highest-scored trains
+        free = [i for i, o in enumerate(out) if out.count(o) > 1]
+        if free:
+            out[max(free, key=lambda i: s[i])] = "train"
+    for which, other, frac in (("val", "test", val_frac), ("test", "val", test_frac)):
         if frac > 0 and which not in out:
-            free = [i for i, o in enumerate(out) if o == "train"]
-            if len(free) > 1:            # one document stays for training
-                out[min(free, key=lambda i: s[i])] = which
+            for donor in ("train", other):
+                free = [i for i, o in enumerate(out) if o == donor]
+                if len(free) > 1:        # the donor keeps a document
+                    out[min(free, key=lambda i: s[i])] = which
+                    break
     return out
 
 

@@ -25,3 +25,28 @@ def pytest_terminal_summary(terminalreporter):
             for k, v in getattr(rep, "user_properties", ()) if k == "fixture_comparison"]
     for line in dict.fromkeys(said):
         terminalreporter.write_line(f"training fixture: {line}")
+
+
+_STOPS: list = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """A test marked `background(start, stop)` waits for a long subprocess that needs nothing
+    from the rest of the suite (the CUDA simulator run, single-threaded): once the selection is
+    known (after -m and -k, hence trylast), start it, and move the test to the end, so the
+    subprocess runs on the second core beside everything else instead of after it."""
+    later = [it for it in items if it.get_closest_marker("background")]
+    for it in later:
+        if config.option.collectonly or any(m.args and m.args[0] is True for m in it.iter_markers("skipif")):
+            continue                                  # it will be skipped: start nothing
+        start, stop = it.get_closest_marker("background").args
+        start()
+        _STOPS.append(stop)
+    items[:] = [it for it in items if it not in later] + later
+
+
+def pytest_sessionfinish(session):
+    """An interrupted session (-x, Ctrl-C) leaves no background subprocess behind."""
+    while _STOPS:
+        _STOPS.pop()()

@@ -10,7 +10,7 @@ import string
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from charrnn import checkpoint as ckpt
 from charrnn import documents as docs
@@ -153,6 +153,7 @@ def test_adding_a_document_moves_no_other_document(names, new, seed):
 
 @settings(max_examples=60, deadline=None)
 @given(NAMES, st.integers(0, 2 ** 31))
+@example(["A", "J", "AAAAAAAAAAA"], 1285)    # once scored train, test, test: no validation
 def test_every_split_gets_a_document_and_one_stays_for_training(names, seed):
     got = docs.assign(names, 0.05, 0.05, seed)
     assert "train" in got and "val" in got

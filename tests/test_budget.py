@@ -78,3 +78,41 @@ def test_model_flags_or_no_budget_keep_the_defaults(tmp_path, small_ladder, flag
     ck, out = _train(tmp_path, *flags, *(budgeted or []))
     assert "sized to the budget" not in out
     assert ck.config.hidden == (12 if flags[:1] == ["--hidden"] else 256)
+
+
+def test_a_machine_is_crowded_only_when_full_and_others_hold_a_share_of_it():
+    def at(others_and_ours: float, ours: float) -> tuple[float, float]:
+        return others_and_ours, ours
+    zero = (0.0, 0.0)
+    assert budget.crowded(zero, at(1.9, 1.0), 1.0, cpus=2)           # we got 1 core, others 0.9
+    assert not budget.crowded(zero, at(1.95, 1.9), 1.0, cpus=2)      # idle but for a daemon
+    assert not budget.crowded(zero, at(32.0, 2.0), 1.0, cpus=64)     # others busy, room to spare
+    assert not budget.crowded(zero, at(1.0, 1.0), 1.0, cpus=2)       # one thread, a core idle
+    assert not budget.crowded(None, at(9.0, 0.0), 1.0, cpus=2) and not budget.crowded(zero, None, 1.0)
+
+
+def _measure_with_readings(monkeypatch, crowded_timings: set[int]):
+    """budget.measure on tiny widths where timing i (counted from 0) looks crowded iff i is in
+    `crowded_timings`; returns the sizing and the number of timings made."""
+    from charrnn.config import ModelConfig
+    from charrnn.optim import new_optimizer
+    from charrnn.options import TrainOptions
+    calls = []
+
+    def fake_cpu_now():
+        calls.append(None)
+        timing, after = divmod(len(calls) - 1, 2)
+        return (1e9, 0.0) if after and timing in crowded_timings else (0.0, 0.0)
+    monkeypatch.setattr(budget, "cpu_now", fake_cpu_now)
+    cfg = ModelConfig(vocab_size=10, hidden=8, dropout=0.2)
+    s = budget.measure(cfg, "cpu", 8, 4, 300.0, 4_800, lambda n: new_optimizer(TrainOptions(), n))
+    return s, len(calls) // 2
+
+
+def test_a_width_timed_on_a_crowded_machine_is_timed_again(small_ladder, monkeypatch):
+    s, timings = _measure_with_readings(monkeypatch, {0, 2, 4})     # each width's first timing
+    assert timings == 6 and s.hidden == 24 and not s.crowded
+    assert "other processes" not in s.describe(5)
+    s, timings = _measure_with_readings(monkeypatch, set(range(99)))
+    assert timings == 3 * (1 + budget.RETIMES) and s.crowded
+    assert "other processes held the cores" in s.describe(5)

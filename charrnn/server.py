@@ -102,6 +102,11 @@ def _wake(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
+def _ends(events: list) -> bool:
+    """Whether a batch of a stream's events holds more than text: its end, or an error."""
+    return any(ev[0] != "text" for ev in events)
+
+
 class Mailbox:
     """Hands the engines' events to the event loop in batches, on a tick. Waking the loop from an
     engine's thread (`loop.call_soon_threadsafe`, a write to the loop's wake-up socket) once per
@@ -134,11 +139,8 @@ class Mailbox:
         for queue, events in items:
             queue.put_nowait(events)
             waker = getattr(queue, "waker", None)       # a stream pausing between chunks (sse)
-            if waker is not None and not waker.done():
-                for ev in events:
-                    if ev[0] != "text":                 # its end, or an error: no more waiting
-                        _wake(waker)
-                        break
+            if waker is not None and _ends(events):     # its end, or an error: no more waiting
+                _wake(waker)
         if items:
             self.loop.call_later(self.tick, self._collect)
 
@@ -486,7 +488,7 @@ def build_app(hub: Hub):
             # a chunk at most every `pause` seconds: each chunk costs the event loop the same
             # whatever it holds, and at 64 streams one per character would cost more than the model
             wait = wrote + pause - time.perf_counter()
-            if wait > 0 and all(ev[0] == "text" for ev in batch):
+            if wait > 0 and not _ends(batch):
                 # the pause ends early when the stream's end arrives (Mailbox._collect wakes it):
                 # a finished completion is not held back up to `pause` (it held one client at
                 # 10,700 characters/s against 14,000 unpaced: bench/RESULTS.md)

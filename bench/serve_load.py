@@ -83,11 +83,16 @@ def metrics(port: int) -> dict[str, float]:
     return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))}
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds process `pid` has used (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
+def stat_cpu_s(path: str) -> float:
+    """User + system CPU seconds from a Linux /proc stat file (a process's or one thread's)."""
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used (Linux /proc)."""
+    return stat_cpu_s(f"/proc/{pid}/stat")
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -97,13 +102,11 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                text = f.read()
+            used = stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
         except OSError:                # the thread ended
             continue
         name = "main" if int(tid) == pid else f"t{tid}"
-        fields = text.rsplit(")", 1)[1].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[name] = out.get(name, 0.0) + used
     return out
 
 

@@ -95,6 +95,17 @@ def choose(rates: dict[int, float], params: dict[int, int], seconds: float, trai
                   seen / params[pick], passes)
 
 
+def time_steps(be, opt, x, y, state, seconds: float):
+    """(steps, wall seconds, state after): training steps of backend `be` with optimizer `opt` on
+    the windows x, y, from `state`, for at least two steps and `seconds`."""
+    from charrnn.step import train_step
+    steps, t0 = 0, time.perf_counter()
+    while steps < 2 or time.perf_counter() - t0 < seconds:
+        state = train_step(be, opt, x, y, state, 1e-3, ("norm", 5.0), dropout_seed=steps + 2).state
+        steps += 1
+    return steps, time.perf_counter() - t0, state
+
+
 def measure(cfg, device: str, T: int, B: int, seconds: float, train_chars: int, opt_for: Callable,
             notify: Callable[[str], None] | None = None) -> Sizing:
     """Time training steps (forward, backward, update) of `cfg` at each width of LADDER, from
@@ -121,11 +132,8 @@ def measure(cfg, device: str, T: int, B: int, seconds: float, train_chars: int, 
         be.warm_up(T, B, opt)
         state = train_step(be, opt, x, y, state, 1e-3, ("norm", 5.0), dropout_seed=1).state  # buffers, caches
         for _ in range(1 + RETIMES):
-            steps, c0, t0 = 0, cpu_now(), time.perf_counter()
-            while steps < 2 or time.perf_counter() - t0 < PROBE_S:
-                state = train_step(be, opt, x, y, state, 1e-3, ("norm", 5.0), dropout_seed=steps + 2).state
-                steps += 1
-            wall = time.perf_counter() - t0
+            c0 = cpu_now()
+            steps, wall, state = time_steps(be, opt, x, y, state, PROBE_S)
             rates[h] = max(rates.get(h, 0.0), steps * T * B / wall)
             busy = crowded(c0, cpu_now(), wall)
             if not busy:

@@ -12,8 +12,9 @@ import click
 from charrnn.cli_base import CONTEXT, Finite, device_option, say, write_page
 from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
-from charrnn.options import (AVERAGES, DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END, LR_FIND_MIN_STEPS,
-                             LR_FIND_START, LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES, SPLIT_BY, TrainOptions)
+from charrnn.options import (AVERAGES, CELL_LR as _CELL_LR, DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END,
+                             LR_FIND_MIN_STEPS, LR_FIND_START, LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES,
+                             SPLIT_BY, TrainOptions)
 
 _D = TrainOptions()      # every default below is read from here, written once in options.py
 _CAPS = (INT_MAX, F32_MAX, 1e9)   # technical upper bounds: checked by TrainOptions.check, not shown in --help
@@ -88,7 +89,9 @@ OPTIMIZER_OPTIONS = [
 @click.command(context_settings=CONTEXT)
 @click.argument("text", metavar="PATH...", nargs=-1, required=True)
 @_options(MODEL_OPTIONS)
-@click.option("--lr", type=_num("lr"), default=_D.lr, show_default=True, help="Learning rate.")
+@click.option("--lr", type=_num("lr"), default=_D.lr,
+              help="Learning rate [Adam: " + ", ".join(f"{_e(r)} for {c}" for c, r in _CELL_LR.items())
+              + "; other rules: " + _e(_D.lr) + "].")
 @_options(OPTIMIZER_OPTIONS)
 @click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=_D.lr_schedule, show_default=True,
               help="cosine anneals the rate to --lr-floor times --lr by the end of the run "

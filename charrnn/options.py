@@ -23,6 +23,13 @@ OPTIMIZER_DEFAULTS = {
 }
 
 
+# Adam's default rate by cell, for a new run given no --lr. 1e-2 is the LSTM's sweep winner; under
+# it a plain RNN diverges (11.3 bits/char after an epoch of tinyshakespeare) and a GRU may (3.6),
+# so each cell has the best rate of a short screening (bench/RESULTS.md, "A learning rate per cell")
+CELL_LR = {"lstm": 1e-2, "gru": 5e-3, "rnn": 3e-3}
+ADAM_RULES = ("adam", "adamw")
+
+
 @dataclass
 class TrainOptions:
     """Everything `charrnn train` takes besides the text: the model, the data split, the optimizer
@@ -38,7 +45,8 @@ class TrainOptions:
                                    # "auto": by document from documents.DOCUMENT_SPLIT_AT of them on
     # optimisation
     optimizer: str = "adam"
-    lr: float = 1e-2             # the sweep in bench/RESULTS.md (issue 19); lr-find suggests about 2e-2
+    lr: float = 1e-2             # the sweep in bench/RESULTS.md (issue 19); lr-find suggests about 2e-2.
+                                 # LSTM's: a new GRU or RNN run under Adam takes CELL_LR's instead
     beta1: float | None = None
     beta2: float | None = None
     alpha: float | None = None

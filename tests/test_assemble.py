@@ -75,3 +75,25 @@ def test_a_catalogue_corpus_takes_its_standard_split_unless_a_fraction_is_given(
     assemble.standard_split("wp", given, {"val_frac"}, heard.append)
     assemble.standard_split("plain", settings := {"val_frac": 0.05, "test_frac": 0.05}, set(), heard.append)
     assert given["val_frac"] == 0.02 and settings["val_frac"] == 0.05 and len(heard) == 1
+
+
+@pytest.mark.parametrize("cell,rate", [("lstm", 1e-2), ("gru", 5e-3), ("rnn", 3e-3)])
+def test_a_new_adam_run_given_no_rate_takes_its_cells_and_says_so_unless_it_is_the_lstms(cell, rate):
+    heard = []
+    opts = assemble.new_options({"cell": cell})
+    assemble.cell_rate(opts, cell, set(), heard.append)
+    assert opts.lr == rate
+    assert heard == ([] if cell == "lstm" else [f"--lr {rate:g}: the {cell} cell's default rate under Adam "
+                                               "(give --lr to choose)"])
+
+
+def test_a_given_rate_or_another_rule_keeps_its_rate_and_init_from_goes_by_the_checkpoints_cell():
+    heard = []
+    given = assemble.new_options({"cell": "rnn", "lr": 0.02})
+    assemble.cell_rate(given, "rnn", {"lr"}, heard.append)
+    sgd = assemble.new_options({"cell": "rnn", "optimizer": "sgd"})
+    assemble.cell_rate(sgd, "rnn", set(), heard.append)
+    assert (given.lr, sgd.lr, heard) == (0.02, 1e-2, [])
+    adamw = assemble.new_options({"optimizer": "adamw"})     # --cell left at lstm, the checkpoint's is gru
+    assemble.cell_rate(adamw, "gru", set(), heard.append)
+    assert adamw.lr == 5e-3 and len(heard) == 1

@@ -14,7 +14,7 @@ from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
 from charrnn.options import (AVERAGES, CELL_LR as _CELL_LR, DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END,
                              LR_FIND_MIN_STEPS, LR_FIND_START, LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES,
-                             SPLIT_BY, TrainOptions)
+                             RULE_LR as _RULE_LR, SPLIT_BY, TrainOptions)
 
 _D = TrainOptions()      # every default below is read from here, written once in options.py
 _CAPS = (INT_MAX, F32_MAX, 1e9)   # technical upper bounds: checked by TrainOptions.check, not shown in --help
@@ -68,7 +68,7 @@ MODEL_OPTIONS = [
 OPTIMIZER_OPTIONS = [
     click.option("--optimizer", type=click.Choice(list(_OPT)), default=_D.optimizer, show_default=True,
                  help="sgd is plain (heavy-ball with --momentum); adamw decays the weights apart from the gradient; "
-                      "adadelta's step is scaled by --lr, 1 as in Zeiler's paper."),
+                      "adadelta's step is scaled by --lr. Each rule has its own default --lr."),
     click.option("--beta1", type=_num("beta1"), default=None, help=f"Adam/AdamW beta1 [{_OPT['adam']['beta1']:g}]."),
     click.option("--beta2", type=_num("beta2"), default=None, help=f"Adam/AdamW beta2 [{_OPT['adam']['beta2']:g}]."),
     click.option("--alpha", type=_num("alpha"), default=None, help=f"RMSProp decay [{_OPT['rmsprop']['alpha']:g}]."),
@@ -90,8 +90,8 @@ OPTIMIZER_OPTIONS = [
 @click.argument("text", metavar="PATH...", nargs=-1, required=True)
 @_options(MODEL_OPTIONS)
 @click.option("--lr", type=_num("lr"), default=_D.lr,
-              help="Learning rate [Adam: " + ", ".join(f"{_e(r)} for {c}" for c, r in _CELL_LR.items())
-              + "; other rules: " + _e(_D.lr) + "].")
+              help="Learning rate [adam, adamw: " + ", ".join(f"{_e(r)} for {c}" for c, r in _CELL_LR.items())
+              + "; " + ", ".join(f"{o} {_e(r)}" for o, r in _RULE_LR.items()) + "].")
 @_options(OPTIMIZER_OPTIONS)
 @click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=_D.lr_schedule, show_default=True,
               help="cosine anneals the rate to --lr-floor times --lr by the end of the run "

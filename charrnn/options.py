@@ -23,11 +23,17 @@ OPTIMIZER_DEFAULTS = {
 }
 
 
-# Adam's default rate by cell, for a new run given no --lr. 1e-2 is the LSTM's sweep winner; under
-# it a plain RNN diverges (11.3 bits/char after an epoch of tinyshakespeare) and a GRU may (3.6),
-# so each cell has the best rate of a short screening (bench/RESULTS.md, "A learning rate per cell")
+# The rate of a new run given no --lr, by rule, and under Adam by cell: the best of short screenings
+# (bench/RESULTS.md, "A learning rate per cell"). Adam's 1e-2 is the LSTM's sweep winner; under it
+# a plain RNN diverges (11.3 bits/char after an epoch of tinyshakespeare) and a GRU may (3.6). The
+# other rules' rates were screened on the LSTM only, and serve every cell.
 CELL_LR = {"lstm": 1e-2, "gru": 5e-3, "rnn": 3e-3}
-ADAM_RULES = ("adam", "adamw")
+RULE_LR = {"rmsprop": 5e-3, "adagrad": 1e-2, "adadelta": 1.0, "sgd": 1.0, "nesterov": 0.3}
+
+
+def default_rate(optimizer: str, cell: str) -> float:
+    """The learning rate a new run of `cell` under `optimizer` takes when --lr is not given."""
+    return CELL_LR[cell] if optimizer in ("adam", "adamw") else RULE_LR[optimizer]
 
 
 @dataclass
@@ -46,7 +52,7 @@ class TrainOptions:
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-2             # the sweep in bench/RESULTS.md (issue 19); lr-find suggests about 2e-2.
-                                 # LSTM's: a new GRU or RNN run under Adam takes CELL_LR's instead
+                                 # Adam's for the LSTM: a new run given no --lr takes default_rate's
     beta1: float | None = None
     beta2: float | None = None
     alpha: float | None = None

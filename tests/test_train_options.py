@@ -94,7 +94,7 @@ def test_every_train_flag_is_recorded_in_the_checkpoint(tmp_path, text_file):
 
 def test_a_new_rnn_run_records_its_cells_rate_and_a_given_rate_is_kept(tmp_path, text_file):
     res = _cli_train(text_file, tmp_path / "rnn", "--cell", "rnn", "--max-steps", "2")
-    assert "--lr 0.003: the rnn cell's default rate under Adam" in res.stderr
+    assert "--lr 0.003: the default rate of adam for the rnn cell" in res.stderr
     assert ckpt.load(tmp_path / "rnn" / "last.safetensors").train_args["lr"] == 3e-3
     _cli_train(text_file, tmp_path / "given", "--cell", "rnn", "--lr", "0.02", "--max-steps", "2")
     assert ckpt.load(tmp_path / "given" / "last.safetensors").train_args["lr"] == 0.02

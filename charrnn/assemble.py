@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from charrnn import checkpoint as ckpt
-from charrnn import options
 from charrnn.corpus import Corpus, split
 from charrnn.errors import InputError
 from charrnn.optim import new_optimizer, new_optimizer_slots
-from charrnn.options import TRAIN_OPTION_NAMES, TrainOptions
+from charrnn.options import TRAIN_OPTION_NAMES, TrainOptions, default_rate
 
 if TYPE_CHECKING:
     from charrnn.train import Trainer
@@ -118,7 +117,7 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
     else:
         standard_split(corpus_name, settings, given, tell)
         opts = new_options(settings)
-        default_rate(opts, base_init.config.cell if base_init else opts.model.cell, given, tell)
+        settle_rate(opts, base_init.config.cell if base_init else opts.model.cell, given, tell)
     if base:
         keep_to_checkpoint(base, settings, given, byte_mode, "--resume" if base_resume else "--init-from", tell)
     if comm is not None and "-" in inputs:
@@ -188,13 +187,13 @@ def standard_split(corpus_name: str | None, settings: dict, given, log: Callable
             f"{split['test_frac']:g} test by position ({split.get('source', '')})")
 
 
-def default_rate(opts: TrainOptions, cell: str, given, log: Callable[[str], None]) -> None:
+def settle_rate(opts: TrainOptions, cell: str, given, log: Callable[[str], None]) -> None:
     """A new run given no --lr takes the rate of its rule and cell (options.default_rate; `cell` is
     the model's, the --init-from checkpoint's when there is one), said on `log` where it is not
     Adam's for the LSTM."""
     if "lr" in given:
         return
-    rate = options.default_rate(opts.optimizer, cell)
+    rate = default_rate(opts.optimizer, cell)
     if rate != opts.lr:
         opts.lr = rate
         log(f"--lr {rate:g}: the default rate of {opts.optimizer} for the {cell} cell (give --lr to choose)")

@@ -81,7 +81,7 @@ def test_a_catalogue_corpus_takes_its_standard_split_unless_a_fraction_is_given(
 def test_a_new_adam_run_given_no_rate_takes_its_cells_and_says_so_unless_it_is_the_lstms(cell, rate):
     heard = []
     opts = assemble.new_options({"cell": cell})
-    assemble.default_rate(opts, cell, set(), heard.append)
+    assemble.settle_rate(opts, cell, set(), heard.append)
     assert opts.lr == rate
     assert heard == ([] if cell == "lstm" else [f"--lr {rate:g}: the default rate of adam for the {cell} cell "
                                                "(give --lr to choose)"])
@@ -92,15 +92,15 @@ def test_a_new_adam_run_given_no_rate_takes_its_cells_and_says_so_unless_it_is_t
 def test_each_other_rule_given_no_rate_takes_its_own_whatever_the_cell(rule, rate):
     for cell in ("lstm", "rnn"):
         opts = assemble.new_options({"cell": cell, "optimizer": rule})
-        assemble.default_rate(opts, cell, set(), lambda line: None)
+        assemble.settle_rate(opts, cell, set(), lambda line: None)
         assert opts.lr == rate
 
 
 def test_a_given_rate_is_kept_and_init_from_goes_by_the_checkpoints_cell():
     heard = []
     given = assemble.new_options({"cell": "rnn", "optimizer": "sgd", "lr": 0.02})
-    assemble.default_rate(given, "rnn", {"lr"}, heard.append)
+    assemble.settle_rate(given, "rnn", {"lr"}, heard.append)
     assert (given.lr, heard) == (0.02, [])
     adamw = assemble.new_options({"optimizer": "adamw"})     # --cell left at lstm, the checkpoint's is gru
-    assemble.default_rate(adamw, "gru", set(), heard.append)
+    assemble.settle_rate(adamw, "gru", set(), heard.append)
     assert adamw.lr == 5e-3 and len(heard) == 1

@@ -51,8 +51,8 @@ class TrainOptions:
                                    # "auto": by document from documents.DOCUMENT_SPLIT_AT of them on
     # optimisation
     optimizer: str = "adam"
-    lr: float = 1e-2             # the sweep in bench/RESULTS.md (issue 19); lr-find suggests about 2e-2.
-                                 # Adam's for the LSTM: a new run given no --lr takes default_rate's
+    lr: float = CELL_LR["lstm"]  # the sweep in bench/RESULTS.md (issue 19); lr-find suggests about 2e-2.
+                                 # A new run given no --lr takes default_rate's for its rule and cell
     beta1: float | None = None
     beta2: float | None = None
     alpha: float | None = None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 CELLS = ("lstm", "gru", "rnn")
 ACTIVATIONS = ("tanh", "softsign")
 INITS = ("uniform", "xavier")
+NORMS = ("none", "layer")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 STATES = {"lstm": 2, "gru": 1, "rnn": 1}  # h (and c for the LSTM)
 
@@ -28,6 +29,9 @@ class ModelConfig:
     forget_bias: float = 1.0 # LSTM forget-gate bias at init
     init: str = "xavier"     # xavier: Glorot uniform, on tinyshakespeare it learns markedly faster
                              # than uniform: U(-0.08, 0.08) as char-rnn
+    norm: str = "none"       # layer: layer-normalised LSTM (Ba et al. 2016), each gate block's
+                             # pre-activation and the cell before its squashing; "none" here so a
+                             # checkpoint written before the field existed reads as what it is
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -36,6 +40,10 @@ class ModelConfig:
             raise ValueError(f"unknown activation {self.activation!r}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r} (choose from {', '.join(NORMS)})")
+        if self.norm != "none" and self.cell != "lstm":
+            raise ValueError(f"layer normalisation is implemented for the LSTM cell only, not the {self.cell.upper()}")
         for name in ("hidden", "layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")

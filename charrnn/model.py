@@ -11,6 +11,9 @@ embedding is learned, `hidden` above), with G gate blocks of width H:
     l{l}.Wh  (H,   G*H)   recurrent weights
     l{l}.b   (G*H,)       bias (input side)
     l{l}.bh  (H,)         GRU only: bias of the candidate's recurrent product, inside r*(.)
+    l{l}.ln_g  (G*H,)     layer-normalised LSTM only (norm "layer"): the gain of each normalised
+    l{l}.lnc_g (H,)       gate block, and the gain and bias of the normalised cell
+    l{l}.lnc_b (H,)       (l{l}.b is the gates' bias after their normalisation)
 and once:
     embed    (V, D)       when embed > 0
     out.W    (H, V), out.b (V,)
@@ -37,6 +40,8 @@ def param_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
         shapes += [(f"l{l}.Wx", (d_in, G * H)), (f"l{l}.Wh", (H, G * H)), (f"l{l}.b", (G * H,))]
         if cfg.cell == "gru":
             shapes.append((f"l{l}.bh", (H,)))
+        if cfg.norm == "layer":
+            shapes += [(f"l{l}.ln_g", (G * H,)), (f"l{l}.lnc_g", (H,)), (f"l{l}.lnc_b", (H,))]
     shapes += [("out.W", (H, V)), ("out.b", (V,))]
     return shapes
 
@@ -94,7 +99,7 @@ class Params:
 
 def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> Params:
     """char-rnn's U(-0.08, 0.08), or Glorot uniform per gate block; biases zero,
-    the LSTM forget-gate bias set to `forget_bias`."""
+    the LSTM forget-gate bias set to `forget_bias`, layer normalisation's gains one."""
     p = Params(cfg, dtype=dtype)
     for name, shape in param_shapes(cfg):
         v = p[name]
@@ -113,6 +118,9 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) ->
         H = cfg.hidden
         for l in range(cfg.layers):
             p[f"l{l}.b"][H:2 * H] = cfg.forget_bias
+            if cfg.norm == "layer":
+                p[f"l{l}.ln_g"][...] = 1.0
+                p[f"l{l}.lnc_g"][...] = 1.0
     return p
 
 

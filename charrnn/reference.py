@@ -14,6 +14,12 @@ Cells (gate order from model.py; act is tanh or softsign, s the sigmoid):
     RNN   h = act(xW + hU + b)                                              (Elman)
 The GRU applies the reset gate after the recurrent product (cuDNN's and PyTorch's variant),
 so hU for all gates is one product per step instead of two, and cuDNN checkpoints map 1:1.
+The layer-normalised LSTM (norm "layer", Ba et al. 2016) normalises each gate block of the summed
+products and the cell before its squashing, LN(v) = (v - mean v) / sqrt(var v + LN_EPS):
+    a = xW + hU;  z_k = gain_k * LN(a_k) + b_k for k = i, f, g, o;  c = f*c + i*g;
+    h = o * act(cgain * LN(c) + cbias)                     (c itself is carried unnormalised)
+One normalisation of the sum rather than one per product (Ba et al.'s form) keeps a single
+recurrent product per step and a one-hot layer's input a gather.
 
 Backward accumulates (+=) into the gradient views: zero them once, layers compose.
 """
@@ -22,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from charrnn.model import ModelConfig
+
+LN_EPS = 1e-5     # layer normalisation's floor under the variance (the CPU kernels' too)
 
 
 # ---------------------------------------------------------------- nonlinearities
@@ -76,6 +84,70 @@ def lstm_backward(dh_out, Wh, hs, cache, dh_T, dc_T, kind):
         dc_next = dc * f
         dh_next = da[t] @ Wh.T
     return da, da, dh_next, dc_next
+
+
+def norm(v):
+    """v normalised over its last axis, and 1 / sqrt(var + LN_EPS) (keeping that axis, length 1)."""
+    mu = v.mean(axis=-1, keepdims=True)
+    r = 1.0 / np.sqrt(((v - mu) ** 2).mean(axis=-1, keepdims=True) + LN_EPS)
+    return (v - mu) * r, r
+
+
+def norm_backward(dn, n, r):
+    """The gradient on v from the gradient dn on its normalisation n = norm(v)[0]."""
+    return r * (dn - dn.mean(axis=-1, keepdims=True) - n * (dn * n).mean(axis=-1, keepdims=True))
+
+
+def ln_lstm_forward(xw, b, Wh, h0, c0, kind, gain, cgain, cbias):
+    """The layer-normalised LSTM: xw (T,B,4H) input projections WITHOUT the bias b, which enters
+    after the normalisation. Returns hs and the cache: lstm_forward's (gates, cs, tcs, where tcs
+    is act of the normalised cell) and the normalised values and their 1/sigma for backward."""
+    T, B, G4 = xw.shape
+    H = G4 // 4
+    hs = np.empty((T + 1, B, H), xw.dtype); hs[0] = h0
+    cs = np.empty((T + 1, B, H), xw.dtype); cs[0] = c0
+    gates, xh = np.empty_like(xw), np.empty_like(xw)
+    rs = np.empty((T, B, 4, 1), xw.dtype)
+    tcs, xc = np.empty((T, B, H), xw.dtype), np.empty((T, B, H), xw.dtype)
+    rc = np.empty((T, B, 1), xw.dtype)
+    for t in range(T):
+        a = xw[t] + hs[t] @ Wh
+        n, rs[t] = norm(a.reshape(B, 4, H))
+        xh[t] = n.reshape(B, G4)
+        z = gain * xh[t] + b
+        i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), sigmoid(z[:, 3 * H:])
+        g = act(z[:, 2 * H:3 * H], kind)
+        cs[t + 1] = f * cs[t] + i * g
+        xc[t], rc[t] = norm(cs[t + 1])
+        tcs[t] = act(cgain * xc[t] + cbias, kind)
+        hs[t + 1] = o * tcs[t]
+        gates[t] = np.concatenate([i, f, g, o], axis=1)
+    return hs, (gates, cs, tcs, xh, rs, xc, rc)
+
+
+def ln_lstm_backward(dh_out, Wh, cache, dh_T, dc_T, kind, gain, cgain, grads):
+    """Returns da (T,B,4H), the gradient on xW + hU (both products' and the input's), dz
+    (T,B,4H), the gradient on the bias, dh0, dc0; adds the gradients of gain, cgain and cbias to
+    grads, a tuple of their three views."""
+    gates, cs, tcs, xh, rs, xc, rc = cache
+    g_gain, g_cgain, g_cbias = grads
+    T, B, H = dh_out.shape
+    da, dz = np.empty_like(gates), np.empty_like(gates)
+    dh_next, dc_next = dh_T.copy(), dc_T.copy()
+    for t in reversed(range(T)):
+        i, f, g, o = (gates[t][:, k * H:(k + 1) * H] for k in range(4))
+        dh = dh_out[t] + dh_next
+        dcn = dh * o * dact(tcs[t], kind)                        # on cgain * LN(c) + cbias
+        g_cgain += (dcn * xc[t]).sum(axis=0)
+        g_cbias += dcn.sum(axis=0)
+        dc = dc_next + norm_backward(dcn * cgain, xc[t], rc[t])
+        dz[t] = np.concatenate([dc * g * i * (1 - i), dc * cs[t] * f * (1 - f),
+                                dc * i * dact(g, kind), dh * tcs[t] * o * (1 - o)], 1)
+        g_gain += (dz[t] * xh[t]).sum(axis=0)
+        da[t] = norm_backward((dz[t] * gain).reshape(B, 4, H), xh[t].reshape(B, 4, H), rs[t]).reshape(B, 4 * H)
+        dc_next = dc * f
+        dh_next = da[t] @ Wh.T
+    return da, dz, dh_next, dc_next
 
 
 def gru_forward(xw, Wh, bh, h0, kind):
@@ -143,14 +215,19 @@ def forward(p, cfg: ModelConfig, x, y, state, masks=None):
     layers, new_state = [], np.empty_like(state)
     for l in range(cfg.layers):
         Wx, Wh, b = p[f"l{l}.Wx"], p[f"l{l}.Wh"], p[f"l{l}.b"]
-        xw = (Wx[x] if inp is None else inp @ Wx) + b          # one-hot input = row gather
-        if cfg.cell == "lstm":
+        xw = Wx[x] if inp is None else inp @ Wx               # one-hot input = row gather
+        if cfg.norm == "layer":
+            hs, cc = ln_lstm_forward(xw, b, Wh, state[l, 0], state[l, 1], cfg.activation,
+                                     p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"])
+            new_state[l, 1] = cc[1][-1]
+        elif cfg.cell == "lstm":
+            xw = xw + b
             hs, cc = lstm_forward(xw, Wh, state[l, 0], state[l, 1], cfg.activation)
             new_state[l, 1] = cc[1][-1]
         elif cfg.cell == "gru":
-            hs, cc = gru_forward(xw, Wh, p[f"l{l}.bh"], state[l, 0], cfg.activation)
+            hs, cc = gru_forward(xw + b, Wh, p[f"l{l}.bh"], state[l, 0], cfg.activation)
         else:
-            hs, cc = rnn_forward(xw, Wh, state[l, 0], cfg.activation)
+            hs, cc = rnn_forward(xw + b, Wh, state[l, 0], cfg.activation)
         new_state[l, 0] = hs[-1]
         layers.append((inp, hs, cc))
         inp = hs[1:] if masks is None else hs[1:] * masks[l]
@@ -183,7 +260,13 @@ def backward(p, g, cfg: ModelConfig, cache, scale: float = 1.0):
         Wx, Wh = p[f"l{l}.Wx"], p[f"l{l}.Wh"]
         dh_out = dinp if masks is None else dinp * masks[l]
         zeros = np.zeros((B, H), dtype=top.dtype)
-        if cfg.cell == "lstm":
+        db = None                                                # the bias's gradient, where not dxw's
+        if cfg.norm == "layer":
+            dxw, db, dstate[l, 0], dstate[l, 1] = ln_lstm_backward(
+                dh_out, Wh, cc, zeros, zeros, cfg.activation, p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"],
+                (g[f"l{l}.ln_g"], g[f"l{l}.lnc_g"], g[f"l{l}.lnc_b"]))
+            dhw = dxw
+        elif cfg.cell == "lstm":
             dxw, dhw, dstate[l, 0], dstate[l, 1] = lstm_backward(dh_out, Wh, hs, cc, zeros, zeros, cfg.activation)
         elif cfg.cell == "gru":
             dxw, dhw, dstate[l, 0] = gru_backward(dh_out, Wh, hs, cc, zeros, cfg.activation)
@@ -192,7 +275,7 @@ def backward(p, g, cfg: ModelConfig, cache, scale: float = 1.0):
             dxw, dhw, dstate[l, 0] = rnn_backward(dh_out, Wh, hs, zeros, cfg.activation)
         G = dxw.shape[2]
         g[f"l{l}.Wh"] += hs[:-1].reshape(-1, H).T @ dhw.reshape(-1, G)
-        g[f"l{l}.b"] += dxw.sum(axis=(0, 1))
+        g[f"l{l}.b"] += (dxw if db is None else db).sum(axis=(0, 1))
         if inp is None:                                          # one-hot layer 0: scatter-add rows
             np.add.at(g[f"l{l}.Wx"], x.ravel(), dxw.reshape(-1, G))
         else:

@@ -1,4 +1,5 @@
-"""reference.py against central finite differences, in float64, for every cell and knob."""
+"""reference.py against central finite differences, in float64, for every cell and knob
+(layer normalisation included)."""
 import numpy as np
 import pytest
 
@@ -33,6 +34,10 @@ CASES = [
     for c in ("lstm", "gru", "rnn")
     for a in ("tanh", "softsign")
     for L, e, d in ((1, 0, 0.0), (2, 0, 0.0), (2, 3, 0.3))
+] + [
+    dict(cell="lstm", activation=a, layers=L, embed=e, dropout=d, norm="layer")
+    for a in ("tanh", "softsign")
+    for L, e, d in ((1, 0, 0.0), (2, 3, 0.3))
 ]
 
 

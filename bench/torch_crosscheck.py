@@ -10,6 +10,9 @@ carried through it (one stream, as `charrnn eval` does), and prints both figures
 The mapping is direct: PyTorch's LSTM gate order (i, f, g, o) and GRU gate order (r, z, n) are
 charrnn's (reference.py); weight_ih = Wx^T, weight_hh = Wh^T, bias_ih = b, bias_hh = 0, except
 the GRU's bias_hh = [0, 0, bh] (charrnn's bh sits inside r * (h Wh_n + bh), as PyTorch's b_hn).
+A layer-normalised LSTM (norm "layer") has no torch.nn layer: `LayerNormLSTM` runs its step
+(reference.py's ln_lstm_forward) in PyTorch's own operations, torch.nn.functional.layer_norm among
+them, with the same weights.
 PyTorch runs in float64 by default (--dtype float32 for its float32 kernels). Needs torch
 (`pip install torch==2.13.0`, the CPU build).
 """
@@ -38,11 +41,15 @@ def torch_model(ck: ckpt.Checkpoint, dtype):
         raise SystemExit(f"PyTorch has no {cfg.activation} recurrent layers; only tanh models can be checked")
     L, H, V = cfg.layers, cfg.hidden, cfg.vocab_size
     D = cfg.embed or V
-    kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cfg.cell]
-    rnn = kind(D, H, num_layers=L).to(dtype)
     t = lambda a: torch.tensor(np.asarray(a, np.float64), dtype=dtype)   # noqa: E731
+    if cfg.norm == "layer":
+        rnn = LayerNormLSTM([tuple(t(p[f"l{l}.{n}"]) for n in ("Wx", "Wh", "b", "ln_g", "lnc_g", "lnc_b"))
+                             for l in range(L)])
+    else:
+        kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cfg.cell]
+        rnn = kind(D, H, num_layers=L).to(dtype)
     with torch.no_grad():
-        for l in range(L):
+        for l in range(L if cfg.norm == "none" else 0):
             getattr(rnn, f"weight_ih_l{l}").copy_(t(p[f"l{l}.Wx"]).T)
             getattr(rnn, f"weight_hh_l{l}").copy_(t(p[f"l{l}.Wh"]).T)
             getattr(rnn, f"bias_ih_l{l}").copy_(t(p[f"l{l}.b"]))
@@ -58,6 +65,39 @@ def torch_model(ck: ckpt.Checkpoint, dtype):
             emb = torch.nn.Embedding(V, cfg.embed).to(dtype)
             emb.weight.copy_(t(p["embed"]))
     return emb, rnn, out
+
+
+class LayerNormLSTM:
+    """The layer-normalised LSTM in PyTorch's operations, called as nn.LSTM is: (T, B, D) input and
+    an (h, c) state of (L, B, H) each, or None for zeros. Per layer (Wx, Wh, b, gain, cgain, cbias):
+    a = x Wx + h Wh; z = gain * layer_norm of each gate block + b; c = f c + i g;
+    h = o tanh(layer_norm(c) * cgain + cbias)."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+
+    def __call__(self, inp, state):
+        import torch
+        from torch.nn.functional import layer_norm
+
+        from charrnn.reference import LN_EPS
+        T, B, _ = inp.shape
+        H = self.layers[0][1].shape[0]
+        if state is None:
+            state = (inp.new_zeros(len(self.layers), B, H), inp.new_zeros(len(self.layers), B, H))
+        hs, cs, x = list(state[0]), list(state[1]), inp
+        for l, (Wx, Wh, b, gain, cgain, cbias) in enumerate(self.layers):
+            xw, h, c, outs = x @ Wx, hs[l], cs[l], []
+            for s in range(T):
+                a = (xw[s] + h @ Wh).reshape(B, 4, H)
+                z = layer_norm(a, (H,), eps=LN_EPS).reshape(B, 4 * H) * gain + b
+                i, f, g, o = torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H:2 * H]), torch.tanh(z[:, 2 * H:3 * H]), \
+                    torch.sigmoid(z[:, 3 * H:])
+                c = f * c + i * g
+                h = o * torch.tanh(layer_norm(c, (H,), weight=cgain, bias=cbias, eps=LN_EPS))
+                outs.append(h)
+            x, hs[l], cs[l] = torch.stack(outs), h, c
+        return x, (torch.stack(hs), torch.stack(cs))
 
 
 def torch_bits_per_char(ck: ckpt.Checkpoint, codes: np.ndarray, dtype_name: str = "float64",

@@ -147,7 +147,7 @@ def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: s
     with `dynamic`; on the CPU). Returns summary()'s numbers plus `text` (what was scored),
     `skipped_chars`, and with `dynamic` the settings used."""
     from charrnn import zoo
-    from charrnn.backends import compile_notices, make_backend, pick_device
+    from charrnn.backends import compile_notices, cpu_only, make_backend, pick_device
     from charrnn.corpus import MODEL_HINT, read_input
 
     if which not in SPLITS:
@@ -177,7 +177,8 @@ def evaluate_checkpoint(args: Sequence[str] = (), which: str = "test", device: s
         what = f"{which} split of {path}"
     if len(codes) < 2:
         raise InputError(f"{what} has fewer than two characters to score")
-    device = pick_device("cpu" if weights != "f32" and device == "auto" else device, log, announce=False)
+    device = pick_device("cpu" if cpu_only(ck.config, weights) and device == "auto" else device, log,
+                         announce=False)
     if dynamic is None:
         be = make_backend(device, ck.config, ck.params, notify=compile_notices(log), weights=weights)
         nats, n = evaluate(be, codes)

@@ -282,7 +282,7 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
     import secrets
 
     from charrnn import zoo
-    from charrnn.backends import compile_notices, make_backend, pick_device
+    from charrnn.backends import compile_notices, cpu_only, make_backend, pick_device
     from charrnn.checkpoint import load
     from charrnn.corpus import MODEL_HINT, describe_chars, read_input
 
@@ -305,7 +305,8 @@ def run(checkpoint: str | None, out: BinaryIO, *, prime: str | None = None, prim
         log(f"skipped prime characters outside the vocabulary: {describe_chars(skipped)}")
     from charrnn.memory import check_sampling
     check_sampling(ck.config, num_samples)
-    device = pick_device("cpu" if weights != "f32" and device == "auto" else device, log, announce=False)
+    device = pick_device("cpu" if cpu_only(ck.config, weights) and device == "auto" else device, log,
+                         announce=False)
     adapted = None
     if adapt is not None:
         from charrnn.dynamic import adapt as read_and_adapt

@@ -639,7 +639,7 @@ def serve(checkpoints: tuple[str, ...], host: str = "127.0.0.1", port: int = 800
         from charrnn.errors import InputError
         raise InputError("charrnn serve needs the serve extra: pip install 'charrnn-numba[serve]'") from None
     from charrnn import zoo
-    from charrnn.backends import compile_notices, make_backend, pick_device
+    from charrnn.backends import compile_notices, cpu_only, make_backend, pick_device
     from charrnn.checkpoint import load
     from charrnn.errors import InputError
 
@@ -653,7 +653,8 @@ def serve(checkpoints: tuple[str, ...], host: str = "127.0.0.1", port: int = 800
         if name in loaded:
             raise InputError(f"two checkpoints would both be served as {name!r}: give each from its own run")
         loaded[name] = load(path)
-    dev = pick_device(device, log)
+    dev = pick_device("cpu" if device == "auto" and any(cpu_only(ck.config) for ck in loaded.values()) else device,
+                      log)
     sessions = Sessions(limits.sessions, limits.session_ttl)
     metrics = Metrics()
     models: dict[str, Model] = {}

@@ -392,14 +392,18 @@ def test_init_from_a_byte_model_keeps_a_text_run_text_or_refuses(tmp_path, monke
     ["eval", "{ck}", "{text}", "--weights", "bf16", "--dynamic"],
     ["sample", "{ck}", "--weights", "f16", "--adapt", "{text}"],
     ["sample", "{gru}", "--weights", "bf16", "-n", "5"],
+    ["eval", "{ln}", "{text}", "--weights", "bf16"],
     ["eval", "{ck}", "{text}", "--weights", "f8"],
 ])
 def test_16_bit_weights_with_adapting_weights_a_gru_or_an_unknown_format_are_one_line(good, args, monkeypatch,
                                                                                      capsys):
-    gru = tiny_config(vocab_size=4, hidden=4, layers=1, cell="gru")
-    ckpt.save(good / "gru.safetensors", ckpt.Checkpoint(config=gru, vocab=Vocab("\nabc"),
-                                                        params=init_params(gru, np.random.default_rng(0))))
-    where = {"ck": good / "good.safetensors", "text": good / "text.txt", "gru": good / "gru.safetensors"}
+    """Also a layer-normalised LSTM, which the 16-bit kernels do not have."""
+    for name, cfg in (("gru", tiny_config(vocab_size=4, hidden=4, layers=1, cell="gru")),
+                      ("ln", tiny_config(vocab_size=4, hidden=4, layers=1, norm="layer"))):
+        ckpt.save(good / f"{name}.safetensors", ckpt.Checkpoint(config=cfg, vocab=Vocab("\nabc"),
+                                                               params=init_params(cfg, np.random.default_rng(0))))
+    where = {"ck": good / "good.safetensors", "text": good / "text.txt", "gru": good / "gru.safetensors",
+             "ln": good / "ln.safetensors"}
     code, out, err = run_main([a.format(**where) for a in args], monkeypatch, capsys)
     one_line_error(code, err)
     assert out == "" and "--weights" in err, err

@@ -61,6 +61,17 @@ def test_embedding_and_dropout_match_reference(dtype, tol, cell):
     _check(cfg, 5, 3, dtype, tol, seed=3)
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-9), (np.float32, 1e-4)])
+@pytest.mark.parametrize("activation", ["tanh", "softsign"])
+@pytest.mark.parametrize("L,B,embed,dropout", [(1, 1, 0, 0.0), (2, 3, 0, 0.0), (2, 3, 4, 0.25)])
+def test_layer_normalised_lstm_matches_reference(dtype, tol, activation, L, B, embed, dropout):
+    """norm "layer": the window (training and evaluation) and the sampling step, every gradient
+    the gains' and the cell bias's included."""
+    cfg = tiny_config(vocab_size=6, hidden=5, layers=L, activation=activation, embed=embed, dropout=dropout,
+                      norm="layer")
+    _check(cfg, 6, B, dtype, tol, seed=2)
+
+
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("activation", ["tanh", "softsign"])
 @pytest.mark.parametrize("B,H", [(5, 3), (20, 21)])
@@ -131,8 +142,9 @@ def lanes_forced(monkeypatch):
     tiny_config(vocab_size=6, hidden=4, layers=3, embed=4, dropout=0.1),
     tiny_config(vocab_size=7, hidden=5, layers=2, cell="gru", embed=4, dropout=0.25),
     tiny_config(vocab_size=7, hidden=6, layers=3, cell="rnn", activation="softsign", dropout=0.1),
+    tiny_config(vocab_size=7, hidden=5, layers=2, norm="layer", dropout=0.25),
 ], ids=["2x5", "3x6-softsign", "2x5-embed-dropout", "3x4-embed-dropout", "gru-2x5-embed-dropout",
-        "rnn-3x6-softsign-dropout"])
+        "rnn-3x6-softsign-dropout", "layer-norm-2x5-dropout"])
 def test_stacked_models_on_lanes_and_on_one_thread_both_match_reference(lanes_forced, n_lanes, cfg):
     """A stacked model's window runs as a task graph on several lanes (chunks of steps, layers
     side by side) or, on one lane, as one chunk per layer; both must give the reference's loss,
@@ -255,11 +267,12 @@ def test_gradients_go_to_the_reduce_buffer_asked_for_after_the_first_window(cell
     assert np.array_equal(be.params_host().flat, want.params_host().flat)
 
 
-@pytest.mark.parametrize("cell,embed", [("lstm", 0), ("lstm", 6), ("gru", 0), ("rnn", 0)])
-def test_step_rows_gives_each_row_bit_identically_alone_or_in_any_batch(cell, embed):
+@pytest.mark.parametrize("cell,embed,norm", [("lstm", 0, "none"), ("lstm", 6, "none"), ("gru", 0, "none"),
+                                             ("rnn", 0, "none"), ("lstm", 0, "layer")])
+def test_step_rows_gives_each_row_bit_identically_alone_or_in_any_batch(cell, embed, norm):
     """charrnn serve batches unrelated requests: a row must not depend on its neighbours or their
     number (BLAS, which step() uses above a few rows, blocks differently for different batches)."""
-    cfg = tiny_config(vocab_size=11, hidden=40, layers=2, cell=cell, embed=embed)
+    cfg = tiny_config(vocab_size=11, hidden=40, layers=2, cell=cell, embed=embed, norm=norm)
     p, x, _, state = random_case(cfg, 1, 37, np.float32)
     be = CpuBackend(cfg, p.astype(np.float32))
     state = state.astype(np.float32)

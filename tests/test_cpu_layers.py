@@ -1,4 +1,4 @@
-"""Each cell's chunk forward and backward (charrnn/backends/cpu_layers.py, on cpu_kernels' window
+"""Each cell's chunk forward and backward (lnlstm: the layer-normalised LSTM) (charrnn/backends/cpu_layers.py, on cpu_kernels' window
 kernels) held to reference.py's per-layer functions at real sizes: hidden 96, one stream over
 300 steps and 50 streams, pre-activations spanning +-100, a carried state, the window cut in
 chunks (the state and its gradient carried between them) or whole. Every output of the layer,
@@ -15,7 +15,8 @@ from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu_layers import BACKWARD, FORWARD, Layer
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lnlstm": 4}
+KEY = {"lstm": ("lstm", "none"), "gru": ("gru", "none"), "rnn": ("rnn", "none"), "lnlstm": ("lstm", "layer")}
 H = 96
 
 
@@ -35,7 +36,8 @@ def _case(cell: str, T: int, B: int, seed: int):
         return r.choice([-1.0, 1.0], shape) * top * 10.0 ** r.uniform(-3, 0, shape)
     w = {"pre": heavy((T, B, G), 100.0), "b": heavy(G, 20.0), "bh": heavy(H, 20.0),
          "Wh": r.normal(0, 0.8 / np.sqrt(H), (H, G)), "h0": r.uniform(-1, 1, (B, H)),
-         "c0": heavy((B, H), 1e3), "dh_out": r.normal(0, 1, (T, B, H))}
+         "c0": heavy((B, H), 1e3), "dh_out": r.normal(0, 1, (T, B, H)),
+         "gain": r.uniform(0.5, 2.0, G), "cgain": r.uniform(0.5, 2.0, H), "cbias": r.normal(0, 1, H)}
     return w
 
 
@@ -44,8 +46,17 @@ def _reference(cell: str, w: dict, kind: str, dtype):
     c = {k: v.astype(dtype) for k, v in w.items()}
     xw = c["pre"] + c["b"]
     zero = np.zeros_like(c["h0"])
+    extra = {}
     with np.errstate(over="ignore"):
-        if cell == "lstm":
+        if cell == "lnlstm":
+            hs, cache = ref.ln_lstm_forward(c["pre"], c["b"], c["Wh"], c["h0"], c["c0"], kind, c["gain"],
+                                            c["cgain"], c["cbias"])
+            grads = (np.zeros(4 * H, dtype), np.zeros(H, dtype), np.zeros(H, dtype))
+            dx, dz, _, _ = ref.ln_lstm_backward(c["dh_out"], c["Wh"], cache, zero, zero, kind, c["gain"],
+                                                c["cgain"], grads)
+            dh, c_T = dx, cache[1][-1]
+            extra = {"gb": dz.reshape(-1, 4 * H).sum(0), "ggain": grads[0], "gcgain": grads[1], "gcbias": grads[2]}
+        elif cell == "lstm":
             hs, cache = ref.lstm_forward(xw, c["Wh"], c["h0"], c["c0"], kind)
             dx, dh, _, _ = ref.lstm_backward(c["dh_out"], c["Wh"], hs, cache, zero, zero, kind)
             c_T = cache[1][-1]
@@ -60,7 +71,7 @@ def _reference(cell: str, w: dict, kind: str, dtype):
     G = dx.shape[2]
     gb = dx.reshape(-1, G).sum(0)
     gbh = dh.reshape(-1, G)[:, 2 * H:].sum(0) if cell == "gru" else None
-    return {"hs": hs, "c_T": c_T, "dx": dx, "dh": dh, "gb": gb, "gbh": gbh}
+    return {"hs": hs, "c_T": c_T, "dx": dx, "dh": dh, "gb": gb, "gbh": gbh, **extra}
 
 
 def _fast(cell: str, w: dict, kind: str, dtype, bounds):
@@ -68,21 +79,27 @@ def _fast(cell: str, w: dict, kind: str, dtype, bounds):
     T, B, G = w["pre"].shape
     k = K.TANH if kind == "tanh" else K.SOFTSIGN
     Wh = w["Wh"].astype(dtype)
-    ly = Layer(cell, Wh, w["b"].astype(dtype), w["bh"].astype(dtype) if cell == "gru" else None, T, B, dtype,
-               np.ascontiguousarray(Wh.T), np.empty((T, B, G), dtype))
+    norm = tuple(w[n].astype(dtype) for n in ("gain", "cgain", "cbias")) if cell == "lnlstm" else None
+    ly = Layer(KEY[cell][0], Wh, w["b"].astype(dtype), w["bh"].astype(dtype) if cell == "gru" else None, T, B,
+               dtype, np.ascontiguousarray(Wh.T), np.empty((T, B, G), dtype), norm=norm)
     ly.dh = np.empty((T, B, G), dtype) if cell == "gru" else ly.dx
     ly.pre[...] = w["pre"]
     ly.hs[0] = w["h0"]
-    if cell == "lstm":
+    if cell in ("lstm", "lnlstm"):
         ly.cs[0] = w["c0"]
     for t0, t1 in bounds:
-        FORWARD[cell](ly, t0, t1, k, False)
+        FORWARD[KEY[cell]](ly, t0, t1, k, False)
     gb, gbh = np.zeros(G, dtype), np.zeros(H, dtype)
+    grads = {"lstm": (gb,), "rnn": (gb,), "gru": (gb, gbh),
+             "lnlstm": (gb, np.zeros(G, dtype), np.zeros(H, dtype), np.zeros(H, dtype))}[cell]
     dh_out = w["dh_out"].astype(dtype)
     for t0, t1 in reversed(bounds):
-        BACKWARD[cell](ly, dh_out[t0:t1], t0, t1, k, False, gb, gbh)
-    return {"hs": ly.hs, "c_T": ly.cs[T] if cell == "lstm" else None, "dx": ly.dx, "dh": ly.dh, "gb": gb,
-            "gbh": gbh if cell == "gru" else None}
+        BACKWARD[KEY[cell]](ly, dh_out[t0:t1], t0, t1, k, False, grads)
+    got = {"hs": ly.hs, "c_T": ly.cs[T] if cell in ("lstm", "lnlstm") else None, "dx": ly.dx, "dh": ly.dh,
+           "gb": gb, "gbh": gbh if cell == "gru" else None}
+    if cell == "lnlstm":
+        got.update(ggain=grads[1], gcgain=grads[2], gcbias=grads[3])
+    return got
 
 
 def _max_diff(got: dict, want: dict) -> dict:
@@ -90,7 +107,7 @@ def _max_diff(got: dict, want: dict) -> dict:
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("cell", ["gru", "rnn", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "rnn", "lstm", "lnlstm"])
 # softsign runs with the slow tests: tests/test_cpu_regimes.py covers it in every CI run
 @pytest.mark.parametrize("kind", ["tanh", pytest.param("softsign", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("T,B,bounds", [

@@ -129,8 +129,8 @@ def test_rank_batches_are_contiguous_slices_of_the_global_streams():
 # ---------------------------------------------------------------- 2 ranks = 1 process
 @needs_mpi
 def test_two_ranks_take_the_same_steps_as_one_process(tmp_path):
-    """Backend + all-reduce level, float64 and float32: LSTM and GRU with an embedding,
-    dropout and active clipping, 20 steps (tests/dist_steps.py)."""
+    """Backend + all-reduce level, float64 and float32: LSTM, GRU and layer-normalised LSTM with an
+    embedding, dropout and active clipping, 20 steps (tests/dist_steps.py)."""
     sys.path.insert(0, str(HERE))
     import dist_steps
     r = _run(_mpi(2, sys.executable, str(HERE / "dist_steps.py"), str(tmp_path)))

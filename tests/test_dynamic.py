@@ -18,8 +18,8 @@ from tiny_models import run_main, tiny_config, train, word_text
 CODES = np.random.default_rng(3).integers(0, 7, 131)       # 130 predictions: segments of 20, and 10 left
 
 
-def _backend(cell="lstm", dtype=np.float64):
-    cfg = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell)
+def _backend(cell="lstm", dtype=np.float64, norm="none"):
+    cfg = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell, norm=norm)
     p = init_params(cfg, np.random.default_rng(1), dtype=np.float64)
     p.flat[:] = np.random.default_rng(2).normal(0, 0.4, p.flat.size)
     return CpuBackend(cfg, Params(cfg, p.flat.astype(dtype)))
@@ -47,12 +47,12 @@ def _ref_step(p, cfg, x, y, state):
     return loss, g.flat, new_state
 
 
-@pytest.mark.parametrize("rule", ["sgd", "rms"])
-def test_each_segment_is_scored_before_its_step_and_the_step_is_the_references(rule):
+@pytest.mark.parametrize("rule,norm", [("sgd", "none"), ("rms", "none"), ("rms", "layer")])
+def test_each_segment_is_scored_before_its_step_and_the_step_is_the_references(rule, norm):
     """Two segments in float64: the first scored with the trained weights, then one step (by hand
     from the reference's gradient), the second scored with the stepped weights from the carried
-    state, then its own step."""
-    be = _backend()
+    state, then its own step. Also for a layer-normalised LSTM."""
+    be = _backend(norm=norm)
     cfg, w0 = be.cfg, be.params_host().flat.copy()
     ms = _ms(be).astype(np.float64)
     dyn = Dynamic(rule, lr=0.05 if rule == "sgd" else 0.002, decay=0.2, seq_len=20)

@@ -113,6 +113,12 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def cpu_only(cfg, weights: str = "f32") -> bool:
+    """Whether a model runs on the CPU backend only (so `--device auto` picks it): 16-bit weights,
+    or a layer-normalised LSTM, which the CUDA kernels do not have yet."""
+    return weights != "f32" or cfg.norm != "none"
+
+
 def pick_device(name: str, tell: Callable[[str], None], announce: bool = True) -> str:
     """Resolve --device; `auto` says what it picked (with announce=False only when it is not the
     CPU, so a plain `charrnn sample | head` keeps stderr empty)."""
@@ -163,7 +169,13 @@ def make_backend(device: str, cfg, params, notify: Callable[[str], None] | None 
             raise InputError(f"--weights {weights} runs on the CPU: give --device cpu")
         if cfg.cell != "lstm":
             raise InputError(f"--weights {weights} is for LSTM models; this one is a {cfg.cell.upper()}")
+        if cfg.norm != "none":
+            raise InputError(f"--weights {weights} is for LSTM models without layer normalisation; "
+                             "this one has it: leave --weights out")
     if device == "cuda":
+        if cfg.norm != "none":
+            raise InputError("layer normalisation (norm 'layer') runs on the CPU backend only for now: "
+                             "give --device cpu")
         from charrnn.backends.cuda import CudaBackend
         return CudaBackend(cfg, params, notify=notify)
     from charrnn.backends.cpu import CpuBackend

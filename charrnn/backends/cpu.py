@@ -84,8 +84,8 @@ class CpuBackend:
         self.cfg = cfg
         self.weights, self._words = weights, None
         if weights != "f32":
-            if cfg.cell != "lstm" or params.flat.dtype != np.float32:
-                raise ValueError("16-bit weights are for float32 LSTM models")
+            if cfg.cell != "lstm" or cfg.norm != "none" or params.flat.dtype != np.float32:
+                raise ValueError("16-bit weights are for float32 LSTM models without layer normalisation")
             self._words = B1.narrow(params.flat, weights)
             params = Params(cfg, B1.widen(self._words))
         self.p = params
@@ -106,7 +106,7 @@ class CpuBackend:
         else None: always with 16-bit weights; in float32 (or float64) only where CpuTuning.
         batch1_min_h asks and there are two workers or more to share the units."""
         cfg, tu = self.cfg, self.tuning
-        if B != 1 or cfg.cell != "lstm":
+        if B != 1 or cfg.cell != "lstm" or cfg.norm != "none":
             return None
         parts = tu.batch1_parts if tu.batch1_parts is not None else K.blas_threads()
         parts = max(1, min(parts, cfg.hidden // 16)) if cfg.hidden >= tu.batch1_parts_min_h else 1
@@ -128,7 +128,7 @@ class CpuBackend:
     def _transposed(self, B: int) -> bool:
         """Whether the LSTM's recurrent products run transposed (see cpu_kernels.lstm_forward)."""
         tu = self.tuning
-        return (self.cfg.cell == "lstm" and K.SMALL_M < B <= tu.transposed_max_b
+        return (self.cfg.cell == "lstm" and self.cfg.norm == "none" and K.SMALL_M < B <= tu.transposed_max_b
                 and self.cfg.hidden >= tu.transposed_min_h)
 
     def _lane_count(self) -> int:
@@ -205,14 +205,15 @@ class CpuBackend:
     def step(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # a few rows (sampling) take step_rows' exact products, so `charrnn sample` and
         # `charrnn serve` write the same text for a seed; more go to BLAS
-        return self._step(codes, state, self.cfg.cell == "lstm" and np.size(codes) <= K.SMALL_M, False)
+        return self._step(codes, state, self._plain_lstm and np.size(codes) <= K.SMALL_M, False)
 
     def step_rows(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """step() where each row's result is bit-identical whatever the other rows and their
         number (`charrnn serve` batches unrelated requests; a seeded one must not depend on its
         neighbours). An LSTM computes every product with cpu_kernels.mm_exact_batch (the bits of
         mm_exact, which sampling takes) instead of BLAS, a batch of tuning.rows_split_min rows or
-        more in two halves, one lane each; a GRU or RNN steps its rows one at a time."""
+        more in two halves, one lane each; a GRU, an RNN or a layer-normalised LSTM steps its
+        rows one at a time."""
         return self._step(codes, state, True, True)
 
     def _step(self, codes: np.ndarray, state: np.ndarray, fixed: bool,
@@ -220,7 +221,7 @@ class CpuBackend:
         _warm_up(self, "step")
         codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
         state = np.ascontiguousarray(state, dtype=self.dtype)
-        if self.cfg.cell != "lstm":
+        if not self._plain_lstm:
             if not fixed or codes.size == 1:
                 return self._step_recurrent(codes, state)
             rows = [self._step_recurrent(codes[i:i + 1], state[:, :, i:i + 1]) for i in range(codes.size)]
@@ -248,9 +249,15 @@ class CpuBackend:
             new_state[:, :, lo:hi] = new
         return logits, new_state
 
+    @property
+    def _plain_lstm(self) -> bool:
+        """An LSTM without layer normalisation: the one cell with its own step and sampling kernels."""
+        return self.cfg.cell == "lstm" and self.cfg.norm == "none"
+
     def _step_recurrent(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """GRU and RNN: one step of every layer through the window kernels, without the window
-        driver's task graph and thread settings, whose fixed cost dominates a batch-1 step."""
+        """GRU, RNN and layer-normalised LSTM: one step of every layer through the window
+        kernels, without the window driver's task graph and thread settings, whose fixed cost
+        dominates a batch-1 step."""
         cfg, p, dt = self.cfg, self.p, self.dtype
         B, H = codes.size, cfg.hidden
         new_state = np.empty_like(state)
@@ -262,6 +269,15 @@ class CpuBackend:
             hs[0] = state[l, 0]
             if cfg.cell == "gru":
                 K.gru_forward(pre, p[f"l{l}.b"], p[f"l{l}.bh"], p[f"l{l}.Wh"], hs, np.empty((1, B, H), dt), self.kind)
+            elif cfg.cell == "lstm":               # layer-normalised
+                from charrnn.backends import cpu_norm
+                cs = np.empty((2, B, H), dt)
+                cs[0] = state[l, 1]
+                cpu_norm.ln_lstm_forward(pre, p[f"l{l}.b"], p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"],
+                                         p[f"l{l}.Wh"], hs, cs, np.empty((1, B, H), dt),
+                                         np.empty((1, B, 4 * H), dt), np.empty((1, B, 4), dt),
+                                         np.empty((1, B, H), dt), np.empty((1, B), dt), self.kind)
+                new_state[l, 1] = cs[1]
             else:
                 K.rnn_forward(pre, p[f"l{l}.b"], p[f"l{l}.Wh"], hs, self.kind)
             new_state[l, 0] = inp = hs[1]
@@ -303,7 +319,7 @@ class CpuBackend:
             out_logp = np.empty((steps, batch))
             if batch == 1 and self._words is not None:     # 16-bit weights: cpu_batch1's workers
                 self._batch1_for(1).generate(codes, state, u, temp, top_k, out_codes, out_logp)
-            elif self.cfg.cell == "lstm":
+            elif self._plain_lstm:
                 gen = K.lstm_generate if batch <= K.SMALL_M else K.lstm_generate_many
                 args = (self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
                         state, logits, self.kind, u, temp, top_k, out_codes, out_logp)
@@ -393,8 +409,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     transposed: the lanes and the LSTM product the real call will use (the tiny model takes
     the same path); many_rows: sampling more than SMALL_M rows, which has a kernel of its own."""
     rule = (opt.name, bool(opt.weight_decay or opt.l1)) if opt is not None else None
-    key = (path, be.dtype.str, be.cfg.cell, be.cfg.embed > 0, n_lanes > 1, transposed, many_rows, rule,
-           be.weights)
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.norm, be.cfg.embed > 0, n_lanes > 1, transposed, many_rows,
+           rule, be.weights)
     if key in _warmed:
         return
     _warmed.add(key)                   # first, so the tiny model's own calls do not recurse
@@ -409,14 +425,14 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
 
     watcher = threading.Thread(target=tell, daemon=True)
     watcher.start()
-    if be.cfg.cell == "lstm":
+    if be._plain_lstm:
         from charrnn import dist
         if dist.current() is None:     # not beside MPI ranks: one more process per rank is no gain
             K.compile_cells_aside(be.dtype, draw=path == "generate", first=_aside_first(path, transposed))
     from charrnn.model import ModelConfig as MC, init_params
     b1 = path in ("loss1", "generate1")    # cpu_batch1's kernels in the weights' format, on workers of 16 units
     tiny = MC(vocab_size=3, hidden=32 if b1 else 2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell,
-              embed=2 if be.cfg.embed else 0, dropout=0.5 if be.cfg.dropout else 0.0)
+              embed=2 if be.cfg.embed else 0, dropout=0.5 if be.cfg.dropout else 0.0, norm=be.cfg.norm)
     tuning = replace(be.tuning, lanes=n_lanes)
     B = K.SMALL_M + 1 if many_rows else 1
     if transposed:                     # the tiny model's batch and width must take that product too

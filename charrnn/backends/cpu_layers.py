@@ -7,8 +7,8 @@ the previous chunk left (hs[t0], cs[t0]) and its backward leaves in `carry` the 
 state entering step t0, which the previous chunk's backward starts from. The window's own
 entering state is detached (truncated BPTT): the backward of a chunk starting at step 0 leaves
 nothing there. Pre-activations are formed without the bias, which the kernels add.
-Backward accumulates (+=) into the bias gradients, as the reference does; the driver forms the
-weight gradients over the whole window.
+Backward accumulates (+=) into the bias gradients (and layer normalisation's gains), as the
+reference does; the driver forms the weight gradients over the whole window.
 """
 from __future__ import annotations
 
@@ -29,12 +29,18 @@ class Layer:
         dh    (T,B,G)    gradient on the recurrent side: dx itself but for the GRU
         carry (S,B,H)    gradient on the state between chunks (S = 2 for the LSTM: h, c)
         WhT   (G,H)      Wh transposed, contiguous (the backward's and transposed products)
+    and with layer normalisation (`norm`: the views of the gains and the cell bias):
+        xh (T,B,G), rs (T,B,4)   the normalised gates and their 1/sigma
+        xc (T,B,H), rc (T,B)     the normalised cell and its 1/sigma
     dx and dh may be shared with other layers (one lane runs the layers' backward one after
     the other, each consumed before the next starts)."""
 
-    def __init__(self, cell: str, Wh, b, bh, T: int, B: int, dtype, WhT, dx=None, dh=None):
+    def __init__(self, cell: str, Wh, b, bh, T: int, B: int, dtype, WhT, dx=None, dh=None, norm=None):
         H, G = Wh.shape
-        self.cell, self.Wh, self.b, self.bh, self.WhT = cell, Wh, b, bh, WhT
+        self.cell, self.Wh, self.b, self.bh, self.WhT, self.norm = cell, Wh, b, bh, WhT, norm
+        if norm is not None:
+            self.xh, self.rs = np.empty((T, B, G), dtype), np.empty((T, B, 4), dtype)
+            self.xc, self.rc = np.empty((T, B, H), dtype), np.empty((T, B), dtype)
         self.pre = np.empty((T, B, G), dtype)
         self.hs = np.empty((T + 1, B, H), dtype)
         if cell == "lstm":
@@ -57,8 +63,10 @@ def lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> No
 
 
 def lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
-                  gb: np.ndarray, gbh: np.ndarray | None) -> None:
-    """dh_out (t1-t0,B,H): gradient on the chunk's outputs. Writes dx (= dh) over the chunk."""
+                  grads: tuple) -> None:
+    """dh_out (t1-t0,B,H): gradient on the chunk's outputs. Writes dx (= dh) over the chunk.
+    grads: the layer's gradients added to, here (bias,)."""
+    gb, = grads
     if transposed:
         K.lstm_backward_t(dh_out, ly.Wh, ly.cs[t0:t1], ly.pre[t0:t1], ly.tcs[t0:t1], kind, ly.dx[t0:t1],
                           ly.carry[0], ly.carry[1], t0 > 0)
@@ -68,13 +76,33 @@ def lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, tr
     K.colsum_add(gb, ly.dx[t0:t1].reshape(-1, ly.dx.shape[2]))    # while the chunk is in cache
 
 
+# ---------------------------------------------------------------- layer-normalised LSTM
+def ln_lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
+    from charrnn.backends import cpu_norm as N
+    gain, cgain, cbias = ly.norm
+    N.ln_lstm_forward(ly.pre[t0:t1], ly.b, gain, cgain, cbias, ly.Wh, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1],
+                      ly.tcs[t0:t1], ly.xh[t0:t1], ly.rs[t0:t1], ly.xc[t0:t1], ly.rc[t0:t1], kind)
+
+
+def ln_lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
+                     grads: tuple) -> None:
+    """grads: (bias, gate gains, cell gain, cell bias), each added to."""
+    from charrnn.backends import cpu_norm as N
+    gain, cgain, _ = ly.norm
+    N.ln_lstm_backward(dh_out, ly.WhT, ly.cs[t0:t1], ly.pre[t0:t1], ly.tcs[t0:t1], ly.xh[t0:t1], ly.rs[t0:t1],
+                       ly.xc[t0:t1], ly.rc[t0:t1], gain, cgain, kind, ly.dx[t0:t1], ly.carry[0], ly.carry[1],
+                       t0 > 0, *grads)
+
+
 # ---------------------------------------------------------------- GRU
 def gru_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
     K.gru_forward(ly.pre[t0:t1], ly.b, ly.bh, ly.Wh, ly.hs[t0:t1 + 1], ly.hn[t0:t1], kind)
 
 
 def gru_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
-                 gb: np.ndarray, gbh: np.ndarray | None) -> None:
+                 grads: tuple) -> None:
+    """grads: (bias, bh), each added to."""
+    gb, gbh = grads
     K.gru_backward(dh_out, ly.pre[t0:t1], ly.hn[t0:t1], ly.hs[t0:t1 + 1], ly.WhT, kind, ly.dx[t0:t1],
                    ly.dh[t0:t1], ly.carry[0], t0 > 0)
     G = ly.dx.shape[2]
@@ -88,10 +116,21 @@ def rnn_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> Non
 
 
 def rnn_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
-                 gb: np.ndarray, gbh: np.ndarray | None) -> None:
+                 grads: tuple) -> None:
+    gb, = grads
     K.rnn_backward(dh_out, ly.hs[t0:t1 + 1], ly.WhT, kind, ly.dx[t0:t1], ly.carry[0], t0 > 0)
     K.colsum_add(gb, ly.dx[t0:t1].reshape(-1, ly.dx.shape[2]))
 
 
-FORWARD = {"lstm": lstm_forward, "gru": gru_forward, "rnn": rnn_forward}
-BACKWARD = {"lstm": lstm_backward, "gru": gru_backward, "rnn": rnn_backward}
+# by (cell, norm)
+FORWARD = {("lstm", "none"): lstm_forward, ("lstm", "layer"): ln_lstm_forward, ("gru", "none"): gru_forward,
+           ("rnn", "none"): rnn_forward}
+BACKWARD = {("lstm", "none"): lstm_backward, ("lstm", "layer"): ln_lstm_backward, ("gru", "none"): gru_backward,
+            ("rnn", "none"): rnn_backward}
+
+
+def grad_names(cell: str, norm: str, l: int) -> tuple[str, ...]:
+    """The names of layer l's gradients its backward adds to, in the order it takes them."""
+    if norm == "layer":
+        return (f"l{l}.b", f"l{l}.ln_g", f"l{l}.lnc_g", f"l{l}.lnc_b")
+    return (f"l{l}.b", f"l{l}.bh") if cell == "gru" else (f"l{l}.b",)

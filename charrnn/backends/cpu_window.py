@@ -30,7 +30,7 @@ from functools import partial
 import numpy as np
 
 from charrnn.backends import cpu_kernels as K
-from charrnn.backends.cpu_layers import BACKWARD, FORWARD, Layer
+from charrnn.backends.cpu_layers import BACKWARD, FORWARD, Layer, grad_names
 from charrnn.backends.lanes import lanes, run_graph
 from charrnn.model import ModelConfig, Params
 
@@ -82,8 +82,10 @@ class Buffers:
     def __init__(self, cfg: ModelConfig, p: Params, T: int, B: int, dtype, shared: bool):
         self.cfg, self.T, self.B, self.dtype, self.shared = cfg, T, B, dtype, shared
         H, G, L = cfg.hidden, cfg.gates * cfg.hidden, cfg.layers
+        norm = [(p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"]) if cfg.norm == "layer" else None
+                for l in range(L)]
         self.layers = [Layer(cfg.cell, p[f"l{l}.Wh"], p[f"l{l}.b"], p[f"l{l}.bh"] if cfg.cell == "gru" else None,
-                             T, B, dtype, np.empty((G, H), dtype)) for l in range(L)]
+                             T, B, dtype, np.empty((G, H), dtype), norm=norm[l]) for l in range(L)]
         self.logits = np.empty((T * B, cfg.vocab_size), dtype)
         self.emb = np.empty((T * B, cfg.embed), dtype) if cfg.embed else None
         self.dropped: list | None = None
@@ -161,10 +163,10 @@ class WindowDriver:
         need_WhT = train or transposed
         losses = [0.0] * n
         scale = 1.0 / (T * (total or B))
-        forward, backward = FORWARD[cfg.cell], BACKWARD[cfg.cell]
+        forward, backward = FORWARD[cfg.cell, cfg.norm], BACKWARD[cfg.cell, cfg.norm]
         if train:
             dinp = buf.dinp
-            for name in ("out.W", "out.b", "embed", "l0.Wx", *(f"l{l}.{b}" for l in range(L) for b in ("b", "bh"))):
+            for name in ("out.W", "out.b", "embed", "l0.Wx", *(n for l in range(L) for n in grad_names(cfg.cell, cfg.norm, l))):
                 if name in g:                                  # the gradients added to, not assigned
                     g[name][...] = 0
             for ly in layers:
@@ -205,8 +207,8 @@ class WindowDriver:
             if drop is not None:
                 drop.grad(d, l, t0)
             with K.blas_threads_at_most(loop_threads):
-                backward(ly, d.reshape(-1, B, H), t0, t1, kind, transposed, g[f"l{l}.b"],
-                         g[f"l{l}.bh"] if cfg.cell == "gru" else None)
+                backward(ly, d.reshape(-1, B, H), t0, t1, kind, transposed,
+                         tuple(g[n] for n in grad_names(cfg.cell, cfg.norm, l)))
             if l == 0 and emb is not None:                     # the embedding's gradient, in chunk order
                 de = np.empty((r1 - r0, cfg.embed), dt)
                 K.matmul(ly.dx[t0:t1].reshape(-1, G), p["l0.Wx"], de, False, True, 0.0)

@@ -98,6 +98,8 @@ class CudaBackend:
                  tiles: tuple[str, str] | None = None, persistent: bool = True):
         """tiles: GEMM tile names for (large, small) products; persistent: run each layer's time
         loop as one cooperative launch where this machine allows it, else a launch per step."""
+        if cfg.norm != "none":
+            raise ValueError("layer normalisation runs on the CPU backend only for now")
         prepare_numba()
         self.cfg = cfg
         self.notify = notify

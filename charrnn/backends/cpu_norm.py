@@ -1,0 +1,175 @@
+"""The layer-normalised LSTM's time loops on the CPU (norm "layer"; reference.py's
+ln_lstm_forward and ln_lstm_backward): per step one recurrent product, then each gate block's
+normalisation, the gates, the cell and the cell's normalisation in one pass over the rows.
+
+A module of its own, so that a plain LSTM's run never compiles these (cold start). The cell
+math reuses cpu_kernels' vectorisable exp and expm1. The recurrent product is never transposed
+here (cpu.py does not ask for it): the normalisation reads each row's gates whole, which the
+transposed product would leave in columns.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from charrnn.backends import cpu_kernels as K
+from charrnn.reference import LN_EPS
+
+_FM = K._FM
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _norm_row(a, bi, j0, n, out, eps):
+    """Normalise a[bi, j0:j0+n] into out[bi, j0:j0+n]; returns 1 / sqrt(var + eps). Two passes
+    (mean, then the squares about it): one pass's E[x^2] - E[x]^2 cancels where the mean is large."""
+    f = a.dtype.type
+    s = f(0.0)
+    for j in range(j0, j0 + n):
+        s += a[bi, j]
+    mu = s / f(n)
+    s2 = f(0.0)
+    for j in range(j0, j0 + n):
+        d = a[bi, j] - mu
+        s2 += d * d
+    r = f(1.0) / np.sqrt(s2 / f(n) + eps)
+    for j in range(j0, j0 + n):
+        out[bi, j] = (a[bi, j] - mu) * r
+    return r
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _ln_cells(a, bias, gain, cgain, cbias, c_prev, kind, c_out, tc_out, h_out, xh, rs, xc, rc, v, w, q, ib):
+    """The cell for B rows: a (B,4H) holds the summed products without bias and becomes the
+    activations i, f, g, o; writes c, act(cgain * LN(c) + cbias), h, and for the backward the
+    normalised gates xh (B,4H), their 1/sigma rs (B,4), the normalised cell xc (B,H) and its
+    1/sigma rc (B,). v, w, q, ib: work buffers as cpu_kernels._lstm_cells'."""
+    B, G = a.shape
+    H = G // 4
+    f = a.dtype.type
+    one, two, eps = f(1.0), f(2.0), f(LN_EPS)
+    flat = v.reshape(B * G)
+    vs = flat[:3 * B * H].reshape(B, 3 * H)
+    vt = flat[3 * B * H:].reshape(B, H)
+    for bi in range(B):
+        for k in range(4):
+            rs[bi, k] = _norm_row(a, bi, k * H, H, xh, eps)
+        for j in range(G):
+            a[bi, j] = gain[j] * xh[bi, j] + bias[j]
+        for j in range(2 * H):
+            vs[bi, j] = -abs(a[bi, j])
+        for j in range(H):
+            vs[bi, 2 * H + j] = -abs(a[bi, 3 * H + j])
+        if kind == K.TANH:
+            for j in range(H):
+                vt[bi, j] = -two * abs(a[bi, 2 * H + j])
+    K.vexp(vs.reshape(3 * B * H), q, ib)
+    if kind == K.TANH:
+        K.vexpm1(vt.reshape(B * H), q, ib)
+    for bi in range(B):
+        if kind == K.TANH:
+            for j in range(H):
+                a[bi, 2 * H + j] = K._tanh_of(a[bi, 2 * H + j], vt[bi, j], one)
+        else:
+            for j in range(H):
+                a[bi, 2 * H + j] = K._softsign(a[bi, 2 * H + j], one)
+        for j in range(2 * H):
+            a[bi, j] = K._sigmoid_of(a[bi, j], vs[bi, j], one)
+        for j in range(H):
+            a[bi, 3 * H + j] = K._sigmoid_of(a[bi, 3 * H + j], vs[bi, 2 * H + j], one)
+        for j in range(H):
+            c_out[bi, j] = a[bi, H + j] * c_prev[bi, j] + a[bi, j] * a[bi, 2 * H + j]
+        rc[bi] = _norm_row(c_out, bi, 0, H, xc, eps)
+        for j in range(H):
+            cn = cgain[j] * xc[bi, j] + cbias[j]
+            tc_out[bi, j] = cn
+            w[bi, j] = -two * abs(cn)
+    if kind == K.TANH:
+        K.vexpm1(w.reshape(B * H), q, ib)
+        for bi in range(B):
+            for j in range(H):
+                t = K._tanh_of(tc_out[bi, j], w[bi, j], one)
+                tc_out[bi, j] = t
+                h_out[bi, j] = a[bi, 3 * H + j] * t
+    else:
+        for bi in range(B):
+            for j in range(H):
+                t = K._softsign(tc_out[bi, j], one)
+                tc_out[bi, j] = t
+                h_out[bi, j] = a[bi, 3 * H + j] * t
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def ln_lstm_forward(gates, bias, gain, cgain, cbias, Wh, hs, cs, tcs, xh, rs, xc, rc, kind):
+    """A window's time loop, as cpu_kernels.lstm_forward: gates (T,B,4H) holds the input
+    projections without bias and becomes the activations; hs, cs (T+1,B,H) hold the carried
+    state at [0]. Fills xh (T,B,4H), rs (T,B,4), xc (T,B,H) and rc (T,B) for the backward."""
+    T, B, G = gates.shape
+    v, w, q, ib = np.empty((B, G), gates.dtype), np.empty((B, G // 4), gates.dtype), \
+        np.empty(B * G, gates.dtype), np.empty(B * G, np.int32)
+    for t in range(T):
+        a = gates[t]
+        K.gemm(hs[t], Wh, a, False, False, 1.0)
+        _ln_cells(a, bias, gain, cgain, cbias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], xh[t], rs[t], xc[t],
+                  rc[t], v, w, q, ib)
+
+
+@njit(inline="always", error_model="numpy")
+def _dact(y, kind, one):
+    """act' through its output y: tanh 1 - y^2, softsign (1 - |y|)^2."""
+    return one - y * y if kind == K.TANH else (one - abs(y)) * (one - abs(y))
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, kind, da, dh, dc, carry,
+                     g_b, g_gain, g_cgain, g_cbias):
+    """The backward time loop, as cpu_kernels.lstm_backward: writes da (T,B,4H), the gradient on
+    the summed products (the weights' and the input's); adds the bias's, the gains' and the
+    cell bias's gradients to g_b, g_gain, g_cgain, g_cbias. dh, dc (B,H) and `carry` as there."""
+    T, B, H = dh_out.shape
+    f = da.dtype.type
+    one = f(1.0)
+    inv_h = f(1.0) / f(H)
+    dxc = np.empty(H, da.dtype)
+    for t in range(T - 1, -1, -1):
+        g4, d4, cp, tc, dho = gates[t], da[t], cs[t], tcs[t], dh_out[t]
+        xht, rst, xct = xh[t], rs[t], xc[t]
+        for bi in range(B):
+            m1, m2 = f(0.0), f(0.0)
+            for j in range(H):                       # the output gate and the normalised cell
+                y, o = tc[bi, j], g4[bi, 3 * H + j]
+                d = dho[bi, j] + dh[bi, j]
+                d4[bi, 3 * H + j] = d * y * o * (one - o)
+                dcn = d * o * _dact(y, kind, one)
+                g_cgain[j] += dcn * xct[bi, j]
+                g_cbias[j] += dcn
+                e = dcn * cgain[j]
+                dxc[j] = e
+                m1 += e
+                m2 += e * xct[bi, j]
+            m1 *= inv_h
+            m2 *= inv_h
+            r = rc[t, bi]
+            for j in range(H):                       # through the cell's normalisation to c, then the gates
+                dcc = dc[bi, j] + r * (dxc[j] - m1 - xct[bi, j] * m2)
+                i, fg, g = g4[bi, j], g4[bi, H + j], g4[bi, 2 * H + j]
+                d4[bi, j] = dcc * g * i * (one - i)
+                d4[bi, H + j] = dcc * cp[bi, j] * fg * (one - fg)
+                d4[bi, 2 * H + j] = dcc * i * _dact(g, kind, one)
+                dc[bi, j] = dcc * fg
+            for k in range(4):                       # d4 holds the gradient on gain * LN(a) + b: through LN
+                s1, s2 = f(0.0), f(0.0)
+                for j in range(k * H, k * H + H):
+                    dz = d4[bi, j]
+                    g_b[j] += dz
+                    g_gain[j] += dz * xht[bi, j]
+                    e = dz * gain[j]
+                    d4[bi, j] = e
+                    s1 += e
+                    s2 += e * xht[bi, j]
+                s1 *= inv_h
+                s2 *= inv_h
+                r = rst[bi, k]
+                for j in range(k * H, k * H + H):
+                    d4[bi, j] = r * (d4[bi, j] - s1 - xht[bi, j] * s2)
+        if t > 0 or carry:
+            K.gemm(d4, WhT, dh, False, False, 0.0)

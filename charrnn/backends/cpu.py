@@ -454,6 +454,7 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
         for _ in tb.generate(x[:1, 0], Decoding(length=2, top_k=1, batch=B)):   # one prime code: no step() before
             pass
     else:
+        tb.grad.flat[:] = 1.0          # a norm above the clip, so clipping's rescaling compiles too
         tb.optimizer_step(Optimizer(opt.name, tb.p.flat.size, be.dtype, weight_decay=1e-9 if rule[1] else 0.0),
                           0.0, ("norm", 1.0))
     done.set()

@@ -20,7 +20,7 @@ from charrnn import checkpoint as ckpt
 from charrnn.corpus import Corpus, split
 from charrnn.errors import InputError
 from charrnn.optim import new_optimizer, new_optimizer_slots
-from charrnn.options import TRAIN_OPTION_NAMES, TrainOptions, default_rate
+from charrnn.options import NORM_DEFAULT, TRAIN_OPTION_NAMES, TrainOptions, default_rate
 
 if TYPE_CHECKING:
     from charrnn.train import Trainer
@@ -31,6 +31,7 @@ def resume_options(train_args: dict, overrides: dict) -> TrainOptions:
     then whatever was given on the command line. Architecture options are kept for the record
     only (the checkpoint's config wins). Names this version no longer knows are dropped."""
     known = {k: v for k, v in train_args.items() if k == "model" or k in TRAIN_OPTION_NAMES}
+    known.setdefault("average", "off")      # a run from before --average existed kept no average
     try:
         return TrainOptions.from_dict({**known, **overrides})
     except ValueError as e:
@@ -89,6 +90,8 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
     if overwrite and resume_path and Path(out).resolve() == resume_path.parent.resolve():
         raise InputError("--overwrite starts a new run in place of the old; --resume continues it: not both")
     settings = {k: v for k, v in options.items() if k != "out"}
+    if not resume:
+        settings.setdefault("norm", NORM_DEFAULT)
     new_options(settings)    # bad values fail before anything is read or written (the defaults are sound)
     check_encoding(encoding)
     if comm is not None and comm.local_rank:   # the node's first rank fetches or unpacks into the cache
@@ -113,13 +116,14 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
     base = base_resume or base_init
     if base_resume:   # the run's own options, except those given again on this command line
         refuse_weights_only(base_resume, resume)
+        keep_to_checkpoint(base_resume, settings, given, byte_mode, "--resume", tell)   # a shape flag first
         opts = resume_options(base_resume.train_args, {k: v for k, v in settings.items() if k in given})
     else:
         standard_split(corpus_name, settings, given, tell)
         opts = new_options(settings)
         settle_rate(opts, base_init.config.cell if base_init else opts.model.cell, given, tell)
-    if base:
-        keep_to_checkpoint(base, settings, given, byte_mode, "--resume" if base_resume else "--init-from", tell)
+        if base_init:
+            keep_to_checkpoint(base_init, settings, given, byte_mode, "--init-from", tell)
     if comm is not None and "-" in inputs:
         raise InputError("a data-parallel run reads a file, not stdin: every rank opens it")
     claim = None
@@ -135,6 +139,8 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
     try:
         # --device is resolved on this machine, even on resume: a run may move between CPU and GPU
         opts.device = pick_device(settings.get("device", opts.device), log, announce=comm is None or comm.is_root)
+        if not base:
+            settle_norm(opts, settings.get("norm"), tell)
         if comm is not None:
             if opts.device == "cuda":
                 comm.pick_gpu()
@@ -187,6 +193,14 @@ def standard_split(corpus_name: str | None, settings: dict, given, log: Callable
             f"{split['test_frac']:g} test by position ({split.get('source', '')})")
 
 
+def settle_norm(opts: TrainOptions, asked: str | None, log: Callable[[str], None]) -> None:
+    """--norm auto on the GPU: the CUDA kernels have no layer normalisation yet, so a new run there
+    trains a plain LSTM, and says so; --norm layer there is refused by the backend."""
+    if asked == "auto" and opts.device == "cuda" and opts.model.norm == "layer":
+        opts.model = dataclasses.replace(opts.model, norm="none")
+        log("--norm none: the CUDA backend has no layer normalisation yet (--device cpu trains with it)")
+
+
 def settle_rate(opts: TrainOptions, cell: str, given, log: Callable[[str], None]) -> None:
     """A new run given no --lr takes the rate of its rule and cell (options.default_rate; `cell` is
     the model's, the --init-from checkpoint's when there is one), said on `log` where it is not
@@ -228,7 +242,7 @@ def new_options(settings: dict) -> TrainOptions:
 
 
 # the model flags that cannot change a checkpoint's weights: its shape, and how fresh weights are drawn
-SHAPE_FLAGS = ("hidden", "layers", "cell", "embed", "activation", "init", "forget_bias")
+SHAPE_FLAGS = ("hidden", "layers", "cell", "embed", "activation", "init", "forget_bias", "norm")
 
 
 def refuse_weights_only(ck: ckpt.Checkpoint, arg: str) -> None:

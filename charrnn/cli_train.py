@@ -13,8 +13,9 @@ from charrnn.cli_base import CONTEXT, Finite, device_option, say, write_page
 from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
 from charrnn.options import (AVERAGES, CELL_LR as _CELL_LR, DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END,
-                             LR_FIND_MIN_STEPS, LR_FIND_START, LR_FIND_STEPS, OPTIMIZER_DEFAULTS as _OPT, RANGES,
-                             RULE_LR as _RULE_LR, SPLIT_BY, TrainOptions)
+                             LR_FIND_MIN_STEPS, LR_FIND_START, LR_FIND_STEPS, NORM_DEFAULT as _NORM_DEFAULT,
+                             NORMS as _NORMS, OPTIMIZER_DEFAULTS as _OPT, RANGES, RULE_LR as _RULE_LR, SPLIT_BY,
+                             TrainOptions)
 
 _D = TrainOptions()      # every default below is read from here, written once in options.py
 _CAPS = (INT_MAX, F32_MAX, 1e9)   # technical upper bounds: checked by TrainOptions.check, not shown in --help
@@ -58,6 +59,9 @@ MODEL_OPTIONS = [
     click.option("--init", "init", type=click.Choice(INITS), default=_D.model.init, show_default=True,
                  help="uniform is U(-0.08, 0.08) as in char-rnn; xavier is Glorot uniform."),
     click.option("--forget-bias", type=_num("forget_bias"), default=_D.model.forget_bias, show_default=True, help="LSTM forget-gate bias at init."),
+    click.option("--norm", type=click.Choice(_NORMS), default=_NORM_DEFAULT, show_default=True,
+                 help="layer: a layer-normalised LSTM (each gate block's input and the cell normalised; LSTM "
+                      "only, CPU backend only for now); auto: layer for an LSTM on the CPU, else none."),
     click.option("--seq-len", type=_num("seq_len"), default=_D.seq_len, show_default=True,
                  help="Steps per window (truncated BPTT length)."),
     click.option("--batch-size", type=_num("batch_size"), default=_D.batch_size, show_default=True, help="Parallel streams."),

@@ -15,14 +15,14 @@ from typing import Callable
 
 import numpy as np
 
-from charrnn.assemble import new_options, resolve_text
+from charrnn.assemble import new_options, resolve_text, settle_norm
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
 from charrnn.model import init_params
 from charrnn.optim import new_optimizer, new_optimizer_slots, parse_clip
 from charrnn.options import (LR_FIND_END, LR_FIND_MIN_STEPS, LR_FIND_SKIP, LR_FIND_START, LR_FIND_STEPS,
-                             TrainOptions)
+                             NORM_DEFAULT, TrainOptions)
 from charrnn.step import LOG2, train_step
 
 SMOOTHING = 0.9        # weight of the past in the moving average of the loss
@@ -190,9 +190,11 @@ def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: boo
     from charrnn.backends import pick_device
     from charrnn.corpus import load_corpus
     source, _ = resolve_text(text, log)
+    options = {"norm": NORM_DEFAULT, **options}
     opts = new_options(options)
     check_encoding(encoding)
     opts.device = pick_device(opts.device, log)
+    settle_norm(opts, options["norm"], log)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
     from charrnn.memory import check_training      # a model that cannot fit: one line, before allocating
     check_training(opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts), len(data.codes))

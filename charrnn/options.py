@@ -23,6 +23,13 @@ OPTIMIZER_DEFAULTS = {
 }
 
 
+# --norm of a new run: "auto" is a layer-normalised LSTM (config.py's "layer") and no
+# normalisation for the GRU and the RNN, which have none, or on the GPU, whose kernels have none
+# yet (assemble.settle_norm). The LSTM's default because it won on both seeds of the default
+# ten-minute run (bench/RESULTS.md, "Layer normalisation").
+NORMS = ("auto", "none", "layer")
+NORM_DEFAULT = "auto"
+
 # The rate of a new run given no --lr, by rule, and under Adam by cell: the best of short screenings
 # (bench/RESULTS.md, "A learning rate per cell"). Adam's 1e-2 is the LSTM's sweep winner; under it
 # a plain RNN diverges (11.3 bits/char after an epoch of tinyshakespeare) and a GRU may (3.6). The
@@ -79,8 +86,10 @@ class TrainOptions:
     report: bool = False           # keep report.html current in the run directory (live.py)
     val_streams: int = 1           # >1: validation scores the split as this many contiguous streams in
                                    # one batch (evaluate.py), a little higher than `charrnn eval`'s figure
-    average: str = "off"           # ema: keep an exponential moving average of the weights (average.py);
-                                   # each validation scores both, `best` keeps the better
+    average: str = "ema"           # ema: keep an exponential moving average of the weights (average.py);
+                                   # each validation scores both, `best` keeps the better. On since it won
+                                   # on both seeds of the default ten-minute run (bench/RESULTS.md, "Layer
+                                   # normalisation"); "off" for checkpoints whose options predate it
     average_decay: float = 0.998   # its forgetting factor per step: about 1 / (1 - 0.998) = 500 steps
     seed: int = 0
     device: str = "cpu"
@@ -120,6 +129,8 @@ class TrainOptions:
                 kw[k] = typed("training option", k, v, getattr(defaults, k))
             else:
                 raise ValueError(f"unknown training option {k!r}")
+        if model.get("norm") == "auto":   # a new run's default (NORM_DEFAULT): layer norm for the LSTM only
+            model["norm"] = "layer" if model.get("cell", MODEL_DEFAULTS["cell"]) == "lstm" else "none"
         for k, v in model.items():        # the model's numbers by their flags, before ModelConfig's own checks
             if k in RANGES and isinstance(v, (int, float)) and not isinstance(v, bool):
                 check_number(k, v, RANGES[k])

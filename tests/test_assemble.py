@@ -104,3 +104,21 @@ def test_a_given_rate_is_kept_and_init_from_goes_by_the_checkpoints_cell():
     adamw = assemble.new_options({"optimizer": "adamw"})     # --cell left at lstm, the checkpoint's is gru
     assemble.settle_rate(adamw, "gru", set(), heard.append)
     assert adamw.lr == 5e-3 and len(heard) == 1
+
+
+def test_norm_auto_is_layer_for_the_lstm_and_none_for_the_other_cells_and_on_the_gpu():
+    assert [assemble.new_options({"cell": c, "norm": "auto"}).model.norm for c in ("lstm", "gru", "rnn")] == \
+        ["layer", "none", "none"]
+    assert assemble.new_options({"norm": "none"}).model.norm == "none"
+    with pytest.raises(InputError, match="layer normalisation is implemented for the LSTM cell only, not the RNN"):
+        assemble.new_options({"cell": "rnn", "norm": "layer"})
+    heard = []
+    on_gpu = assemble.new_options({"norm": "auto", "device": "cuda"})
+    assemble.settle_norm(on_gpu, "auto", heard.append)
+    assert on_gpu.model.norm == "none" and heard == [
+        "--norm none: the CUDA backend has no layer normalisation yet (--device cpu trains with it)"]
+    asked = assemble.new_options({"norm": "layer", "device": "cuda"})
+    assemble.settle_norm(asked, "layer", heard.append)      # asked for: the backend refuses it, one clear line
+    on_cpu = assemble.new_options({"norm": "auto", "device": "cpu"})
+    assemble.settle_norm(on_cpu, "auto", heard.append)
+    assert asked.model.norm == on_cpu.model.norm == "layer" and len(heard) == 1

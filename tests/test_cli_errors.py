@@ -281,6 +281,7 @@ def run_dir(tmp_path_factory) -> Path:
     (["--clip", "norm:abc"], "--clip: must be norm:X, value:X or none, not 'norm:abc'"),
     (["--max-epochs", "1e300"], "--max-epochs: 1e+300 is out of range"), (["--seed", "-1"], "--seed: -1 is not"),
     (["--encoding", "klingon"], "--encoding: unknown encoding"),
+    (["--cell", "gru", "--norm", "layer"], "layer normalisation is implemented for the LSTM cell only, not the GRU"),
 ])
 def test_bad_training_values_are_one_line_before_anything_is_written(good, tmp_path, extra, why, monkeypatch,
                                                                       capsys):

@@ -20,7 +20,7 @@ from charrnn.dropout import masks as dropout_masks
 from charrnn.backends.cpu import CpuBackend
 from charrnn.cli import cli
 from charrnn.model import ModelConfig, init_params, param_shapes
-from charrnn.options import TRAIN_OPTION_NAMES
+from charrnn.options import NORM_DEFAULT, TRAIN_OPTION_NAMES
 from charrnn.rundir import prepare_out_dir
 from charrnn.train import Trainer, TrainOptions
 from tiny_models import tiny_config
@@ -42,7 +42,7 @@ def text_file(tmp_path):
 
 def _opts(tmp_path, **kw) -> TrainOptions:
     base = dict(hidden=6, layers=1, batch_size=2, seq_len=8, lr_schedule="constant", device="cpu",
-                out=str(tmp_path))
+                out=str(tmp_path), average="off")      # one validation figure a step: the scripted one
     return TrainOptions.from_dict({**base, **kw})
 
 
@@ -98,6 +98,24 @@ def test_a_new_rnn_run_records_its_cells_rate_and_a_given_rate_is_kept(tmp_path,
     assert ckpt.load(tmp_path / "rnn" / "last.safetensors").train_args["lr"] == 3e-3
     _cli_train(text_file, tmp_path / "given", "--cell", "rnn", "--lr", "0.02", "--max-steps", "2")
     assert ckpt.load(tmp_path / "given" / "last.safetensors").train_args["lr"] == 0.02
+
+
+def test_a_new_lstm_run_is_layer_normalised_unless_told_a_gru_is_not_and_a_resumed_run_keeps_its_own(
+        tmp_path, text_file):
+    """--norm auto (the default): a layer-normalised LSTM, a plain GRU; --norm none a plain LSTM, which
+    a resume without --norm keeps (the run's own, not the default's)."""
+    from charrnn.model import param_shapes
+
+    def config(run):
+        return ckpt.load(tmp_path / run / "last.safetensors").config
+    _cli_train(text_file, tmp_path / "ln", "--max-steps", "2")
+    assert config("ln").norm == "layer" and "l0.ln_g" in dict(param_shapes(config("ln")))
+    _cli_train(text_file, tmp_path / "gru", "--cell", "gru", "--max-steps", "2")
+    assert config("gru").norm == "none"
+    _cli_train(text_file, tmp_path / "plain", "--norm", "none", "--max-steps", "2")
+    _cli_train(text_file, tmp_path / "plain", "--resume", str(tmp_path / "plain" / "last.safetensors"),
+               "--max-steps", "4")
+    assert config("plain").norm == "none" and "l0.ln_g" not in dict(param_shapes(config("plain")))
 
 
 @pytest.mark.parametrize("flags,hyper", [
@@ -225,7 +243,7 @@ def test_without_a_budget_the_default_epoch_cap_ends_the_run(tmp_path, ticking):
 def test_patience_stops_logs_why_and_keeps_best_as_the_checkpoint_of_record(tmp_path, text_file, monkeypatch):
     _scripted(monkeypatch, [3.0, 2.5, 2.6, 2.7, 2.8, 2.9])
     out = tmp_path / "run"
-    res = _cli_train(text_file, out, "--patience", "2", "--val-every", "1", "--max-steps", "6")
+    res = _cli_train(text_file, out, "--patience", "2", "--val-every", "1", "--max-steps", "6", "--average", "off")
     recs = _metrics(out)
     assert [r.get("val_bpc") for r in recs[:-1]] == [3.0, 2.5, 2.6, 2.7]
     assert recs[-1]["event"] == "stop" and recs[-1]["step"] == 4 and "2 validations" in recs[-1]["reason"]
@@ -336,8 +354,9 @@ def test_train_options_nest_the_model_config_and_the_cli_takes_their_defaults():
     params = {p.name: p.default for p in cli.commands["train"].params}
     defaults = {**TrainOptions().model.to_dict(), **TrainOptions().to_dict()}
     for name in TRAIN_OPTION_NAMES:
-        if name not in ("device", "out", "max_epochs"):   # auto, a directory from the text, a budget-aware None
-            assert params[name] == defaults[name], name
+        if name not in ("device", "out", "max_epochs", "norm"):   # auto, a directory from the text, a budget-aware
+            assert params[name] == defaults[name], name           # None, and auto (by cell and device)
+    assert params["norm"] == NORM_DEFAULT == "auto"
     assert not set(params) - TRAIN_OPTION_NAMES - {"text", "name", "encoding", "byte_mode", "resume",
                                                    "init_from", "overwrite", "dist_mode", "dist_timeout",
                                                    "globs", "exclude", "strict"}    # how the documents are found

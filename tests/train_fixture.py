@@ -24,7 +24,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "train"
 TINY = ["--hidden", "16", "--layers", "2", "--dropout", "0.2", "--seq-len", "10", "--batch-size", "4",
         "--seed", "3", "--device", "cpu", "--val-every", "5", "--no-diag", "--lr-decay", "0.8",
         "--lr-decay-after", "0", "--lr-plateau", "0.5",
-        "--lr", "2e-3", "--lr-floor", "0.1"]   # the defaults when the fixture was first recorded
+        "--lr", "2e-3", "--lr-floor", "0.1", "--norm", "none"]   # the defaults when the fixture was first recorded
 CPU_STEPS = (20, 30, 5)     # the run's steps, the resumed run's, --val-every given again on resuming
 
 # The same run on the CUDA backend in the simulator (kernels run as Python threads), shrunk to what
@@ -32,7 +32,8 @@ CPU_STEPS = (20, 30, 5)     # the run's steps, the resumed run's, --val-every gi
 # dropout, a validation after each run and a resume.
 SIM_TINY = ["--hidden", "4", "--layers", "2", "--dropout", "0.2", "--seq-len", "5", "--batch-size", "2",
             "--val-frac", "0.02", "--seed", "3", "--device", "cuda", "--val-every", "2", "--no-diag",
-            "--lr-decay", "0.8", "--lr-decay-after", "0", "--lr-plateau", "0.5", "--lr", "2e-3", "--lr-floor", "0.1"]
+            "--lr-decay", "0.8", "--lr-decay-after", "0", "--lr-plateau", "0.5", "--lr", "2e-3", "--lr-floor", "0.1",
+            "--norm", "none"]
 SIM_STEPS = (2, 4, 2)
 
 # Measured with bench/fixture_spread.py (bench/RESULTS.md, "Fixtures across machines"): the CPU

@@ -141,6 +141,8 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
         opts.device = pick_device(settings.get("device", opts.device), log, announce=comm is None or comm.is_root)
         if not base:
             settle_norm(opts, settings.get("norm"), tell)
+        if not base_resume:
+            settle_average(opts, given, tell)
         if comm is not None:
             if opts.device == "cuda":
                 comm.pick_gpu()
@@ -199,6 +201,16 @@ def settle_norm(opts: TrainOptions, asked: str | None, log: Callable[[str], None
     if asked == "auto" and opts.device == "cuda" and opts.model.norm == "layer":
         opts.model = dataclasses.replace(opts.model, norm="none")
         log("--norm none: the CUDA backend has no layer normalisation yet (--device cpu trains with it)")
+
+
+def settle_average(opts: TrainOptions, given, log: Callable[[str], None]) -> None:
+    """A new run on the GPU keeps no average unless --average is given: it paid with layer
+    normalisation only (bench/RESULTS.md), which the GPU trains without, and the CUDA backend
+    copies the weights to the host for it every step."""
+    if opts.device == "cuda" and opts.average != "off" and "average" not in given:
+        opts.average = "off"
+        log("--average off: on the GPU the LSTM trains without layer normalisation, where the average did not "
+            "pay (give --average ema to keep one)")
 
 
 def settle_rate(opts: TrainOptions, cell: str, given, log: Callable[[str], None]) -> None:

@@ -107,6 +107,7 @@ def test_a_given_rate_is_kept_and_init_from_goes_by_the_checkpoints_cell():
 
 
 def test_norm_auto_is_layer_for_the_lstm_and_none_for_the_other_cells_and_on_the_gpu():
+    """And on the GPU the average is off unless asked for (it paid with the normalisation only)."""
     assert [assemble.new_options({"cell": c, "norm": "auto"}).model.norm for c in ("lstm", "gru", "rnn")] == \
         ["layer", "none", "none"]
     assert assemble.new_options({"norm": "none"}).model.norm == "none"
@@ -122,3 +123,10 @@ def test_norm_auto_is_layer_for_the_lstm_and_none_for_the_other_cells_and_on_the
     on_cpu = assemble.new_options({"norm": "auto", "device": "cpu"})
     assemble.settle_norm(on_cpu, "auto", heard.append)
     assert asked.model.norm == on_cpu.model.norm == "layer" and len(heard) == 1
+    for given, want in ((set(), "off"), ({"average"}, "ema")):
+        opts = assemble.new_options({"device": "cuda"})
+        assemble.settle_average(opts, given, heard.append)
+        assert opts.average == want
+    cpu = assemble.new_options({"device": "cpu"})
+    assemble.settle_average(cpu, set(), heard.append)
+    assert cpu.average == "ema" and len(heard) == 2 and heard[-1].startswith("--average off: on the GPU")

@@ -49,14 +49,15 @@ def torch_model(ck: ckpt.Checkpoint, dtype):
         kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cfg.cell]
         rnn = kind(D, H, num_layers=L).to(dtype)
     with torch.no_grad():
-        for l in range(L if cfg.norm == "none" else 0):
-            getattr(rnn, f"weight_ih_l{l}").copy_(t(p[f"l{l}.Wx"]).T)
-            getattr(rnn, f"weight_hh_l{l}").copy_(t(p[f"l{l}.Wh"]).T)
-            getattr(rnn, f"bias_ih_l{l}").copy_(t(p[f"l{l}.b"]))
-            bhh = torch.zeros(cfg.gates * H, dtype=dtype)
-            if cfg.cell == "gru":
-                bhh[2 * H:] = t(p[f"l{l}.bh"])
-            getattr(rnn, f"bias_hh_l{l}").copy_(bhh)
+        if cfg.norm == "none":                       # LayerNormLSTM holds its weights already
+            for l in range(L):
+                getattr(rnn, f"weight_ih_l{l}").copy_(t(p[f"l{l}.Wx"]).T)
+                getattr(rnn, f"weight_hh_l{l}").copy_(t(p[f"l{l}.Wh"]).T)
+                getattr(rnn, f"bias_ih_l{l}").copy_(t(p[f"l{l}.b"]))
+                bhh = torch.zeros(cfg.gates * H, dtype=dtype)
+                if cfg.cell == "gru":
+                    bhh[2 * H:] = t(p[f"l{l}.bh"])
+                getattr(rnn, f"bias_hh_l{l}").copy_(bhh)
         out = torch.nn.Linear(H, V).to(dtype)
         out.weight.copy_(t(p["out.W"]).T)
         out.bias.copy_(t(p["out.b"]))

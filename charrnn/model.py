@@ -26,6 +26,8 @@ import numpy as np
 
 from charrnn.config import ModelConfig  # noqa: F401 (re-exported: `from charrnn.model import ModelConfig`)
 
+LN_EPS = 1e-5     # layer normalisation's floor under the variance (reference.py's and the kernels')
+
 
 def param_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     """The sizes table: every tensor's name and shape, in buffer order."""

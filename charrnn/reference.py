@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.model import ModelConfig
-
-LN_EPS = 1e-5     # layer normalisation's floor under the variance (the CPU kernels' too)
+from charrnn.model import LN_EPS, ModelConfig
 
 
 # ---------------------------------------------------------------- nonlinearities

@@ -26,6 +26,7 @@ import numpy as np
 
 from charrnn.backends import cpu_batch1 as B1
 from charrnn.backends import cpu_kernels as K
+from charrnn.backends import cpu_norm
 from charrnn.backends.cpu_window import Dropout, WindowDriver, chunk_bounds
 from charrnn.backends.lanes import lanes, run_graph
 from charrnn.backends.cpu_kernels import SOFTSIGN, TANH
@@ -270,7 +271,6 @@ class CpuBackend:
             if cfg.cell == "gru":
                 K.gru_forward(pre, p[f"l{l}.b"], p[f"l{l}.bh"], p[f"l{l}.Wh"], hs, np.empty((1, B, H), dt), self.kind)
             elif cfg.cell == "lstm":               # layer-normalised
-                from charrnn.backends import cpu_norm
                 cs = np.empty((2, B, H), dt)
                 cs[0] = state[l, 1]
                 cpu_norm.ln_lstm_forward(pre, p[f"l{l}.b"], p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from charrnn.backends import cpu_kernels as K
+from charrnn.backends import cpu_norm as N
 
 
 class Layer:
@@ -78,7 +79,6 @@ def lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, tr
 
 # ---------------------------------------------------------------- layer-normalised LSTM
 def ln_lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) -> None:
-    from charrnn.backends import cpu_norm as N
     gain, cgain, cbias = ly.norm
     N.ln_lstm_forward(ly.pre[t0:t1], ly.b, gain, cgain, cbias, ly.Wh, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1],
                       ly.tcs[t0:t1], ly.xh[t0:t1], ly.rs[t0:t1], ly.xc[t0:t1], ly.rc[t0:t1], kind)
@@ -87,7 +87,6 @@ def ln_lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) ->
 def ln_lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
                      grads: tuple) -> None:
     """grads: (bias, gate gains, cell gain, cell bias), each added to."""
-    from charrnn.backends import cpu_norm as N
     gain, cgain, _ = ly.norm
     N.ln_lstm_backward(dh_out, ly.WhT, ly.cs[t0:t1], ly.pre[t0:t1], ly.tcs[t0:t1], ly.xh[t0:t1], ly.rs[t0:t1],
                        ly.xc[t0:t1], ly.rc[t0:t1], gain, cgain, kind, ly.dx[t0:t1], ly.carry[0], ly.carry[1],

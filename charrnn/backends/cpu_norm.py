@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from charrnn.backends import cpu_kernels as K
-from charrnn.reference import LN_EPS
+from charrnn.model import LN_EPS
 
 _FM = K._FM
 
@@ -104,19 +104,12 @@ def ln_lstm_forward(gates, bias, gain, cgain, cbias, Wh, hs, cs, tcs, xh, rs, xc
     projections without bias and becomes the activations; hs, cs (T+1,B,H) hold the carried
     state at [0]. Fills xh (T,B,4H), rs (T,B,4), xc (T,B,H) and rc (T,B) for the backward."""
     T, B, G = gates.shape
-    v, w, q, ib = np.empty((B, G), gates.dtype), np.empty((B, G // 4), gates.dtype), \
-        np.empty(B * G, gates.dtype), np.empty(B * G, np.int32)
+    v, w, q, ib = K._cell_buffers(B, G, gates.dtype)
     for t in range(T):
         a = gates[t]
         K.gemm(hs[t], Wh, a, False, False, 1.0)
         _ln_cells(a, bias, gain, cgain, cbias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], xh[t], rs[t], xc[t],
                   rc[t], v, w, q, ib)
-
-
-@njit(inline="always", error_model="numpy")
-def _dact(y, kind, one):
-    """act' through its output y: tanh 1 - y^2, softsign (1 - |y|)^2."""
-    return one - y * y if kind == K.TANH else (one - abs(y)) * (one - abs(y))
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
@@ -139,7 +132,7 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
                 y, o = tc[bi, j], g4[bi, 3 * H + j]
                 d = dho[bi, j] + dh[bi, j]
                 d4[bi, 3 * H + j] = d * y * o * (one - o)
-                dcn = d * o * _dact(y, kind, one)
+                dcn = d * o * K._dact(y, kind, one)
                 g_cgain[j] += dcn * xct[bi, j]
                 g_cbias[j] += dcn
                 e = dcn * cgain[j]
@@ -154,7 +147,7 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
                 i, fg, g = g4[bi, j], g4[bi, H + j], g4[bi, 2 * H + j]
                 d4[bi, j] = dcc * g * i * (one - i)
                 d4[bi, H + j] = dcc * cp[bi, j] * fg * (one - fg)
-                d4[bi, 2 * H + j] = dcc * i * _dact(g, kind, one)
+                d4[bi, 2 * H + j] = dcc * i * K._dact(g, kind, one)
                 dc[bi, j] = dcc * fg
             for k in range(4):                       # d4 holds the gradient on gain * LN(a) + b: through LN
                 s1, s2 = f(0.0), f(0.0)

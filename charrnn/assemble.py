@@ -199,6 +199,9 @@ def settle_norm(opts: TrainOptions, asked: str | None, log: Callable[[str], None
     """--norm auto on the GPU: the CUDA kernels have no layer normalisation yet, so a new run there
     trains a plain LSTM, and says so; --norm layer there is refused by the backend."""
     if asked == "auto" and opts.device == "cuda" and opts.model.norm == "layer":
+        if opts.model.recurrent_dropout > 0:
+            raise InputError("--recurrent-dropout needs a layer-normalised LSTM, which the CUDA backend does not "
+                             "have yet (--device cpu trains with both)")
         opts.model = dataclasses.replace(opts.model, norm="none")
         log("--norm none: the CUDA backend has no layer normalisation yet (--device cpu trains with it)")
 
@@ -267,16 +270,22 @@ def refuse_weights_only(ck: ckpt.Checkpoint, arg: str) -> None:
 def keep_to_checkpoint(base: ckpt.Checkpoint, settings: dict, given, byte_mode: bool, how: str,
                        log: Callable[[str], None]) -> None:
     """No flag is silently ignored next to a checkpoint: a shape flag that disagrees with it is an
-    error, a --dropout given takes effect (said on `log`), and text/byte mode must match."""
+    error, a --dropout or --recurrent-dropout given takes effect (said on `log`), and text/byte mode
+    must match."""
     cfg = base.config
     for k in SHAPE_FLAGS:
         if k in given and settings.get(k) != getattr(cfg, k):
             flag = "--" + k.replace("_", "-")
             raise InputError(f"{flag} {settings[k]} disagrees with the checkpoint's {getattr(cfg, k)}: {how} keeps "
                              f"the checkpoint's model; leave {flag} out, or train a new model without {how}")
-    if "dropout" in given and settings.get("dropout") != cfg.dropout:
-        log(f"--dropout {settings['dropout']:g} replaces the checkpoint's {cfg.dropout:g}")
-        base.config = dataclasses.replace(cfg, dropout=settings["dropout"])
+    for k in ("dropout", "recurrent_dropout"):          # training-only rates: a new one takes effect
+        if k in given and settings.get(k) != getattr(base.config, k):
+            flag = "--" + k.replace("_", "-")
+            try:
+                base.config = dataclasses.replace(base.config, **{k: settings[k]})
+            except ValueError as e:                     # recurrent dropout on a model without layer normalisation
+                raise InputError(f"{flag} {settings[k]:g} does not fit the checkpoint's model: {e}") from None
+            log(f"{flag} {settings[k]:g} replaces the checkpoint's {getattr(cfg, k):g}")
     if byte_mode and not base.vocab.byte_mode:
         raise InputError(f"--bytes: the checkpoint of {how} is a text model; leave --bytes out")
     if how == "--init-from" and base.vocab.byte_mode and not byte_mode:

@@ -54,6 +54,10 @@ MODEL_OPTIONS = [
                  help="Size of a learned embedding; 0 feeds one-hot characters."),
     click.option("--dropout", type=_num("dropout"), default=_D.model.dropout, show_default=True,
                  help="Inverted dropout between layers and before the output layer."),
+    click.option("--recurrent-dropout", type=_num("recurrent_dropout"), default=_D.model.recurrent_dropout,
+                 show_default=True,
+                 help="Dropout inside the cell on what each step writes to the memory (the candidate g; "
+                      "Semeniuta et al. 2016), fresh masks every step; layer-normalised LSTM only."),
     click.option("--activation", type=click.Choice(ACTIVATIONS), default=_D.model.activation, show_default=True,
                  help="The cell's squashing nonlinearity (gates stay sigmoid)."),
     click.option("--init", "init", type=click.Choice(INITS), default=_D.model.init, show_default=True,

@@ -32,6 +32,9 @@ class ModelConfig:
     norm: str = "none"       # layer: layer-normalised LSTM (Ba et al. 2016), each gate block's
                              # pre-activation and the cell before its squashing; "none" here so a
                              # checkpoint written before the field existed reads as what it is
+    recurrent_dropout: float = 0.0  # inverted dropout on the LSTM's candidate g inside the cell,
+                             # fresh masks every step (Semeniuta et al. 2016): c = f*c + i*drop(g);
+                             # training only, so sampling and scoring are unchanged
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -53,6 +56,10 @@ class ModelConfig:
             raise ValueError("embed must be 0 (one-hot) or positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if not 0.0 <= self.recurrent_dropout < 1.0:
+            raise ValueError("recurrent_dropout must be in [0, 1)")
+        if self.recurrent_dropout > 0 and self.norm != "layer":
+            raise ValueError("recurrent dropout is implemented for the layer-normalised LSTM only (--norm layer)")
         if not math.isfinite(self.forget_bias):
             raise ValueError("forget_bias must be a finite number")
 

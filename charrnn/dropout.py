@@ -27,6 +27,9 @@ M2 = np.uint64(0x94D049BB133111EB)
 GOLD = np.uint64(0x9E3779B97F4A7C15)
 U1, S27, S30, S31, S40 = np.uint64(1), np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(40)
 INV24 = 1.0 / (1 << 24)
+# recurrent dropout's masks hash the window's seed xor this, so they are independent of the
+# output dropout's masks for the same indices
+RECURRENT_SALT = 0xD1B54A32D192ED03
 
 
 def uniform(seed, index):
@@ -51,3 +54,8 @@ def masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float3
     with np.errstate(over="ignore"):              # the hash relies on uint64 wrap-around
         u = uniform(np.uint64(seed), index.reshape(-1)).reshape(shape)
     return np.where(u >= p, 1.0 / (1.0 - p), 0.0).astype(dtype)
+
+
+def recurrent_seed(seed: int) -> int:
+    """The seed of a window's recurrent dropout masks, from the window's dropout seed."""
+    return (int(seed) ^ RECURRENT_SALT) & 0xFFFFFFFFFFFFFFFF

@@ -48,11 +48,16 @@ def n_weights(cfg: ModelConfig) -> int:
 def training_bytes(cfg: ModelConfig, seq_len: int, batch: int, optimizer_slots: int, device: str = "cpu") -> int:
     """Host bytes a training run needs at least: the weights, their gradient, the optimizer's
     slots and the rollback snapshot, and on the CPU one window's gate activations, states and
-    output probabilities (on a GPU those live in its memory)."""
+    output probabilities, with layer normalisation its normalised values, with recurrent dropout
+    its masks (on a GPU those live in its memory)."""
     n = n_weights(cfg)
     need = F32 * n * (3 + optimizer_slots)
     if device == "cpu":
         per_step = cfg.layers * (cfg.gates + 2 * cfg.n_states) * cfg.hidden + 2 * cfg.vocab_size
+        if cfg.norm == "layer":      # the normalised gates and cell (cpu_layers.Layer's xh, xc), and their 1/sigma
+            per_step += cfg.layers * ((cfg.gates + 1) * cfg.hidden + cfg.gates + 1)
+        if cfg.recurrent_dropout:    # its masks, read again by the backward
+            per_step += cfg.layers * cfg.hidden
         need += F32 * seq_len * batch * per_step
     return need
 

@@ -7,6 +7,7 @@ Shapes: T steps, B sequences, H hidden, V vocabulary, L layers, G gate blocks.
     x, y     (T, B)        int codes and next-char targets
     state    (L, S, B, H)  carried state; S = 2 (h, c) for the LSTM, 1 (h) otherwise
     masks    (L, T, B, H)  dropout masks (0 or 1/(1-p)) on each layer's output, or None
+    rmasks   (L, T, B, H)  recurrent dropout masks on the layer-normalised LSTM's candidate g
 
 Cells (gate order from model.py; act is tanh or softsign, s the sigmoid):
     LSTM  a = xW + hU + b;  i,f,o = s(a_i,a_f,a_o);  g = act(a_g);  c = f*c + i*g;  h = o*act(c)
@@ -18,6 +19,8 @@ The layer-normalised LSTM (norm "layer", Ba et al. 2016) normalises each gate bl
 products and the cell before its squashing, LN(v) = (v - mean v) / sqrt(var v + LN_EPS):
     a = xW + hU;  z_k = gain_k * LN(a_k) + b_k for k = i, f, g, o;  c = f*c + i*g;
     h = o * act(cgain * LN(c) + cbias)                     (c itself is carried unnormalised)
+With recurrent dropout (Semeniuta et al. 2016) training takes c = f*c + i*(m*g), a fresh mask m
+every step: the memory is never dropped, only what a step writes into it.
 One normalisation of the sum rather than one per product (Ba et al.'s form) keeps a single
 recurrent product per step and a one-hot layer's input a gather.
 
@@ -96,10 +99,11 @@ def norm_backward(dn, n, r):
     return r * (dn - dn.mean(axis=-1, keepdims=True) - n * (dn * n).mean(axis=-1, keepdims=True))
 
 
-def ln_lstm_forward(xw, b, Wh, h0, c0, kind, gain, cgain, cbias):
+def ln_lstm_forward(xw, b, Wh, h0, c0, kind, gain, cgain, cbias, gm=None):
     """The layer-normalised LSTM: xw (T,B,4H) input projections WITHOUT the bias b, which enters
-    after the normalisation. Returns hs and the cache: lstm_forward's (gates, cs, tcs, where tcs
-    is act of the normalised cell) and the normalised values and their 1/sigma for backward."""
+    after the normalisation; gm (T,B,H) recurrent dropout masks on g, or None. Returns hs and the
+    cache: lstm_forward's (gates, cs, tcs, where tcs is act of the normalised cell), the
+    normalised values and their 1/sigma, and gm, for backward."""
     T, B, G4 = xw.shape
     H = G4 // 4
     hs = np.empty((T + 1, B, H), xw.dtype); hs[0] = h0
@@ -115,19 +119,19 @@ def ln_lstm_forward(xw, b, Wh, h0, c0, kind, gain, cgain, cbias):
         z = gain * xh[t] + b
         i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), sigmoid(z[:, 3 * H:])
         g = act(z[:, 2 * H:3 * H], kind)
-        cs[t + 1] = f * cs[t] + i * g
+        cs[t + 1] = f * cs[t] + i * (g if gm is None else g * gm[t])
         xc[t], rc[t] = norm(cs[t + 1])
         tcs[t] = act(cgain * xc[t] + cbias, kind)
         hs[t + 1] = o * tcs[t]
         gates[t] = np.concatenate([i, f, g, o], axis=1)
-    return hs, (gates, cs, tcs, xh, rs, xc, rc)
+    return hs, (gates, cs, tcs, xh, rs, xc, rc, gm)
 
 
 def ln_lstm_backward(dh_out, Wh, cache, dh_T, dc_T, kind, gain, cgain, grads):
     """Returns da (T,B,4H), the gradient on xW + hU (both products' and the input's), dz
     (T,B,4H), the gradient on the bias, dh0, dc0; adds the gradients of gain, cgain and cbias to
     grads, a tuple of their three views."""
-    gates, cs, tcs, xh, rs, xc, rc = cache
+    gates, cs, tcs, xh, rs, xc, rc, gm = cache
     g_gain, g_cgain, g_cbias = grads
     T, B, H = dh_out.shape
     da, dz = np.empty_like(gates), np.empty_like(gates)
@@ -139,8 +143,9 @@ def ln_lstm_backward(dh_out, Wh, cache, dh_T, dc_T, kind, gain, cgain, grads):
         g_cgain += (dcn * xc[t]).sum(axis=0)
         g_cbias += dcn.sum(axis=0)
         dc = dc_next + norm_backward(dcn * cgain, xc[t], rc[t])
-        dz[t] = np.concatenate([dc * g * i * (1 - i), dc * cs[t] * f * (1 - f),
-                                dc * i * dact(g, kind), dh * tcs[t] * o * (1 - o)], 1)
+        m = 1.0 if gm is None else gm[t]
+        dz[t] = np.concatenate([dc * m * g * i * (1 - i), dc * cs[t] * f * (1 - f),
+                                dc * m * i * dact(g, kind), dh * tcs[t] * o * (1 - o)], 1)
         g_gain += (dz[t] * xh[t]).sum(axis=0)
         da[t] = norm_backward((dz[t] * gain).reshape(B, 4, H), xh[t].reshape(B, 4, H), rs[t]).reshape(B, 4 * H)
         dc_next = dc * f
@@ -203,7 +208,7 @@ def rnn_backward(dh_out, Wh, hs, dh_T, kind):
 
 
 # ---------------------------------------------------------------- the whole model
-def forward(p, cfg: ModelConfig, x, y, state, masks=None):
+def forward(p, cfg: ModelConfig, x, y, state, masks=None, rmasks=None):
     """Loss (summed over T*B, natural log) and everything backward needs.
 
     With y None, returns (logits, cache, new_state) instead: the sampler's and viewer's path.
@@ -216,7 +221,8 @@ def forward(p, cfg: ModelConfig, x, y, state, masks=None):
         xw = Wx[x] if inp is None else inp @ Wx               # one-hot input = row gather
         if cfg.norm == "layer":
             hs, cc = ln_lstm_forward(xw, b, Wh, state[l, 0], state[l, 1], cfg.activation,
-                                     p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"])
+                                     p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"],
+                                     None if rmasks is None else rmasks[l])
             new_state[l, 1] = cc[1][-1]
         elif cfg.cell == "lstm":
             xw = xw + b

@@ -130,3 +130,24 @@ def test_norm_auto_is_layer_for_the_lstm_and_none_for_the_other_cells_and_on_the
     cpu = assemble.new_options({"device": "cpu"})
     assemble.settle_average(cpu, set(), heard.append)
     assert cpu.average == "ema" and len(heard) == 2 and heard[-1].startswith("--average off: on the GPU")
+
+
+def test_recurrent_dropout_needs_the_layer_normalised_lstm_and_a_new_rate_replaces_the_checkpoints():
+    """On the GPU (no layer normalisation there) it is one clear line, not a plain LSTM silently
+    trained without it; next to a checkpoint a rate given takes effect, said, where the model has
+    layer normalisation, and is one clear line where it has none."""
+    assert assemble.new_options({"norm": "auto", "recurrent_dropout": 0.25}).model.recurrent_dropout == 0.25
+    with pytest.raises(InputError, match="recurrent dropout is implemented for the layer-normalised LSTM"):
+        assemble.new_options({"norm": "none", "recurrent_dropout": 0.25})
+    on_gpu = assemble.new_options({"norm": "auto", "device": "cuda", "recurrent_dropout": 0.25})
+    with pytest.raises(InputError, match="--recurrent-dropout needs a layer-normalised LSTM"):
+        assemble.settle_norm(on_gpu, "auto", print)
+    heard = []
+    cfg = tiny_config(vocab_size=4, hidden=4, layers=1, norm="layer")
+    ln = ckpt.Checkpoint(config=cfg, vocab=Vocab("\nabc"), params=init_params(cfg, np.random.default_rng(0)))
+    assemble.keep_to_checkpoint(ln, {"recurrent_dropout": 0.3}, {"recurrent_dropout"}, False, "--resume", heard.append)
+    assert ln.config == dataclasses.replace(cfg, recurrent_dropout=0.3)
+    assert heard == ["--recurrent-dropout 0.3 replaces the checkpoint's 0"]
+    with pytest.raises(InputError, match="--recurrent-dropout 0.3 does not fit the checkpoint's model"):
+        assemble.keep_to_checkpoint(base(), {"recurrent_dropout": 0.3}, {"recurrent_dropout"}, False, "--resume",
+                                    heard.append)

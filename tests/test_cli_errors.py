@@ -282,6 +282,8 @@ def run_dir(tmp_path_factory) -> Path:
     (["--max-epochs", "1e300"], "--max-epochs: 1e+300 is out of range"), (["--seed", "-1"], "--seed: -1 is not"),
     (["--encoding", "klingon"], "--encoding: unknown encoding"),
     (["--cell", "gru", "--norm", "layer"], "layer normalisation is implemented for the LSTM cell only, not the GRU"),
+    (["--norm", "none", "--recurrent-dropout", "0.2"], "recurrent dropout is implemented for the layer-normalised"),
+    (["--recurrent-dropout", "1"], "--recurrent-dropout: 1.0 is not in the range 0<=x<1"),
 ])
 def test_bad_training_values_are_one_line_before_anything_is_written(good, tmp_path, extra, why, monkeypatch,
                                                                       capsys):

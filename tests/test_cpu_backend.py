@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from charrnn import reference as ref
-from charrnn.dropout import masks as dropout_masks
+from charrnn.dropout import masks as dropout_masks, recurrent_seed
 from charrnn.backends.cpu import CpuBackend, CpuTuning
 from charrnn.model import init_params, param_shapes
 from tiny_models import random_case, tiny_config
@@ -19,7 +19,11 @@ def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None, tuning=CpuTuning()):
     masks = None
     if cfg.dropout:
         masks = dropout_masks(drop_seed, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
-    loss, cache, s_ref = ref.forward(p64, cfg, x, y, state, masks)
+    rmasks = None
+    if cfg.recurrent_dropout:
+        rmasks = dropout_masks(recurrent_seed(drop_seed), (cfg.layers, T, B, cfg.hidden), cfg.recurrent_dropout,
+                               np.float64)
+    loss, cache, s_ref = ref.forward(p64, cfg, x, y, state, masks, rmasks)
     g_ref = p64.like()
     ref.backward(p64, g_ref, cfg, cache, 1.0 / (T * B))
 
@@ -29,7 +33,7 @@ def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None, tuning=CpuTuning()):
     assert _rel(s_got, s_ref) < tol
     for name, _ in param_shapes(cfg):
         assert _rel(be.grad[name], g_ref[name]) < tol, name
-    if not cfg.dropout:
+    if not cfg.dropout and not cfg.recurrent_dropout:
         got_eval, s_eval = be.loss(x, y, state.astype(dtype))
         assert abs(got_eval - loss) / loss < tol
         assert _rel(s_eval, s_ref) < tol
@@ -63,12 +67,13 @@ def test_embedding_and_dropout_match_reference(dtype, tol, cell):
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-9), (np.float32, 1e-4)])
 @pytest.mark.parametrize("activation", ["tanh", "softsign"])
-@pytest.mark.parametrize("L,B,embed,dropout", [(1, 1, 0, 0.0), (2, 3, 0, 0.0), (2, 3, 4, 0.25)])
-def test_layer_normalised_lstm_matches_reference(dtype, tol, activation, L, B, embed, dropout):
+@pytest.mark.parametrize("L,B,embed,dropout,rdrop", [(1, 1, 0, 0.0, 0.0), (2, 3, 0, 0.0, 0.0), (2, 3, 4, 0.25, 0.0),
+                                                     (2, 3, 0, 0.0, 0.3), (2, 3, 4, 0.25, 0.5)])
+def test_layer_normalised_lstm_matches_reference(dtype, tol, activation, L, B, embed, dropout, rdrop):
     """norm "layer": the window (training and evaluation) and the sampling step, every gradient
-    the gains' and the cell bias's included."""
+    the gains' and the cell bias's included, with and without recurrent dropout."""
     cfg = tiny_config(vocab_size=6, hidden=5, layers=L, activation=activation, embed=embed, dropout=dropout,
-                      norm="layer")
+                      norm="layer", recurrent_dropout=rdrop)
     _check(cfg, 6, B, dtype, tol, seed=2)
 
 
@@ -143,8 +148,9 @@ def lanes_forced(monkeypatch):
     tiny_config(vocab_size=7, hidden=5, layers=2, cell="gru", embed=4, dropout=0.25),
     tiny_config(vocab_size=7, hidden=6, layers=3, cell="rnn", activation="softsign", dropout=0.1),
     tiny_config(vocab_size=7, hidden=5, layers=2, norm="layer", dropout=0.25),
+    tiny_config(vocab_size=7, hidden=5, layers=3, norm="layer", dropout=0.1, recurrent_dropout=0.4),
 ], ids=["2x5", "3x6-softsign", "2x5-embed-dropout", "3x4-embed-dropout", "gru-2x5-embed-dropout",
-        "rnn-3x6-softsign-dropout", "layer-norm-2x5-dropout"])
+        "rnn-3x6-softsign-dropout", "layer-norm-2x5-dropout", "layer-norm-3x5-recurrent-dropout"])
 def test_stacked_models_on_lanes_and_on_one_thread_both_match_reference(lanes_forced, n_lanes, cfg):
     """A stacked model's window runs as a task graph on several lanes (chunks of steps, layers
     side by side) or, on one lane, as one chunk per layer; both must give the reference's loss,
@@ -161,13 +167,15 @@ def test_stacked_models_on_lanes_and_on_one_thread_both_match_reference(lanes_fo
 
 
 @pytest.mark.parametrize("n_lanes", [1, 2])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lnlstm"])
 def test_masks_computed_in_the_kernels_are_the_references_for_any_window_seed(lanes_forced, n_lanes, cell):
     """The kernels hash each element's mask where they apply it; in float64 a single element
     masked differently from charrnn.dropout.masks would move the loss or a gradient by far more
     than 1e-9. Seeds up to the trainer's 2^62 and chunk boundaries inside the window."""
     graphs, tuning = lanes_forced(n_lanes)
-    cfg = tiny_config(vocab_size=6, hidden=5, layers=3, cell=cell, dropout=0.5)
+    ln = cell == "lnlstm"
+    cfg = tiny_config(vocab_size=6, hidden=5, layers=3, cell=cell.replace("ln", ""), dropout=0.5,
+                      norm="layer" if ln else "none", recurrent_dropout=0.5 if ln else 0.0)
     for drop_seed in (0, 977, (1 << 62) - 1):
         _check(cfg, 7, 3, np.float64, 1e-9, seed=1, drop_seed=drop_seed, tuning=tuning)
     assert bool(graphs) == (n_lanes > 1)
@@ -222,11 +230,14 @@ def test_lanes_are_chosen_only_for_stacked_models_with_chunks_big_enough_to_pay_
     assert be(CpuTuning(lanes_min_chunk_macs=0), hidden=512, layers=3)._lanes_for(100, 64) == 3
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lnlstm"])
 def test_shares_of_the_streams_sum_to_the_whole_batch_step(cell):
     """A data-parallel rank's train_step(streams=(lo, B)): the shares' losses and gradients add
-    up to one step over all B streams (same dropout masks, the same 1/(T*B) scale)."""
-    cfg = tiny_config(vocab_size=7, hidden=4, layers=2, cell=cell, embed=3, dropout=0.4)
+    up to one step over all B streams (same dropout masks, recurrent ones too, the same 1/(T*B)
+    scale)."""
+    ln = cell == "lnlstm"
+    cfg = tiny_config(vocab_size=7, hidden=4, layers=2, cell=cell.replace("ln", ""), embed=3, dropout=0.4,
+                      norm="layer" if ln else "none", recurrent_dropout=0.3 if ln else 0.0)
     p64, x, y, state = random_case(cfg, 5, 5, np.float64)
     whole = CpuBackend(cfg, p64)
     loss, s_whole = whole.train_step(x, y, state, 99)

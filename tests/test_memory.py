@@ -48,3 +48,24 @@ def test_many_samples_that_cannot_fit_are_refused(monkeypatch):
 def test_the_memory_available_is_read_from_this_machine():
     have = memory.available_bytes()
     assert have is None or have > 0
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(norm="layer"), dict(norm="layer", recurrent_dropout=0.25),
+                                dict(cell="gru")])
+def test_the_window_estimate_covers_the_buffers_the_cpu_window_holds(kw):
+    """A window's share of the estimate is at least what cpu_window.Buffers allocates for its
+    layers in training (layer normalisation's normalised values and recurrent dropout's masks
+    included), the gradient buffers aside."""
+    import numpy as np
+
+    from charrnn.backends.cpu_window import Buffers
+    from charrnn.model import Params
+    cfg = tiny_config(vocab_size=11, hidden=16, layers=2, **kw)
+    T, B = 7, 5
+    buf = Buffers(cfg, Params(cfg), T, B, np.float32, shared=True)
+    if cfg.norm == "layer":
+        buf.for_recurrent(cfg.recurrent_dropout > 0)
+    held = sum(a.nbytes for ly in buf.layers for a in vars(ly).values()
+               if isinstance(a, np.ndarray) and a.base is None and a is not ly.WhT)
+    window = memory.training_bytes(cfg, T, B, 2) - memory.training_bytes(cfg, 0, 0, 2)
+    assert window >= held

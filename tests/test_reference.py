@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from charrnn import reference as ref
-from charrnn.dropout import masks as dropout_masks
+from charrnn.dropout import masks as dropout_masks, recurrent_seed
 from charrnn.model import Params, init_params, param_shapes, zero_state
 from tiny_models import tiny_config
 
@@ -19,7 +19,11 @@ def _setup(cfg, T, B, seed=0):
     masks = None
     if cfg.dropout:
         masks = dropout_masks(seed + 7, (cfg.layers, T, B, cfg.hidden), cfg.dropout, np.float64)
-    return p, x, y, state, masks
+    rmasks = None
+    if cfg.recurrent_dropout:
+        rmasks = dropout_masks(recurrent_seed(seed + 7), (cfg.layers, T, B, cfg.hidden), cfg.recurrent_dropout,
+                               np.float64)
+    return p, x, y, state, (masks, rmasks)
 
 
 def _rel_err(a, b):
@@ -38,6 +42,9 @@ CASES = [
     dict(cell="lstm", activation=a, layers=L, embed=e, dropout=d, norm="layer")
     for a in ("tanh", "softsign")
     for L, e, d in ((1, 0, 0.0), (2, 3, 0.3))
+] + [
+    dict(cell="lstm", activation=a, layers=2, embed=0, dropout=d, norm="layer", recurrent_dropout=0.4)
+    for a, d in (("tanh", 0.0), ("softsign", 0.3))
 ]
 
 
@@ -47,13 +54,13 @@ def test_gradients_match_central_differences(kw):
     T, B = 3, 2
     p, x, y, state, masks = _setup(cfg, T, B)
     scale = 1.0 / (T * B)
-    loss, cache, _ = ref.forward(p, cfg, x, y, state, masks)
+    loss, cache, _ = ref.forward(p, cfg, x, y, state, *masks)
     g = p.like()
     dstate = ref.backward(p, g, cfg, cache, scale)
 
     def f(flat=None, st=None):
         q = p if flat is None else Params(cfg, flat)
-        return ref.forward(q, cfg, x, y, state if st is None else st, masks)[0] * scale
+        return ref.forward(q, cfg, x, y, state if st is None else st, *masks)[0] * scale
 
     eps = 1e-5
     num = np.empty_like(p.flat)

@@ -187,9 +187,9 @@ class CpuBackend:
         n_lanes = self._lanes_for(T, B)
         _warm_up(self, "train_step", n_lanes, transposed=self._transposed(B))
         drop = None    # masks hashed where the forward applies them (charrnn/dropout.py), kept for the backward
-        if cfg.dropout > 0:
+        if cfg.dropout > 0 or cfg.recurrent_dropout > 0:
             drop = Dropout(dropout_seed, cfg.dropout, self.dtype, cfg.layers, T, B, cfg.hidden,
-                           streams[0] if streams else 0, total)
+                           streams[0] if streams else 0, total, cfg.recurrent_dropout)
         state = np.ascontiguousarray(state, dtype=self.dtype)
         loss, new_state = self._window(x, y, state, drop, True, n_lanes, total)
         return float(loss), new_state
@@ -276,7 +276,8 @@ class CpuBackend:
                 cpu_norm.ln_lstm_forward(pre, p[f"l{l}.b"], p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"],
                                          p[f"l{l}.Wh"], hs, cs, np.empty((1, B, H), dt),
                                          np.empty((1, B, 4 * H), dt), np.empty((1, B, 4), dt),
-                                         np.empty((1, B, H), dt), np.empty((1, B), dt), self.kind)
+                                         np.empty((1, B, H), dt), np.empty((1, B), dt), self.kind,
+                                         np.empty((1, 0, 0), dt), False)
                 new_state[l, 1] = cs[1]
             else:
                 K.rnn_forward(pre, p[f"l{l}.b"], p[f"l{l}.Wh"], hs, self.kind)
@@ -432,7 +433,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     from charrnn.model import ModelConfig as MC, init_params
     b1 = path in ("loss1", "generate1")    # cpu_batch1's kernels in the weights' format, on workers of 16 units
     tiny = MC(vocab_size=3, hidden=32 if b1 else 2, layers=min(be.cfg.layers, 4), cell=be.cfg.cell,
-              embed=2 if be.cfg.embed else 0, dropout=0.5 if be.cfg.dropout else 0.0, norm=be.cfg.norm)
+              embed=2 if be.cfg.embed else 0, dropout=0.5 if be.cfg.dropout else 0.0, norm=be.cfg.norm,
+              recurrent_dropout=0.5 if be.cfg.recurrent_dropout else 0.0)
     tuning = replace(be.tuning, lanes=n_lanes)
     B = K.SMALL_M + 1 if many_rows else 1
     if transposed:                     # the tiny model's batch and width must take that product too

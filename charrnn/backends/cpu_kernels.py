@@ -1102,6 +1102,21 @@ def dropout_to(a, out, kept, seed, step0, B, total, off, p, scale):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def dropout_mask(out, seed, step0, B, total, off, p, scale):
+    """out = the masks themselves (scale where kept, else 0) for rows of H units, as dropout_to
+    indexes them: recurrent dropout's, which the cell reads in its forward and its backward."""
+    H = out.shape[1]
+    zero = scale - scale
+    Bu, Hu = np.uint64(B), np.uint64(H)
+    for n in range(out.shape[0]):
+        nu = np.uint64(n)
+        t = nu // Bu
+        row = ((step0 + t) * total + off + (nu - t * Bu)) * Hu
+        for j in range(H):
+            out[n, j] = scale if _uniform(seed, row + np.uint64(j)) >= p else zero
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def dropout_kept(d, kept, scale):
     """d *= the mask dropout_to applied, from its record `kept` (the gradient's dropout)."""
     zero = scale - scale

@@ -38,11 +38,12 @@ def _norm_row(a, bi, j0, n, out, eps):
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
-def _ln_cells(a, bias, gain, cgain, cbias, c_prev, kind, c_out, tc_out, h_out, xh, rs, xc, rc, v, w, q, ib):
+def _ln_cells(a, bias, gain, cgain, cbias, c_prev, kind, c_out, tc_out, h_out, xh, rs, xc, rc, v, w, q, ib, gm, rd):
     """The cell for B rows: a (B,4H) holds the summed products without bias and becomes the
     activations i, f, g, o; writes c, act(cgain * LN(c) + cbias), h, and for the backward the
     normalised gates xh (B,4H), their 1/sigma rs (B,4), the normalised cell xc (B,H) and its
-    1/sigma rc (B,). v, w, q, ib: work buffers as cpu_kernels._lstm_cells'."""
+    1/sigma rc (B,). v, w, q, ib: work buffers as cpu_kernels._lstm_cells'. With rd, gm (B,H)
+    holds recurrent dropout's masks on g."""
     B, G = a.shape
     H = G // 4
     f = a.dtype.type
@@ -76,8 +77,12 @@ def _ln_cells(a, bias, gain, cgain, cbias, c_prev, kind, c_out, tc_out, h_out, x
             a[bi, j] = K._sigmoid_of(a[bi, j], vs[bi, j], one)
         for j in range(H):
             a[bi, 3 * H + j] = K._sigmoid_of(a[bi, 3 * H + j], vs[bi, 2 * H + j], one)
-        for j in range(H):
-            c_out[bi, j] = a[bi, H + j] * c_prev[bi, j] + a[bi, j] * a[bi, 2 * H + j]
+        if rd:
+            for j in range(H):
+                c_out[bi, j] = a[bi, H + j] * c_prev[bi, j] + a[bi, j] * (a[bi, 2 * H + j] * gm[bi, j])
+        else:
+            for j in range(H):
+                c_out[bi, j] = a[bi, H + j] * c_prev[bi, j] + a[bi, j] * a[bi, 2 * H + j]
         rc[bi] = _norm_row(c_out, bi, 0, H, xc, eps)
         for j in range(H):
             cn = cgain[j] * xc[bi, j] + cbias[j]
@@ -99,25 +104,27 @@ def _ln_cells(a, bias, gain, cgain, cbias, c_prev, kind, c_out, tc_out, h_out, x
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def ln_lstm_forward(gates, bias, gain, cgain, cbias, Wh, hs, cs, tcs, xh, rs, xc, rc, kind):
+def ln_lstm_forward(gates, bias, gain, cgain, cbias, Wh, hs, cs, tcs, xh, rs, xc, rc, kind, gm, rd):
     """A window's time loop, as cpu_kernels.lstm_forward: gates (T,B,4H) holds the input
     projections without bias and becomes the activations; hs, cs (T+1,B,H) hold the carried
-    state at [0]. Fills xh (T,B,4H), rs (T,B,4), xc (T,B,H) and rc (T,B) for the backward."""
+    state at [0]. Fills xh (T,B,4H), rs (T,B,4), xc (T,B,H) and rc (T,B) for the backward. With
+    rd, gm (T,B,H) holds recurrent dropout's masks (otherwise it is never read)."""
     T, B, G = gates.shape
     v, w, q, ib = K._cell_buffers(B, G, gates.dtype)
     for t in range(T):
         a = gates[t]
         K.gemm(hs[t], Wh, a, False, False, 1.0)
         _ln_cells(a, bias, gain, cgain, cbias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], xh[t], rs[t], xc[t],
-                  rc[t], v, w, q, ib)
+                  rc[t], v, w, q, ib, gm[t], rd)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, kind, da, dh, dc, carry,
+def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, kind, gm, rd, da, dh, dc, carry,
                      g_b, g_gain, g_cgain, g_cbias):
     """The backward time loop, as cpu_kernels.lstm_backward: writes da (T,B,4H), the gradient on
     the summed products (the weights' and the input's); adds the bias's, the gains' and the
-    cell bias's gradients to g_b, g_gain, g_cgain, g_cbias. dh, dc (B,H) and `carry` as there."""
+    cell bias's gradients to g_b, g_gain, g_cgain, g_cbias. dh, dc (B,H) and `carry` as there;
+    gm and rd the forward's."""
     T, B, H = dh_out.shape
     f = da.dtype.type
     one = f(1.0)
@@ -125,7 +132,7 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
     dxc = np.empty(H, da.dtype)
     for t in range(T - 1, -1, -1):
         g4, d4, cp, tc, dho = gates[t], da[t], cs[t], tcs[t], dh_out[t]
-        xht, rst, xct = xh[t], rs[t], xc[t]
+        xht, rst, xct, gmt = xh[t], rs[t], xc[t], gm[t]
         for bi in range(B):
             m1, m2 = f(0.0), f(0.0)
             for j in range(H):                       # the output gate and the normalised cell
@@ -145,9 +152,10 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
             for j in range(H):                       # through the cell's normalisation to c, then the gates
                 dcc = dc[bi, j] + r * (dxc[j] - m1 - xct[bi, j] * m2)
                 i, fg, g = g4[bi, j], g4[bi, H + j], g4[bi, 2 * H + j]
-                d4[bi, j] = dcc * g * i * (one - i)
+                dcm = dcc * gmt[bi, j] if rd else dcc          # the gradient on i * g, through the mask
+                d4[bi, j] = dcm * g * i * (one - i)
                 d4[bi, H + j] = dcc * cp[bi, j] * fg * (one - fg)
-                d4[bi, 2 * H + j] = dcc * i * K._dact(g, kind, one)
+                d4[bi, 2 * H + j] = dcm * i * K._dact(g, kind, one)
                 dc[bi, j] = dcc * fg
             for k in range(4):                       # d4 holds the gradient on gain * LN(a) + b: through LN
                 s1, s2 = f(0.0), f(0.0)

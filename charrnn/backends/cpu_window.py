@@ -32,6 +32,7 @@ import numpy as np
 from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu_layers import BACKWARD, FORWARD, Layer, grad_names
 from charrnn.backends.lanes import lanes, run_graph
+from charrnn.dropout import recurrent_seed
 from charrnn.model import ModelConfig, Params
 
 
@@ -54,12 +55,21 @@ def chunk_bounds(T: int, n: int, end: float) -> list[tuple[int, int]]:
 class Dropout:
     """A training window's dropout: seed, rate p, scale 1/(1-p) in the float type, and where
     these B streams sit in the global batch (streams off.. of total). The masks are hashed where
-    they are applied (charrnn/dropout.py); `kept` (L, T*B, H) records them for the backward."""
+    they are applied (charrnn/dropout.py); `kept` (L, T*B, H) records them for the backward.
+    Recurrent dropout (rate rp, the layer-normalised LSTM's) hashes its own seed's masks into
+    the layers' gm buffers before each chunk's forward, which its backward reads again."""
 
-    def __init__(self, seed: int, p: float, dtype, L: int, T: int, B: int, H: int, off: int, total: int):
+    def __init__(self, seed: int, p: float, dtype, L: int, T: int, B: int, H: int, off: int, total: int,
+                 rp: float = 0.0):
         self.seed, self.p, self.scale = np.uint64(seed), float(p), dtype.type(1.0 / (1.0 - p))
-        self.kept = np.empty((L, T * B, H), np.bool_)
+        self.kept = np.empty((L, T * B, H), np.bool_) if p > 0 else None
         self.off, self.total, self.T, self.B = np.uint64(off), np.uint64(total), T, B
+        self.rseed, self.rp, self.rscale = np.uint64(recurrent_seed(seed)), float(rp), dtype.type(1.0 / (1.0 - rp))
+
+    def recurrent(self, gm: np.ndarray, l: int, t0: int) -> None:
+        """gm (rows of H) = layer l's recurrent masks for the rows of steps t0.."""
+        K.dropout_mask(gm, self.rseed, np.uint64(l * self.T + t0), self.B, self.total, self.off, self.rp,
+                       self.rscale)
 
     def apply(self, src: np.ndarray, dst: np.ndarray, l: int, t0: int) -> None:
         """dst = src * layer l's masks for the rows of steps t0.. (src: whole steps' rows)."""
@@ -90,6 +100,7 @@ class Buffers:
         self.emb = np.empty((T * B, cfg.embed), dtype) if cfg.embed else None
         self.dropped: list | None = None
         self.dinp: list | None = None
+        self.gm: list | None = None
 
     def for_training(self) -> None:
         """The gradient buffers, on a shape's first training window."""
@@ -104,6 +115,16 @@ class Buffers:
             ly.dx, ly.dh = dx[l % n], dh[l % n]
         dinp = [np.empty((T * B, cfg.hidden), dt) for _ in range(n)]
         self.dinp = [dinp[l % n] for l in range(L)]
+
+    def for_recurrent(self, on: bool) -> None:
+        """Point the layers at recurrent dropout's mask buffers (made on first use), or mark
+        the window as without them."""
+        if on and self.gm is None:
+            self.gm = [np.empty((self.T, self.B, self.cfg.hidden), self.dtype) for _ in self.layers]
+        for l, ly in enumerate(self.layers):
+            ly.rd = on
+            if on:
+                ly.gm = self.gm[l]
 
     def for_dropout(self) -> list:
         if self.dropped is None:
@@ -154,7 +175,11 @@ class WindowDriver:
         rows = [(t0 * B, t1 * B) for t0, t1 in bounds]
         if emb is not None:
             K.gather_rows(p["embed"], codes, emb)
-        outs = buf.for_dropout() if drop is not None else [ly.hs[1:].reshape(T * B, H) for ly in layers]
+        out_drop = drop is not None and drop.p > 0
+        rec_drop = drop is not None and drop.rp > 0
+        if cfg.norm == "layer":
+            buf.for_recurrent(rec_drop)
+        outs = buf.for_dropout() if out_drop else [ly.hs[1:].reshape(T * B, H) for ly in layers]
         ins = [emb] + outs[:-1]                                # what each layer reads; None: one-hot codes
         for l, ly in enumerate(layers):
             ly.hs[0] = state[l, 0]
@@ -185,9 +210,11 @@ class WindowDriver:
                     K.gather_rows(p["l0.Wx"], codes[r0:r1], pre)
                 else:
                     K.matmul(emb[r0:r1], p["l0.Wx"], pre, False, False, 0.0)
+            if rec_drop:
+                drop.recurrent(ly.gm[t0:t1].reshape(-1, H), l, t0)
             with K.blas_threads_at_most(loop_threads):
                 forward(ly, t0, t1, kind, transposed)
-            if drop is not None:
+            if out_drop:
                 drop.apply(ly.hs[t0 + 1:t1 + 1].reshape(-1, H), outs[l][r0:r1], l, t0)
 
         def out(k):
@@ -204,7 +231,7 @@ class WindowDriver:
         def bwd(l, k):
             (t0, t1), (r0, r1) = bounds[k], rows[k]
             ly, d = layers[l], dinp[l][r0:r1]
-            if drop is not None:
+            if out_drop:
                 drop.grad(d, l, t0)
             with K.blas_threads_at_most(loop_threads):
                 backward(ly, d.reshape(-1, B, H), t0, t1, kind, transposed,

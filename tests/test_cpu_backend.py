@@ -279,7 +279,7 @@ def test_gradients_go_to_the_reduce_buffer_asked_for_after_the_first_window(cell
 
 
 @pytest.mark.parametrize("cell,embed,norm", [("lstm", 0, "none"), ("lstm", 6, "none"), ("gru", 0, "none"),
-                                             ("rnn", 0, "none"), ("lstm", 0, "layer")])
+                                             ("rnn", 0, "none"), ("lstm", 0, "layer"), ("lstm", 6, "layer")])
 def test_step_rows_gives_each_row_bit_identically_alone_or_in_any_batch(cell, embed, norm):
     """charrnn serve batches unrelated requests: a row must not depend on its neighbours or their
     number (BLAS, which step() uses above a few rows, blocks differently for different batches)."""

@@ -96,6 +96,8 @@ class CpuBackend:
         where = param_offsets(cfg)
         self._offs = np.array([[where[f"l{l}.{n}"] for n in ("Wx", "Wh", "b")] for l in range(cfg.layers)],
                               dtype=np.int64)
+        self._noffs = np.array([[where[f"l{l}.{n}"] for n in ("ln_g", "lnc_g", "lnc_b")] for l in range(cfg.layers)]
+                               if cfg.norm == "layer" else np.zeros((cfg.layers, 3)), dtype=np.int64)
         self._embed_off = where.get("embed", -1)
         self._out_off = where["out.W"]
         self._driver = WindowDriver(cfg, params, self.kind)
@@ -213,8 +215,8 @@ class CpuBackend:
         number (`charrnn serve` batches unrelated requests; a seeded one must not depend on its
         neighbours). An LSTM computes every product with cpu_kernels.mm_exact_batch (the bits of
         mm_exact, which sampling takes) instead of BLAS, a batch of tuning.rows_split_min rows or
-        more in two halves, one lane each; a GRU, an RNN or a layer-normalised LSTM steps its
-        rows one at a time."""
+        more in two halves, one lane each; a layer-normalised LSTM takes the same products in
+        cpu_norm.ln_step, its cell row by row; a GRU or an RNN steps its rows one at a time."""
         return self._step(codes, state, True, True)
 
     def _step(self, codes: np.ndarray, state: np.ndarray, fixed: bool,
@@ -222,6 +224,12 @@ class CpuBackend:
         _warm_up(self, "step")
         codes = np.ascontiguousarray(np.asarray(codes).reshape(-1), dtype=np.int64)
         state = np.ascontiguousarray(state, dtype=self.dtype)
+        if self.cfg.norm == "layer":     # exact products and the cell row by row, whatever is asked
+            new_state = np.empty_like(state)
+            logits = np.empty((codes.size, self.cfg.vocab_size), self.dtype)
+            cpu_norm.ln_step(self.p.flat, self._offs, self._noffs, self._embed_off, self.cfg.embed, self._out_off,
+                             codes, state, new_state, logits, self.kind)
+            return logits, new_state
         if not self._plain_lstm:
             if not fixed or codes.size == 1:
                 return self._step_recurrent(codes, state)
@@ -252,13 +260,13 @@ class CpuBackend:
 
     @property
     def _plain_lstm(self) -> bool:
-        """An LSTM without layer normalisation: the one cell with its own step and sampling kernels."""
+        """An LSTM without layer normalisation: the cell with cpu_kernels' step and sampling kernels
+        (the layer-normalised one has cpu_norm's)."""
         return self.cfg.cell == "lstm" and self.cfg.norm == "none"
 
     def _step_recurrent(self, codes: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """GRU, RNN and layer-normalised LSTM: one step of every layer through the window
-        kernels, without the window driver's task graph and thread settings, whose fixed cost
-        dominates a batch-1 step."""
+        """GRU and RNN: one step of every layer through the window kernels, without the window
+        driver's task graph and thread settings, whose fixed cost dominates a batch-1 step."""
         cfg, p, dt = self.cfg, self.p, self.dtype
         B, H = codes.size, cfg.hidden
         new_state = np.empty_like(state)
@@ -270,15 +278,6 @@ class CpuBackend:
             hs[0] = state[l, 0]
             if cfg.cell == "gru":
                 K.gru_forward(pre, p[f"l{l}.b"], p[f"l{l}.bh"], p[f"l{l}.Wh"], hs, np.empty((1, B, H), dt), self.kind)
-            elif cfg.cell == "lstm":               # layer-normalised
-                cs = np.empty((2, B, H), dt)
-                cs[0] = state[l, 1]
-                cpu_norm.ln_lstm_forward(pre, p[f"l{l}.b"], p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"],
-                                         p[f"l{l}.Wh"], hs, cs, np.empty((1, B, H), dt),
-                                         np.empty((1, B, 4 * H), dt), np.empty((1, B, 4), dt),
-                                         np.empty((1, B, H), dt), np.empty((1, B), dt), self.kind,
-                                         np.empty((1, 0, 0), dt), False)
-                new_state[l, 1] = cs[1]
             else:
                 K.rnn_forward(pre, p[f"l{l}.b"], p[f"l{l}.Wh"], hs, self.kind)
             new_state[l, 0] = inp = hs[1]
@@ -320,6 +319,10 @@ class CpuBackend:
             out_logp = np.empty((steps, batch))
             if batch == 1 and self._words is not None:     # 16-bit weights: cpu_batch1's workers
                 self._batch1_for(1).generate(codes, state, u, temp, top_k, out_codes, out_logp)
+            elif self.cfg.norm == "layer":
+                cpu_norm.ln_generate(self.p.flat, self._offs, self._noffs, self._embed_off, self.cfg.embed,
+                                     self._out_off, codes, state, logits, self.kind, u, temp, top_k, out_codes,
+                                     out_logp)
             elif self._plain_lstm:
                 gen = K.lstm_generate if batch <= K.SMALL_M else K.lstm_generate_many
                 args = (self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,
@@ -410,8 +413,8 @@ def _warm_up(be: CpuBackend, path: str, n_lanes: int = 1, opt: Optimizer | None 
     transposed: the lanes and the LSTM product the real call will use (the tiny model takes
     the same path); many_rows: sampling more than SMALL_M rows, which has a kernel of its own."""
     rule = (opt.name, bool(opt.weight_decay or opt.l1)) if opt is not None else None
-    key = (path, be.dtype.str, be.cfg.cell, be.cfg.norm, be.cfg.embed > 0, n_lanes > 1, transposed, many_rows,
-           rule, be.weights)
+    key = (path, be.dtype.str, be.cfg.cell, be.cfg.norm, be.cfg.embed > 0, be.cfg.recurrent_dropout > 0, n_lanes > 1,
+           transposed, many_rows, rule, be.weights)
     if key in _warmed:
         return
     _warmed.add(key)                   # first, so the tiny model's own calls do not recurse

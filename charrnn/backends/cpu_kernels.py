@@ -844,6 +844,16 @@ def _mm_step(a, b, c, beta, fixed, batched):
         mm(a, b, c, beta)
 
 
+@njit(inline="always", error_model="numpy")
+def gather_codes(flat, off, width, codes, out):
+    """out[b] = the `width` values at flat[off + codes[b] * width]: a one-hot layer's input
+    product (a row of Wx) or an embedding lookup, from the flat parameter buffer."""
+    for bi in range(codes.shape[0]):
+        r = off + codes[bi] * width
+        for j in range(width):
+            out[bi, j] = flat[r + j]
+
+
 def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logits, kind, cells, fixed,
               batched):
     """One step of the whole model for sampling, every layer in this one call.
@@ -865,16 +875,10 @@ def lstm_step(flat, offs, embed_off, embed, out_w, codes, state, new_state, logi
     for l in range(L):
         o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
         if l == 0 and embed_off < 0:
-            for bi in range(B):
-                r = o_x + codes[bi] * G
-                for j in range(G):
-                    pre[bi, j] = flat[r + j]
+            gather_codes(flat, o_x, G, codes, pre)
         elif l == 0:
             x = np.empty((B, embed), dt)
-            for bi in range(B):
-                r = embed_off + codes[bi] * embed
-                for j in range(embed):
-                    x[bi, j] = flat[r + j]
+            gather_codes(flat, embed_off, embed, codes, x)
             _mm_step(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0, fixed, batched)
         else:
             _mm_step(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0, fixed, batched)

@@ -174,3 +174,70 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
                     d4[bi, j] = r * (d4[bi, j] - s1 - xht[bi, j] * s2)
         if t > 0 or carry:
             K.gemm(d4, WhT, dh, False, False, 0.0)
+
+
+# ---------------------------------------------------------------- sampling
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, new_state, logits, kind):
+    """One sampling step of every layer and row, as cpu_kernels.lstm_step with `fixed`: offs[l] =
+    (Wx, Wh, b) and noffs[l] = (ln_g, lnc_g, lnc_b) offsets into flat, embed_off < 0 for one-hot
+    input; state, new_state (L,2,B,H); logits (B,V). Every product in mm_exact (mm_exact_batch,
+    the same bits, for several rows) and the cell row by row, so each row's result is
+    bit-identical alone or in any batch (`charrnn serve` steps unrelated requests together)."""
+    L, _, B, H = state.shape
+    G = 4 * H
+    V = logits.shape[1]
+    dt = flat.dtype
+    pre = np.empty((B, G), dt)
+    tc = np.empty((B, H), dt)
+    xh, rs, xc, rc = np.empty((1, G), dt), np.empty((1, 4), dt), np.empty((1, H), dt), np.empty(1, dt)
+    v, w, q, ib = K._cell_buffers(1, G, dt)
+    gm = np.empty((0, 0), dt)
+    for l in range(L):
+        o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
+        o_g, o_cg, o_cb = noffs[l, 0], noffs[l, 1], noffs[l, 2]
+        if l == 0 and embed_off < 0:
+            K.gather_codes(flat, o_x, G, codes, pre)
+        elif l == 0:
+            x = np.empty((B, embed), dt)
+            K.gather_codes(flat, embed_off, embed, codes, x)
+            _mm_rows(x, flat[o_x:o_x + embed * G].reshape(embed, G), pre, 0.0)
+        else:
+            _mm_rows(new_state[l - 1, 0], flat[o_x:o_x + H * G].reshape(H, G), pre, 0.0)
+        _mm_rows(state[l, 0], flat[o_h:o_h + H * G].reshape(H, G), pre, 1.0)
+        for bi in range(B):
+            _ln_cells(pre[bi:bi + 1], flat[o_b:o_b + G], flat[o_g:o_g + G], flat[o_cg:o_cg + H],
+                      flat[o_cb:o_cb + H], state[l, 1, bi:bi + 1], kind, new_state[l, 1, bi:bi + 1], tc[bi:bi + 1],
+                      new_state[l, 0, bi:bi + 1], xh, rs, xc, rc, v, w, q, ib, gm, False)
+    _mm_rows(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0)
+    ob = out_w + H * V
+    for bi in range(B):
+        for k in range(V):
+            logits[bi, k] += flat[ob + k]
+
+
+@njit(inline="always", error_model="numpy")
+def _mm_rows(a, b, c, beta):
+    """mm_exact for one row, mm_exact_batch (the same bits) for more."""
+    if a.shape[0] == 1:
+        K.mm_exact(a, b, c, beta)
+    else:
+        K.mm_exact_batch(a, b, c, beta)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def ln_generate(flat, offs, noffs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
+                out_codes, out_logp):
+    """len(u) sampling steps in one call, as cpu_kernels.lstm_generate: ln_step, then
+    cpu_kernels.draw_rows with u[s] (one uniform per row). codes (B,) and state (L,2,B,H) hold
+    the last code and the state on entry, the newest on return; writes out_codes, out_logp
+    (steps, B). The same calls as stepping from Python, so the same text."""
+    nxt = np.empty_like(state)
+    s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
+    for st in range(u.shape[0]):
+        ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, nxt, logits, kind)
+        for i in range(s_flat.shape[0]):
+            s_flat[i] = n_flat[i]
+        K.draw_rows(logits, u[st], temp, top_k, out_codes[st], out_logp[st])
+        for bi in range(codes.shape[0]):
+            codes[bi] = out_codes[st, bi]

@@ -20,7 +20,7 @@ from charrnn import checkpoint as ckpt
 from charrnn.corpus import Corpus, split
 from charrnn.errors import InputError
 from charrnn.optim import new_optimizer, new_optimizer_slots
-from charrnn.options import NORM_DEFAULT, TRAIN_OPTION_NAMES, TrainOptions, default_rate
+from charrnn.options import LN_BETA2, NORM_DEFAULT, TRAIN_OPTION_NAMES, TrainOptions, default_rate
 
 if TYPE_CHECKING:
     from charrnn.train import Trainer
@@ -143,6 +143,7 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
             settle_norm(opts, settings.get("norm"), tell)
         if not base_resume:
             settle_average(opts, given, tell)
+            settle_beta2(opts, (base_init.config if base_init else opts.model).norm)
         if comm is not None:
             if opts.device == "cuda":
                 comm.pick_gpu()
@@ -214,6 +215,14 @@ def settle_average(opts: TrainOptions, given, log: Callable[[str], None]) -> Non
         opts.average = "off"
         log("--average off: on the GPU the LSTM trains without layer normalisation, where the average did not "
             "pay (give --average ema to keep one)")
+
+
+def settle_beta2(opts: TrainOptions, norm: str) -> None:
+    """A new Adam or AdamW run of a layer-normalised model (`norm`: the model's, the --init-from
+    checkpoint's when there is one) given no --beta2 takes options.LN_BETA2, written into its
+    options so a resume keeps it; runs that predate it resume with the rule's 0.999."""
+    if opts.optimizer in ("adam", "adamw") and opts.beta2 is None and norm == "layer":
+        opts.beta2 = LN_BETA2
 
 
 def settle_rate(opts: TrainOptions, cell: str, given, log: Callable[[str], None]) -> None:

@@ -13,7 +13,7 @@ from charrnn.cli_base import CONTEXT, Finite, device_option, say, write_page
 from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
 from charrnn.options import (AVERAGES, CELL_LR as _CELL_LR, DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END,
-                             LR_FIND_MIN_STEPS, LR_FIND_START, LR_FIND_STEPS, NORM_DEFAULT as _NORM_DEFAULT,
+                             LN_BETA2, LR_FIND_MIN_STEPS, LR_FIND_START, LR_FIND_STEPS, NORM_DEFAULT as _NORM_DEFAULT,
                              NORMS as _NORMS, OPTIMIZER_DEFAULTS as _OPT, RANGES, RULE_LR as _RULE_LR, SPLIT_BY,
                              TrainOptions)
 
@@ -78,7 +78,8 @@ OPTIMIZER_OPTIONS = [
                  help="sgd is plain (heavy-ball with --momentum); adamw decays the weights apart from the gradient; "
                       "adadelta's step is scaled by --lr. Each rule has its own default --lr."),
     click.option("--beta1", type=_num("beta1"), default=None, help=f"Adam/AdamW beta1 [{_OPT['adam']['beta1']:g}]."),
-    click.option("--beta2", type=_num("beta2"), default=None, help=f"Adam/AdamW beta2 [{_OPT['adam']['beta2']:g}]."),
+    click.option("--beta2", type=_num("beta2"), default=None,
+                 help=f"Adam/AdamW beta2 [{LN_BETA2:g} for a layer-normalised LSTM, else {_OPT['adam']['beta2']:g}]."),
     click.option("--alpha", type=_num("alpha"), default=None, help=f"RMSProp decay [{_OPT['rmsprop']['alpha']:g}]."),
     click.option("--momentum", type=_num("momentum"), default=None,
                  help=f"Nesterov momentum [{_OPT['nesterov']['momentum']:g}]; SGD momentum [{_OPT['sgd']['momentum']:g}]."),

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from charrnn.assemble import new_options, resolve_text, settle_norm
+from charrnn.assemble import new_options, resolve_text, settle_beta2, settle_norm
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
@@ -195,6 +195,7 @@ def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: boo
     check_encoding(encoding)
     opts.device = pick_device(opts.device, log)
     settle_norm(opts, options["norm"], log)
+    settle_beta2(opts, opts.model.norm)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
     from charrnn.memory import check_training      # a model that cannot fit: one line, before allocating
     check_training(opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts), len(data.codes))

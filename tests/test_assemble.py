@@ -151,3 +151,22 @@ def test_recurrent_dropout_needs_the_layer_normalised_lstm_and_a_new_rate_replac
     with pytest.raises(InputError, match="--recurrent-dropout 0.3 does not fit the checkpoint's model"):
         assemble.keep_to_checkpoint(base(), {"recurrent_dropout": 0.3}, {"recurrent_dropout"}, False, "--resume",
                                     heard.append)
+
+
+def test_a_new_layer_normalised_adam_run_given_no_beta2_takes_0_99_and_every_other_keeps_its_rules():
+    """Written into the run's options, so its resume keeps it; a run that predates it (beta2 None
+    in its train_args) resumes with Adam's 0.999."""
+    from charrnn.optim import new_optimizer
+    for optimizer, norm, beta2, want in (("adam", "layer", None, 0.99), ("adamw", "layer", None, 0.99),
+                                         ("adam", "none", None, None), ("adam", "layer", 0.95, 0.95),
+                                         ("rmsprop", "layer", None, None)):
+        opts = assemble.new_options({"optimizer": optimizer, "norm": norm, **({"beta2": beta2} if beta2 else {})})
+        assemble.settle_beta2(opts, opts.model.norm)
+        assert opts.beta2 == want, (optimizer, norm, beta2)
+    ln = assemble.new_options({"norm": "auto"})
+    assemble.settle_beta2(ln, ln.model.norm)
+    assert new_optimizer(ln, 10).hyper["beta2"] == 0.99
+    resumed = assemble.resume_options(ln.to_dict(), {})
+    assert new_optimizer(resumed, 10).hyper["beta2"] == 0.99
+    old = {**ln.to_dict(), "beta2": None}
+    assert new_optimizer(assemble.resume_options(old, {}), 10).hyper["beta2"] == 0.999

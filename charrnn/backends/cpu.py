@@ -96,8 +96,10 @@ class CpuBackend:
         where = param_offsets(cfg)
         self._offs = np.array([[where[f"l{l}.{n}"] for n in ("Wx", "Wh", "b")] for l in range(cfg.layers)],
                               dtype=np.int64)
-        self._noffs = np.array([[where[f"l{l}.{n}"] for n in ("ln_g", "lnc_g", "lnc_b")] for l in range(cfg.layers)]
-                               if cfg.norm == "layer" else np.zeros((cfg.layers, 3)), dtype=np.int64)
+        self._noffs = None             # the layer-normalised LSTM's gains and cell bias (cpu_norm.ln_step)
+        if cfg.norm == "layer":
+            self._noffs = np.array([[where[f"l{l}.{n}"] for n in ("ln_g", "lnc_g", "lnc_b")]
+                                    for l in range(cfg.layers)], dtype=np.int64)
         self._embed_off = where.get("embed", -1)
         self._out_off = where["out.W"]
         self._driver = WindowDriver(cfg, params, self.kind)

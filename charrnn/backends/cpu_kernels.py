@@ -1085,20 +1085,25 @@ def softmax_xent(logits, y, scale, want_grad):
 _uniform = njit(inline="always")(dropout.uniform)
 
 
+@njit(inline="always", error_model="numpy")
+def _mask_row(n, B, H, step0, total, off):
+    """The mask index of element (n, 0) of rows of H units, row n = stream n % B of step
+    step0 + n // B: ((step0 + n // B) * total + off + n % B) * H, as charrnn/dropout.py's masks
+    lay them out (uint64 arguments; total and off place these B streams in a global batch)."""
+    nu, Bu = np.uint64(n), np.uint64(B)
+    t = nu // Bu
+    return ((step0 + t) * total + off + (nu - t * Bu)) * np.uint64(H)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def dropout_to(a, out, kept, seed, step0, B, total, off, p, scale):
-    """out = a * mask for rows of H units, row n = stream n % B of step step0 + n // B (in place
-    when out is a): the mask of element (n, j) is charrnn/dropout.py's for index
-    ((step0 + n // B) * total + off + n % B) * H + j (uint64 arguments; total and off place
-    these B streams in a global batch), scale (1 / (1 - p) in a's float type) where kept, else
-    0. kept[n, j] records which, for the backward."""
+    """out = a * mask for rows of H units (in place when out is a): the mask of element (n, j)
+    is charrnn/dropout.py's for index _mask_row(n, ...) + j, scale (1 / (1 - p) in a's float
+    type) where kept, else 0. kept[n, j] records which, for the backward."""
     H = a.shape[1]
     zero = scale - scale
-    Bu, Hu = np.uint64(B), np.uint64(H)
     for n in range(a.shape[0]):
-        nu = np.uint64(n)
-        t = nu // Bu
-        row = ((step0 + t) * total + off + (nu - t * Bu)) * Hu
+        row = _mask_row(n, B, H, step0, total, off)
         for j in range(H):
             k = _uniform(seed, row + np.uint64(j)) >= p
             kept[n, j] = k
@@ -1107,15 +1112,12 @@ def dropout_to(a, out, kept, seed, step0, B, total, off, p, scale):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def dropout_mask(out, seed, step0, B, total, off, p, scale):
-    """out = the masks themselves (scale where kept, else 0) for rows of H units, as dropout_to
-    indexes them: recurrent dropout's, which the cell reads in its forward and its backward."""
+    """out = the masks themselves (scale where kept, else 0) for rows of H units, indexed as
+    dropout_to's: recurrent dropout's, which the cell reads in its forward and its backward."""
     H = out.shape[1]
     zero = scale - scale
-    Bu, Hu = np.uint64(B), np.uint64(H)
     for n in range(out.shape[0]):
-        nu = np.uint64(n)
-        t = nu // Bu
-        row = ((step0 + t) * total + off + (nu - t * Bu)) * Hu
+        row = _mask_row(n, B, H, step0, total, off)
         for j in range(H):
             out[n, j] = scale if _uniform(seed, row + np.uint64(j)) >= p else zero
 

@@ -43,7 +43,9 @@ def score(run: Path, split: str) -> float:
 def summarize(name: str, flags: str, seed: int, run: Path, wall: float) -> dict:
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     vals = [r for r in records if "val_bpc" in r]
-    best = min(vals, key=lambda r: r["val_bpc"])
+    # the best checkpoint's validation: the raw weights' or, where kept, the average's (best.safetensors
+    # keeps the better of the two)
+    best = min(vals, key=lambda r: min(r["val_bpc"], r.get("val_bpc_average", r["val_bpc"])))
     last = max((r for r in records if "chars" in r), key=lambda r: r["step"])
     return {
         "name": name, "flags": flags, "seed": seed, "steps": last["step"], "epochs": round(last["epoch"], 2),

@@ -20,7 +20,7 @@ from charrnn import checkpoint as ckpt
 from charrnn.corpus import Corpus, split
 from charrnn.errors import InputError
 from charrnn.optim import new_optimizer, new_optimizer_slots
-from charrnn.options import LN_BETA2, NORM_DEFAULT, TRAIN_OPTION_NAMES, TrainOptions, default_rate
+from charrnn.options import LN_BETA2, LN_WINDOW, NORM_DEFAULT, TRAIN_OPTION_NAMES, TrainOptions, default_rate
 
 if TYPE_CHECKING:
     from charrnn.train import Trainer
@@ -144,6 +144,7 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
         if not base_resume:
             settle_average(opts, given, tell)
             settle_beta2(opts, (base_init.config if base_init else opts.model).norm)
+            settle_window(opts, (base_init.config if base_init else opts.model).norm, given)
         if comm is not None:
             if opts.device == "cuda":
                 comm.pick_gpu()
@@ -223,6 +224,17 @@ def settle_beta2(opts: TrainOptions, norm: str) -> None:
     options so a resume keeps it; runs that predate it resume with the rule's 0.999."""
     if opts.optimizer in ("adam", "adamw") and opts.beta2 is None and norm == "layer":
         opts.beta2 = LN_BETA2
+
+
+def settle_window(opts: TrainOptions, norm: str, given) -> None:
+    """A new run of a layer-normalised model (`norm`: the model's, the --init-from checkpoint's
+    when there is one) takes options.LN_WINDOW's window length and streams, each where its flag
+    (in `given`) was not given; the options keep them, so a resume does too."""
+    if norm != "layer":
+        return
+    for name, value in LN_WINDOW.items():
+        if name not in given:
+            setattr(opts, name, value)
 
 
 def settle_rate(opts: TrainOptions, cell: str, given, log: Callable[[str], None]) -> None:

@@ -12,10 +12,10 @@ import click
 from charrnn.cli_base import CONTEXT, Finite, device_option, say, write_page
 from charrnn.config import ACTIVATIONS, CELLS, INITS, MODEL_DEFAULTS
 from charrnn.errors import InputError
-from charrnn.options import (AVERAGES, CELL_LR as _CELL_LR, DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LR_FIND_END,
-                             LN_BETA2, LR_FIND_MIN_STEPS, LR_FIND_START, LR_FIND_STEPS, NORM_DEFAULT as _NORM_DEFAULT,
-                             NORMS as _NORMS, OPTIMIZER_DEFAULTS as _OPT, RANGES, RULE_LR as _RULE_LR, SPLIT_BY,
-                             TrainOptions)
+from charrnn.options import (AVERAGES, CELL_LR as _CELL_LR, DEFAULT_MAX_EPOCHS, F32_MAX, INT_MAX, LN_BETA2,
+                             LN_WINDOW as _LN_WINDOW, LR_FIND_END, LR_FIND_MIN_STEPS, LR_FIND_START, LR_FIND_STEPS,
+                             NORM_DEFAULT as _NORM_DEFAULT, NORMS as _NORMS, OPTIMIZER_DEFAULTS as _OPT, RANGES,
+                             RULE_LR as _RULE_LR, SPLIT_BY, TrainOptions)
 
 _D = TrainOptions()      # every default below is read from here, written once in options.py
 _CAPS = (INT_MAX, F32_MAX, 1e9)   # technical upper bounds: checked by TrainOptions.check, not shown in --help
@@ -37,6 +37,14 @@ def _e(x: float) -> str:
 
 
 # ---------------------------------------------------------------- train
+def _given(kw: dict) -> set[str]:
+    """The names among `kw` that the command line (or the environment) gave, not their defaults."""
+    from click.core import ParameterSource
+    ctx = click.get_current_context()
+    return {k for k in kw
+            if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
 def _options(options: list) -> Callable:
     """Apply a list of click options as one decorator (train and lr-find share them)."""
     def apply(f):
@@ -66,9 +74,12 @@ MODEL_OPTIONS = [
     click.option("--norm", type=click.Choice(_NORMS), default=_NORM_DEFAULT, show_default=True,
                  help="layer: a layer-normalised LSTM (each gate block's input and the cell normalised; LSTM "
                       "only, CPU backend only for now); auto: layer for an LSTM on the CPU, else none."),
-    click.option("--seq-len", type=_num("seq_len"), default=_D.seq_len, show_default=True,
-                 help="Steps per window (truncated BPTT length)."),
-    click.option("--batch-size", type=_num("batch_size"), default=_D.batch_size, show_default=True, help="Parallel streams."),
+    click.option("--seq-len", type=_num("seq_len"), default=_D.seq_len,
+                 help=f"Steps per window (truncated BPTT length) [{_LN_WINDOW['seq_len']} for a new layer-normalised "
+                      f"LSTM, else {_D.seq_len}]."),
+    click.option("--batch-size", type=_num("batch_size"), default=_D.batch_size,
+                 help=f"Parallel streams [{_LN_WINDOW['batch_size']} for a new layer-normalised LSTM, else "
+                      f"{_D.batch_size}]."),
     click.option("--val-frac", type=_num("val_frac"), default=_D.val_frac, show_default=True),
     click.option("--test-frac", type=_num("test_frac"), default=_D.test_frac, show_default=True),
 ]
@@ -198,16 +209,11 @@ def train(text: tuple[str, ...], name: str | None, overwrite: bool, encoding: st
       charrnn train --bytes firmware.bin --out runs/bin
       mpiexec -n 4 charrnn train big.txt --batch-size 128   # data parallel, 4 processes
     """
-    from click.core import ParameterSource
-
     from charrnn import dist
     from charrnn.assemble import prepare_run
     from charrnn.train import TrainingDiverged, TrainingInterrupted, summary_line
 
-    ctx = click.get_current_context()
-    given = {k for k in kw if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
-                                                              ParameterSource.ENVIRONMENT)}
-    trainer = prepare_run(text[0] if len(text) == 1 else text, kw, given, name=name, encoding=encoding,
+    trainer = prepare_run(text[0] if len(text) == 1 else text, kw, _given(kw), name=name, encoding=encoding,
                           byte_mode=byte_mode, resume=resume, init_from=init_from, overwrite=overwrite,
                           dist_mode=dist_mode, dist_timeout=dist_timeout, glob=globs, exclude=exclude,
                           strict=strict, log=say)
@@ -266,7 +272,7 @@ def lr_find(text: str, steps: int, start: float, end: float, as_json: bool, outp
 
     if not start < end:
         raise InputError("--start must be below --end")
-    opts, data = lrfind.prepare(text, kw, encoding=encoding, byte_mode=byte_mode, log=say)
+    opts, data = lrfind.prepare(text, kw, given=_given(kw), encoding=encoding, byte_mode=byte_mode, log=say)
     with tqdm(total=steps, unit="step", file=sys.stderr, disable=None, leave=False) as bar:
         curve = lrfind.lr_find(opts, data, steps, start, end, log=say, progress=bar.update)
     say(lrfind.summary_table(curve))

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from charrnn.assemble import new_options, resolve_text, settle_beta2, settle_norm
+from charrnn.assemble import new_options, resolve_text, settle_beta2, settle_norm, settle_window
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
@@ -183,10 +183,12 @@ def build_page(curve: LrCurve, title: str, subtitle: str = "") -> str:
     return page(title, "\n".join(body))
 
 
-def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: bool = False,
+def prepare(text: str, options: dict, *, given=None, encoding: str = "utf-8", byte_mode: bool = False,
             log: Callable[[str], None] = lambda m: None) -> tuple[TrainOptions, Corpus]:
     """The options and the encoded text `charrnn lr-find` tests with: FILE as `train` takes it
-    (a path, "-" or a catalogue name), options by TrainOptions' field names, --device resolved."""
+    (a path, "-" or a catalogue name), options by TrainOptions' field names, --device resolved,
+    and what a new run settles by its model (the norm, beta2, the window) settled as `train` does;
+    `given` names the options the user gave (None: all of `options`)."""
     from charrnn.backends import pick_device
     from charrnn.corpus import load_corpus
     source, _ = resolve_text(text, log)
@@ -196,6 +198,7 @@ def prepare(text: str, options: dict, *, encoding: str = "utf-8", byte_mode: boo
     opts.device = pick_device(opts.device, log)
     settle_norm(opts, options["norm"], log)
     settle_beta2(opts, opts.model.norm)
+    settle_window(opts, opts.model.norm, set(options) if given is None else given)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
     from charrnn.memory import check_training      # a model that cannot fit: one line, before allocating
     check_training(opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts), len(data.codes))

@@ -34,6 +34,12 @@ NORM_DEFAULT = "auto"
 # faster per pass (bench/RESULTS.md, "Recurrent dropout, a higher floor, weight decay, width and
 # Adam's beta2"). Other models keep the rule's own 0.999.
 LN_BETA2 = 0.99
+# The window of a new layer-normalised LSTM given no --seq-len or --batch-size (assemble.settle_window):
+# the same 2,500 characters a step as 50 x 50, back-propagated twice as far, at 9% fewer characters a
+# second. Over four ten-minute runs it was level on validation and 0.026 bits/char better on test
+# (bench/RESULTS.md, "Longer windows"). Other models, and the GPU (whose recurrence costs per step,
+# not per character), keep 50 x 50.
+LN_WINDOW = {"seq_len": 100, "batch_size": 25}
 
 # The rate of a new run given no --lr, by rule, and under Adam by cell: the best of short screenings
 # (bench/RESULTS.md, "A learning rate per cell"). Adam's 1e-2 is the LSTM's sweep winner; under it
@@ -55,7 +61,7 @@ class TrainOptions:
     read back by one typed `from_dict`."""
     model: ModelConfig = field(default_factory=ModelConfig)   # its vocab_size comes from the text
     # data
-    seq_len: int = 50
+    seq_len: int = 50              # LN_WINDOW's for a new layer-normalised LSTM where not given
     batch_size: int = 50
     val_frac: float = 0.05
     test_frac: float = 0.05

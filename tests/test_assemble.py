@@ -170,3 +170,25 @@ def test_a_new_layer_normalised_adam_run_given_no_beta2_takes_0_99_and_every_oth
     assert new_optimizer(resumed, 10).hyper["beta2"] == 0.99
     old = {**ln.to_dict(), "beta2": None}
     assert new_optimizer(assemble.resume_options(old, {}), 10).hyper["beta2"] == 0.999
+
+
+def test_a_new_layer_normalised_run_takes_the_longer_window_where_its_flags_were_not_given():
+    """options.LN_WINDOW for each of --seq-len and --batch-size not given; other models, a given
+    flag, and a resume (the run's own options) keep theirs."""
+    def settled(norm, given=(), **kw):
+        opts = assemble.new_options({"norm": norm, **kw})
+        assemble.settle_window(opts, opts.model.norm, set(given))
+        return opts.seq_len, opts.batch_size
+
+    assert settled("auto") == (100, 25)
+    assert settled("layer", ["seq_len"], seq_len=30) == (30, 25)
+    assert settled("layer", ["batch_size"], batch_size=50) == (100, 50)
+    assert settled("layer", ["seq_len", "batch_size"], seq_len=50, batch_size=50) == (50, 50)
+    assert settled("none") == (50, 50)
+    assert settled("auto", cell="gru") == (50, 50)
+    ln = assemble.new_options({"norm": "auto"})
+    assemble.settle_window(ln, ln.model.norm, set())
+    resumed = assemble.resume_options(ln.to_dict(), {})
+    assert (resumed.seq_len, resumed.batch_size) == (100, 25)
+    old = assemble.resume_options({**ln.to_dict(), "seq_len": 50, "batch_size": 50}, {})
+    assert (old.seq_len, old.batch_size) == (50, 50)

@@ -112,3 +112,17 @@ def test_lr_find_refuses_a_backwards_range(tmp_path):
     f.write_text(words(300), encoding="utf-8")
     res = CliRunner().invoke(cli, ["lr-find", str(f), "--start", "1", "--end", "0.1"])
     assert res.exit_code == 2 and "--start must be below --end" in res.output
+
+
+def test_lr_find_settles_the_window_as_train_does(tmp_path):
+    """A normalised LSTM given neither window flag is tested on train's 100 x 25; options a library
+    caller passes count as given (given=None)."""
+    from charrnn.lrfind import prepare
+    f = tmp_path / "t.txt"
+    f.write_text(words(200), encoding="utf-8")
+    opts, _ = prepare(str(f), {"seq_len": 16, "batch_size": 8}, given=set())
+    assert (opts.model.norm, opts.seq_len, opts.batch_size) == ("layer", 100, 25)
+    opts, _ = prepare(str(f), {"seq_len": 16, "batch_size": 8})
+    assert (opts.seq_len, opts.batch_size) == (16, 8)
+    opts, _ = prepare(str(f), {"seq_len": 16, "norm": "none"}, given={"seq_len"})
+    assert (opts.seq_len, opts.batch_size) == (16, 50)

@@ -118,6 +118,25 @@ def test_a_new_lstm_run_is_layer_normalised_unless_told_a_gru_is_not_and_a_resum
     assert config("plain").norm == "none" and "l0.ln_g" not in dict(param_shapes(config("plain")))
 
 
+def test_a_new_layer_normalised_run_records_the_longer_window_unless_a_flag_or_the_model_says_otherwise(
+        tmp_path):
+    """The window `charrnn train` settles lands in train_args: 100 x 25 for a new normalised LSTM
+    given neither flag, a given flag kept beside the other's default, 50 x 50 for a plain one."""
+    f = tmp_path / "long.txt"
+    f.write_text(_text(1500), encoding="utf-8")      # about 6,000 characters: room for 25 streams of 100
+
+    def window(run, *flags):
+        res = CliRunner().invoke(cli, ["train", str(f), "--hidden", "6", "--layers", "1", "--max-steps", "1",
+                                       "--device", "cpu", "--out", str(tmp_path / run), *flags])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        a = ckpt.load(tmp_path / run / "last.safetensors").train_args
+        return a["seq_len"], a["batch_size"]
+
+    assert window("ln") == (100, 25)
+    assert window("given", "--seq-len", "40") == (40, 25)
+    assert window("plain", "--norm", "none") == (50, 50)
+
+
 @pytest.mark.parametrize("flags,hyper", [
     (["--optimizer", "adam", "--beta1", "0.8", "--beta2", "0.99", "--eps", "1e-7"],
      {"beta1": 0.8, "beta2": 0.99, "eps": 1e-7}),

@@ -143,8 +143,7 @@ def prepare_run(text: str | Sequence[str], options: dict, given: frozenset[str] 
             settle_norm(opts, settings.get("norm"), tell)
         if not base_resume:
             settle_average(opts, given, tell)
-            settle_beta2(opts, (base_init.config if base_init else opts.model).norm)
-            settle_window(opts, (base_init.config if base_init else opts.model).norm, given)
+            settle_ln_defaults(opts, (base_init.config if base_init else opts.model).norm, given)
         if comm is not None:
             if opts.device == "cuda":
                 comm.pick_gpu()
@@ -218,20 +217,16 @@ def settle_average(opts: TrainOptions, given, log: Callable[[str], None]) -> Non
             "pay (give --average ema to keep one)")
 
 
-def settle_beta2(opts: TrainOptions, norm: str) -> None:
-    """A new Adam or AdamW run of a layer-normalised model (`norm`: the model's, the --init-from
-    checkpoint's when there is one) given no --beta2 takes options.LN_BETA2, written into its
-    options so a resume keeps it; runs that predate it resume with the rule's 0.999."""
-    if opts.optimizer in ("adam", "adamw") and opts.beta2 is None and norm == "layer":
-        opts.beta2 = LN_BETA2
-
-
-def settle_window(opts: TrainOptions, norm: str, given) -> None:
-    """A new run of a layer-normalised model (`norm`: the model's, the --init-from checkpoint's
-    when there is one) takes options.LN_WINDOW's window length and streams, each where its flag
-    (in `given`) was not given; the options keep them, so a resume does too."""
+def settle_ln_defaults(opts: TrainOptions, norm: str, given) -> None:
+    """What a new run of a layer-normalised model (`norm`: the model's, the --init-from
+    checkpoint's when there is one) takes where the user chose nothing: Adam's and AdamW's beta2
+    options.LN_BETA2 when --beta2 is unset, and options.LN_WINDOW's window length and streams for
+    each of their flags not in `given`. Written into its options, so a resume keeps them; runs
+    that predate them resume with their own (beta2 unset: the rule's 0.999)."""
     if norm != "layer":
         return
+    if opts.optimizer in ("adam", "adamw") and opts.beta2 is None:
+        opts.beta2 = LN_BETA2
     for name, value in LN_WINDOW.items():
         if name not in given:
             setattr(opts, name, value)

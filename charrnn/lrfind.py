@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from charrnn.assemble import new_options, resolve_text, settle_beta2, settle_norm, settle_window
+from charrnn.assemble import new_options, resolve_text, settle_ln_defaults, settle_norm
 from charrnn.backends import make_backend
 from charrnn.batches import Batches
 from charrnn.corpus import Corpus, CorpusError, Vocab, check_encoding, split
@@ -197,8 +197,7 @@ def prepare(text: str, options: dict, *, given=None, encoding: str = "utf-8", by
     check_encoding(encoding)
     opts.device = pick_device(opts.device, log)
     settle_norm(opts, options["norm"], log)
-    settle_beta2(opts, opts.model.norm)
-    settle_window(opts, opts.model.norm, set(options) if given is None else given)
+    settle_ln_defaults(opts, opts.model.norm, set(options) if given is None else given)
     data = load_corpus(source, encoding=encoding, byte_mode=byte_mode)
     from charrnn.memory import check_training      # a model that cannot fit: one line, before allocating
     check_training(opts.model_config(data.vocab.size), opts, new_optimizer_slots(opts), len(data.codes))

@@ -29,16 +29,16 @@ OPTIMIZER_DEFAULTS = {
 # ten-minute run (bench/RESULTS.md, "Layer normalisation").
 NORMS = ("auto", "none", "layer")
 NORM_DEFAULT = "auto"
-# Adam's and AdamW's beta2 for a new layer-normalised LSTM given no --beta2 (assemble.settle_beta2):
-# the second moments follow the gradients over ~100 steps instead of ~1000, and the model learns
-# faster per pass (bench/RESULTS.md, "Recurrent dropout, a higher floor, weight decay, width and
-# Adam's beta2"). Other models keep the rule's own 0.999.
+# Adam's and AdamW's beta2 for a new layer-normalised LSTM given no --beta2
+# (assemble.settle_ln_defaults): the second moments follow the gradients over ~100 steps instead of
+# ~1000, and the model learns faster per pass (bench/RESULTS.md, "Recurrent dropout, a higher floor,
+# weight decay, width and Adam's beta2"). Other models keep the rule's own 0.999.
 LN_BETA2 = 0.99
-# The window of a new layer-normalised LSTM given no --seq-len or --batch-size (assemble.settle_window):
-# the same 2,500 characters a step as 50 x 50, back-propagated twice as far, at 9% fewer characters a
-# second. Over four ten-minute runs it was level on validation and 0.026 bits/char better on test
-# (bench/RESULTS.md, "Longer windows"). Other models, and the GPU (whose recurrence costs per step,
-# not per character), keep 50 x 50.
+# The window of a new layer-normalised LSTM given no --seq-len or --batch-size
+# (assemble.settle_ln_defaults): the same 2,500 characters a step as 50 x 50, back-propagated twice
+# as far, at 9% fewer characters a second. Over four ten-minute runs it was level on validation and
+# 0.026 bits/char better on test (bench/RESULTS.md, "Longer windows"). Other models, and the GPU
+# (whose recurrence costs per step, not per character), keep 50 x 50.
 LN_WINDOW = {"seq_len": 100, "batch_size": 25}
 
 # The rate of a new run given no --lr, by rule, and under Adam by cell: the best of short screenings

@@ -161,10 +161,10 @@ def test_a_new_layer_normalised_adam_run_given_no_beta2_takes_0_99_and_every_oth
                                          ("adam", "none", None, None), ("adam", "layer", 0.95, 0.95),
                                          ("rmsprop", "layer", None, None)):
         opts = assemble.new_options({"optimizer": optimizer, "norm": norm, **({"beta2": beta2} if beta2 else {})})
-        assemble.settle_beta2(opts, opts.model.norm)
+        assemble.settle_ln_defaults(opts, opts.model.norm, set())
         assert opts.beta2 == want, (optimizer, norm, beta2)
     ln = assemble.new_options({"norm": "auto"})
-    assemble.settle_beta2(ln, ln.model.norm)
+    assemble.settle_ln_defaults(ln, ln.model.norm, set())
     assert new_optimizer(ln, 10).hyper["beta2"] == 0.99
     resumed = assemble.resume_options(ln.to_dict(), {})
     assert new_optimizer(resumed, 10).hyper["beta2"] == 0.99
@@ -177,7 +177,7 @@ def test_a_new_layer_normalised_run_takes_the_longer_window_where_its_flags_were
     flag, and a resume (the run's own options) keep theirs."""
     def settled(norm, given=(), **kw):
         opts = assemble.new_options({"norm": norm, **kw})
-        assemble.settle_window(opts, opts.model.norm, set(given))
+        assemble.settle_ln_defaults(opts, opts.model.norm, set(given))
         return opts.seq_len, opts.batch_size
 
     assert settled("auto") == (100, 25)
@@ -187,7 +187,7 @@ def test_a_new_layer_normalised_run_takes_the_longer_window_where_its_flags_were
     assert settled("none") == (50, 50)
     assert settled("auto", cell="gru") == (50, 50)
     ln = assemble.new_options({"norm": "auto"})
-    assemble.settle_window(ln, ln.model.norm, set())
+    assemble.settle_ln_defaults(ln, ln.model.norm, set())
     resumed = assemble.resume_options(ln.to_dict(), {})
     assert (resumed.seq_len, resumed.batch_size) == (100, 25)
     old = assemble.resume_options({**ln.to_dict(), "seq_len": 50, "batch_size": 50}, {})

@@ -71,8 +71,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/short."):
             body = body[:len(full) // 2]  # Content-Length says more: the client must notice
             self.close_connection = True
-        self.wfile.write(body)
+        # counted before the write: the client may have read the whole body, and the test gone on
+        # to read `sent`, before this thread runs its next line
         self.server.sent += len(body)
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass

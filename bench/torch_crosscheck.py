@@ -44,7 +44,7 @@ def torch_model(ck: ckpt.Checkpoint, dtype):
     t = lambda a: torch.tensor(np.asarray(a, np.float64), dtype=dtype)   # noqa: E731
     if cfg.norm == "layer":
         rnn = LayerNormLSTM([tuple(t(p[f"l{l}.{n}"]) for n in ("Wx", "Wh", "b", "ln_g", "lnc_g", "lnc_b"))
-                             for l in range(L)])
+                             for l in range(L)], cfg.zoneout_cell, cfg.zoneout_hidden)
     else:
         kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cfg.cell]
         rnn = kind(D, H, num_layers=L).to(dtype)
@@ -71,11 +71,12 @@ def torch_model(ck: ckpt.Checkpoint, dtype):
 class LayerNormLSTM:
     """The layer-normalised LSTM in PyTorch's operations, called as nn.LSTM is: (T, B, D) input and
     an (h, c) state of (L, B, H) each, or None for zeros. Per layer (Wx, Wh, b, gain, cgain, cbias):
-    a = x Wx + h Wh; z = gain * layer_norm of each gate block + b; c = f c + i g;
-    h = o tanh(layer_norm(c) * cgain + cbias)."""
+    a = x Wx + h Wh; z = gain * layer_norm of each gate block + b; c' = f c + i g;
+    h' = o tanh(layer_norm(c') * cgain + cbias); and zoneout's expectation with rates zc, zh:
+    c = zc c + (1 - zc) c', h = zh h + (1 - zh) h' (c', h' themselves without zoneout)."""
 
-    def __init__(self, layers: list):
-        self.layers = layers
+    def __init__(self, layers: list, zc: float = 0.0, zh: float = 0.0):
+        self.layers, self.zc, self.zh = layers, zc, zh
 
     def __call__(self, inp, state):
         import torch
@@ -94,8 +95,10 @@ class LayerNormLSTM:
                 z = layer_norm(a, (H,), eps=LN_EPS).reshape(B, 4 * H) * gain + b
                 i, f, g, o = torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H:2 * H]), torch.tanh(z[:, 2 * H:3 * H]), \
                     torch.sigmoid(z[:, 3 * H:])
-                c = f * c + i * g
-                h = o * torch.tanh(layer_norm(c, (H,), weight=cgain, bias=cbias, eps=LN_EPS))
+                c_new = f * c + i * g
+                h_new = o * torch.tanh(layer_norm(c_new, (H,), weight=cgain, bias=cbias, eps=LN_EPS))
+                c = self.zc * c + (1 - self.zc) * c_new
+                h = self.zh * h + (1 - self.zh) * h_new
                 outs.append(h)
             x, hs[l], cs[l] = torch.stack(outs), h, c
         return x, (torch.stack(hs), torch.stack(cs))

@@ -200,6 +200,9 @@ def settle_norm(opts: TrainOptions, asked: str | None, log: Callable[[str], None
     """--norm auto on the GPU: the CUDA kernels have no layer normalisation yet, so a new run there
     trains a plain LSTM, and says so; --norm layer there is refused by the backend."""
     if asked == "auto" and opts.device == "cuda" and opts.model.norm == "layer":
+        if opts.model.zoned:
+            raise InputError("zoneout needs a layer-normalised LSTM, which the CUDA backend does not have yet "
+                             "(--device cpu trains with it)")
         if opts.model.recurrent_dropout > 0:
             raise InputError("--recurrent-dropout needs a layer-normalised LSTM, which the CUDA backend does not "
                              "have yet (--device cpu trains with both)")
@@ -273,7 +276,8 @@ def new_options(settings: dict) -> TrainOptions:
 
 
 # the model flags that cannot change a checkpoint's weights: its shape, and how fresh weights are drawn
-SHAPE_FLAGS = ("hidden", "layers", "cell", "embed", "activation", "init", "forget_bias", "norm")
+SHAPE_FLAGS = ("hidden", "layers", "cell", "embed", "activation", "init", "forget_bias", "norm", "zoneout_cell",
+               "zoneout_hidden")     # zoneout's rates too: sampling and scoring take its expectation
 
 
 def refuse_weights_only(ck: ckpt.Checkpoint, arg: str) -> None:

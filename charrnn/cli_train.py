@@ -66,6 +66,11 @@ MODEL_OPTIONS = [
                  show_default=True,
                  help="Dropout inside the cell on what each step writes to the memory (the candidate g; "
                       "Semeniuta et al. 2016), fresh masks every step; layer-normalised LSTM only."),
+    click.option("--zoneout-cell", type=_num("zoneout_cell"), default=_D.model.zoneout_cell, show_default=True,
+                 help="Zoneout on the memory c (Krueger et al. 2016): in training each unit keeps its previous "
+                      "value with this probability; sampling and scoring blend by it. Layer-normalised LSTM only."),
+    click.option("--zoneout-hidden", type=_num("zoneout_hidden"), default=_D.model.zoneout_hidden,
+                 show_default=True, help="Zoneout on the output h, as --zoneout-cell."),
     click.option("--activation", type=click.Choice(ACTIVATIONS), default=_D.model.activation, show_default=True,
                  help="The cell's squashing nonlinearity (gates stay sigmoid)."),
     click.option("--init", "init", type=click.Choice(INITS), default=_D.model.init, show_default=True,

@@ -35,6 +35,10 @@ class ModelConfig:
     recurrent_dropout: float = 0.0  # inverted dropout on the LSTM's candidate g inside the cell,
                              # fresh masks every step (Semeniuta et al. 2016): c = f*c + i*drop(g);
                              # training only, so sampling and scoring are unchanged
+    zoneout_cell: float = 0.0    # zoneout (Krueger et al. 2016) on the layer-normalised LSTM's c and h:
+    zoneout_hidden: float = 0.0  # in training each unit keeps its previous value with this probability,
+                             # fresh masks every step; sampling and scoring take the expectation,
+                             # c = z*c_prev + (1-z)*c_new, so unlike dropout it changes the model
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -60,8 +64,23 @@ class ModelConfig:
             raise ValueError("recurrent_dropout must be in [0, 1)")
         if self.recurrent_dropout > 0 and self.norm != "layer":
             raise ValueError("recurrent dropout is implemented for the layer-normalised LSTM only (--norm layer)")
+        for name in ("zoneout_cell", "zoneout_hidden"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1)")
+        if self.zoned and self.norm != "layer":
+            raise ValueError("zoneout is implemented for the layer-normalised LSTM only (--norm layer)")
         if not math.isfinite(self.forget_bias):
             raise ValueError("forget_bias must be a finite number")
+
+    def scoring(self) -> "ModelConfig":
+        """The model as sampling and scoring run it: no dropout of either kind (zoneout keeps its
+        rates, whose expectation is part of the model)."""
+        return dataclasses.replace(self, dropout=0.0, recurrent_dropout=0.0)
+
+    @property
+    def zoned(self) -> bool:
+        """Whether the cell zones out (either rate above zero)."""
+        return self.zoneout_cell > 0 or self.zoneout_hidden > 0
 
     @property
     def gates(self) -> int:

@@ -30,6 +30,8 @@ INV24 = 1.0 / (1 << 24)
 # recurrent dropout's masks hash the window's seed xor this, so they are independent of the
 # output dropout's masks for the same indices
 RECURRENT_SALT = 0xD1B54A32D192ED03
+# and zoneout's, on c and on h, each its own
+ZONEOUT_SALTS = (0x2545F4914F6CDD1D, 0x9FB21C651E98DF25)
 
 
 def uniform(seed, index):
@@ -46,16 +48,32 @@ def masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float3
           streams: tuple[int, int] | None = None) -> np.ndarray:
     """Inverted-dropout masks of `shape` (L, T, B, H): 0 with probability p, else 1/(1-p).
     `streams` = (off, total): these B streams are streams off.. of a batch of `total`."""
+    return np.where(_uniforms(seed, shape, streams) >= p, 1.0 / (1.0 - p), 0.0).astype(dtype)
+
+
+def zoneout_masks(seed: int, shape: tuple[int, int, int, int], rate: float, dtype=np.float32,
+                  streams: tuple[int, int] | None = None) -> np.ndarray:
+    """Zoneout's keep masks of `shape` (L, T, B, H) for `seed` (zoneout_seed's): 1 with
+    probability `rate` (the unit keeps its previous value), else 0. The CPU kernels draw the same
+    with cpu_kernels.dropout_mask at p = 1 - rate and scale 1."""
+    return np.where(_uniforms(seed, shape, streams) >= 1.0 - rate, 1.0, 0.0).astype(dtype)
+
+
+def _uniforms(seed: int, shape: tuple[int, int, int, int], streams: tuple[int, int] | None) -> np.ndarray:
     L, T, B, H = shape
     off, total = streams or (0, B)
     index = ((np.arange(L * T, dtype=np.uint64)[:, None, None] * np.uint64(total)
               + np.uint64(off) + np.arange(B, dtype=np.uint64)[None, :, None]) * np.uint64(H)
              + np.arange(H, dtype=np.uint64)[None, None, :])
     with np.errstate(over="ignore"):              # the hash relies on uint64 wrap-around
-        u = uniform(np.uint64(seed), index.reshape(-1)).reshape(shape)
-    return np.where(u >= p, 1.0 / (1.0 - p), 0.0).astype(dtype)
+        return uniform(np.uint64(seed), index.reshape(-1)).reshape(shape)
 
 
 def recurrent_seed(seed: int) -> int:
     """The seed of a window's recurrent dropout masks, from the window's dropout seed."""
     return (int(seed) ^ RECURRENT_SALT) & 0xFFFFFFFFFFFFFFFF
+
+
+def zoneout_seed(seed: int, which: int) -> int:
+    """The seed of a window's zoneout masks on c (which 0) or h (1), from its dropout seed."""
+    return (int(seed) ^ ZONEOUT_SALTS[which]) & 0xFFFFFFFFFFFFFFFF

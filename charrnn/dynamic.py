@@ -52,7 +52,7 @@ def gradient_rms(backend, codes: np.ndarray, seq_len: int, batch: int = STATS_BA
         t1 = min(per, t0 + seq_len)
         x = codes[starts[None, :] + np.arange(t0, t1)[:, None]]
         y = codes[starts[None, :] + np.arange(t0 + 1, t1 + 1)[:, None]]
-        _, state = backend.train_step(x, y, state)
+        _, state = backend.train_step(x, y, state, noise=False)
         g = np.asarray(backend.grad_host().flat, dtype=np.float64)
         sq = g * g if sq is None else sq + g * g
         n += 1
@@ -152,7 +152,7 @@ def dynamic_evaluate(backend, codes: np.ndarray, dyn: Dynamic, ms: np.ndarray | 
     for start in range(0, n, dyn.seq_len):
         end = min(n, start + dyn.seq_len)
         x, y = codes[start:end].reshape(-1, 1), codes[start + 1:end + 1].reshape(-1, 1)
-        loss, state = backend.train_step(x, y, state)      # the score, before this segment's step
+        loss, state = backend.train_step(x, y, state, noise=False)   # the score, before this segment's step
         g = np.asarray(backend.grad_host().flat, dtype=dt)
         if dyn.rule == "sgd":
             w -= dt(dyn.lr) * g
@@ -207,7 +207,7 @@ def adapt(ck, ck_path: Path, device: str, file_arg: str, dyn: Dynamic | None = N
         log(f"--adapt: {name} has fewer than two characters the model knows; nothing adapted")
         return None
     dyn = dyn or Dynamic()
-    cfg = dataclasses.replace(ck.config, dropout=0.0)
+    cfg = ck.config.scoring()
     be = make_backend(device, cfg, Params(cfg, ck.params.flat.copy()), notify=compile_notices(log))
     ms = None
     if dyn.rule == "rms":

@@ -199,7 +199,7 @@ def _dynamic(ck, ck_path, device, codes, what, skipped, own, dyn, auto_lr, stats
     from charrnn.backends import compile_notices, make_backend
     from charrnn.model import Params
 
-    cfg = dataclasses.replace(ck.config, dropout=0.0)     # scoring: no dropout in the steps either
+    cfg = ck.config.scoring()     # no dropout in the steps either
     notify = compile_notices(log)
 
     def fresh():

@@ -49,7 +49,7 @@ def training_bytes(cfg: ModelConfig, seq_len: int, batch: int, optimizer_slots: 
     """Host bytes a training run needs at least: the weights, their gradient, the optimizer's
     slots and the rollback snapshot, and on the CPU one window's gate activations, states and
     output probabilities, with layer normalisation its normalised values, with recurrent dropout
-    its masks (on a GPU those live in its memory)."""
+    and zoneout their masks (on a GPU those live in its memory)."""
     n = n_weights(cfg)
     need = F32 * n * (3 + optimizer_slots)
     if device == "cpu":
@@ -58,6 +58,8 @@ def training_bytes(cfg: ModelConfig, seq_len: int, batch: int, optimizer_slots: 
             per_step += cfg.layers * ((cfg.gates + 1) * cfg.hidden + cfg.gates + 1)
         if cfg.recurrent_dropout:    # its masks, read again by the backward
             per_step += cfg.layers * cfg.hidden
+        if cfg.zoned:                # zoneout's keep factors on c and h
+            per_step += 2 * cfg.layers * cfg.hidden
         need += F32 * seq_len * batch * per_step
     return need
 

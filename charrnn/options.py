@@ -181,7 +181,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "hidden": (1, INT_MAX, False, False),
     "layers": (1, 1000, False, False),      # each layer is a stage of Python-driven work: 1000 is far past useful
     "embed": (0, INT_MAX, False, False), "dropout": (0, 1, False, True),
-    "recurrent_dropout": (0, 1, False, True),
+    "recurrent_dropout": (0, 1, False, True), "zoneout_cell": (0, 1, False, True),
+    "zoneout_hidden": (0, 1, False, True),
     "forget_bias": (-100, 100, False, False),      # sigmoid(100) is 1 in float32: beyond is the same
     "seq_len": (1, INT_MAX, False, False), "batch_size": (1, INT_MAX, False, False),
     "val_frac": (0, 1, False, True), "test_frac": (0, 1, False, True),

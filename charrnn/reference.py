@@ -8,6 +8,7 @@ Shapes: T steps, B sequences, H hidden, V vocabulary, L layers, G gate blocks.
     state    (L, S, B, H)  carried state; S = 2 (h, c) for the LSTM, 1 (h) otherwise
     masks    (L, T, B, H)  dropout masks (0 or 1/(1-p)) on each layer's output, or None
     rmasks   (L, T, B, H)  recurrent dropout masks on the layer-normalised LSTM's candidate g
+    zmasks   (L, 2, T, B, H) zoneout's keep masks on c and h (1 keeps the previous value)
 
 Cells (gate order from model.py; act is tanh or softsign, s the sigmoid):
     LSTM  a = xW + hU + b;  i,f,o = s(a_i,a_f,a_o);  g = act(a_g);  c = f*c + i*g;  h = o*act(c)
@@ -21,6 +22,11 @@ products and the cell before its squashing, LN(v) = (v - mean v) / sqrt(var v + 
     h = o * act(cgain * LN(c) + cbias)                     (c itself is carried unnormalised)
 With recurrent dropout (Semeniuta et al. 2016) training takes c = f*c + i*(m*g), a fresh mask m
 every step: the memory is never dropped, only what a step writes into it.
+With zoneout (Krueger et al. 2016) each unit of c and h keeps its previous value where a mask is 1:
+    c_t = k_c * c_{t-1} + (1 - k_c) * c_new,   h_t = k_h * h_{t-1} + (1 - k_h) * h_new
+where c_new, h_new are the cell's as above (h_new from LN(c_new)). Training draws k in {0, 1}, 1
+with probability zoneout_cell (zoneout_hidden); sampling and scoring take k = the rate itself,
+the expectation.
 One normalisation of the sum rather than one per product (Ba et al.'s form) keeps a single
 recurrent product per step and a one-hot layer's input a gather.
 
@@ -99,11 +105,12 @@ def norm_backward(dn, n, r):
     return r * (dn - dn.mean(axis=-1, keepdims=True) - n * (dn * n).mean(axis=-1, keepdims=True))
 
 
-def ln_lstm_forward(xw, b, Wh, h0, c0, kind, gain, cgain, cbias, gm=None):
+def ln_lstm_forward(xw, b, Wh, h0, c0, kind, gain, cgain, cbias, gm=None, zm=None):
     """The layer-normalised LSTM: xw (T,B,4H) input projections WITHOUT the bias b, which enters
-    after the normalisation; gm (T,B,H) recurrent dropout masks on g, or None. Returns hs and the
-    cache: lstm_forward's (gates, cs, tcs, where tcs is act of the normalised cell), the
-    normalised values and their 1/sigma, and gm, for backward."""
+    after the normalisation; gm (T,B,H) recurrent dropout masks on g, or None; zm zoneout's keep
+    factors (kc, kh), each (T,B,H) or a number, or None. Returns hs and the cache: lstm_forward's
+    (gates, cs, tcs, where tcs is act of the normalised cell), the normalised values and their
+    1/sigma, gm and zm, for backward."""
     T, B, G4 = xw.shape
     H = G4 // 4
     hs = np.empty((T + 1, B, H), xw.dtype); hs[0] = h0
@@ -119,26 +126,40 @@ def ln_lstm_forward(xw, b, Wh, h0, c0, kind, gain, cgain, cbias, gm=None):
         z = gain * xh[t] + b
         i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), sigmoid(z[:, 3 * H:])
         g = act(z[:, 2 * H:3 * H], kind)
-        cs[t + 1] = f * cs[t] + i * (g if gm is None else g * gm[t])
-        xc[t], rc[t] = norm(cs[t + 1])
+        c_new = f * cs[t] + i * (g if gm is None else g * gm[t])
+        xc[t], rc[t] = norm(c_new)
         tcs[t] = act(cgain * xc[t] + cbias, kind)
-        hs[t + 1] = o * tcs[t]
+        h_new = o * tcs[t]
+        if zm is None:
+            cs[t + 1], hs[t + 1] = c_new, h_new
+        else:
+            kc, kh = _at(zm[0], t), _at(zm[1], t)
+            cs[t + 1] = kc * cs[t] + (1 - kc) * c_new
+            hs[t + 1] = kh * hs[t] + (1 - kh) * h_new
         gates[t] = np.concatenate([i, f, g, o], axis=1)
-    return hs, (gates, cs, tcs, xh, rs, xc, rc, gm)
+    return hs, (gates, cs, tcs, xh, rs, xc, rc, gm, zm)
+
+
+def _at(k, t):
+    """Step t's zoneout factors: k[t] of a mask array, k itself of a number."""
+    return k[t] if np.ndim(k) else k
 
 
 def ln_lstm_backward(dh_out, Wh, cache, dh_T, dc_T, kind, gain, cgain, grads):
     """Returns da (T,B,4H), the gradient on xW + hU (both products' and the input's), dz
     (T,B,4H), the gradient on the bias, dh0, dc0; adds the gradients of gain, cgain and cbias to
     grads, a tuple of their three views."""
-    gates, cs, tcs, xh, rs, xc, rc, gm = cache
+    gates, cs, tcs, xh, rs, xc, rc, gm, zm = cache
     g_gain, g_cgain, g_cbias = grads
     T, B, H = dh_out.shape
     da, dz = np.empty_like(gates), np.empty_like(gates)
     dh_next, dc_next = dh_T.copy(), dc_T.copy()
     for t in reversed(range(T)):
         i, f, g, o = (gates[t][:, k * H:(k + 1) * H] for k in range(4))
-        dh = dh_out[t] + dh_next
+        dh = dh_out[t] + dh_next                                 # on h_t
+        kc, kh = (0.0, 0.0) if zm is None else (_at(zm[0], t), _at(zm[1], t))
+        dh_keep, dc_keep = kh * dh, kc * dc_next                 # zoneout's paths to the previous state
+        dh, dc_next = (1 - kh) * dh, (1 - kc) * dc_next          # on h_new and c_new
         dcn = dh * o * dact(tcs[t], kind)                        # on cgain * LN(c) + cbias
         g_cgain += (dcn * xc[t]).sum(axis=0)
         g_cbias += dcn.sum(axis=0)
@@ -148,8 +169,8 @@ def ln_lstm_backward(dh_out, Wh, cache, dh_T, dc_T, kind, gain, cgain, grads):
                                 dc * m * i * dact(g, kind), dh * tcs[t] * o * (1 - o)], 1)
         g_gain += (dz[t] * xh[t]).sum(axis=0)
         da[t] = norm_backward((dz[t] * gain).reshape(B, 4, H), xh[t].reshape(B, 4, H), rs[t]).reshape(B, 4 * H)
-        dc_next = dc * f
-        dh_next = da[t] @ Wh.T
+        dc_next = dc * f + dc_keep
+        dh_next = da[t] @ Wh.T + dh_keep
     return da, dz, dh_next, dc_next
 
 
@@ -208,8 +229,9 @@ def rnn_backward(dh_out, Wh, hs, dh_T, kind):
 
 
 # ---------------------------------------------------------------- the whole model
-def forward(p, cfg: ModelConfig, x, y, state, masks=None, rmasks=None):
-    """Loss (summed over T*B, natural log) and everything backward needs.
+def forward(p, cfg: ModelConfig, x, y, state, masks=None, rmasks=None, zmasks=None):
+    """Loss (summed over T*B, natural log) and everything backward needs. A zoning-out model
+    without zmasks takes the expectation (sampling's and scoring's).
 
     With y None, returns (logits, cache, new_state) instead: the sampler's and viewer's path.
     """
@@ -222,7 +244,7 @@ def forward(p, cfg: ModelConfig, x, y, state, masks=None, rmasks=None):
         if cfg.norm == "layer":
             hs, cc = ln_lstm_forward(xw, b, Wh, state[l, 0], state[l, 1], cfg.activation,
                                      p[f"l{l}.ln_g"], p[f"l{l}.lnc_g"], p[f"l{l}.lnc_b"],
-                                     None if rmasks is None else rmasks[l])
+                                     None if rmasks is None else rmasks[l], _zoneout(cfg, zmasks, l))
             new_state[l, 1] = cc[1][-1]
         elif cfg.cell == "lstm":
             xw = xw + b
@@ -244,6 +266,14 @@ def forward(p, cfg: ModelConfig, x, y, state, masks=None, rmasks=None):
     cache["probs"] = np.exp(logp)
     loss = -np.take_along_axis(logp, y[..., None], axis=2).sum()
     return loss, cache, new_state
+
+
+def _zoneout(cfg: ModelConfig, zmasks, l: int):
+    """Layer l's zoneout factors for ln_lstm_forward: its masks, the rates (the expectation), or
+    None for a model that does not zone out."""
+    if zmasks is not None:
+        return zmasks[l, 0], zmasks[l, 1]
+    return (cfg.zoneout_cell, cfg.zoneout_hidden) if cfg.zoned else None
 
 
 def backward(p, g, cfg: ModelConfig, cache, scale: float = 1.0):

@@ -22,7 +22,7 @@ from charrnn.model import init_params  # noqa: E402
 from charrnn.optim import Optimizer  # noqa: E402
 from tiny_models import tiny_config  # noqa: E402
 
-CELLS = ("lstm", "gru", "lnlstm")     # lnlstm: the layer-normalised LSTM, with recurrent dropout
+CELLS = ("lstm", "gru", "lnlstm")     # lnlstm: the layer-normalised LSTM, with recurrent dropout and zoneout
 CLIP = 0.05         # below every norm these steps reach: clipping acts on each step
 
 
@@ -31,7 +31,8 @@ def train(cell: str, comm=None, dtype=np.float64, steps: int = 20, B: int = 6, T
     codes = np.random.default_rng(5).integers(0, 11, 4000)
     cfg = tiny_config(vocab_size=11, hidden=12, layers=2, cell=cell.replace("ln", ""), embed=5, dropout=0.3,
                       norm="layer" if cell == "lnlstm" else "none",
-                      recurrent_dropout=0.2 if cell == "lnlstm" else 0.0)
+                      recurrent_dropout=0.2 if cell == "lnlstm" else 0.0,
+                      zoneout_cell=0.3 if cell == "lnlstm" else 0.0, zoneout_hidden=0.1 if cell == "lnlstm" else 0.0)
     be = CpuBackend(cfg, init_params(cfg, np.random.default_rng(1), dtype))
     bt = Batches(codes, B, T, share=(comm.rank, comm.size) if comm else (0, 1))
     n = be.p.flat.size

@@ -153,6 +153,24 @@ def test_recurrent_dropout_needs_the_layer_normalised_lstm_and_a_new_rate_replac
                                     heard.append)
 
 
+def test_zoneout_needs_the_layer_normalised_lstm_and_a_rate_is_part_of_the_checkpoints_model():
+    """Refused on a plain LSTM and on the GPU (one clear line each); next to a checkpoint a rate
+    that disagrees is refused like a shape flag (sampling and scoring take its expectation, so it
+    changes what the model computes), and the same rate passes."""
+    opts = assemble.new_options({"norm": "auto", "zoneout_cell": 0.5, "zoneout_hidden": 0.05})
+    assert (opts.model.zoneout_cell, opts.model.zoneout_hidden) == (0.5, 0.05)
+    with pytest.raises(InputError, match="zoneout is implemented for the layer-normalised LSTM"):
+        assemble.new_options({"norm": "none", "zoneout_hidden": 0.1})
+    on_gpu = assemble.new_options({"norm": "auto", "device": "cuda", "zoneout_cell": 0.5})
+    with pytest.raises(InputError, match="zoneout needs a layer-normalised LSTM, which the CUDA backend"):
+        assemble.settle_norm(on_gpu, "auto", print)
+    cfg = tiny_config(vocab_size=4, hidden=4, layers=1, norm="layer", zoneout_cell=0.5)
+    ln = ckpt.Checkpoint(config=cfg, vocab=Vocab("\nabc"), params=init_params(cfg, np.random.default_rng(0)))
+    assemble.keep_to_checkpoint(ln, {"zoneout_cell": 0.5}, {"zoneout_cell"}, False, "--resume", print)
+    with pytest.raises(InputError, match="--zoneout-cell 0.25 disagrees with the checkpoint's 0.5"):
+        assemble.keep_to_checkpoint(ln, {"zoneout_cell": 0.25}, {"zoneout_cell"}, False, "--resume", print)
+
+
 def test_a_new_layer_normalised_adam_run_given_no_beta2_takes_0_99_and_every_other_keeps_its_rules():
     """Written into the run's options, so its resume keeps it; a run that predates it (beta2 None
     in its train_args) resumes with Adam's 0.999."""

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from charrnn import reference as ref
-from charrnn.dropout import masks as dropout_masks, recurrent_seed
+from charrnn.dropout import masks as dropout_masks, recurrent_seed, zoneout_masks, zoneout_seed
 from charrnn.backends.cpu import CpuBackend, CpuTuning
 from charrnn.model import init_params, param_shapes
 from tiny_models import random_case, tiny_config
@@ -23,7 +23,12 @@ def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None, tuning=CpuTuning()):
     if cfg.recurrent_dropout:
         rmasks = dropout_masks(recurrent_seed(drop_seed), (cfg.layers, T, B, cfg.hidden), cfg.recurrent_dropout,
                                np.float64)
-    loss, cache, s_ref = ref.forward(p64, cfg, x, y, state, masks, rmasks)
+    zmasks = None
+    if cfg.zoned:
+        shape = (cfg.layers, T, B, cfg.hidden)
+        zmasks = np.stack([zoneout_masks(zoneout_seed(drop_seed, i), shape, z, np.float64)
+                           for i, z in enumerate((cfg.zoneout_cell, cfg.zoneout_hidden))], axis=1)
+    loss, cache, s_ref = ref.forward(p64, cfg, x, y, state, masks, rmasks, zmasks)
     g_ref = p64.like()
     ref.backward(p64, g_ref, cfg, cache, 1.0 / (T * B))
 
@@ -33,10 +38,18 @@ def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None, tuning=CpuTuning()):
     assert _rel(s_got, s_ref) < tol
     for name, _ in param_shapes(cfg):
         assert _rel(be.grad[name], g_ref[name]) < tol, name
-    if not cfg.dropout and not cfg.recurrent_dropout:
-        got_eval, s_eval = be.loss(x, y, state.astype(dtype))
-        assert abs(got_eval - loss) / loss < tol
-        assert _rel(s_eval, s_ref) < tol
+    if cfg.zoned or cfg.recurrent_dropout or cfg.dropout:   # no masks: scoring's model (zoneout's expectation)
+        loss, cache, s_ref = ref.forward(p64, cfg.scoring(), x, y, state)
+        g_ref = p64.like()
+        ref.backward(p64, g_ref, cfg.scoring(), cache, 1.0 / (T * B))
+        got, s_got = be.train_step(x, y, state.astype(dtype), dropout_seed=drop_seed, noise=False)
+        assert abs(got - loss) / loss < tol and _rel(s_got, s_ref) < tol
+        for name, _ in param_shapes(cfg):
+            assert _rel(be.grad[name], g_ref[name]) < tol, name
+    loss, _, s_ref = ref.forward(p64, cfg, x, y, state)              # scoring: no masks either
+    got_eval, s_eval = be.loss(x, y, state.astype(dtype))
+    assert abs(got_eval - loss) / loss < tol
+    assert _rel(s_eval, s_ref) < tol
     logits_ref, _, s1_ref = ref.forward(p64, cfg, x[:1], None, state)
     logits, s1 = be.step(x[0], state.astype(dtype))
     assert _rel(logits, logits_ref[0]) < tol and _rel(s1, s1_ref) < tol
@@ -67,13 +80,16 @@ def test_embedding_and_dropout_match_reference(dtype, tol, cell):
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-9), (np.float32, 1e-4)])
 @pytest.mark.parametrize("activation", ["tanh", "softsign"])
-@pytest.mark.parametrize("L,B,embed,dropout,rdrop", [(1, 1, 0, 0.0, 0.0), (2, 3, 0, 0.0, 0.0), (2, 3, 4, 0.25, 0.0),
-                                                     (2, 3, 0, 0.0, 0.3), (2, 3, 4, 0.25, 0.5)])
-def test_layer_normalised_lstm_matches_reference(dtype, tol, activation, L, B, embed, dropout, rdrop):
+@pytest.mark.parametrize("L,B,embed,dropout,rdrop,zc,zh", [
+    (1, 1, 0, 0.0, 0.0, 0.0, 0.0), (2, 3, 0, 0.0, 0.0, 0.0, 0.0), (2, 3, 4, 0.25, 0.0, 0.0, 0.0),
+    (2, 3, 0, 0.0, 0.3, 0.0, 0.0), (2, 3, 4, 0.25, 0.5, 0.0, 0.0), (1, 1, 0, 0.0, 0.0, 0.5, 0.0),
+    (2, 3, 0, 0.0, 0.0, 0.0, 0.3), (2, 3, 4, 0.25, 0.3, 0.5, 0.1)])
+def test_layer_normalised_lstm_matches_reference(dtype, tol, activation, L, B, embed, dropout, rdrop, zc, zh):
     """norm "layer": the window (training and evaluation) and the sampling step, every gradient
-    the gains' and the cell bias's included, with and without recurrent dropout."""
+    the gains' and the cell bias's included, with and without recurrent dropout and zoneout
+    (its masks in training; without noise, in scoring and sampling, its expectation)."""
     cfg = tiny_config(vocab_size=6, hidden=5, layers=L, activation=activation, embed=embed, dropout=dropout,
-                      norm="layer", recurrent_dropout=rdrop)
+                      norm="layer", recurrent_dropout=rdrop, zoneout_cell=zc, zoneout_hidden=zh)
     _check(cfg, 6, B, dtype, tol, seed=2)
 
 
@@ -149,8 +165,10 @@ def lanes_forced(monkeypatch):
     tiny_config(vocab_size=7, hidden=6, layers=3, cell="rnn", activation="softsign", dropout=0.1),
     tiny_config(vocab_size=7, hidden=5, layers=2, norm="layer", dropout=0.25),
     tiny_config(vocab_size=7, hidden=5, layers=3, norm="layer", dropout=0.1, recurrent_dropout=0.4),
+    tiny_config(vocab_size=7, hidden=5, layers=2, norm="layer", dropout=0.1, zoneout_cell=0.5, zoneout_hidden=0.2),
 ], ids=["2x5", "3x6-softsign", "2x5-embed-dropout", "3x4-embed-dropout", "gru-2x5-embed-dropout",
-        "rnn-3x6-softsign-dropout", "layer-norm-2x5-dropout", "layer-norm-3x5-recurrent-dropout"])
+        "rnn-3x6-softsign-dropout", "layer-norm-2x5-dropout", "layer-norm-3x5-recurrent-dropout",
+        "layer-norm-2x5-zoneout"])
 def test_stacked_models_on_lanes_and_on_one_thread_both_match_reference(lanes_forced, n_lanes, cfg):
     """A stacked model's window runs as a task graph on several lanes (chunks of steps, layers
     side by side) or, on one lane, as one chunk per layer; both must give the reference's loss,
@@ -175,7 +193,8 @@ def test_masks_computed_in_the_kernels_are_the_references_for_any_window_seed(la
     graphs, tuning = lanes_forced(n_lanes)
     ln = cell == "lnlstm"
     cfg = tiny_config(vocab_size=6, hidden=5, layers=3, cell=cell.replace("ln", ""), dropout=0.5,
-                      norm="layer" if ln else "none", recurrent_dropout=0.5 if ln else 0.0)
+                      norm="layer" if ln else "none", recurrent_dropout=0.5 if ln else 0.0,
+                      zoneout_cell=0.5 if ln else 0.0, zoneout_hidden=0.25 if ln else 0.0)
     for drop_seed in (0, 977, (1 << 62) - 1):
         _check(cfg, 7, 3, np.float64, 1e-9, seed=1, drop_seed=drop_seed, tuning=tuning)
     assert bool(graphs) == (n_lanes > 1)

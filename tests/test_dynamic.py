@@ -19,7 +19,10 @@ CODES = np.random.default_rng(3).integers(0, 7, 131)       # 130 predictions: se
 
 
 def _backend(cell="lstm", dtype=np.float64, norm="none"):
-    cfg = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell, norm=norm)
+    """norm "zoneout": a layer-normalised LSTM with zoneout and both dropouts, which dynamic
+    evaluation leaves out (zoneout in its expectation)."""
+    noise = dict(zoneout_cell=0.4, zoneout_hidden=0.2, dropout=0.3, recurrent_dropout=0.3) if norm == "zoneout" else {}
+    cfg = tiny_config(vocab_size=7, hidden=5, layers=2, cell=cell, norm="layer" if norm == "zoneout" else norm, **noise)
     p = init_params(cfg, np.random.default_rng(1), dtype=np.float64)
     p.flat[:] = np.random.default_rng(2).normal(0, 0.4, p.flat.size)
     return CpuBackend(cfg, Params(cfg, p.flat.astype(dtype)))
@@ -47,11 +50,12 @@ def _ref_step(p, cfg, x, y, state):
     return loss, g.flat, new_state
 
 
-@pytest.mark.parametrize("rule,norm", [("sgd", "none"), ("rms", "none"), ("rms", "layer")])
+@pytest.mark.parametrize("rule,norm", [("sgd", "none"), ("rms", "none"), ("rms", "layer"), ("sgd", "zoneout")])
 def test_each_segment_is_scored_before_its_step_and_the_step_is_the_references(rule, norm):
     """Two segments in float64: the first scored with the trained weights, then one step (by hand
     from the reference's gradient), the second scored with the stepped weights from the carried
-    state, then its own step. Also for a layer-normalised LSTM."""
+    state, then its own step. Also for a layer-normalised LSTM, and one that zones out and drops
+    out in training: scored and stepped without masks, in zoneout's expectation."""
     be = _backend(norm=norm)
     cfg, w0 = be.cfg, be.params_host().flat.copy()
     ms = _ms(be).astype(np.float64)

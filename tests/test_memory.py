@@ -51,11 +51,11 @@ def test_the_memory_available_is_read_from_this_machine():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(norm="layer"), dict(norm="layer", recurrent_dropout=0.25),
-                                dict(cell="gru")])
+                                dict(norm="layer", recurrent_dropout=0.25, zoneout_cell=0.5), dict(cell="gru")])
 def test_the_window_estimate_covers_the_buffers_the_cpu_window_holds(kw):
     """A window's share of the estimate is at least what cpu_window.Buffers allocates for its
-    layers in training (layer normalisation's normalised values and recurrent dropout's masks
-    included), the gradient buffers aside."""
+    layers in training (layer normalisation's normalised values, recurrent dropout's and
+    zoneout's masks included), the gradient buffers aside."""
     import numpy as np
 
     from charrnn.backends.cpu_window import Buffers
@@ -65,6 +65,7 @@ def test_the_window_estimate_covers_the_buffers_the_cpu_window_holds(kw):
     buf = Buffers(cfg, Params(cfg), T, B, np.float32, shared=True)
     if cfg.norm == "layer":
         buf.for_recurrent(cfg.recurrent_dropout > 0)
+        buf.for_zoneout(cfg.zoned)
     held = sum(a.nbytes for ly in buf.layers for a in vars(ly).values()
                if isinstance(a, np.ndarray) and a.base is None and a is not ly.WhT)
     window = memory.training_bytes(cfg, T, B, 2) - memory.training_bytes(cfg, 0, 0, 2)

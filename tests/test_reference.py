@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from charrnn import reference as ref
-from charrnn.dropout import masks as dropout_masks, recurrent_seed
+from charrnn.dropout import masks as dropout_masks, recurrent_seed, zoneout_masks, zoneout_seed
 from charrnn.model import Params, init_params, param_shapes, zero_state
 from tiny_models import tiny_config
 
@@ -23,7 +23,11 @@ def _setup(cfg, T, B, seed=0):
     if cfg.recurrent_dropout:
         rmasks = dropout_masks(recurrent_seed(seed + 7), (cfg.layers, T, B, cfg.hidden), cfg.recurrent_dropout,
                                np.float64)
-    return p, x, y, state, (masks, rmasks)
+    zmasks = None
+    if cfg.zoned:
+        zmasks = np.stack([zoneout_masks(zoneout_seed(seed + 7, i), (cfg.layers, T, B, cfg.hidden), z, np.float64)
+                           for i, z in enumerate((cfg.zoneout_cell, cfg.zoneout_hidden))], axis=1)
+    return p, x, y, state, (masks, rmasks, zmasks)
 
 
 def _rel_err(a, b):
@@ -53,6 +57,26 @@ def test_gradients_match_central_differences(kw):
     cfg = tiny_config(vocab_size=5, hidden=4, **kw)
     T, B = 3, 2
     p, x, y, state, masks = _setup(cfg, T, B)
+    _gradient_check(cfg, p, x, y, state, masks)
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["training-masks", "expectation"])
+@pytest.mark.parametrize("zc,zh", [(0.5, 0.0), (0.0, 0.5), (0.5, 0.3)])
+def test_zoneout_gradients_match_central_differences(masked, zc, zh):
+    """Zoneout with drawn keep masks (training; both paths occur) and, without masks, with
+    the rates themselves (scoring and dynamic evaluation)."""
+    cfg = tiny_config(vocab_size=5, hidden=4, layers=2, norm="layer", dropout=0.3, zoneout_cell=zc,
+                      zoneout_hidden=zh)
+    p, x, y, state, masks = _setup(cfg, 3, 2, seed=1)
+    if masked:
+        assert 0 < masks[2][:, 0 if zc else 1].mean() < 1
+    # eps 1e-4: at 1e-5 the differences' rounding noise reaches 1e-5 relative on the smallest
+    # gradients here (the error grows as eps shrinks: 9e-7, 1.6e-5, 2.7e-4 at 1e-4, 1e-5, 1e-6)
+    _gradient_check(cfg, p, x, y, state, masks if masked else (masks[0], None, None), eps=1e-4)
+
+
+def _gradient_check(cfg, p, x, y, state, masks, eps=1e-5):
+    T, B = x.shape
     scale = 1.0 / (T * B)
     loss, cache, _ = ref.forward(p, cfg, x, y, state, *masks)
     g = p.like()
@@ -62,7 +86,6 @@ def test_gradients_match_central_differences(kw):
         q = p if flat is None else Params(cfg, flat)
         return ref.forward(q, cfg, x, y, state if st is None else st, *masks)[0] * scale
 
-    eps = 1e-5
     num = np.empty_like(p.flat)
     for k in range(p.flat.size):
         a, b = p.flat.copy(), p.flat.copy()

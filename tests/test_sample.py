@@ -285,12 +285,15 @@ def _codes_and_logp(backend, prime, n, length, temp, top_k, seed=5):
 
 
 @pytest.mark.parametrize("cell,layers,embed", [("lstm", 2, 0), ("lstm", 1, 3), ("gru", 2, 0), ("rnn", 1, 0),
-                                               ("lnlstm", 2, 0), ("lnlstm", 1, 3)])    # lnlstm: cpu_norm.ln_generate
+                                               ("lnlstm", 2, 0), ("lnlstm", 1, 3),     # lnlstm: cpu_norm.ln_generate
+                                               ("zolnlstm", 2, 0)])                    # with zoneout's expectation
 @pytest.mark.parametrize("n,temp,top_k", [(1, 1.0, 0), (3, 0.7, 3), (2, 0.0, 0), (6, 0.9, 4)])   # 6: lstm_generate_many
 def test_cpu_sampling_loop_draws_what_the_reference_stepped_in_numpy_draws(cell, layers, embed, n, temp, top_k):
     from charrnn.model import init_params
-    cfg = tiny_config(vocab_size=7, hidden=6, layers=layers, cell=cell.replace("ln", ""), embed=embed,
-                      norm="layer" if cell == "lnlstm" else "none")
+    zo = cell.startswith("zo")
+    cfg = tiny_config(vocab_size=7, hidden=6, layers=layers, cell="lstm" if "ln" in cell else cell, embed=embed,
+                      norm="layer" if "ln" in cell else "none", zoneout_cell=0.4 if zo else 0.0,
+                      zoneout_hidden=0.2 if zo else 0.0)
     p = init_params(cfg, np.random.default_rng(4), np.float64)
     p.flat *= 3                                      # peaked distributions, yet varied draws
     be = CpuBackend(cfg, p)

@@ -32,18 +32,20 @@ def _trained(cfg, params, codes, steps: int):
     for _ in range(steps):
         at = r.integers(0, len(codes) - 21, 8)
         x, y = (np.stack([codes[i + d:i + d + 20] for i in at], 1) for d in (0, 1))
-        be.train_step(x, y, be.zero_state(8))
+        be.train_step(x, y, be.zero_state(8), dropout_seed=int(r.integers(1 << 62)))
         be.optimizer_step(opt, 1e-2, ("norm", 5.0))
     return be.params_host()
 
 
-@pytest.mark.parametrize("cell,embed,scale,norm", [
-    ("lstm", 0, 1.0, "none"), ("lstm", 0, 10.0, "none"), ("lstm", 8, 10.0, "none"), ("gru", 0, 5.0, "none"),
-    ("gru", 8, 1.0, "none"), ("rnn", 0, 3.0, "none"), ("lstm", 0, 1.0, "layer"), ("lstm", 8, 1.0, "layer")])
-def test_pytorch_scores_a_checkpoint_as_charrnn_eval_does(tmp_path, cell, embed, scale, norm):
+@pytest.mark.parametrize("cell,embed,scale,norm,zoneout", [
+    ("lstm", 0, 1.0, "none", 0), ("lstm", 0, 10.0, "none", 0), ("lstm", 8, 10.0, "none", 0),
+    ("gru", 0, 5.0, "none", 0), ("gru", 8, 1.0, "none", 0), ("rnn", 0, 3.0, "none", 0),
+    ("lstm", 0, 1.0, "layer", 0), ("lstm", 8, 1.0, "layer", 0), ("lstm", 0, 1.0, "layer", 1)])
+def test_pytorch_scores_a_checkpoint_as_charrnn_eval_does(tmp_path, cell, embed, scale, norm, zoneout):
     """scale multiplies every weight: at 10 the LSTM's cell states grow into the hundreds, the
     regime where the fast kernels' tanh once returned 0. A layer-normalised LSTM is checked after
-    60 Adam steps on the text: at its initial weights the normalisation scales a small spread up to
+    60 Adam steps on the text (with zoneout, trained with its masks and scored in its expectation):
+    at its initial weights the normalisation scales a small spread up to
     its gains, and the untrained model is sensitive to float32 rounding itself (reference.py in
     float32 parts from float64 by 7e-5 to 6e-4 over these 3,400 characters, as the fast kernels do,
     while they agree with it to 1e-12 in float64). Trained, it is not: 6e-9 here, and PyTorch comes
@@ -51,7 +53,8 @@ def test_pytorch_scores_a_checkpoint_as_charrnn_eval_does(tmp_path, cell, embed,
     normalisation")."""
     from torch_crosscheck import crosscheck
     vocab = Vocab.from_text(TEXT)
-    cfg = tiny_config(vocab_size=vocab.size, hidden=32, layers=2, cell=cell, embed=embed, norm=norm)
+    cfg = tiny_config(vocab_size=vocab.size, hidden=32, layers=2, cell=cell, embed=embed, norm=norm,
+                      zoneout_cell=0.5 * zoneout, zoneout_hidden=0.1 * zoneout)
     params = init_params(cfg, np.random.default_rng(1))
     params.flat *= scale
     if norm == "layer":

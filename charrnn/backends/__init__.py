@@ -23,10 +23,12 @@ class Backend(Protocol):
     name: str                 # "cpu" or "cuda"
 
     def train_step(self, x: Any, y: Any, state: Any, dropout_seed: int = 0,
-                   streams: tuple[int, int] | None = None) -> tuple[float, Any]:
+                   streams: tuple[int, int] | None = None, noise: bool = True) -> tuple[float, Any]:
         """Summed loss and new state; the gradient of the mean loss (over `streams`' total
         (offset, batch) when data parallel) replaces the previous one. dropout_seed seeds the
-        masks (charrnn/dropout.py); 0 with dropout off."""
+        masks (charrnn/dropout.py); 0 with dropout off. noise=False: the model as it scores
+        (dynamic evaluation's gradient): no masks, zoneout's expectation; a backend built from
+        ModelConfig.scoring() has no dropout to leave out."""
         ...
 
     def loss(self, x: Any, y: Any, state: Any) -> tuple[float, Any]:

@@ -182,7 +182,7 @@ class CpuBackend:
         return float(loss), new_state
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state: np.ndarray, dropout_seed: int = 0,
-                   streams: tuple[int, int] | None = None) -> tuple[float, np.ndarray]:
+                   streams: tuple[int, int] | None = None, noise: bool = True) -> tuple[float, np.ndarray]:
         cfg = self.cfg
         if self._words is not None:
             raise ValueError("16-bit weights are for sampling and evaluation, not training")
@@ -191,9 +191,10 @@ class CpuBackend:
         n_lanes = self._lanes_for(T, B)
         _warm_up(self, "train_step", n_lanes, transposed=self._transposed(B))
         drop = None    # masks hashed where the forward applies them (charrnn/dropout.py), kept for the backward
-        if cfg.dropout > 0 or cfg.recurrent_dropout > 0:
+        if noise and (cfg.dropout > 0 or cfg.recurrent_dropout > 0 or cfg.zoned):
             drop = Dropout(dropout_seed, cfg.dropout, self.dtype, cfg.layers, T, B, cfg.hidden,
-                           streams[0] if streams else 0, total, cfg.recurrent_dropout)
+                           streams[0] if streams else 0, total, cfg.recurrent_dropout, cfg.zoneout_cell,
+                           cfg.zoneout_hidden)
         state = np.ascontiguousarray(state, dtype=self.dtype)
         loss, new_state = self._window(x, y, state, drop, True, n_lanes, total)
         return float(loss), new_state
@@ -230,7 +231,8 @@ class CpuBackend:
             new_state = np.empty_like(state)
             logits = np.empty((codes.size, self.cfg.vocab_size), self.dtype)
             cpu_norm.ln_step(self.p.flat, self._offs, self._noffs, self._embed_off, self.cfg.embed, self._out_off,
-                             codes, state, new_state, logits, self.kind)
+                             codes, state, new_state, logits, self.kind, self.cfg.zoneout_cell,
+                             self.cfg.zoneout_hidden)
             return logits, new_state
         if not self._plain_lstm:
             if not fixed or codes.size == 1:
@@ -323,8 +325,8 @@ class CpuBackend:
                 self._batch1_for(1).generate(codes, state, u, temp, top_k, out_codes, out_logp)
             elif self.cfg.norm == "layer":
                 cpu_norm.ln_generate(self.p.flat, self._offs, self._noffs, self._embed_off, self.cfg.embed,
-                                     self._out_off, codes, state, logits, self.kind, u, temp, top_k, out_codes,
-                                     out_logp)
+                                     self._out_off, codes, state, logits, self.kind, self.cfg.zoneout_cell,
+                                     self.cfg.zoneout_hidden, u, temp, top_k, out_codes, out_logp)
             elif self._plain_lstm:
                 gen = K.lstm_generate if batch <= K.SMALL_M else K.lstm_generate_many
                 args = (self.p.flat, self._offs, self._embed_off, self.cfg.embed, self._out_off, codes,

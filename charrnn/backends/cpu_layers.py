@@ -35,6 +35,8 @@ class Layer:
         xc (T,B,H), rc (T,B)     the normalised cell and its 1/sigma
         gm (T,B,H), rd           recurrent dropout's masks on g, and whether this window has
                                  them (the driver sets both; gm is empty while never used)
+        kc, kh (T,B,H), zo       zoneout's keep factors on c and h, and whether the model zones
+                                 out (masks in training, the rates in scoring: the driver's)
     dx and dh may be shared with other layers (one lane runs the layers' backward one after
     the other, each consumed before the next starts)."""
 
@@ -45,6 +47,8 @@ class Layer:
             self.xh, self.rs = np.empty((T, B, G), dtype), np.empty((T, B, 4), dtype)
             self.xc, self.rc = np.empty((T, B, H), dtype), np.empty((T, B), dtype)
             self.gm, self.rd = np.empty((T, 0, 0), dtype), False
+            self.kc = self.kh = np.empty((T, 0, 0), dtype)
+            self.zo = False
         self.pre = np.empty((T, B, G), dtype)
         self.hs = np.empty((T + 1, B, H), dtype)
         if cell == "lstm":
@@ -85,7 +89,7 @@ def ln_lstm_forward(ly: Layer, t0: int, t1: int, kind: int, transposed: bool) ->
     gain, cgain, cbias = ly.norm
     N.ln_lstm_forward(ly.pre[t0:t1], ly.b, gain, cgain, cbias, ly.Wh, ly.hs[t0:t1 + 1], ly.cs[t0:t1 + 1],
                       ly.tcs[t0:t1], ly.xh[t0:t1], ly.rs[t0:t1], ly.xc[t0:t1], ly.rc[t0:t1], kind,
-                      ly.gm[t0:t1], ly.rd)
+                      ly.gm[t0:t1], ly.rd, ly.kc[t0:t1], ly.kh[t0:t1], ly.zo)
 
 
 def ln_lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int, transposed: bool,
@@ -93,8 +97,8 @@ def ln_lstm_backward(ly: Layer, dh_out: np.ndarray, t0: int, t1: int, kind: int,
     """grads: (bias, gate gains, cell gain, cell bias), each added to."""
     gain, cgain, _ = ly.norm
     N.ln_lstm_backward(dh_out, ly.WhT, ly.cs[t0:t1], ly.pre[t0:t1], ly.tcs[t0:t1], ly.xh[t0:t1], ly.rs[t0:t1],
-                       ly.xc[t0:t1], ly.rc[t0:t1], gain, cgain, kind, ly.gm[t0:t1], ly.rd, ly.dx[t0:t1],
-                       ly.carry[0], ly.carry[1], t0 > 0, *grads)
+                       ly.xc[t0:t1], ly.rc[t0:t1], gain, cgain, kind, ly.gm[t0:t1], ly.rd, ly.kc[t0:t1],
+                       ly.kh[t0:t1], ly.zo, ly.dx[t0:t1], ly.carry[0], ly.carry[1], t0 > 0, *grads)
 
 
 # ---------------------------------------------------------------- GRU

@@ -104,11 +104,12 @@ def _ln_cells(a, bias, gain, cgain, cbias, c_prev, kind, c_out, tc_out, h_out, x
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def ln_lstm_forward(gates, bias, gain, cgain, cbias, Wh, hs, cs, tcs, xh, rs, xc, rc, kind, gm, rd):
+def ln_lstm_forward(gates, bias, gain, cgain, cbias, Wh, hs, cs, tcs, xh, rs, xc, rc, kind, gm, rd, kc, kh, zo):
     """A window's time loop, as cpu_kernels.lstm_forward: gates (T,B,4H) holds the input
     projections without bias and becomes the activations; hs, cs (T+1,B,H) hold the carried
     state at [0]. Fills xh (T,B,4H), rs (T,B,4), xc (T,B,H) and rc (T,B) for the backward. With
-    rd, gm (T,B,H) holds recurrent dropout's masks (otherwise it is never read)."""
+    rd, gm (T,B,H) holds recurrent dropout's masks; with zo, kc and kh (T,B,H) zoneout's keep
+    factors on c and h (masks in training, the rates in scoring); otherwise they are never read."""
     T, B, G = gates.shape
     v, w, q, ib = K._cell_buffers(B, G, gates.dtype)
     for t in range(T):
@@ -116,15 +117,30 @@ def ln_lstm_forward(gates, bias, gain, cgain, cbias, Wh, hs, cs, tcs, xh, rs, xc
         K.gemm(hs[t], Wh, a, False, False, 1.0)
         _ln_cells(a, bias, gain, cgain, cbias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], xh[t], rs[t], xc[t],
                   rc[t], v, w, q, ib, gm[t], rd)
+        if zo:
+            _zone(cs[t], cs[t + 1], kc[t])
+            _zone(hs[t], hs[t + 1], kh[t])
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _zone(prev, cur, k):
+    """Zoneout's blend in place, cur = k * prev + (1 - k) * cur, for rows of H units."""
+    one = cur.dtype.type(1.0)
+    for bi in range(cur.shape[0]):
+        for j in range(cur.shape[1]):
+            kk = k[bi, j]
+            cur[bi, j] = kk * prev[bi, j] + (one - kk) * cur[bi, j]
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, kind, gm, rd, da, dh, dc, carry,
-                     g_b, g_gain, g_cgain, g_cbias):
+def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, kind, gm, rd, kc, kh, zo, da, dh,
+                     dc, carry, g_b, g_gain, g_cgain, g_cbias):
     """The backward time loop, as cpu_kernels.lstm_backward: writes da (T,B,4H), the gradient on
     the summed products (the weights' and the input's); adds the bias's, the gains' and the
     cell bias's gradients to g_b, g_gain, g_cgain, g_cbias. dh, dc (B,H) and `carry` as there;
-    gm and rd the forward's."""
+    gm, rd, kc, kh and zo the forward's. Zoneout splits each state's gradient: k of it goes
+    straight to the previous state (into dh before the recurrent product adds to it), 1 - k
+    through the cell."""
     T, B, H = dh_out.shape
     f = da.dtype.type
     one = f(1.0)
@@ -132,12 +148,15 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
     dxc = np.empty(H, da.dtype)
     for t in range(T - 1, -1, -1):
         g4, d4, cp, tc, dho = gates[t], da[t], cs[t], tcs[t], dh_out[t]
-        xht, rst, xct, gmt = xh[t], rs[t], xc[t], gm[t]
+        xht, rst, xct, gmt, kct, kht = xh[t], rs[t], xc[t], gm[t], kc[t], kh[t]
         for bi in range(B):
             m1, m2 = f(0.0), f(0.0)
             for j in range(H):                       # the output gate and the normalised cell
                 y, o = tc[bi, j], g4[bi, 3 * H + j]
                 d = dho[bi, j] + dh[bi, j]
+                if zo:
+                    dh[bi, j] = kht[bi, j] * d
+                    d = (one - kht[bi, j]) * d
                 d4[bi, 3 * H + j] = d * y * o * (one - o)
                 dcn = d * o * K._dact(y, kind, one)
                 g_cgain[j] += dcn * xct[bi, j]
@@ -150,13 +169,17 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
             m2 *= inv_h
             r = rc[t, bi]
             for j in range(H):                       # through the cell's normalisation to c, then the gates
+                dkeep = f(0.0)
+                if zo:
+                    dkeep = kct[bi, j] * dc[bi, j]
+                    dc[bi, j] = (one - kct[bi, j]) * dc[bi, j]
                 dcc = dc[bi, j] + r * (dxc[j] - m1 - xct[bi, j] * m2)
                 i, fg, g = g4[bi, j], g4[bi, H + j], g4[bi, 2 * H + j]
                 dcm = dcc * gmt[bi, j] if rd else dcc          # the gradient on i * g, through the mask
                 d4[bi, j] = dcm * g * i * (one - i)
                 d4[bi, H + j] = dcc * cp[bi, j] * fg * (one - fg)
                 d4[bi, 2 * H + j] = dcm * i * K._dact(g, kind, one)
-                dc[bi, j] = dcc * fg
+                dc[bi, j] = dcc * fg + dkeep
             for k in range(4):                       # d4 holds the gradient on gain * LN(a) + b: through LN
                 s1, s2 = f(0.0), f(0.0)
                 for j in range(k * H, k * H + H):
@@ -173,15 +196,16 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
                 for j in range(k * H, k * H + H):
                     d4[bi, j] = r * (d4[bi, j] - s1 - xht[bi, j] * s2)
         if t > 0 or carry:
-            K.gemm(d4, WhT, dh, False, False, 0.0)
+            K.gemm(d4, WhT, dh, False, False, 1.0 if zo else 0.0)
 
 
 # ---------------------------------------------------------------- sampling
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, new_state, logits, kind):
+def ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, new_state, logits, kind, zc, zh):
     """One sampling step of every layer and row, as cpu_kernels.lstm_step with `fixed`: offs[l] =
     (Wx, Wh, b) and noffs[l] = (ln_g, lnc_g, lnc_b) offsets into flat, embed_off < 0 for one-hot
-    input; state, new_state (L,2,B,H); logits (B,V). Every product in mm_exact (mm_exact_batch,
+    input; state, new_state (L,2,B,H); logits (B,V); zc, zh the zoneout rates (0: none), whose
+    expectation blends each new state with the old. Every product in mm_exact (mm_exact_batch,
     the same bits, for several rows) and the cell row by row, so each row's result is
     bit-identical alone or in any batch (`charrnn serve` steps unrelated requests together)."""
     L, _, B, H = state.shape
@@ -209,6 +233,9 @@ def ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, new_state,
             _ln_cells(pre[bi:bi + 1], flat[o_b:o_b + G], flat[o_g:o_g + G], flat[o_cg:o_cg + H],
                       flat[o_cb:o_cb + H], state[l, 1, bi:bi + 1], kind, new_state[l, 1, bi:bi + 1], tc[bi:bi + 1],
                       new_state[l, 0, bi:bi + 1], xh, rs, xc, rc, v, w, q, ib, gm, False)
+        if zc > 0 or zh > 0:                  # the expectation: every unit's factor the rate
+            _zone(state[l, 1], new_state[l, 1], np.full((B, H), zc, dt))
+            _zone(state[l, 0], new_state[l, 0], np.full((B, H), zh, dt))
     _mm_rows(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0)
     ob = out_w + H * V
     for bi in range(B):
@@ -226,7 +253,7 @@ def _mm_rows(a, b, c, beta):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ln_generate(flat, offs, noffs, embed_off, embed, out_w, codes, state, logits, kind, u, temp, top_k,
+def ln_generate(flat, offs, noffs, embed_off, embed, out_w, codes, state, logits, kind, zc, zh, u, temp, top_k,
                 out_codes, out_logp):
     """len(u) sampling steps in one call, as cpu_kernels.lstm_generate: ln_step, then
     cpu_kernels.draw_rows with u[s] (one uniform per row). codes (B,) and state (L,2,B,H) hold
@@ -235,7 +262,7 @@ def ln_generate(flat, offs, noffs, embed_off, embed, out_w, codes, state, logits
     nxt = np.empty_like(state)
     s_flat, n_flat = state.reshape(-1), nxt.reshape(-1)
     for st in range(u.shape[0]):
-        ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, nxt, logits, kind)
+        ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, nxt, logits, kind, zc, zh)
         for i in range(s_flat.shape[0]):
             s_flat[i] = n_flat[i]
         K.draw_rows(logits, u[st], temp, top_k, out_codes[st], out_logp[st])

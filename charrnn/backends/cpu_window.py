@@ -32,7 +32,7 @@ import numpy as np
 from charrnn.backends import cpu_kernels as K
 from charrnn.backends.cpu_layers import BACKWARD, FORWARD, Layer, grad_names
 from charrnn.backends.lanes import lanes, run_graph
-from charrnn.dropout import recurrent_seed
+from charrnn.dropout import recurrent_seed, zoneout_seed
 from charrnn.model import ModelConfig, Params
 
 
@@ -57,14 +57,23 @@ class Dropout:
     these B streams sit in the global batch (streams off.. of total). The masks are hashed where
     they are applied (charrnn/dropout.py); `kept` (L, T*B, H) records them for the backward.
     Recurrent dropout (rate rp, the layer-normalised LSTM's) hashes its own seed's masks into
-    the layers' gm buffers before each chunk's forward, which its backward reads again."""
+    the layers' gm buffers before each chunk's forward, which its backward reads again; zoneout
+    (rates zc, zh) its keep masks into kc and kh the same way."""
 
     def __init__(self, seed: int, p: float, dtype, L: int, T: int, B: int, H: int, off: int, total: int,
-                 rp: float = 0.0):
+                 rp: float = 0.0, zc: float = 0.0, zh: float = 0.0):
         self.seed, self.p, self.scale = np.uint64(seed), float(p), dtype.type(1.0 / (1.0 - p))
         self.kept = np.empty((L, T * B, H), np.bool_) if p > 0 else None
         self.off, self.total, self.T, self.B = np.uint64(off), np.uint64(total), T, B
         self.rseed, self.rp, self.rscale = np.uint64(recurrent_seed(seed)), float(rp), dtype.type(1.0 / (1.0 - rp))
+        self.zoneout = [(np.uint64(zoneout_seed(seed, i)), float(z)) for i, z in enumerate((zc, zh))]
+        self.one = dtype.type(1.0)
+
+    def zone(self, kc: np.ndarray, kh: np.ndarray, l: int, t0: int) -> None:
+        """kc, kh (rows of H) = layer l's zoneout keep masks on c and h for the rows of steps t0..:
+        1 with probability zc (zh), drawn as dropout's at p = 1 - rate with scale 1."""
+        for out, (seed, z) in zip((kc, kh), self.zoneout):
+            K.dropout_mask(out, seed, np.uint64(l * self.T + t0), self.B, self.total, self.off, 1.0 - z, self.one)
 
     def recurrent(self, gm: np.ndarray, l: int, t0: int) -> None:
         """gm (rows of H) = layer l's recurrent masks for the rows of steps t0.."""
@@ -101,6 +110,8 @@ class Buffers:
         self.dropped: list | None = None
         self.dinp: list | None = None
         self.gm: list | None = None
+        self.kc: list | None = None
+        self.kh: list | None = None
 
     def for_training(self) -> None:
         """The gradient buffers, on a shape's first training window."""
@@ -125,6 +136,18 @@ class Buffers:
             ly.rd = on
             if on:
                 ly.gm = self.gm[l]
+
+    def for_zoneout(self, on: bool) -> None:
+        """Point the layers at zoneout's keep factors (made on first use), or mark the model as
+        without them."""
+        if on and self.kc is None:
+            shape = (self.T, self.B, self.cfg.hidden)
+            self.kc = [np.empty(shape, self.dtype) for _ in self.layers]
+            self.kh = [np.empty(shape, self.dtype) for _ in self.layers]
+        for l, ly in enumerate(self.layers):
+            ly.zo = on
+            if on:
+                ly.kc, ly.kh = self.kc[l], self.kh[l]
 
     def for_dropout(self) -> list:
         if self.dropped is None:
@@ -179,6 +202,8 @@ class WindowDriver:
         rec_drop = drop is not None and drop.rp > 0
         if cfg.norm == "layer":
             buf.for_recurrent(rec_drop)
+            buf.for_zoneout(cfg.zoned)
+        zone_masks = cfg.zoned and drop is not None    # training draws masks; scoring takes the rates
         outs = buf.for_dropout() if out_drop else [ly.hs[1:].reshape(T * B, H) for ly in layers]
         ins = [emb] + outs[:-1]                                # what each layer reads; None: one-hot codes
         for l, ly in enumerate(layers):
@@ -212,6 +237,11 @@ class WindowDriver:
                     K.matmul(emb[r0:r1], p["l0.Wx"], pre, False, False, 0.0)
             if rec_drop:
                 drop.recurrent(ly.gm[t0:t1].reshape(-1, H), l, t0)
+            if zone_masks:
+                drop.zone(ly.kc[t0:t1].reshape(-1, H), ly.kh[t0:t1].reshape(-1, H), l, t0)
+            elif cfg.zoned:
+                ly.kc[t0:t1] = cfg.zoneout_cell
+                ly.kh[t0:t1] = cfg.zoneout_hidden
             with K.blas_threads_at_most(loop_threads):
                 forward(ly, t0, t1, kind, transposed)
             if out_drop:

@@ -295,11 +295,15 @@ class CudaBackend:
         return self._loss_sum(ws, T * B, 1.0, False), DeviceState(new_state)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state, dropout_seed: int = 0,
-                   streams: tuple[int, int] | None = None) -> tuple[float, DeviceState]:
+                   streams: tuple[int, int] | None = None, noise: bool = True) -> tuple[float, DeviceState]:
         """`streams` = (offset, total): x holds streams offset.. of a global batch of `total`
-        (a data-parallel rank's share): dropout masks by global stream, gradients over T*total."""
+        (a data-parallel rank's share): dropout masks by global stream, gradients over T*total.
+        noise=False asks for a model built without dropout (ModelConfig.scoring()): the kernels'
+        buffers follow the configuration's rate."""
         self._ready()
         cfg, P, G = self.cfg, self.P, self.G
+        if not noise and cfg.dropout > 0:
+            raise ValueError("train_step(noise=False) needs a backend built from ModelConfig.scoring()")
         T, B = np.shape(x)
         self._streams = streams
         H = cfg.hidden

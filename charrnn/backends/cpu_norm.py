@@ -114,7 +114,7 @@ def ln_lstm_forward(gates, bias, gain, cgain, cbias, Wh, hs, cs, tcs, xh, rs, xc
     v, w, q, ib = K._cell_buffers(B, G, gates.dtype)
     for t in range(T):
         a = gates[t]
-        K.gemm(hs[t], Wh, a, False, False, 1.0)
+        K._mm(hs[t], Wh, a, 1.0)      # a few rows (one-stream scoring) on this thread, more by BLAS
         _ln_cells(a, bias, gain, cgain, cbias, cs[t], kind, cs[t + 1], tcs[t], hs[t + 1], xh[t], rs[t], xc[t],
                   rc[t], v, w, q, ib, gm[t], rd)
         if zo:
@@ -196,7 +196,7 @@ def ln_lstm_backward(dh_out, WhT, cs, gates, tcs, xh, rs, xc, rc, gain, cgain, k
                 for j in range(k * H, k * H + H):
                     d4[bi, j] = r * (d4[bi, j] - s1 - xht[bi, j] * s2)
         if t > 0 or carry:
-            K.gemm(d4, WhT, dh, False, False, 1.0 if zo else 0.0)
+            K._mm(d4, WhT, dh, 1.0 if zo else 0.0)
 
 
 # ---------------------------------------------------------------- sampling

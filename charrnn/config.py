@@ -83,6 +83,12 @@ class ModelConfig:
         return self.zoneout_cell > 0 or self.zoneout_hidden > 0
 
     @property
+    def draws_masks(self) -> bool:
+        """Whether a training step draws random masks (dropout of either kind, zoneout), and so
+        takes a seed."""
+        return self.dropout > 0 or self.recurrent_dropout > 0 or self.zoned
+
+    @property
     def gates(self) -> int:
         return GATES[self.cell]
 

@@ -108,7 +108,7 @@ def lr_find(opts: TrainOptions, text: str | bytes | Corpus, steps: int = LR_FIND
         x, y = batches.window(cursor)
         cursor += 1
         lr = rate_at(i, steps, start, end)
-        seed = int(rng.integers(1 << 62)) if cfg.dropout or cfg.recurrent_dropout or cfg.zoned else 0
+        seed = int(rng.integers(1 << 62)) if cfg.draws_masks else 0
         st = train_step(be, opt, x, y, state, lr, clip, seed)
         state = st.state
         if progress:

@@ -389,7 +389,7 @@ class Trainer:
             self.state = self.be.zero_state(bt.local_batch)
             self.sched.on_epoch(self.progress.epoch)
         x, y = bt.window(self.progress.cursor)
-        seed = int(self.rng.integers(1 << 62)) if self.cfg.dropout or self.cfg.recurrent_dropout or self.cfg.zoned else 0
+        seed = int(self.rng.integers(1 << 62)) if self.cfg.draws_masks else 0
         watch = self._diag_due(self.progress.step + 1)
         seen: dict = {}
 

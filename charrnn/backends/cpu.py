@@ -191,7 +191,7 @@ class CpuBackend:
         n_lanes = self._lanes_for(T, B)
         _warm_up(self, "train_step", n_lanes, transposed=self._transposed(B))
         drop = None    # masks hashed where the forward applies them (charrnn/dropout.py), kept for the backward
-        if noise and (cfg.dropout > 0 or cfg.recurrent_dropout > 0 or cfg.zoned):
+        if noise and cfg.draws_masks:
             drop = Dropout(dropout_seed, cfg.dropout, self.dtype, cfg.layers, T, B, cfg.hidden,
                            streams[0] if streams else 0, total, cfg.recurrent_dropout, cfg.zoneout_cell,
                            cfg.zoneout_hidden)

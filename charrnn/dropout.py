@@ -51,12 +51,14 @@ def masks(seed: int, shape: tuple[int, int, int, int], p: float, dtype=np.float3
     return np.where(_uniforms(seed, shape, streams) >= p, 1.0 / (1.0 - p), 0.0).astype(dtype)
 
 
-def zoneout_masks(seed: int, shape: tuple[int, int, int, int], rate: float, dtype=np.float32,
+def zoneout_masks(seed: int, shape: tuple[int, int, int, int], rates: tuple[float, float], dtype=np.float32,
                   streams: tuple[int, int] | None = None) -> np.ndarray:
-    """Zoneout's keep masks of `shape` (L, T, B, H) for `seed` (zoneout_seed's): 1 with
-    probability `rate` (the unit keeps its previous value), else 0. The CPU kernels draw the same
-    with cpu_kernels.dropout_mask at p = 1 - rate and scale 1."""
-    return np.where(_uniforms(seed, shape, streams) >= 1.0 - rate, 1.0, 0.0).astype(dtype)
+    """Zoneout's keep masks for a window of dropout seed `seed`: (L, 2, T, B, H) for `shape`
+    (L, T, B, H), [:, 0] on c and [:, 1] on h (reference.forward's zmasks), each under its own
+    zoneout_seed; 1 with probability rates[0] (rates[1]), where the unit keeps its previous value,
+    else 0. The CPU kernels draw the same with cpu_kernels.dropout_mask at p = 1 - rate, scale 1."""
+    return np.stack([np.where(_uniforms(zoneout_seed(seed, i), shape, streams) >= 1.0 - z, 1.0, 0.0).astype(dtype)
+                     for i, z in enumerate(rates)], axis=1)
 
 
 def _uniforms(seed: int, shape: tuple[int, int, int, int], streams: tuple[int, int] | None) -> np.ndarray:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from charrnn import reference as ref
-from charrnn.dropout import masks as dropout_masks, recurrent_seed, zoneout_masks, zoneout_seed
+from charrnn.dropout import masks as dropout_masks, recurrent_seed, zoneout_masks
 from charrnn.backends.cpu import CpuBackend, CpuTuning
 from charrnn.model import init_params, param_shapes
 from tiny_models import random_case, tiny_config
@@ -25,9 +25,8 @@ def _check(cfg, T, B, dtype, tol, seed=0, drop_seed=None, tuning=CpuTuning()):
                                np.float64)
     zmasks = None
     if cfg.zoned:
-        shape = (cfg.layers, T, B, cfg.hidden)
-        zmasks = np.stack([zoneout_masks(zoneout_seed(drop_seed, i), shape, z, np.float64)
-                           for i, z in enumerate((cfg.zoneout_cell, cfg.zoneout_hidden))], axis=1)
+        zmasks = zoneout_masks(drop_seed, (cfg.layers, T, B, cfg.hidden), (cfg.zoneout_cell, cfg.zoneout_hidden),
+                               np.float64)
     loss, cache, s_ref = ref.forward(p64, cfg, x, y, state, masks, rmasks, zmasks)
     g_ref = p64.like()
     ref.backward(p64, g_ref, cfg, cache, 1.0 / (T * B))

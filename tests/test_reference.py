@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from charrnn import reference as ref
-from charrnn.dropout import masks as dropout_masks, recurrent_seed, zoneout_masks, zoneout_seed
+from charrnn.dropout import masks as dropout_masks, recurrent_seed, zoneout_masks
 from charrnn.model import Params, init_params, param_shapes, zero_state
 from tiny_models import tiny_config
 
@@ -25,8 +25,8 @@ def _setup(cfg, T, B, seed=0):
                                np.float64)
     zmasks = None
     if cfg.zoned:
-        zmasks = np.stack([zoneout_masks(zoneout_seed(seed + 7, i), (cfg.layers, T, B, cfg.hidden), z, np.float64)
-                           for i, z in enumerate((cfg.zoneout_cell, cfg.zoneout_hidden))], axis=1)
+        zmasks = zoneout_masks(seed + 7, (cfg.layers, T, B, cfg.hidden), (cfg.zoneout_cell, cfg.zoneout_hidden),
+                               np.float64)
     return p, x, y, state, (masks, rmasks, zmasks)
 
 

@@ -217,6 +217,11 @@ def ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, new_state,
     xh, rs, xc, rc = np.empty((1, G), dt), np.empty((1, 4), dt), np.empty((1, H), dt), np.empty(1, dt)
     v, w, q, ib = K._cell_buffers(1, G, dt)
     gm = np.empty((0, 0), dt)
+    zoned = zc > 0 or zh > 0
+    if zoned:                                 # zoneout's expectation: every unit's factor the rate
+        kc, kh = np.full((B, H), zc, dt), np.full((B, H), zh, dt)
+    else:
+        kc = kh = gm
     for l in range(L):
         o_x, o_h, o_b = offs[l, 0], offs[l, 1], offs[l, 2]
         o_g, o_cg, o_cb = noffs[l, 0], noffs[l, 1], noffs[l, 2]
@@ -233,9 +238,9 @@ def ln_step(flat, offs, noffs, embed_off, embed, out_w, codes, state, new_state,
             _ln_cells(pre[bi:bi + 1], flat[o_b:o_b + G], flat[o_g:o_g + G], flat[o_cg:o_cg + H],
                       flat[o_cb:o_cb + H], state[l, 1, bi:bi + 1], kind, new_state[l, 1, bi:bi + 1], tc[bi:bi + 1],
                       new_state[l, 0, bi:bi + 1], xh, rs, xc, rc, v, w, q, ib, gm, False)
-        if zc > 0 or zh > 0:                  # the expectation: every unit's factor the rate
-            _zone(state[l, 1], new_state[l, 1], np.full((B, H), zc, dt))
-            _zone(state[l, 0], new_state[l, 0], np.full((B, H), zh, dt))
+        if zoned:
+            _zone(state[l, 1], new_state[l, 1], kc)
+            _zone(state[l, 0], new_state[l, 0], kh)
     _mm_rows(new_state[L - 1, 0], flat[out_w:out_w + H * V].reshape(H, V), logits, 0.0)
     ob = out_w + H * V
     for bi in range(B):
